@@ -1,0 +1,350 @@
+/* cserve command line. Each subcommand parses its own options and returns the
+ * process exit status: 0 ok, 1 runtime failure, 2 usage error. */
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "engine/model.h"
+#include "engine/utf8.h"
+
+#define CS_VERSION "0.1.0"
+
+static void usage_main(FILE *f) {
+    fprintf(f,
+            "usage: cserve <command> [options]\n\n"
+            "commands:\n"
+            "  generate --model DIR [options] PROMPT   generate text from a prompt\n"
+            "  tokenize --model DIR [--decode] TEXT    print token ids as JSON (or decode ids)\n"
+            "  version                                 print the version\n\n"
+            "Run 'cserve <command> --help' for the options of a command.\n");
+}
+
+/* Parses a whole-string integer/float option; prints "OPTION: ..." on error. */
+static int parse_long(const char *opt, const char *s, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) {
+        fprintf(stderr, "cserve: %s: expected an integer in [%ld, %ld], got '%s'\n", opt, lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_float(const char *opt, const char *s, double lo, double hi, float *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "cserve: %s: expected a number in [%g, %g], got '%s'\n", opt, lo, hi, s);
+        return -1;
+    }
+    *out = (float)v;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ generate */
+
+static void usage_generate(FILE *f) {
+    fprintf(f,
+            "usage: cserve generate --model DIR [options] PROMPT\n\n"
+            "Defaults come from the model (config.json task_specific_params, generation_config.json);\n"
+            "for distilgpt2 that is sampling with top_k=50 up to max_length=50 tokens, prompt included.\n\n"
+            "  --model DIR                 Hugging Face model directory\n"
+            "  --max-new-tokens N          tokens to generate (overrides --max-length)\n"
+            "  --max-length N              total tokens, prompt included\n"
+            "  --greedy                    arg-max decoding (do_sample=false)\n"
+            "  --sample                    sampling (do_sample=true)\n"
+            "  --temperature T             > 0; implies --sample unless --greedy\n"
+            "  --top-k K                   0 disables\n"
+            "  --top-p P                   in (0, 1]\n"
+            "  --repetition-penalty R      > 0; 1 disables\n"
+            "  --seed S                    sampling seed (same seed, same text)\n"
+            "  --num-return-sequences N    independent samples of the same prompt\n"
+            "  --ignore-eos                keep generating after <|endoftext|>\n"
+            "  --json                      print [{\"generated_text\": ...}] like the pipeline\n"
+            "  --no-prompt                 print only the continuation (return_full_text=false)\n");
+}
+
+typedef struct stream_ctx {
+    const cs_tok *tok;
+    char pending[8];
+    size_t n_pending;
+} stream_ctx;
+
+/* Prints tokens as they arrive, holding back an incomplete UTF-8 tail. */
+static int stream_token(void *ud, int32_t id) {
+    stream_ctx *c = ud;
+    size_t len;
+    const char *b = cs_tok_token_bytes(c->tok, id, &len);
+    if (!b) return 0;
+    char buf[512];
+    size_t n = 0;
+    memcpy(buf, c->pending, c->n_pending);
+    n = c->n_pending;
+    if (len > sizeof buf - n) len = sizeof buf - n;
+    memcpy(buf + n, b, len);
+    n += len;
+    size_t ok = cs_utf8_complete_prefix(buf, n);
+    if (n - ok > sizeof c->pending) ok = n;
+    fwrite(buf, 1, ok, stdout);
+    c->n_pending = n - ok;
+    memcpy(c->pending, buf + ok, c->n_pending);
+    fflush(stdout);
+    return 0;
+}
+
+static uint64_t random_seed(void) {
+    uint64_t s;
+    if (getrandom(&s, sizeof s, 0) == (ssize_t)sizeof s) return s;
+    return (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
+}
+
+static int cmd_generate(int argc, char **argv) {
+    enum { O_MAXNEW = 256, O_MAXLEN, O_TEMP, O_TOPK, O_TOPP, O_REP, O_SEED, O_NRS, O_IGN, O_NOPROMPT, O_SAMPLE };
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},     {"max-new-tokens", required_argument, 0, O_MAXNEW},
+        {"max-length", required_argument, 0, O_MAXLEN}, {"temperature", required_argument, 0, O_TEMP},
+        {"top-k", required_argument, 0, O_TOPK},  {"top-p", required_argument, 0, O_TOPP},
+        {"repetition-penalty", required_argument, 0, O_REP}, {"seed", required_argument, 0, O_SEED},
+        {"num-return-sequences", required_argument, 0, O_NRS}, {"ignore-eos", no_argument, 0, O_IGN},
+        {"greedy", no_argument, 0, 'g'},          {"sample", no_argument, 0, O_SAMPLE},
+        {"json", no_argument, 0, 'j'},            {"no-prompt", no_argument, 0, O_NOPROMPT},
+        {"help", no_argument, 0, 'h'},            {0, 0, 0, 0},
+    };
+    const char *model_dir = NULL;
+    long max_new = -2, max_len = -2, top_k = -1, nrs = 1, seed = -1;
+    float temp = -1, top_p = -1, rep = -1;
+    int greedy = 0, sample = 0, json = 0, ignore_eos = 0, no_prompt = 0, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "m:gjh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model_dir = optarg; break;
+        case O_MAXNEW: if (parse_long("--max-new-tokens", optarg, 0, INT_MAX, &max_new)) return 2; break;
+        case O_MAXLEN: if (parse_long("--max-length", optarg, 1, INT_MAX, &max_len)) return 2; break;
+        case O_TEMP: if (parse_float("--temperature", optarg, 1e-6, 1e6, &temp)) return 2; break;
+        case O_TOPK: if (parse_long("--top-k", optarg, 0, INT_MAX, &top_k)) return 2; break;
+        case O_TOPP: if (parse_float("--top-p", optarg, 1e-9, 1, &top_p)) return 2; break;
+        case O_REP: if (parse_float("--repetition-penalty", optarg, 1e-6, 1e6, &rep)) return 2; break;
+        case O_SEED: if (parse_long("--seed", optarg, 0, LONG_MAX, &seed)) return 2; break;
+        case O_NRS: if (parse_long("--num-return-sequences", optarg, 1, 1000, &nrs)) return 2; break;
+        case O_IGN: ignore_eos = 1; break;
+        case 'g': greedy = 1; break;
+        case O_SAMPLE: sample = 1; break;
+        case 'j': json = 1; break;
+        case O_NOPROMPT: no_prompt = 1; break;
+        case 'h': usage_generate(stdout); return 0;
+        default: usage_generate(stderr); return 2;
+        }
+    }
+    if (!model_dir || optind != argc - 1) {
+        fprintf(stderr, "cserve generate: %s\n", !model_dir ? "--model DIR is required" : "exactly one PROMPT is required");
+        usage_generate(stderr);
+        return 2;
+    }
+    if (greedy && sample) {
+        fprintf(stderr, "cserve generate: --greedy and --sample exclude each other\n");
+        return 2;
+    }
+    const char *prompt = argv[optind];
+    cs_err err = {{0}};
+    cs_model *m = NULL;
+    cs_gen g = {0};
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    json_t *out = json_array();
+    int rc = 1;
+    if (cs_model_load(&m, model_dir, &err)) goto fail;
+    cs_gen_params p = m->defaults;
+    if (max_new >= 0) p.max_new_tokens = (int)max_new;
+    if (max_len >= 0) {
+        p.max_length = (int)max_len;
+        if (max_new < 0) p.max_new_tokens = -1;
+    }
+    if (temp > 0) p.sample.temperature = temp;
+    if (top_k >= 0) p.sample.top_k = (int)top_k;
+    if (top_p > 0) p.sample.top_p = top_p;
+    if (rep > 0) p.sample.repetition_penalty = rep;
+    if (sample || (!greedy && (temp > 0 || top_p > 0))) p.sample.do_sample = 1;
+    if (greedy) p.sample.do_sample = 0;
+    p.ignore_eos = ignore_eos;
+    if (cs_tok_encode(m->tok, prompt, strlen(prompt), 1, &ids, &n_ids, &err)) goto fail;
+    if (cs_gen_init(&g, m->net, 0, &err)) goto fail;
+    cs_rng rng;
+    cs_rng_seed(&rng, seed >= 0 ? (uint64_t)seed : random_seed());
+    for (long s = 0; s < nrs; s++) {
+        stream_ctx sc = {.tok = m->tok};
+        int streaming = !json;
+        if (streaming) {
+            if (s > 0) fputs("\n---\n", stdout);
+            if (!no_prompt) fputs(prompt, stdout);
+        }
+        cs_gen_result r;
+        if (cs_gen_run(&g, &p, ids, n_ids, &rng, streaming ? stream_token : NULL, &sc, &r, &err)) goto fail;
+        if (streaming) {
+            stream_ctx *scp = &sc;
+            if (scp->n_pending) { /* an incomplete character at the very end */
+                size_t rl;
+                char *rep_txt = cs_utf8_repair(scp->pending, scp->n_pending, &rl);
+                if (rep_txt) fwrite(rep_txt, 1, rl, stdout);
+                free(rep_txt);
+            }
+            fputc('\n', stdout);
+            continue;
+        }
+        char *text = NULL, *fixed = NULL;
+        size_t tl, fl;
+        if (cs_tok_decode(m->tok, r.tokens, r.n_tokens, &text, &tl, &err)) goto fail;
+        fixed = cs_utf8_repair(text, tl, &fl);
+        free(text);
+        if (!fixed) {
+            cs_err_set(&err, "out of memory");
+            goto fail;
+        }
+        size_t pl = no_prompt ? 0 : strlen(prompt);
+        char *full = malloc(pl + fl + 1);
+        size_t full_len;
+        if (full) {
+            memcpy(full, prompt, pl);
+            memcpy(full + pl, fixed, fl + 1);
+        }
+        free(fixed);
+        if (!full) {
+            cs_err_set(&err, "out of memory");
+            goto fail;
+        }
+        /* The prompt came from the command line and may itself be invalid UTF-8. */
+        char *clean = cs_utf8_repair(full, pl + fl, &full_len);
+        free(full);
+        if (!clean) {
+            cs_err_set(&err, "out of memory");
+            goto fail;
+        }
+        json_array_append_new(out, json_pack("{s:s%}", "generated_text", clean, full_len));
+        free(clean);
+    }
+    if (json) {
+        char *s = json_dumps(out, JSON_COMPACT);
+        if (!s) {
+            cs_err_set(&err, "out of memory");
+            goto fail;
+        }
+        puts(s);
+        free(s);
+    }
+    rc = 0;
+fail:
+    if (rc) fprintf(stderr, "cserve generate: %s\n", err.msg);
+    json_decref(out);
+    free(ids);
+    cs_gen_free(&g);
+    cs_model_free(m);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ tokenize */
+
+static void usage_tokenize(FILE *f) {
+    fprintf(f, "usage: cserve tokenize --model DIR TEXT          print ids as a JSON array\n"
+               "       cserve tokenize --model DIR --decode IDS  IDS: a JSON array or space-separated ids\n");
+}
+
+static int cmd_tokenize(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"decode", no_argument, 0, 'd'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    const char *dir = NULL;
+    int decode = 0, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "m:dh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': dir = optarg; break;
+        case 'd': decode = 1; break;
+        case 'h': usage_tokenize(stdout); return 0;
+        default: usage_tokenize(stderr); return 2;
+        }
+    }
+    if (!dir || optind != argc - 1) {
+        usage_tokenize(stderr);
+        return 2;
+    }
+    char vp[4096], mp[4096];
+    snprintf(vp, sizeof vp, "%s/vocab.json", dir);
+    snprintf(mp, sizeof mp, "%s/merges.txt", dir);
+    cs_err err = {{0}};
+    cs_tok *tok = NULL;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int rc = 1;
+    if (cs_tok_load(&tok, vp, mp, &err)) goto fail;
+    const char *arg = argv[optind];
+    if (!decode) {
+        if (cs_tok_encode(tok, arg, strlen(arg), 1, &ids, &n, &err)) goto fail;
+        putchar('[');
+        for (size_t i = 0; i < n; i++) printf(i ? ", %d" : "%d", ids[i]);
+        puts("]");
+    } else {
+        /* Accept "[1, 2, 3]" or "1 2 3": ids separated by commas, spaces or brackets. */
+        size_t cap = strlen(arg) / 2 + 1;
+        ids = malloc(cap * sizeof *ids);
+        if (!ids) {
+            cs_err_set(&err, "out of memory");
+            goto fail;
+        }
+        const char *s = arg;
+        while (*s) {
+            if (strchr("[], \t\n", *s)) {
+                s++;
+                continue;
+            }
+            char *end;
+            errno = 0;
+            long v = strtol(s, &end, 10);
+            if (end == s || errno || v < 0 || v > INT32_MAX || n >= cap) {
+                cs_err_set(&err, "--decode: bad token id at '%.20s'", s);
+                goto fail;
+            }
+            ids[n++] = (int32_t)v;
+            s = end;
+        }
+        char *text;
+        size_t tl;
+        if (cs_tok_decode(tok, ids, n, &text, &tl, &err)) goto fail;
+        fwrite(text, 1, tl, stdout);
+        putchar('\n');
+        free(text);
+    }
+    rc = 0;
+fail:
+    if (rc) fprintf(stderr, "cserve tokenize: %s\n", err.msg);
+    free(ids);
+    cs_tok_free(tok);
+    return rc;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage_main(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "generate") == 0) return cmd_generate(argc - 1, argv + 1);
+    if (strcmp(cmd, "tokenize") == 0) return cmd_tokenize(argc - 1, argv + 1);
+    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+        puts("cserve " CS_VERSION);
+        return 0;
+    }
+    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+        usage_main(stdout);
+        return 0;
+    }
+    fprintf(stderr, "cserve: unknown command '%s'\n", cmd);
+    usage_main(stderr);
+    return 2;
+}
