@@ -16,3 +16,11 @@ grep -v '^#' tests/data/ref/models.txt | while read -r name args; do
     # shellcheck disable=SC2086
     "$synth" --out "$dir" --tokenizer tests/data/gpt2-tokenizer $args
 done
+# The committed reference numbers belong to these exact files: say so clearly if
+# the generator changed without `make reference` being rerun.
+if [ -f tests/data/ref/SHA256SUMS ]; then
+    if ! (ref=$(pwd)/tests/data/ref/SHA256SUMS && cd "$out" && sha256sum --quiet -c "$ref"); then
+        echo "models: checkpoints differ from tests/data/ref/SHA256SUMS; rerun 'make reference'" >&2
+        exit 1
+    fi
+fi

@@ -4,6 +4,8 @@
  * "gpt2" encoding) for valid UTF-8 text. Pre-tokenization uses GPT-2's pattern
  *   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
  * through PCRE2 (UTF + UCP), then BPE by merge rank over the byte-to-unicode map.
+ * \s is spelled as Unicode White_Space and \p{L}/\p{N} are extended to Unicode 16,
+ * so every code point is classified as the references classify it (tokenizer.c).
  *
  * Invalid UTF-8: each maximal invalid subsequence is replaced by U+FFFD before
  * pre-tokenization, which is what Python's bytes.decode("utf-8", "replace")
@@ -25,13 +27,15 @@
 typedef struct cs_tok cs_tok;
 
 /* Loads vocab.json and merges.txt. On failure returns -1, *out = NULL and
- * err names the file and line/key at fault. */
+ * err names the file and line/key at fault. The vocabulary must hold a token
+ * for each of the 256 bytes; every merge's parts and result must be tokens. */
 int cs_tok_load(cs_tok **out, const char *vocab_path, const char *merges_path, cs_err *err);
 void cs_tok_free(cs_tok *t); /* NULL is a no-op */
 
 /* Encodes len bytes of text. On success *ids is a malloc'd array (caller frees;
- * may be NULL when *n_ids == 0). Returns 0, or -1 on allocation failure or when
- * the text is longer than CS_TOK_MAX_INPUT bytes. */
+ * may be NULL when *n_ids == 0). Returns 0, or -1 (with *ids = NULL) on
+ * allocation failure or when the text is longer than CS_TOK_MAX_INPUT bytes.
+ * Time is O(n log n) in the longest pre-token, so callers bound input size. */
 #define CS_TOK_MAX_INPUT ((size_t)64 << 20)
 int cs_tok_encode(const cs_tok *t, const char *text, size_t len, int allow_special,
                   int32_t **ids, size_t *n_ids, cs_err *err);

@@ -1,0 +1,166 @@
+/* Sampling filters against transformers' logits processors
+ * (tests/data/ref/sampler.json, written by tools/make_reference.py), plus the
+ * properties of the draw itself. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "engine/sampler.h"
+#include "testutil.h"
+
+static void test_filters_match_transformers(void **state) {
+    (void)state;
+    json_t *doc = tu_load_json("tests/data/ref/sampler.json");
+    assert_non_null(doc);
+    const size_t V = (size_t)json_integer_value(json_object_get(doc, "vocab"));
+    json_t *scores = json_object_get(doc, "scores"), *cases = json_object_get(doc, "cases");
+    assert_true(json_array_size(cases) > 100);
+    cs_sampler s;
+    assert_int_equal(cs_sampler_init(&s, V, NULL), 0);
+    float *buf = malloc(V * sizeof(float));
+    unsigned char *ref_mark = malloc(V);
+    int32_t hist[64];
+    size_t idx;
+    json_t *c;
+    size_t set_ok = 0;
+    json_array_foreach(cases, idx, c) {
+        json_t *sv = json_array_get(scores, (size_t)json_integer_value(json_object_get(c, "scores")));
+        for (size_t i = 0; i < V; i++) buf[i] = (float)json_real_value(json_array_get(sv, i));
+        json_t *h = json_object_get(c, "history");
+        size_t nh = json_array_size(h);
+        assert_true(nh <= 64);
+        for (size_t i = 0; i < nh; i++) hist[i] = (int32_t)json_integer_value(json_array_get(h, i));
+        cs_sample_params p = {
+            .do_sample = 1,
+            .top_k = (int)json_integer_value(json_object_get(c, "top_k")),
+            .top_p = (float)json_number_value(json_object_get(c, "top_p")),
+            .temperature = (float)json_number_value(json_object_get(c, "temperature")),
+            .repetition_penalty = (float)json_number_value(json_object_get(c, "repetition_penalty")),
+        };
+        cs_sampler_process(&s, &p, buf, hist, nh);
+        /* Exact id set, except that among scores tied exactly at the top-p cut
+         * the choice is arbitrary (torch.sort is not stable): there, ids may
+         * differ but the kept count and the multiset of kept scores may not. */
+        json_t *kept = json_object_get(c, "kept"), *vals = json_object_get(c, "kept_values");
+        size_t nref = json_array_size(kept), nk = 0;
+        float cut = INFINITY; /* smallest kept score */
+        for (size_t i = 0; i < V; i++)
+            if (buf[i] != -INFINITY) {
+                nk++;
+                if (buf[i] < cut) cut = buf[i];
+            }
+        int same = nk == nref;
+        memset(ref_mark, 0, V);
+        for (size_t j = 0; same && j < nref; j++) {
+            size_t id = (size_t)json_integer_value(json_array_get(kept, j));
+            float want = (float)json_real_value(json_array_get(vals, j));
+            ref_mark[id] = 1;
+            if (buf[id] == -INFINITY) {
+                same = fabsf(want - cut) <= 1e-6f * fmaxf(1.0f, fabsf(cut)); /* a tie at the cut */
+            } else if (fabsf(buf[id] - want) > 1e-6f * fmaxf(1.0f, fabsf(want))) {
+                printf("  case %zu: score of id %zu: %.9g vs %.9g\n", idx, id, buf[id], want);
+                same = 0;
+            }
+        }
+        for (size_t i = 0; same && i < V; i++)
+            if (buf[i] != -INFINITY && !ref_mark[i]) same = buf[i] == cut; /* ours kept: must be the tie */
+        if (!same)
+            printf("  case %zu (top_k=%d top_p=%g T=%g rep=%g): kept %zu ids, transformers kept %zu\n", idx, p.top_k,
+                   p.top_p, p.temperature, p.repetition_penalty, nk, nref);
+        set_ok += same;
+    }
+    printf("  %zu/%zu cases keep exactly transformers' token set\n", set_ok, json_array_size(cases));
+    assert_int_equal(set_ok, json_array_size(cases));
+    free(buf);
+    free(ref_mark);
+    cs_sampler_free(&s);
+    json_decref(doc);
+}
+
+static void test_greedy_takes_first_argmax(void **state) {
+    (void)state;
+    cs_sampler s;
+    assert_int_equal(cs_sampler_init(&s, 6, NULL), 0);
+    float sc[6] = {0.5f, 2.0f, -1.0f, 2.0f, 1.0f, 0.0f};
+    cs_sample_params p = {.do_sample = 0, .temperature = 1, .top_k = 50, .top_p = 1, .repetition_penalty = 1};
+    assert_int_equal(cs_sampler_pick(&s, &p, sc, NULL, 0, NULL), 1);
+    /* The repetition penalty applies to greedy decoding too: 2.0 / 4 < 1.0. */
+    float sc2[6] = {0.5f, 2.0f, -1.0f, 1.5f, 1.0f, 0.0f};
+    int32_t hist[] = {1, 1, 3};
+    p.repetition_penalty = 4.0f;
+    assert_int_equal(cs_sampler_pick(&s, &p, sc2, hist, 3, NULL), 4);
+    cs_sampler_free(&s);
+}
+
+static void test_seeded_draws_reproducible_and_distributed(void **state) {
+    (void)state;
+    enum { V = 4, N = 40000 };
+    cs_sampler s;
+    assert_int_equal(cs_sampler_init(&s, V, NULL), 0);
+    const float base[V] = {0.0f, logf(2.0f), logf(3.0f), logf(4.0f)}; /* probabilities 1:2:3:4 */
+    cs_sample_params p = {.do_sample = 1, .temperature = 1, .top_k = 0, .top_p = 1, .repetition_penalty = 1};
+    cs_rng a, b;
+    cs_rng_seed(&a, 42);
+    cs_rng_seed(&b, 42);
+    int counts[V] = {0};
+    for (int i = 0; i < N; i++) {
+        float x[V], y[V];
+        memcpy(x, base, sizeof x);
+        memcpy(y, base, sizeof y);
+        int32_t ta = cs_sampler_pick(&s, &p, x, NULL, 0, &a), tb = cs_sampler_pick(&s, &p, y, NULL, 0, &b);
+        assert_int_equal(ta, tb);
+        assert_true(ta >= 0 && ta < V);
+        counts[ta]++;
+    }
+    for (int i = 0; i < V; i++) {
+        double expect = N * (i + 1) / 10.0, sd = sqrt(expect);
+        assert_true(fabs(counts[i] - expect) < 6 * sd); /* ~6 sigma: fails only if the draw is biased */
+    }
+    /* top_k = 1 leaves exactly one candidate whatever the draw. */
+    p.top_k = 1;
+    for (int i = 0; i < 100; i++) {
+        float x[V];
+        memcpy(x, base, sizeof x);
+        assert_int_equal(cs_sampler_pick(&s, &p, x, NULL, 0, &a), 3);
+    }
+    cs_sampler_free(&s);
+}
+
+static void test_params_check(void **state) {
+    (void)state;
+    cs_err e;
+    cs_sample_params ok = {.do_sample = 1, .temperature = 1, .top_k = 0, .top_p = 1, .repetition_penalty = 1};
+    assert_int_equal(cs_sample_params_check(&ok, &e), 0);
+    cs_sample_params p = ok;
+    p.temperature = 0;
+    assert_int_equal(cs_sample_params_check(&p, &e), -1);
+    assert_non_null(strstr(e.msg, "temperature"));
+    p = ok;
+    p.top_p = 0;
+    assert_int_equal(cs_sample_params_check(&p, &e), -1);
+    assert_non_null(strstr(e.msg, "top_p"));
+    p = ok;
+    p.top_p = 1.5f;
+    assert_int_equal(cs_sample_params_check(&p, &e), -1);
+    p = ok;
+    p.top_k = -1;
+    assert_int_equal(cs_sample_params_check(&p, &e), -1);
+    assert_non_null(strstr(e.msg, "top_k"));
+    p = ok;
+    p.repetition_penalty = NAN;
+    assert_int_equal(cs_sample_params_check(&p, &e), -1);
+    assert_non_null(strstr(e.msg, "repetition_penalty"));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_filters_match_transformers),
+        cmocka_unit_test(test_greedy_takes_first_argmax),
+        cmocka_unit_test(test_seeded_draws_reproducible_and_distributed),
+        cmocka_unit_test(test_params_check),
+    };
+    return cmocka_run_group_tests_name("sampler", tests, NULL, NULL);
+}
