@@ -11,18 +11,19 @@ CC       ?= cc
 OPT      ?= -O3 -g
 WARN     ?= -Wall -Wextra -Werror
 SAN      ?=
-PKGS     := jansson libpcre2-8
+PKGS     := jansson libpcre2-8 libcurl
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -ljansson -lpcre2-8)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -ljansson -lpcre2-8 -lcurl)
 CFLAGS   += -std=c11 $(OPT) $(WARN) $(SAN) -D_GNU_SOURCE -Isrc $(PKG_CFLAGS) -MMD -MP
 LDFLAGS  += $(SAN)
 LDLIBS   += $(PKG_LIBS) -lm -lpthread
 
-LIB_SRC  := $(wildcard src/engine/*.c)
+LIB_SRC  := $(wildcard src/engine/*.c src/hub/*.c)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
-TEST_SRC := $(wildcard tests/engine/test_*.c)
+TEST_SRC := $(wildcard tests/engine/test_*.c tests/hub/test_*.c)
 TEST_BIN := $(TEST_SRC:%.c=$(BUILD)/%)
 TOOL_BIN := $(BUILD)/cs-synth
+PY_TESTS := $(wildcard tests/*/test_*.py)
 
 .PHONY: all test asan check run deps models reference clean
 all: $(BUILD)/cserve $(TOOL_BIN)
@@ -31,7 +32,8 @@ $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/cserve: $(BUILD)/obj/src/main.o $(LIB_OBJ)
+CLI_OBJ  := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard src/*.c))
+$(BUILD)/cserve: $(CLI_OBJ) $(LIB_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/cs-synth: $(BUILD)/obj/tools/synth_model.o $(BUILD)/obj/src/engine/err.o $(BUILD)/obj/src/engine/safetensors.o
@@ -48,15 +50,21 @@ models:
 	@$(MAKE) --no-print-directory BUILD=build SAN= build/cs-synth
 	@CS_SYNTH=build/cs-synth sh tools/make_models.sh build/models
 
-test: all $(TEST_BIN) models
+# Tests keep the packed-weights cache inside the build tree.
+test: export CS_CACHE_DIR = $(abspath $(BUILD))/pack-cache
+test: all $(TEST_BIN) models build/venv-test/bin/pytest
 	@BUILD=$(BUILD) sh tests/run_unit.sh $(TEST_BIN)
 	@sh tests/test_cli.sh $(BUILD)/cserve
+	@if [ -n "$(PY_TESTS)" ]; then CSERVE_BIN=$(BUILD)/cserve build/venv-test/bin/python -m pytest -q $(PY_TESTS); fi
 
 asan:
 	CS_TEST_QUICK=1 $(MAKE) BUILD=build/asan OPT="-O1 -g -fno-omit-frame-pointer" \
 	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" test
 
 deps:
+	sh tools/deps.sh
+
+build/venv-test/bin/pytest: tests/requirements.txt
 	sh tools/deps.sh
 
 # Everything CI runs: dependencies, the test suite, the sanitizer run.

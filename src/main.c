@@ -15,12 +15,15 @@
 
 #define CS_VERSION "0.1.0"
 
+int cs_cmd_bench(int argc, char **argv); /* cli_bench.c */
+
 static void usage_main(FILE *f) {
     fprintf(f,
             "usage: cserve <command> [options]\n\n"
             "commands:\n"
             "  generate --model DIR [options] PROMPT   generate text from a prompt\n"
             "  tokenize --model DIR [--decode] TEXT    print token ids as JSON (or decode ids)\n"
+            "  bench --model DIR [options]             engine benchmark, printed as JSON\n"
             "  version                                 print the version\n\n"
             "Run 'cserve <command> --help' for the options of a command.\n");
 }
@@ -69,6 +72,8 @@ static void usage_generate(FILE *f) {
             "  --seed S                    sampling seed (same seed, same text)\n"
             "  --num-return-sequences N    independent samples of the same prompt\n"
             "  --ignore-eos                keep generating after <|endoftext|>\n"
+            "  --dtype fp32|bf16|int8      weight format (packed once, cached for later runs)\n"
+            "  --threads N                 compute threads (default: CPUs available to the process)\n"
             "  --json                      print [{\"generated_text\": ...}] like the pipeline\n"
             "  --no-prompt                 print only the continuation (return_full_text=false)\n");
 }
@@ -108,7 +113,8 @@ static uint64_t random_seed(void) {
 }
 
 static int cmd_generate(int argc, char **argv) {
-    enum { O_MAXNEW = 256, O_MAXLEN, O_TEMP, O_TOPK, O_TOPP, O_REP, O_SEED, O_NRS, O_IGN, O_NOPROMPT, O_SAMPLE };
+    enum { O_MAXNEW = 256, O_MAXLEN, O_TEMP, O_TOPK, O_TOPP, O_REP, O_SEED, O_NRS, O_IGN, O_NOPROMPT, O_SAMPLE,
+           O_DTYPE, O_THREADS };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},     {"max-new-tokens", required_argument, 0, O_MAXNEW},
         {"max-length", required_argument, 0, O_MAXLEN}, {"temperature", required_argument, 0, O_TEMP},
@@ -117,9 +123,12 @@ static int cmd_generate(int argc, char **argv) {
         {"num-return-sequences", required_argument, 0, O_NRS}, {"ignore-eos", no_argument, 0, O_IGN},
         {"greedy", no_argument, 0, 'g'},          {"sample", no_argument, 0, O_SAMPLE},
         {"json", no_argument, 0, 'j'},            {"no-prompt", no_argument, 0, O_NOPROMPT},
+        {"dtype", required_argument, 0, O_DTYPE}, {"threads", required_argument, 0, O_THREADS},
         {"help", no_argument, 0, 'h'},            {0, 0, 0, 0},
     };
     const char *model_dir = NULL;
+    cs_gpt2_opts mopts = {0};
+    long threads = 0;
     long max_new = -2, max_len = -2, top_k = -1, nrs = 1, seed = -1;
     float temp = -1, top_p = -1, rep = -1;
     int greedy = 0, sample = 0, json = 0, ignore_eos = 0, no_prompt = 0, c;
@@ -140,6 +149,13 @@ static int cmd_generate(int argc, char **argv) {
         case O_SAMPLE: sample = 1; break;
         case 'j': json = 1; break;
         case O_NOPROMPT: no_prompt = 1; break;
+        case O_DTYPE:
+            if (cs_wdtype_parse(optarg, &mopts.dtype)) {
+                fprintf(stderr, "cserve: --dtype: expected fp32, bf16 or int8, got '%s'\n", optarg);
+                return 2;
+            }
+            break;
+        case O_THREADS: if (parse_long("--threads", optarg, 1, 1024, &threads)) return 2; break;
         case 'h': usage_generate(stdout); return 0;
         default: usage_generate(stderr); return 2;
         }
@@ -156,12 +172,14 @@ static int cmd_generate(int argc, char **argv) {
     const char *prompt = argv[optind];
     cs_err err = {{0}};
     cs_model *m = NULL;
+    cs_pool *pool = NULL;
     cs_gen g = {0};
     int32_t *ids = NULL;
     size_t n_ids = 0;
     json_t *out = json_array();
     int rc = 1;
-    if (cs_model_load(&m, model_dir, &err)) goto fail;
+    if (cs_model_load_opts(&m, model_dir, &mopts, &err)) goto fail;
+    if (cs_pool_create(&pool, (int)threads, &err)) goto fail;
     cs_gen_params p = m->defaults;
     if (max_new >= 0) p.max_new_tokens = (int)max_new;
     if (max_len >= 0) {
@@ -176,7 +194,7 @@ static int cmd_generate(int argc, char **argv) {
     if (greedy) p.sample.do_sample = 0;
     p.ignore_eos = ignore_eos;
     if (cs_tok_encode(m->tok, prompt, strlen(prompt), 1, &ids, &n_ids, &err)) goto fail;
-    if (cs_gen_init(&g, m->net, 0, &err)) goto fail;
+    if (cs_gen_init_pool(&g, m->net, 0, pool, &err)) goto fail;
     cs_rng rng;
     cs_rng_seed(&rng, seed >= 0 ? (uint64_t)seed : random_seed());
     for (long s = 0; s < nrs; s++) {
@@ -245,6 +263,7 @@ fail:
     json_decref(out);
     free(ids);
     cs_gen_free(&g);
+    cs_pool_free(pool);
     cs_model_free(m);
     return rc;
 }
@@ -336,6 +355,7 @@ int main(int argc, char **argv) {
     const char *cmd = argv[1];
     if (strcmp(cmd, "generate") == 0) return cmd_generate(argc - 1, argv + 1);
     if (strcmp(cmd, "tokenize") == 0) return cmd_tokenize(argc - 1, argv + 1);
+    if (strcmp(cmd, "bench") == 0) return cs_cmd_bench(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         puts("cserve " CS_VERSION);
         return 0;

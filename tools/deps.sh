@@ -2,7 +2,7 @@
 # Installs what building and testing cserve needs (Debian/Ubuntu packages).
 # Safe to run repeatedly; does nothing when everything is already present.
 set -e
-PKGS="build-essential pkg-config libjansson-dev libpcre2-dev libcmocka-dev python3 python3-venv"
+PKGS="build-essential pkg-config libjansson-dev libpcre2-dev libcmocka-dev libcurl4-openssl-dev python3 python3-venv"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -14,3 +14,12 @@ if [ -n "$missing" ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing
 fi
+
+# Python test tools live in a venv under build/ (never the system interpreter).
+venv=build/venv-test
+if [ ! -x "$venv/bin/pytest" ]; then
+    echo "deps: creating $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --upgrade pip
+fi
+"$venv/bin/pip" install -q -r tests/requirements.txt

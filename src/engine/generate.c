@@ -123,10 +123,12 @@ int cs_gen_new_tokens(const cs_gen_params *p, size_t n_prompt, int n_ctx, cs_err
     return (int)n;
 }
 
-int cs_gen_init(cs_gen *g, const cs_gpt2 *m, int n_ctx, cs_err *err) {
+int cs_gen_init(cs_gen *g, const cs_gpt2 *m, int n_ctx, cs_err *err) { return cs_gen_init_pool(g, m, n_ctx, NULL, err); }
+
+int cs_gen_init_pool(cs_gen *g, const cs_gpt2 *m, int n_ctx, cs_pool *pool, cs_err *err) {
     memset(g, 0, sizeof *g);
     g->m = m;
-    if (cs_gpt2_state_init(&g->st, m, n_ctx, 0, err)) return -1;
+    if (cs_gpt2_state_init(&g->st, m, n_ctx, 0, pool, err)) return -1;
     if (cs_sampler_init(&g->smp, (size_t)m->cfg.vocab_size, err)) goto fail;
     g->logits = malloc((size_t)m->cfg.vocab_size * sizeof(float));
     g->seq = malloc((size_t)g->st.n_ctx * sizeof(int32_t));

@@ -56,7 +56,10 @@ typedef struct cs_gen {
     size_t n_seq;
 } cs_gen;
 
+/* n_ctx <= 0: the model's n_positions. pool (may be NULL) is borrowed for the
+ * forward passes and must outlive g. */
 int cs_gen_init(cs_gen *g, const cs_gpt2 *m, int n_ctx, cs_err *err);
+int cs_gen_init_pool(cs_gen *g, const cs_gpt2 *m, int n_ctx, cs_pool *pool, cs_err *err);
 void cs_gen_free(cs_gen *g);
 
 typedef struct cs_gen_result {

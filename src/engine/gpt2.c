@@ -8,6 +8,13 @@
 
 #include "engine/safetensors.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 /* ---------------------------------------------------------------- config */
 
 static int get_int(json_t *root, const char *key, int lo, int hi, int dflt, int *out, cs_err *err) {
@@ -128,7 +135,8 @@ static const cs_st_tensor *find_tensor(const cs_st *st, const char *name) {
     return n > 0 && n < CS_ST_MAX_NAME ? cs_st_find(st, full) : NULL;
 }
 
-/* Copies tensor NAME of the given shape into dst (fp32). */
+/* Converts tensor NAME of the given shape into dst (fp32), checking shape,
+ * dtype and finiteness. */
 static int load_tensor(const cs_st *st, const char *name, int rank, const int64_t *shape, float *dst,
                        cs_err *err) {
     const cs_st_tensor *t = find_tensor(st, name);
@@ -152,68 +160,240 @@ static int load_tensor(const cs_st *st, const char *name, int rank, const int64_
     return 0;
 }
 
-int cs_gpt2_load(cs_gpt2 **out, const cs_gpt2_config *cfg, const char *path, cs_err *err) {
+/* The packed blob: a header page, then every array 64-byte aligned in a fixed
+ * order that depends only on (config, dtype). The same walk sizes the blob,
+ * fills it from safetensors, or points into a mapped cache file. */
+#define PACK_MAGIC "CSPACK02"
+#define PACK_HEADER 4096
+
+typedef struct pack_header {
+    char magic[8];
+    uint32_t wdtype, cfg_size;
+    cs_gpt2_config cfg;
+    uint64_t src_size, src_mtime_ns, src_ino, total;
+} pack_header;
+
+typedef struct walk {
+    cs_gpt2 *m;
+    char *base;        /* NULL: sizing pass */
+    size_t off;
+    const cs_st *st;   /* non-NULL: fill from the source */
+    float *tmp;        /* scratch for one source tensor */
+    cs_err *err;
+} walk;
+
+static void *take(walk *w, size_t bytes) {
+    w->off = (w->off + 63) & ~(size_t)63;
+    void *p = w->base ? w->base + w->off : NULL;
+    w->off += bytes;
+    return p;
+}
+
+/* An fp32 vector/matrix copied as is. */
+static int walk_f32(walk *w, const float **dst, const char *name, int rank, int64_t d0, int64_t d1) {
+    const int64_t shp[2] = {d0, d1};
+    size_t n = (size_t)d0 * (rank == 2 ? (size_t)d1 : 1);
+    float *p = take(w, n * sizeof(float));
+    *dst = p;
+    if (w->st && load_tensor(w->st, name, rank, shp, p, w->err)) return -1;
+    return 0;
+}
+
+/* A matrix packed into panels. Source shape (rows, cols); transposed: the
+ * source is (N, K) (an embedding used as the LM head) instead of (K, N). */
+static int walk_mat(walk *w, cs_pmat *pm, const char *name, size_t K, size_t N, int transposed, const float *bias) {
+    const cs_wdtype dt = w->m->wdtype;
+    *pm = (cs_pmat){.dt = dt, .K = K, .N = N, .n_panels = (N + CS_PANEL - 1) / CS_PANEL, .bias = bias};
+    void *wp = take(w, cs_pmat_wbytes(dt, K, N));
+    float *sp = dt == CS_W_I8 ? take(w, cs_pmat_sbytes(dt, N)) : NULL;
+    pm->w = wp;
+    pm->scale = sp;
+    if (!w->st) return 0;
+    const int64_t shp[2] = {transposed ? (int64_t)N : (int64_t)K, transposed ? (int64_t)K : (int64_t)N};
+    if (load_tensor(w->st, name, 2, shp, w->tmp, w->err)) return -1;
+    cs_pmat_pack(dt, w->tmp, K, N, transposed ? K : N, transposed, wp, sp);
+    return 0;
+}
+
+static int walk_model(walk *w) {
+    cs_gpt2 *m = w->m;
+    const cs_gpt2_config *c = &m->cfg;
+    const size_t C = (size_t)c->n_embd, F = (size_t)c->n_inner, V = (size_t)c->vocab_size, P = (size_t)c->n_positions;
+    take(w, PACK_HEADER);
+    if (walk_f32(w, &m->wpe, "wpe.weight", 2, (int64_t)P, (int64_t)C) ||
+        walk_f32(w, &m->lnf_w, "ln_f.weight", 1, (int64_t)C, 0) ||
+        walk_f32(w, &m->lnf_b, "ln_f.bias", 1, (int64_t)C, 0))
+        return -1;
+    if (c->tie_word_embeddings) {
+        m->wte = NULL;
+        if (walk_mat(w, &m->lm_head, "wte.weight", C, V, 1, NULL)) return -1;
+    } else {
+        if (w->st && !cs_st_find(w->st, "lm_head.weight"))
+            return cs_err_set(w->err, "%s: missing tensor lm_head.weight (tie_word_embeddings is false)",
+                              cs_st_path(w->st));
+        if (walk_f32(w, &m->wte, "wte.weight", 2, (int64_t)V, (int64_t)C) ||
+            walk_mat(w, &m->lm_head, "lm_head.weight", C, V, 1, NULL))
+            return -1;
+    }
+    for (size_t l = 0; l < (size_t)c->n_layer; l++) {
+        cs_gpt2_layer *ly = &m->layers[l];
+        char n[CS_ST_MAX_NAME];
+        const float *qkv_b, *proj_b, *fc_b, *fcproj_b;
+#define NAME(suffix) (snprintf(n, sizeof n, "h.%zu.%s", l, suffix), n)
+        if (walk_f32(w, &ly->ln1_w, NAME("ln_1.weight"), 1, (int64_t)C, 0) ||
+            walk_f32(w, &ly->ln1_b, NAME("ln_1.bias"), 1, (int64_t)C, 0) ||
+            walk_f32(w, &ly->ln2_w, NAME("ln_2.weight"), 1, (int64_t)C, 0) ||
+            walk_f32(w, &ly->ln2_b, NAME("ln_2.bias"), 1, (int64_t)C, 0) ||
+            walk_f32(w, &qkv_b, NAME("attn.c_attn.bias"), 1, (int64_t)(3 * C), 0) ||
+            walk_f32(w, &proj_b, NAME("attn.c_proj.bias"), 1, (int64_t)C, 0) ||
+            walk_f32(w, &fc_b, NAME("mlp.c_fc.bias"), 1, (int64_t)F, 0) ||
+            walk_f32(w, &fcproj_b, NAME("mlp.c_proj.bias"), 1, (int64_t)C, 0) ||
+            walk_mat(w, &ly->qkv, NAME("attn.c_attn.weight"), C, 3 * C, 0, qkv_b) ||
+            walk_mat(w, &ly->proj, NAME("attn.c_proj.weight"), C, C, 0, proj_b) ||
+            walk_mat(w, &ly->fc, NAME("mlp.c_fc.weight"), C, F, 0, fc_b) ||
+            walk_mat(w, &ly->fcproj, NAME("mlp.c_proj.weight"), F, C, 0, fcproj_b))
+            return -1;
+#undef NAME
+    }
+    w->off = (w->off + 63) & ~(size_t)63;
+    return 0;
+}
+
+static uint64_t fnv1a(const char *s) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+    return h;
+}
+
+/* Cache file path for (source, dtype); 0 on success. */
+static int cache_path(char *out, size_t cap, const char *src, cs_wdtype dt, const char *dir_opt) {
+    char real[PATH_MAX], dir[PATH_MAX];
+    if (!realpath(src, real)) return -1;
+    const char *d = dir_opt ? dir_opt : getenv("CS_CACHE_DIR");
+    if (d && *d) {
+        snprintf(dir, sizeof dir, "%s", d);
+    } else if (getenv("XDG_CACHE_HOME") && *getenv("XDG_CACHE_HOME")) {
+        snprintf(dir, sizeof dir, "%s/cserve", getenv("XDG_CACHE_HOME"));
+    } else if (getenv("HOME") && *getenv("HOME")) {
+        snprintf(dir, sizeof dir, "%s/.cache/cserve", getenv("HOME"));
+    } else {
+        return -1;
+    }
+    int n = snprintf(out, cap, "%s/%016llx-%s.cspack", dir, (unsigned long long)fnv1a(real), cs_wdtype_name(dt));
+    return n > 0 && (size_t)n < cap ? 0 : -1;
+}
+
+static void fill_header(pack_header *h, const cs_gpt2 *m, const struct stat *sb, size_t total) {
+    memset(h, 0, sizeof *h);
+    memcpy(h->magic, PACK_MAGIC, 8);
+    h->wdtype = (uint32_t)m->wdtype;
+    h->cfg_size = (uint32_t)sizeof m->cfg;
+    h->cfg = m->cfg;
+    h->src_size = (uint64_t)sb->st_size;
+    h->src_mtime_ns = (uint64_t)sb->st_mtim.tv_sec * 1000000000ull + (uint64_t)sb->st_mtim.tv_nsec;
+    h->src_ino = (uint64_t)sb->st_ino;
+    h->total = total;
+}
+
+/* Maps an existing, matching cache file; 0 on success, -1 if absent/stale. */
+static int map_cache(cs_gpt2 *m, const char *path, const pack_header *want) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    struct stat sb;
+    void *p = MAP_FAILED;
+    if (fstat(fd, &sb) == 0 && (uint64_t)sb.st_size == want->total)
+        p = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED) return -1;
+    pack_header h;
+    memcpy(&h, p, sizeof h);
+    if (memcmp(&h, want, sizeof h) != 0) {
+        munmap(p, (size_t)sb.st_size);
+        return -1;
+    }
+    m->blob = p;
+    m->blob_len = (size_t)sb.st_size;
+    m->blob_mapped = 1;
+    return 0;
+}
+
+/* Writes the blob to path atomically (temp file + rename). Failures are ignored
+ * by the caller: the cache is an optimisation. */
+static int write_cache(const char *path, const void *blob, size_t len) {
+    char dir[PATH_MAX + 64], tmp[PATH_MAX + 96];
+    if (strlen(path) >= PATH_MAX) return -1;
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash) return -1;
+    *slash = '\0';
+    /* mkdir -p for the last two levels (~/.cache/cserve) */
+    char *mid = strrchr(dir, '/');
+    if (mid) {
+        *mid = '\0';
+        mkdir(dir, 0755);
+        *mid = '/';
+    }
+    mkdir(dir, 0755);
+    snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return -1;
+    const char *p = blob;
+    size_t left = len;
+    while (left) {
+        ssize_t k = write(fd, p, left);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) break;
+        p += k;
+        left -= (size_t)k;
+    }
+    int ok = left == 0 && fsync(fd) == 0;
+    if (close(fd) != 0) ok = 0;
+    if (!ok || rename(tmp, path) != 0) {
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+int cs_gpt2_load(cs_gpt2 **out, const cs_gpt2_config *cfg, const char *path, const cs_gpt2_opts *opts,
+                 cs_err *err) {
     *out = NULL;
+    const cs_gpt2_opts dflt = {0};
+    if (!opts) opts = &dflt;
     cs_st *st = NULL;
+    walk w = {0};
     cs_gpt2 *m = calloc(1, sizeof *m);
     if (!m) return cs_err_set(err, "out of memory");
     m->cfg = *cfg;
-    const size_t L = (size_t)cfg->n_layer, C = (size_t)cfg->n_embd, F = (size_t)cfg->n_inner,
-                 V = (size_t)cfg->vocab_size, P = (size_t)cfg->n_positions;
-    const size_t per_layer = 2 * C + C * 3 * C + 3 * C + C * C + C + 2 * C + C * F + F + F * C + C;
-    int untied = !cfg->tie_word_embeddings;
-    m->n_params = V * C * (untied ? 2 : 1) + P * C + 2 * C + L * per_layer;
-    if (cs_st_open(&st, path, err)) goto fail;
-    m->params = malloc(m->n_params * sizeof(float));
-    m->layers = calloc(L, sizeof *m->layers);
-    if (!m->params || !m->layers) {
-        cs_err_set(err, "out of memory for %zu parameters", m->n_params);
+    m->wdtype = opts->dtype;
+    m->kern = opts->kern ? opts->kern : cs_kern_best();
+    m->layers = calloc((size_t)cfg->n_layer, sizeof *m->layers);
+    if (!m->layers) {
+        cs_err_set(err, "out of memory");
         goto fail;
     }
-    float *p = m->params;
-#define TAKE(ptr, name, rank, ...)                                             \
-    do {                                                                       \
-        const int64_t shp_[] = {__VA_ARGS__};                                  \
-        if (load_tensor(st, name, rank, shp_, p, err)) goto fail;              \
-        size_t n_ = 1;                                                         \
-        for (int i_ = 0; i_ < rank; i_++) n_ *= (size_t)shp_[i_];              \
-        ptr = p;                                                               \
-        p += n_;                                                               \
-    } while (0)
-    TAKE(m->wte, "wte.weight", 2, (int64_t)V, (int64_t)C);
-    TAKE(m->wpe, "wpe.weight", 2, (int64_t)P, (int64_t)C);
-    TAKE(m->lnf_w, "ln_f.weight", 1, (int64_t)C);
-    TAKE(m->lnf_b, "ln_f.bias", 1, (int64_t)C);
-    m->lm_head = m->wte;
-    if (untied) {
-        if (!cs_st_find(st, "lm_head.weight")) {
-            cs_err_set(err, "%s: missing tensor lm_head.weight (tie_word_embeddings is false)", path);
-            goto fail;
-        }
-        const int64_t shp[] = {(int64_t)V, (int64_t)C};
-        if (load_tensor(st, "lm_head.weight", 2, shp, p, err)) goto fail;
-        m->lm_head = p;
-        p += V * C;
+    struct stat sb;
+    if (stat(path, &sb) != 0) {
+        cs_err_set(err, "%s: cannot open: %s", path, strerror(errno));
+        goto fail;
     }
-    for (size_t l = 0; l < L; l++) {
-        cs_gpt2_layer *ly = &m->layers[l];
-        char n[CS_ST_MAX_NAME];
-#define NAME(suffix) (snprintf(n, sizeof n, "h.%zu.%s", l, suffix), n)
-        TAKE(ly->ln1_w, NAME("ln_1.weight"), 1, (int64_t)C);
-        TAKE(ly->ln1_b, NAME("ln_1.bias"), 1, (int64_t)C);
-        TAKE(ly->qkv_w, NAME("attn.c_attn.weight"), 2, (int64_t)C, (int64_t)(3 * C));
-        TAKE(ly->qkv_b, NAME("attn.c_attn.bias"), 1, (int64_t)(3 * C));
-        TAKE(ly->proj_w, NAME("attn.c_proj.weight"), 2, (int64_t)C, (int64_t)C);
-        TAKE(ly->proj_b, NAME("attn.c_proj.bias"), 1, (int64_t)C);
-        TAKE(ly->ln2_w, NAME("ln_2.weight"), 1, (int64_t)C);
-        TAKE(ly->ln2_b, NAME("ln_2.bias"), 1, (int64_t)C);
-        TAKE(ly->fc_w, NAME("mlp.c_fc.weight"), 2, (int64_t)C, (int64_t)F);
-        TAKE(ly->fc_b, NAME("mlp.c_fc.bias"), 1, (int64_t)F);
-        TAKE(ly->fcproj_w, NAME("mlp.c_proj.weight"), 2, (int64_t)F, (int64_t)C);
-        TAKE(ly->fcproj_b, NAME("mlp.c_proj.bias"), 1, (int64_t)C);
-#undef NAME
+    w = (walk){.m = m, .err = err};
+    if (walk_model(&w)) goto fail; /* sizing pass */
+    const size_t total = w.off;
+    pack_header hdr;
+    fill_header(&hdr, m, &sb, total);
+    const char *ne = getenv("CS_NO_CACHE");
+    const int use_cache = !opts->no_cache && !(ne && *ne && strcmp(ne, "0") != 0);
+    char cpath[PATH_MAX + 64];
+    const int have_cpath = use_cache && cache_path(cpath, sizeof cpath, path, m->wdtype, opts->cache_dir) == 0;
+    if (have_cpath && map_cache(m, cpath, &hdr) == 0) {
+        m->from_cache = 1;
+        w = (walk){.m = m, .base = m->blob, .err = err};
+        walk_model(&w); /* points into the mapping; cannot fail without a source */
+        *out = m;
+        return 0;
     }
-#undef TAKE
+    if (cs_st_open(&st, path, err)) goto fail;
     if (cfg->n_layer < CS_GPT2_MAX_LAYER) { /* a checkpoint with more layers than the config is mismatched */
         char n[CS_ST_MAX_NAME];
         snprintf(n, sizeof n, "h.%d.ln_1.weight", cfg->n_layer);
@@ -222,7 +402,32 @@ int cs_gpt2_load(cs_gpt2 **out, const cs_gpt2_config *cfg, const char *path, cs_
             goto fail;
         }
     }
+    const size_t C = (size_t)cfg->n_embd, F = (size_t)cfg->n_inner, V = (size_t)cfg->vocab_size;
+    size_t tmp_n = V * C > C * F ? V * C : C * F;
+    if (3 * C * C > tmp_n) tmp_n = 3 * C * C;
+    if ((size_t)cfg->n_positions * C > tmp_n) tmp_n = (size_t)cfg->n_positions * C;
+    w = (walk){.m = m, .err = err, .st = st, .tmp = malloc(tmp_n * sizeof(float))};
+    if (posix_memalign(&m->blob, 64, total) != 0) m->blob = NULL;
+    if (!w.tmp || !m->blob) {
+        free(w.tmp);
+        cs_err_set(err, "out of memory for %zu bytes of weights", total);
+        goto fail;
+    }
+    m->blob_len = total;
+    w.base = m->blob;
+    int rc = walk_model(&w);
+    free(w.tmp);
+    if (rc) goto fail;
+    memset(m->blob, 0, PACK_HEADER);
+    memcpy(m->blob, &hdr, sizeof hdr);
     cs_st_close(st);
+    st = NULL;
+    if (have_cpath && write_cache(cpath, m->blob, total) == 0 && map_cache(m, cpath, &hdr) == 0) {
+        /* Switch to the shared read-only mapping so this process, too, holds one copy. */
+        free(w.base);
+        w = (walk){.m = m, .base = m->blob, .err = err};
+        walk_model(&w);
+    }
     *out = m;
     return 0;
 fail:
@@ -233,213 +438,8 @@ fail:
 
 void cs_gpt2_free(cs_gpt2 *m) {
     if (!m) return;
-    free(m->params);
+    if (m->blob_mapped) munmap(m->blob, m->blob_len);
+    else free(m->blob);
     free(m->layers);
     free(m);
-}
-
-/* ------------------------------------------------------------------- state */
-
-int cs_gpt2_state_init(cs_gpt2_state *s, const cs_gpt2 *m, int n_ctx, int max_chunk, cs_err *err) {
-    memset(s, 0, sizeof *s);
-    const cs_gpt2_config *c = &m->cfg;
-    if (n_ctx <= 0 || n_ctx > c->n_positions) n_ctx = c->n_positions;
-    if (max_chunk <= 0) max_chunk = 64;
-    if (max_chunk > n_ctx) max_chunk = n_ctx;
-    s->n_ctx = n_ctx;
-    s->max_chunk = max_chunk;
-    const size_t L = (size_t)c->n_layer, C = (size_t)c->n_embd, F = (size_t)c->n_inner, T = (size_t)max_chunk;
-    s->k = malloc(L * (size_t)n_ctx * C * sizeof(float));
-    s->v = malloc(L * (size_t)n_ctx * C * sizeof(float));
-    s->x = malloc(T * C * sizeof(float));
-    s->h = malloc(T * C * sizeof(float));
-    s->qkv = malloc(T * 3 * C * sizeof(float));
-    s->ff = malloc(T * F * sizeof(float));
-    s->att = malloc((size_t)n_ctx * sizeof(float));
-    if (!s->k || !s->v || !s->x || !s->h || !s->qkv || !s->ff || !s->att) {
-        cs_gpt2_state_free(s);
-        return cs_err_set(err, "out of memory for a %d-token KV cache", n_ctx);
-    }
-    return 0;
-}
-
-void cs_gpt2_state_free(cs_gpt2_state *s) {
-    free(s->k);
-    free(s->v);
-    free(s->x);
-    free(s->h);
-    free(s->qkv);
-    free(s->ff);
-    free(s->att);
-    memset(s, 0, sizeof *s);
-}
-
-/* ----------------------------------------------------------------- kernels */
-
-/* Eight independent partial sums: lets the compiler vectorise without
- * reassociating a single accumulator (no -ffast-math). */
-static float dot(const float *a, const float *b, size_t n) {
-    float acc[8] = {0};
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++) acc[j] += a[i + j] * b[i + j];
-    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
-/* y (T, N) = x (T, K) @ w (K, N) + b (N). Row-major, Conv1D layout. */
-static void matmul(float *y, const float *x, const float *w, const float *b, size_t T, size_t K, size_t N) {
-    for (size_t t = 0; t < T; t++) memcpy(y + t * N, b, N * sizeof(float));
-    const size_t KB = 64; /* keep a block of W rows hot across all T rows */
-    for (size_t k0 = 0; k0 < K; k0 += KB) {
-        size_t k1 = k0 + KB < K ? k0 + KB : K;
-        for (size_t t = 0; t < T; t++) {
-            float *yr = y + t * N;
-            const float *xr = x + t * K;
-            for (size_t k = k0; k < k1; k++) {
-                const float a = xr[k];
-                const float *wr = w + k * N;
-                for (size_t n = 0; n < N; n++) yr[n] += a * wr[n];
-            }
-        }
-    }
-}
-
-static void layernorm(float *y, const float *x, const float *w, const float *b, size_t T, size_t C, float eps) {
-    for (size_t t = 0; t < T; t++) {
-        const float *xr = x + t * C;
-        float *yr = y + t * C;
-        float mean = 0;
-        for (size_t i = 0; i < C; i++) mean += xr[i];
-        mean /= (float)C;
-        float var = 0;
-        for (size_t i = 0; i < C; i++) {
-            float d = xr[i] - mean;
-            var += d * d;
-        }
-        var /= (float)C;
-        const float rstd = 1.0f / sqrtf(var + eps);
-        for (size_t i = 0; i < C; i++) yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
-    }
-}
-
-static void activation(float *x, size_t n, cs_act act) {
-    switch (act) {
-    case CS_ACT_GELU_TANH:
-        for (size_t i = 0; i < n; i++) {
-            const float v = x[i];
-            x[i] = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
-        }
-        break;
-    case CS_ACT_GELU_ERF:
-        for (size_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.7071067811865476f));
-        break;
-    case CS_ACT_RELU:
-        for (size_t i = 0; i < n; i++) x[i] = x[i] > 0 ? x[i] : 0;
-        break;
-    case CS_ACT_SILU:
-        for (size_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-x[i]));
-        break;
-    case CS_ACT_QUICK:
-        for (size_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
-        break;
-    }
-}
-
-/* Causal self-attention for T new tokens at positions pos0.. ; q/k/v come from
- * qkv (T, 3C); k and v are written into the cache first. out: (T, C). */
-static void attention(const cs_gpt2 *m, cs_gpt2_state *s, size_t layer, const float *qkv, float *out, size_t T,
-                      size_t pos0) {
-    const size_t C = (size_t)m->cfg.n_embd, H = (size_t)m->cfg.n_head, hd = C / H, n_ctx = (size_t)s->n_ctx;
-    float *kc = s->k + layer * n_ctx * C, *vc = s->v + layer * n_ctx * C;
-    for (size_t t = 0; t < T; t++) {
-        memcpy(kc + (pos0 + t) * C, qkv + t * 3 * C + C, C * sizeof(float));
-        memcpy(vc + (pos0 + t) * C, qkv + t * 3 * C + 2 * C, C * sizeof(float));
-    }
-    float scale = m->cfg.scale_attn_weights ? 1.0f / sqrtf((float)hd) : 1.0f;
-    if (m->cfg.scale_attn_by_inverse_layer_idx) scale /= (float)(layer + 1);
-    float *att = s->att;
-    for (size_t t = 0; t < T; t++) {
-        const size_t npos = pos0 + t + 1; /* keys 0..pos0+t */
-        for (size_t h = 0; h < H; h++) {
-            const float *q = qkv + t * 3 * C + h * hd;
-            float mx = -INFINITY;
-            for (size_t j = 0; j < npos; j++) {
-                att[j] = dot(q, kc + j * C + h * hd, hd) * scale;
-                if (att[j] > mx) mx = att[j];
-            }
-            float sum = 0;
-            for (size_t j = 0; j < npos; j++) {
-                att[j] = expf(att[j] - mx);
-                sum += att[j];
-            }
-            const float inv = 1.0f / sum;
-            float *o = out + t * C + h * hd;
-            memset(o, 0, hd * sizeof(float));
-            for (size_t j = 0; j < npos; j++) {
-                const float p = att[j] * inv;
-                const float *vr = vc + j * C + h * hd;
-                for (size_t i = 0; i < hd; i++) o[i] += p * vr[i];
-            }
-        }
-    }
-}
-
-enum { LOGITS_NONE, LOGITS_LAST, LOGITS_ALL };
-
-/* One chunk of T <= max_chunk tokens. */
-static void forward_chunk(const cs_gpt2 *m, cs_gpt2_state *s, const int32_t *tok, size_t T, float *logits,
-                          int mode) {
-    const cs_gpt2_config *c = &m->cfg;
-    const size_t C = (size_t)c->n_embd, F = (size_t)c->n_inner, V = (size_t)c->vocab_size;
-    const size_t pos0 = (size_t)s->n_past;
-    float *x = s->x, *h = s->h, *qkv = s->qkv, *ff = s->ff;
-    for (size_t t = 0; t < T; t++) {
-        const float *e = m->wte + (size_t)tok[t] * C, *p = m->wpe + (pos0 + t) * C;
-        for (size_t i = 0; i < C; i++) x[t * C + i] = e[i] + p[i];
-    }
-    for (size_t l = 0; l < (size_t)c->n_layer; l++) {
-        const cs_gpt2_layer *ly = &m->layers[l];
-        layernorm(h, x, ly->ln1_w, ly->ln1_b, T, C, c->layer_norm_epsilon);
-        matmul(qkv, h, ly->qkv_w, ly->qkv_b, T, C, 3 * C);
-        attention(m, s, l, qkv, h, T, pos0);
-        matmul(qkv, h, ly->proj_w, ly->proj_b, T, C, C); /* q/k/v are consumed: reuse as scratch */
-        for (size_t i = 0; i < T * C; i++) x[i] += qkv[i];
-        layernorm(h, x, ly->ln2_w, ly->ln2_b, T, C, c->layer_norm_epsilon);
-        matmul(ff, h, ly->fc_w, ly->fc_b, T, C, F);
-        activation(ff, T * F, c->act);
-        matmul(h, ff, ly->fcproj_w, ly->fcproj_b, T, F, C);
-        for (size_t i = 0; i < T * C; i++) x[i] += h[i];
-    }
-    s->n_past += (int)T;
-    if (mode == LOGITS_NONE) return;
-    const int all_logits = mode == LOGITS_ALL;
-    const size_t t0 = all_logits ? 0 : T - 1;
-    layernorm(h + t0 * C, x + t0 * C, m->lnf_w, m->lnf_b, T - t0, C, c->layer_norm_epsilon);
-    for (size_t t = t0; t < T; t++) {
-        float *out = logits + (all_logits ? t * V : 0);
-        const float *hr = h + t * C;
-        for (size_t v = 0; v < V; v++) out[v] = dot(hr, m->lm_head + v * C, C);
-    }
-}
-
-int cs_gpt2_forward(const cs_gpt2 *m, cs_gpt2_state *s, const int32_t *tokens, size_t n, float *logits,
-                    int all_logits, cs_err *err) {
-    if (n == 0) return cs_err_set(err, "no tokens to process");
-    if (n > (size_t)(s->n_ctx - s->n_past))
-        return cs_err_set(err, "context length exceeded: %d tokens cached + %zu new > %d", s->n_past, n, s->n_ctx);
-    for (size_t i = 0; i < n; i++)
-        if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab_size)
-            return cs_err_set(err, "token id %d at index %zu outside vocabulary [0, %d)", tokens[i], i,
-                              m->cfg.vocab_size);
-    const size_t V = (size_t)m->cfg.vocab_size;
-    for (size_t i = 0; i < n; i += (size_t)s->max_chunk) {
-        size_t T = n - i < (size_t)s->max_chunk ? n - i : (size_t)s->max_chunk;
-        if (all_logits)
-            forward_chunk(m, s, tokens + i, T, logits + i * V, LOGITS_ALL);
-        else /* earlier chunks only fill the cache */
-            forward_chunk(m, s, tokens + i, T, logits, i + T == n ? LOGITS_LAST : LOGITS_NONE);
-    }
-    return 0;
 }

@@ -1,13 +1,20 @@
-/* cs_gpt2: the GPT-2 architecture (fp32 reference path) with a KV cache.
+/* cs_gpt2: the GPT-2 architecture: weights, KV caches, batched forward.
  *
- * A model is loaded from config.json + model.safetensors (F32/F16/BF16, tensor
- * names with or without the "transformer." prefix, lm_head tied to wte). All
- * weights are converted once into one fp32 params buffer owned by cs_gpt2.
- * The forward pass appends tokens to a cs_gpt2_state (one sequence's KV cache)
- * and returns next-token logits. The per-token path allocates nothing.
+ * Loading reads config.json + model.safetensors (F32/F16/BF16, tensor names
+ * with or without the "transformer." prefix, lm_head tied to wte or not) and
+ * repacks every matrix once into 16-column panels in the chosen weight dtype
+ * (fp32, bf16, int8 with per-output-column scales; see engine/kernels.h). The
+ * packed model is one contiguous blob; it is cached in a file keyed by the
+ * source file's path, size and mtime, so later processes mmap it read-only (N
+ * replicas share one copy in the page cache and start in milliseconds).
  *
- * Thread-safety: a loaded cs_gpt2 is immutable and may be shared; a
- * cs_gpt2_state belongs to one thread at a time. */
+ * cs_gpt2_step runs one forward over a batch of sequences at different
+ * positions (decode tokens and prompt chunks together), each with its own KV
+ * cache; matmuls see all rows at once, so weights are read once per step.
+ * Work is split over a cs_pool when one is given. The step allocates nothing.
+ *
+ * Thread-safety: a loaded cs_gpt2 is immutable and may be shared; a workspace
+ * and the KV caches passed to a step belong to that step's caller. */
 #ifndef CS_GPT2_H
 #define CS_GPT2_H
 
@@ -15,6 +22,8 @@
 #include <stdint.h>
 
 #include "engine/err.h"
+#include "engine/kernels.h"
+#include "engine/threadpool.h"
 
 typedef enum cs_act {
     CS_ACT_GELU_TANH, /* "gelu_new", "gelu_pytorch_tanh", "gelu_fast": GPT-2's tanh form */
@@ -45,51 +54,103 @@ typedef struct cs_gpt2_config {
 int cs_gpt2_config_load(cs_gpt2_config *cfg, const char *path, cs_err *err);
 
 typedef struct cs_gpt2_layer {
-    const float *ln1_w, *ln1_b;     /* (C) */
-    const float *qkv_w, *qkv_b;     /* (C, 3C), (3C) */
-    const float *proj_w, *proj_b;   /* (C, C), (C) */
-    const float *ln2_w, *ln2_b;     /* (C) */
-    const float *fc_w, *fc_b;       /* (C, F), (F)   F = n_inner */
-    const float *fcproj_w, *fcproj_b; /* (F, C), (C) */
+    const float *ln1_w, *ln1_b, *ln2_w, *ln2_b; /* (C) */
+    cs_pmat qkv;    /* C -> 3C */
+    cs_pmat proj;   /* C -> C */
+    cs_pmat fc;     /* C -> F (F = n_inner) */
+    cs_pmat fcproj; /* F -> C */
 } cs_gpt2_layer;
 
 typedef struct cs_gpt2 {
     cs_gpt2_config cfg;
-    float *params; /* one buffer, all weights below point into it */
-    size_t n_params;
-    const float *wte;  /* (V, C) */
-    const float *lm_head; /* (V, C): wte when tied (tie_word_embeddings, the default) */
-    const float *wpe;  /* (P, C) */
+    cs_wdtype wdtype;
+    const float *wpe;           /* (P, C) */
     const float *lnf_w, *lnf_b; /* (C) */
-    cs_gpt2_layer *layers; /* (L) */
+    const float *wte;           /* (V, C) input embeddings when untied; NULL when tied */
+    cs_pmat lm_head;            /* C -> V; when tied also the input embeddings */
+    cs_gpt2_layer *layers;      /* (L) */
+    const cs_kern *kern;
+    void *blob;                 /* everything above points into it */
+    size_t blob_len;
+    int blob_mapped;            /* 1: mmap of the cache file, 0: malloc */
+    int from_cache;             /* loaded from an existing cache file */
 } cs_gpt2;
 
-/* Loads weights from a safetensors file for an already-parsed config. */
-int cs_gpt2_load(cs_gpt2 **out, const cs_gpt2_config *cfg, const char *safetensors_path, cs_err *err);
+typedef struct cs_gpt2_opts {
+    cs_wdtype dtype;       /* default fp32 */
+    int no_cache;          /* don't read or write the packed cache file */
+    const char *cache_dir; /* NULL: $CS_CACHE_DIR, $XDG_CACHE_HOME/cserve or ~/.cache/cserve */
+    const cs_kern *kern;   /* NULL: cs_kern_best() */
+} cs_gpt2_opts;
+
+/* Loads (or maps the cached packing of) a safetensors file for a parsed config.
+ * opts may be NULL (fp32, cache on). A cache that cannot be written is not an
+ * error: the packed weights then live in memory. CS_NO_CACHE=1 disables it. */
+int cs_gpt2_load(cs_gpt2 **out, const cs_gpt2_config *cfg, const char *safetensors_path,
+                 const cs_gpt2_opts *opts, cs_err *err);
 void cs_gpt2_free(cs_gpt2 *m);
 
-typedef struct cs_gpt2_state {
-    int n_ctx;     /* KV capacity in tokens (<= n_positions) */
-    int max_chunk; /* tokens processed per internal step */
-    int n_past;    /* tokens already in the cache */
-    float *k, *v;  /* (L, n_ctx, C) each */
-    /* activations for one chunk of T <= max_chunk tokens */
+/* One sequence's KV cache: (L, n_ctx, C) keys and values, fp32. */
+typedef struct cs_gpt2_kv {
+    int n_ctx;  /* capacity in tokens (<= n_positions) */
+    int n_past; /* tokens already cached */
+    float *k, *v;
+} cs_gpt2_kv;
+
+/* n_ctx <= 0 or > n_positions means n_positions. */
+int cs_gpt2_kv_init(cs_gpt2_kv *kv, const cs_gpt2 *m, int n_ctx, cs_err *err);
+void cs_gpt2_kv_free(cs_gpt2_kv *kv);
+
+/* Scratch for steps of up to max_tokens tokens with up to max_logit_rows rows
+ * of logits. pool may be NULL (single thread); it is borrowed, not owned. */
+typedef struct cs_gpt2_ws {
+    int max_tokens, max_logit_rows, n_threads;
+    cs_pool *pool;
     float *x;      /* (T, C) residual stream */
-    float *h;      /* (T, C) layernorm output / attention output */
+    float *h;      /* (T, C) layernorm / attention output */
     float *qkv;    /* (T, 3C) */
     float *ff;     /* (T, F) */
-    float *att;    /* (n_ctx) attention scores for one query */
+    float *att;    /* (n_threads, P) attention scores */
+    float *lrows;  /* (R, C) final hidden rows that need logits */
+    float *logits; /* (R, V) */
+    int *row_seq, *row_pos; /* (T) which sequence / absolute position each row is */
+} cs_gpt2_ws;
+
+int cs_gpt2_ws_init(cs_gpt2_ws *ws, const cs_gpt2 *m, int max_tokens, int max_logit_rows, cs_pool *pool,
+                    cs_err *err);
+void cs_gpt2_ws_free(cs_gpt2_ws *ws);
+
+/* One sequence's part of a step: n tokens appended to kv. logits: NULL (none),
+ * (V) for the last token, or (n, V) when all_logits. */
+typedef struct cs_gpt2_seq {
+    cs_gpt2_kv *kv;
+    const int32_t *tokens;
+    int n;
+    float *logits;
+    int all_logits;
+} cs_gpt2_seq;
+
+/* Runs one batched forward. Fails without changing any cache when a token is
+ * out of range, a cache would overflow, or the batch exceeds the workspace. */
+int cs_gpt2_step(const cs_gpt2 *m, cs_gpt2_ws *ws, cs_gpt2_seq *seqs, int n_seqs, cs_err *err);
+
+/* Convenience for one sequence (tests, the CLI): a KV cache plus a workspace
+ * for chunks of max_chunk tokens; longer inputs are split into chunks. */
+typedef struct cs_gpt2_state {
+    cs_gpt2_kv kv;
+    cs_gpt2_ws ws;
+    int n_past; /* mirror of kv.n_past */
+    int n_ctx;
 } cs_gpt2_state;
 
-/* n_ctx <= 0 means n_positions; max_chunk <= 0 means 64. */
-int cs_gpt2_state_init(cs_gpt2_state *s, const cs_gpt2 *m, int n_ctx, int max_chunk, cs_err *err);
+/* n_ctx <= 0 means n_positions; max_chunk <= 0 means 64. pool may be NULL. */
+int cs_gpt2_state_init(cs_gpt2_state *s, const cs_gpt2 *m, int n_ctx, int max_chunk, cs_pool *pool, cs_err *err);
 void cs_gpt2_state_free(cs_gpt2_state *s);
-static inline void cs_gpt2_state_reset(cs_gpt2_state *s) { s->n_past = 0; }
+static inline void cs_gpt2_state_reset(cs_gpt2_state *s) { s->kv.n_past = s->n_past = 0; }
 
-/* Appends n tokens at positions n_past.. and writes logits: (n, V) when
- * all_logits, else (V) for the last token only. Fails (state unchanged) when a
- * token id is out of range or the context would exceed n_ctx. */
-int cs_gpt2_forward(const cs_gpt2 *m, cs_gpt2_state *s, const int32_t *tokens, size_t n,
-                    float *logits, int all_logits, cs_err *err);
+/* Appends n tokens and writes logits: (n, V) when all_logits, else (V) for the
+ * last token. Fails (state unchanged) on bad ids or context overflow. */
+int cs_gpt2_forward(const cs_gpt2 *m, cs_gpt2_state *s, const int32_t *tokens, size_t n, float *logits,
+                    int all_logits, cs_err *err);
 
 #endif

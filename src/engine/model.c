@@ -5,7 +5,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-int cs_model_load(cs_model **out, const char *dir, cs_err *err) {
+int cs_model_load(cs_model **out, const char *dir, cs_err *err) { return cs_model_load_opts(out, dir, NULL, err); }
+
+int cs_model_load_opts(cs_model **out, const char *dir, const cs_gpt2_opts *opts, cs_err *err) {
     *out = NULL;
     struct stat sb;
     if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
@@ -30,7 +32,7 @@ int cs_model_load(cs_model **out, const char *dir, cs_err *err) {
         goto fail;
     }
     snprintf(p1, sizeof p1, "%s/model.safetensors", dir);
-    if (cs_gpt2_load(&m->net, &cfg, p1, err)) goto fail;
+    if (cs_gpt2_load(&m->net, &cfg, p1, opts, err)) goto fail;
     *out = m;
     return 0;
 fail:

@@ -22,8 +22,10 @@ typedef struct cs_model {
     cs_gen_params defaults; /* see cs_gen_params_load */
 } cs_model;
 
-/* Errors name the file at fault ("DIR/model.safetensors: tensor h.0...: ..."). */
+/* Errors name the file at fault ("DIR/model.safetensors: tensor h.0...: ...").
+ * opts (may be NULL: fp32, packed cache on) choose the weight dtype etc. */
 int cs_model_load(cs_model **out, const char *dir, cs_err *err);
+int cs_model_load_opts(cs_model **out, const char *dir, const cs_gpt2_opts *opts, cs_err *err);
 void cs_model_free(cs_model *m);
 
 #endif

@@ -52,7 +52,8 @@ static int setup(void **state) {
         snprintf(path, sizeof path, "build/models/%s/config.json", r->name);
         if (cs_gpt2_config_load(&cfg, path, &err)) fail_msg("%s", err.msg);
         snprintf(path, sizeof path, "build/models/%s/model.safetensors", r->name);
-        if (cs_gpt2_load(&r->m, &cfg, path, &err)) fail_msg("%s", err.msg);
+        cs_gpt2_opts o = {.no_cache = 1};
+        if (cs_gpt2_load(&r->m, &cfg, path, &o, &err)) fail_msg("%s", err.msg);
         snprintf(path, sizeof path, "tests/data/ref/%s/meta.json", r->name);
         r->meta = tu_load_json(path);
         assert_non_null(r->meta);
@@ -111,7 +112,7 @@ static void test_logits_last(void **state) {
             for (int ci = 0; ci < 3; ci++) {
                 cs_gpt2_state st;
                 cs_err err;
-                assert_int_equal(cs_gpt2_state_init(&st, r->m, 0, chunks[ci], &err), 0);
+                assert_int_equal(cs_gpt2_state_init(&st, r->m, 0, chunks[ci], NULL, &err), 0);
                 if (chunks[ci] == 1) {
                     for (size_t t = 0; t < n; t++)
                         assert_int_equal(cs_gpt2_forward(r->m, &st, &ids[t], 1, logits, 0, &err), 0);
@@ -145,7 +146,7 @@ static void test_logits_all_positions(void **state) {
         float *all = malloc(n * V * sizeof(float)), *mine = malloc(n * K * sizeof(float));
         cs_gpt2_state st;
         cs_err err;
-        assert_int_equal(cs_gpt2_state_init(&st, r->m, 0, 5, &err), 0);
+        assert_int_equal(cs_gpt2_state_init(&st, r->m, 0, 5, NULL, &err), 0);
         assert_int_equal(cs_gpt2_forward(r->m, &st, ids, n, all, 1, &err), 0);
         for (size_t t = 0; t < n; t++)
             for (size_t k = 0; k < K; k++)
@@ -205,7 +206,7 @@ static void test_forward_rejects_bad_input(void **state) {
     ref_model *r = &models[0];
     cs_gpt2_state st;
     cs_err err = {{0}};
-    assert_int_equal(cs_gpt2_state_init(&st, r->m, 8, 4, &err), 0);
+    assert_int_equal(cs_gpt2_state_init(&st, r->m, 8, 4, NULL, &err), 0);
     float *logits = malloc((size_t)r->m->cfg.vocab_size * sizeof(float));
     int32_t bad[2] = {1, r->m->cfg.vocab_size};
     assert_int_equal(cs_gpt2_forward(r->m, &st, bad, 2, logits, 0, &err), -1);

@@ -1,0 +1,153 @@
+/* cserve bench: engine micro-benchmarks on a model directory, printed as one
+ * JSON object (bench/ runs it next to the peers).
+ *
+ *   prefill: one sequence, a PROMPT_LEN-token prompt, time to its last logits.
+ *   decode:  B sequences each prefilled with a 16-token prompt, then GEN tokens
+ *            each, greedy, EOS ignored; time of the decode steps only;
+ *            aggregate tokens/s = B * GEN / time.
+ * Prompt ids are ids[i] = (i * 7919 + 13) % 50000 (bench/ uses the same). */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "engine/gpt2.h"
+#include "engine/model.h"
+#include "engine/sampler.h"
+#include "engine/threadpool.h"
+
+int cs_cmd_bench(int argc, char **argv);
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: cserve bench --model DIR [--dtype fp32|bf16|int8] [--threads N] [--prompt-len 128]\n"
+               "                    [--gen 64] [--batches 1,4,16,64]\n");
+}
+
+static int32_t bench_id(int i) { return (int32_t)(((long)i * 7919 + 13) % 50000); }
+
+static int argmax(const float *x, size_t n) {
+    size_t b = 0;
+    for (size_t i = 1; i < n; i++)
+        if (x[i] > x[b]) b = i;
+    return (int)b;
+}
+
+static int fail(const cs_err *err) {
+    fprintf(stderr, "cserve bench: %s\n", err->msg);
+    return 1;
+}
+
+int cs_cmd_bench(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},   {"dtype", required_argument, 0, 'd'},
+        {"threads", required_argument, 0, 't'}, {"prompt-len", required_argument, 0, 'p'},
+        {"gen", required_argument, 0, 'g'},     {"batches", required_argument, 0, 'b'},
+        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+    const char *dir = NULL, *dtype = "fp32", *batches = "1,4,16,64";
+    int threads = 0, prompt_len = 128, gen = 64, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "m:d:t:p:g:b:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': dir = optarg; break;
+        case 'd': dtype = optarg; break;
+        case 't': threads = atoi(optarg); break;
+        case 'p': prompt_len = atoi(optarg); break;
+        case 'g': gen = atoi(optarg); break;
+        case 'b': batches = optarg; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    cs_gpt2_opts mo = {0};
+    if (!dir || prompt_len < 1 || gen < 1 || cs_wdtype_parse(dtype, &mo.dtype)) {
+        usage(stderr);
+        return 2;
+    }
+    cs_err err;
+    double t0 = now_s();
+    cs_model *m = NULL;
+    cs_pool *pool = NULL;
+    if (cs_model_load_opts(&m, dir, &mo, &err)) return fail(&err);
+    const double load_s = now_s() - t0;
+    if (cs_pool_create(&pool, threads, &err)) return fail(&err);
+    const cs_gpt2 *net = m->net;
+    const size_t V = (size_t)net->cfg.vocab_size;
+    if (prompt_len + 1 > net->cfg.n_positions || 16 + gen > net->cfg.n_positions) {
+        fprintf(stderr, "cserve bench: prompt/gen exceed the model's %d positions\n", net->cfg.n_positions);
+        return 2;
+    }
+    int maxB = 1;
+    for (const char *p = batches; *p;) {
+        int b = atoi(p);
+        if (b > maxB) maxB = b;
+        p = strchr(p, ',');
+        if (!p) break;
+        p++;
+    }
+    float *logits = malloc((size_t)maxB * V * sizeof(float));
+    int32_t *ids = malloc((size_t)prompt_len * sizeof(int32_t));
+    if (!logits || !ids) return 1;
+    for (int i = 0; i < prompt_len; i++) ids[i] = bench_id(i);
+    cs_gpt2_state st;
+    if (cs_gpt2_state_init(&st, net, prompt_len + 1, prompt_len, pool, &err)) return fail(&err);
+    cs_gpt2_forward(net, &st, ids, 16, logits, 0, &err); /* warm-up: first touch of the weights */
+    cs_gpt2_state_reset(&st);
+    t0 = now_s();
+    if (cs_gpt2_forward(net, &st, ids, (size_t)prompt_len, logits, 0, &err)) return fail(&err);
+    const double prefill_s = now_s() - t0;
+    cs_gpt2_state_free(&st);
+    printf("{\"engine\": \"cserve\", \"dtype\": \"%s\", \"kernels\": \"%s\", \"threads\": %d, \"load_s\": %.4f, "
+           "\"packed_cache_hit\": %s, \"prefill_tokens\": %d, \"prefill_tokens_per_s\": %.2f, \"gen\": %d, \"decode\": {",
+           cs_wdtype_name(mo.dtype), net->kern->name, cs_pool_size(pool), load_s, net->from_cache ? "true" : "false",
+           prompt_len, prompt_len / prefill_s, gen);
+    char *list = strdup(batches), *save = NULL;
+    int first = 1;
+    for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        const int B = atoi(tok);
+        if (B < 1) continue;
+        cs_gpt2_kv *kv = calloc((size_t)B, sizeof *kv);
+        cs_gpt2_seq *sq = calloc((size_t)B, sizeof *sq);
+        int32_t *next = malloc((size_t)B * sizeof *next);
+        cs_gpt2_ws ws;
+        if (!kv || !sq || !next || cs_gpt2_ws_init(&ws, net, B > 16 ? B : 16, B, pool, &err)) return 1;
+        for (int b = 0; b < B; b++) {
+            if (cs_gpt2_kv_init(&kv[b], net, 16 + gen, &err)) return fail(&err);
+            cs_gpt2_seq q = {.kv = &kv[b], .tokens = ids, .n = 16, .logits = logits};
+            if (cs_gpt2_step(net, &ws, &q, 1, &err)) return fail(&err);
+            next[b] = argmax(logits, V);
+        }
+        t0 = now_s();
+        for (int g = 0; g < gen; g++) {
+            for (int b = 0; b < B; b++)
+                sq[b] = (cs_gpt2_seq){.kv = &kv[b], .tokens = &next[b], .n = 1, .logits = logits + (size_t)b * V};
+            if (cs_gpt2_step(net, &ws, sq, B, &err)) return fail(&err);
+            for (int b = 0; b < B; b++) next[b] = argmax(logits + (size_t)b * V, V);
+        }
+        const double dt = now_s() - t0;
+        printf("%s\"%d\": %.2f", first ? "" : ", ", B, (double)B * gen / dt);
+        fflush(stdout);
+        first = 0;
+        for (int b = 0; b < B; b++) cs_gpt2_kv_free(&kv[b]);
+        cs_gpt2_ws_free(&ws);
+        free(kv);
+        free(sq);
+        free(next);
+    }
+    free(list);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("}, \"peak_rss_mb\": %.1f}\n", ru.ru_maxrss / 1024.0);
+    free(logits);
+    free(ids);
+    cs_pool_free(pool);
+    cs_model_free(m);
+    return 0;
+}

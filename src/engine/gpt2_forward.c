@@ -1,0 +1,319 @@
+/* The batched GPT-2 forward pass (see gpt2.h). Rows are the tokens of all
+ * sequences in the step, concatenated: row r belongs to sequence row_seq[r] at
+ * absolute position row_pos[r]. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/gpt2.h"
+
+int cs_gpt2_kv_init(cs_gpt2_kv *kv, const cs_gpt2 *m, int n_ctx, cs_err *err) {
+    memset(kv, 0, sizeof *kv);
+    const cs_gpt2_config *c = &m->cfg;
+    if (n_ctx <= 0 || n_ctx > c->n_positions) n_ctx = c->n_positions;
+    kv->n_ctx = n_ctx;
+    const size_t n = (size_t)c->n_layer * (size_t)n_ctx * (size_t)c->n_embd;
+    kv->k = malloc(n * sizeof(float));
+    kv->v = malloc(n * sizeof(float));
+    if (!kv->k || !kv->v) {
+        cs_gpt2_kv_free(kv);
+        return cs_err_set(err, "out of memory for a %d-token KV cache", n_ctx);
+    }
+    return 0;
+}
+
+void cs_gpt2_kv_free(cs_gpt2_kv *kv) {
+    free(kv->k);
+    free(kv->v);
+    memset(kv, 0, sizeof *kv);
+}
+
+int cs_gpt2_ws_init(cs_gpt2_ws *ws, const cs_gpt2 *m, int max_tokens, int max_logit_rows, cs_pool *pool,
+                    cs_err *err) {
+    memset(ws, 0, sizeof *ws);
+    const cs_gpt2_config *c = &m->cfg;
+    if (max_tokens < 1) max_tokens = 1;
+    if (max_logit_rows < 1) max_logit_rows = 1;
+    ws->max_tokens = max_tokens;
+    ws->max_logit_rows = max_logit_rows;
+    ws->pool = pool;
+    ws->n_threads = pool ? cs_pool_size(pool) : 1;
+    const size_t T = (size_t)max_tokens, C = (size_t)c->n_embd, F = (size_t)c->n_inner, R = (size_t)max_logit_rows;
+    ws->x = malloc(T * C * sizeof(float));
+    ws->h = malloc(T * C * sizeof(float));
+    ws->qkv = malloc(T * 3 * C * sizeof(float));
+    ws->ff = malloc(T * F * sizeof(float));
+    ws->att = malloc((size_t)ws->n_threads * (size_t)c->n_positions * sizeof(float));
+    ws->lrows = malloc(R * C * sizeof(float));
+    ws->logits = malloc(R * (size_t)c->vocab_size * sizeof(float));
+    ws->row_seq = malloc(T * sizeof(int));
+    ws->row_pos = malloc(T * sizeof(int));
+    if (!ws->x || !ws->h || !ws->qkv || !ws->ff || !ws->att || !ws->lrows || !ws->logits || !ws->row_seq ||
+        !ws->row_pos) {
+        cs_gpt2_ws_free(ws);
+        return cs_err_set(err, "out of memory for a %d-token workspace", max_tokens);
+    }
+    return 0;
+}
+
+void cs_gpt2_ws_free(cs_gpt2_ws *ws) {
+    free(ws->x);
+    free(ws->h);
+    free(ws->qkv);
+    free(ws->ff);
+    free(ws->att);
+    free(ws->lrows);
+    free(ws->logits);
+    free(ws->row_seq);
+    free(ws->row_pos);
+    memset(ws, 0, sizeof *ws);
+}
+
+/* ------------------------------------------------------------- parallel jobs */
+
+typedef struct step_ctx {
+    const cs_gpt2 *m;
+    cs_gpt2_ws *ws;
+    cs_gpt2_seq *seqs;
+    size_t T;     /* rows in this step */
+    size_t layer;
+    /* matmul job */
+    const cs_pmat *mat;
+    const float *mx;
+    size_t mldx, mT;
+    float *my;
+    size_t mldy;
+    /* row job (layernorm) */
+    float *ly;
+    const float *lx, *lw, *lb;
+    size_t lrows;
+} step_ctx;
+
+static void run(step_ctx *c, cs_pool_fn fn) {
+    if (c->ws->pool) cs_pool_run(c->ws->pool, fn, c);
+    else fn(c, 0, 1);
+}
+
+/* Splits the panels in groups of 4 (the widest register tile). */
+static void job_matmul(void *vc, int tid, int n) {
+    step_ctx *c = vc;
+    const size_t groups = (c->mat->n_panels + 3) / 4;
+    size_t g0, g1;
+    cs_split(groups, tid, n, &g0, &g1);
+    size_t p0 = g0 * 4, p1 = g1 * 4 < c->mat->n_panels ? g1 * 4 : c->mat->n_panels;
+    if (p0 < p1) c->m->kern->matmul(c->mat, c->mx, c->mldx, c->mT, c->my, c->mldy, p0, p1);
+}
+
+static void matmul(step_ctx *c, const cs_pmat *w, const float *x, size_t ldx, size_t T, float *y, size_t ldy) {
+    c->mat = w;
+    c->mx = x;
+    c->mldx = ldx;
+    c->mT = T;
+    c->my = y;
+    c->mldy = ldy;
+    run(c, job_matmul);
+}
+
+static void job_layernorm(void *vc, int tid, int n) {
+    step_ctx *c = vc;
+    const size_t C = (size_t)c->m->cfg.n_embd;
+    size_t r0, r1;
+    cs_split(c->lrows, tid, n, &r0, &r1);
+    for (size_t r = r0; r < r1; r++)
+        c->m->kern->layernorm(c->ly + r * C, c->lx + r * C, c->lw, c->lb, C, c->m->cfg.layer_norm_epsilon);
+}
+
+static void layernorm(step_ctx *c, float *y, const float *x, const float *w, const float *b, size_t rows) {
+    c->ly = y;
+    c->lx = x;
+    c->lw = w;
+    c->lb = b;
+    c->lrows = rows;
+    if (rows * (size_t)c->m->cfg.n_embd < 16384) job_layernorm(c, 0, 1); /* too small to share */
+    else run(c, job_layernorm);
+}
+
+static void act_other(float *x, size_t n, cs_act act) {
+    switch (act) {
+    case CS_ACT_GELU_ERF:
+        for (size_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.7071067811865476f));
+        break;
+    case CS_ACT_RELU:
+        for (size_t i = 0; i < n; i++) x[i] = x[i] > 0 ? x[i] : 0;
+        break;
+    case CS_ACT_SILU:
+        for (size_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-x[i]));
+        break;
+    case CS_ACT_QUICK:
+        for (size_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
+        break;
+    case CS_ACT_GELU_TANH: break;
+    }
+}
+
+static void job_act(void *vc, int tid, int n) {
+    step_ctx *c = vc;
+    const size_t total = c->T * (size_t)c->m->cfg.n_inner;
+    size_t b, e;
+    cs_split(total / 16, tid, n, &b, &e); /* 16-element blocks keep vectors whole */
+    b *= 16;
+    e = tid == n - 1 ? total : e * 16;
+    if (c->m->cfg.act == CS_ACT_GELU_TANH) c->m->kern->gelu_tanh(c->ws->ff + b, e - b);
+    else act_other(c->ws->ff + b, e - b, c->m->cfg.act);
+}
+
+/* Attention: one work item per (row, head). q from qkv, keys/values from each
+ * row's own sequence cache (already holding this step's tokens). */
+static void job_attention(void *vc, int tid, int n) {
+    step_ctx *c = vc;
+    const cs_gpt2 *m = c->m;
+    cs_gpt2_ws *ws = c->ws;
+    const size_t C = (size_t)m->cfg.n_embd, H = (size_t)m->cfg.n_head, hd = C / H;
+    float scale = m->cfg.scale_attn_weights ? 1.0f / sqrtf((float)hd) : 1.0f;
+    if (m->cfg.scale_attn_by_inverse_layer_idx) scale /= (float)(c->layer + 1);
+    float *att = ws->att + (size_t)tid * (size_t)m->cfg.n_positions;
+    size_t i0, i1;
+    cs_split(c->T * H, tid, n, &i0, &i1);
+    for (size_t it = i0; it < i1; it++) {
+        const size_t r = it / H, h = it % H;
+        const cs_gpt2_kv *kv = c->seqs[ws->row_seq[r]].kv;
+        const size_t npos = (size_t)ws->row_pos[r] + 1, n_ctx = (size_t)kv->n_ctx;
+        const float *kc = kv->k + c->layer * n_ctx * C + h * hd, *vc2 = kv->v + c->layer * n_ctx * C + h * hd;
+        const float *q = ws->qkv + r * 3 * C + h * hd;
+        for (size_t j = 0; j < npos; j++) att[j] = m->kern->dot(q, kc + j * C, hd) * scale;
+        m->kern->softmax(att, npos);
+        float *o = ws->h + r * C + h * hd;
+        memset(o, 0, hd * sizeof(float));
+        for (size_t j = 0; j < npos; j++) m->kern->axpy(o, att[j], vc2 + j * C, hd);
+    }
+}
+
+/* ------------------------------------------------------------------- step */
+
+static void embed_row(const cs_gpt2 *m, int32_t tok, int pos, float *x) {
+    const size_t C = (size_t)m->cfg.n_embd;
+    const float *p = m->wpe + (size_t)pos * C;
+    if (m->wte) {
+        const float *e = m->wte + (size_t)tok * C;
+        for (size_t i = 0; i < C; i++) x[i] = e[i] + p[i];
+    } else { /* tied: the LM head's packed column tok is the embedding */
+        for (size_t i = 0; i < C; i++) x[i] = cs_pmat_get(&m->lm_head, i, (size_t)tok) + p[i];
+    }
+}
+
+int cs_gpt2_step(const cs_gpt2 *m, cs_gpt2_ws *ws, cs_gpt2_seq *seqs, int n_seqs, cs_err *err) {
+    const cs_gpt2_config *cf = &m->cfg;
+    const size_t C = (size_t)cf->n_embd, F = (size_t)cf->n_inner, V = (size_t)cf->vocab_size;
+    size_t T = 0, R = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        const cs_gpt2_seq *q = &seqs[s];
+        if (q->n <= 0) return cs_err_set(err, "sequence %d: no tokens to process", s);
+        if (q->n > q->kv->n_ctx - q->kv->n_past)
+            return cs_err_set(err, "context length exceeded: %d tokens cached + %d new > %d", q->kv->n_past, q->n,
+                              q->kv->n_ctx);
+        for (int i = 0; i < q->n; i++)
+            if (q->tokens[i] < 0 || q->tokens[i] >= cf->vocab_size)
+                return cs_err_set(err, "token id %d at index %d outside vocabulary [0, %d)", q->tokens[i], i,
+                                  cf->vocab_size);
+        T += (size_t)q->n;
+        R += q->logits ? (q->all_logits ? (size_t)q->n : 1) : 0;
+    }
+    if (T == 0) return cs_err_set(err, "no tokens to process");
+    if (T > (size_t)ws->max_tokens || R > (size_t)ws->max_logit_rows)
+        return cs_err_set(err, "batch of %zu tokens / %zu logit rows exceeds the workspace (%d / %d)", T, R,
+                          ws->max_tokens, ws->max_logit_rows);
+    size_t r = 0;
+    for (int s = 0; s < n_seqs; s++)
+        for (int i = 0; i < seqs[s].n; i++, r++) {
+            ws->row_seq[r] = s;
+            ws->row_pos[r] = seqs[s].kv->n_past + i;
+            embed_row(m, seqs[s].tokens[i], ws->row_pos[r], ws->x + r * C);
+        }
+    step_ctx c = {.m = m, .ws = ws, .seqs = seqs, .T = T};
+    float *x = ws->x, *h = ws->h, *qkv = ws->qkv, *ff = ws->ff;
+    for (size_t l = 0; l < (size_t)cf->n_layer; l++) {
+        const cs_gpt2_layer *ly = &m->layers[l];
+        c.layer = l;
+        layernorm(&c, h, x, ly->ln1_w, ly->ln1_b, T);
+        matmul(&c, &ly->qkv, h, C, T, qkv, 3 * C);
+        for (size_t i = 0; i < T; i++) { /* append this step's keys and values */
+            cs_gpt2_kv *kv = seqs[ws->row_seq[i]].kv;
+            const size_t off = (l * (size_t)kv->n_ctx + (size_t)ws->row_pos[i]) * C;
+            memcpy(kv->k + off, qkv + i * 3 * C + C, C * sizeof(float));
+            memcpy(kv->v + off, qkv + i * 3 * C + 2 * C, C * sizeof(float));
+        }
+        run(&c, job_attention);
+        matmul(&c, &ly->proj, h, C, T, qkv, C); /* q/k/v consumed: reuse as scratch */
+        for (size_t i = 0; i < T * C; i++) x[i] += qkv[i];
+        layernorm(&c, h, x, ly->ln2_w, ly->ln2_b, T);
+        matmul(&c, &ly->fc, h, C, T, ff, F);
+        run(&c, job_act);
+        matmul(&c, &ly->fcproj, ff, F, T, h, C);
+        for (size_t i = 0; i < T * C; i++) x[i] += h[i];
+    }
+    /* Final layernorm and LM head only for the rows whose logits are wanted. */
+    size_t lr = 0;
+    r = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        const cs_gpt2_seq *q = &seqs[s];
+        for (int i = 0; i < q->n; i++, r++)
+            if (q->logits && (q->all_logits || i == q->n - 1)) memcpy(ws->lrows + lr++ * C, x + r * C, C * sizeof(float));
+    }
+    if (R) {
+        layernorm(&c, ws->lrows, ws->lrows, m->lnf_w, m->lnf_b, R);
+        matmul(&c, &m->lm_head, ws->lrows, C, R, ws->logits, V);
+        lr = 0;
+        for (int s = 0; s < n_seqs; s++) {
+            const cs_gpt2_seq *q = &seqs[s];
+            if (!q->logits) continue;
+            const size_t rows = q->all_logits ? (size_t)q->n : 1;
+            memcpy(q->logits, ws->logits + lr * V, rows * V * sizeof(float));
+            lr += rows;
+        }
+    }
+    for (int s = 0; s < n_seqs; s++) seqs[s].kv->n_past += seqs[s].n;
+    return 0;
+}
+
+/* -------------------------------------------------------- single sequence */
+
+int cs_gpt2_state_init(cs_gpt2_state *s, const cs_gpt2 *m, int n_ctx, int max_chunk, cs_pool *pool, cs_err *err) {
+    memset(s, 0, sizeof *s);
+    if (cs_gpt2_kv_init(&s->kv, m, n_ctx, err)) return -1;
+    if (max_chunk <= 0) max_chunk = 64;
+    if (max_chunk > s->kv.n_ctx) max_chunk = s->kv.n_ctx;
+    if (cs_gpt2_ws_init(&s->ws, m, max_chunk, max_chunk, pool, err)) {
+        cs_gpt2_kv_free(&s->kv);
+        return -1;
+    }
+    s->n_ctx = s->kv.n_ctx;
+    return 0;
+}
+
+void cs_gpt2_state_free(cs_gpt2_state *s) {
+    cs_gpt2_kv_free(&s->kv);
+    cs_gpt2_ws_free(&s->ws);
+    memset(s, 0, sizeof *s);
+}
+
+int cs_gpt2_forward(const cs_gpt2 *m, cs_gpt2_state *s, const int32_t *tokens, size_t n, float *logits,
+                    int all_logits, cs_err *err) {
+    if (n == 0) return cs_err_set(err, "no tokens to process");
+    if (n > (size_t)(s->kv.n_ctx - s->kv.n_past))
+        return cs_err_set(err, "context length exceeded: %d tokens cached + %zu new > %d", s->kv.n_past, n,
+                          s->kv.n_ctx);
+    for (size_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab_size)
+            return cs_err_set(err, "token id %d at index %zu outside vocabulary [0, %d)", tokens[i], i,
+                              m->cfg.vocab_size);
+    const size_t V = (size_t)m->cfg.vocab_size, chunk = (size_t)s->ws.max_tokens;
+    for (size_t i = 0; i < n; i += chunk) {
+        const size_t T = n - i < chunk ? n - i : chunk;
+        const int last = i + T == n;
+        cs_gpt2_seq q = {.kv = &s->kv, .tokens = tokens + i, .n = (int)T,
+                         .logits = all_logits ? logits + i * V : last ? logits : NULL, .all_logits = all_logits};
+        if (cs_gpt2_step(m, &s->ws, &q, 1, err)) return -1; /* cannot fail after the checks above */
+    }
+    s->n_past = s->kv.n_past;
+    return 0;
+}

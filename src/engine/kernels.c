@@ -1,0 +1,175 @@
+/* Packing, dispatch, and the scalar reference kernels. */
+#include "engine/kernels.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+size_t cs_wdtype_size(cs_wdtype dt) { return dt == CS_W_F32 ? 4 : dt == CS_W_BF16 ? 2 : 1; }
+const char *cs_wdtype_name(cs_wdtype dt) { return dt == CS_W_F32 ? "fp32" : dt == CS_W_BF16 ? "bf16" : "int8"; }
+
+int cs_wdtype_parse(const char *s, cs_wdtype *out) {
+    if (!strcmp(s, "fp32") || !strcmp(s, "f32") || !strcmp(s, "float32")) *out = CS_W_F32;
+    else if (!strcmp(s, "bf16") || !strcmp(s, "bfloat16")) *out = CS_W_BF16;
+    else if (!strcmp(s, "int8") || !strcmp(s, "i8")) *out = CS_W_I8;
+    else return -1;
+    return 0;
+}
+
+size_t cs_pmat_wbytes(cs_wdtype dt, size_t K, size_t N) {
+    return ((N + CS_PANEL - 1) / CS_PANEL) * K * CS_PANEL * cs_wdtype_size(dt);
+}
+
+size_t cs_pmat_sbytes(cs_wdtype dt, size_t N) {
+    return dt == CS_W_I8 ? ((N + CS_PANEL - 1) / CS_PANEL) * CS_PANEL * sizeof(float) : 0;
+}
+
+static uint16_t to_bf16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    x += 0x7fff + ((x >> 16) & 1); /* round to nearest even (inputs are finite) */
+    return (uint16_t)(x >> 16);
+}
+
+static float from_bf16(uint16_t h) {
+    uint32_t x = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
+
+void cs_pmat_pack(cs_wdtype dt, const float *W, size_t K, size_t N, size_t ldw, int transposed, void *w_out,
+                  float *scale_out) {
+    const size_t P = (N + CS_PANEL - 1) / CS_PANEL;
+#define WAT(k, n) (transposed ? W[(n) * ldw + (k)] : W[(k) * ldw + (n)])
+    if (dt == CS_W_I8) {
+        for (size_t n = 0; n < P * CS_PANEL; n++) {
+            float mx = 0;
+            if (n < N)
+                for (size_t k = 0; k < K; k++) mx = fmaxf(mx, fabsf(WAT(k, n)));
+            scale_out[n] = mx > 0 ? mx / 127.0f : 1.0f;
+        }
+    }
+    for (size_t p = 0; p < P; p++)
+        for (size_t k = 0; k < K; k++)
+            for (size_t j = 0; j < CS_PANEL; j++) {
+                const size_t n = p * CS_PANEL + j, o = (p * K + k) * CS_PANEL + j;
+                const float v = n < N ? WAT(k, n) : 0.0f;
+                if (dt == CS_W_F32) {
+                    ((float *)w_out)[o] = v;
+                } else if (dt == CS_W_BF16) {
+                    ((uint16_t *)w_out)[o] = to_bf16(v);
+                } else {
+                    float q = nearbyintf(v / scale_out[n]);
+                    ((int8_t *)w_out)[o] = (int8_t)(q > 127 ? 127 : q < -127 ? -127 : q);
+                }
+            }
+#undef WAT
+}
+
+float cs_pmat_get(const cs_pmat *m, size_t k, size_t n) {
+    const size_t o = ((n / CS_PANEL) * m->K + k) * CS_PANEL + n % CS_PANEL;
+    switch (m->dt) {
+    case CS_W_F32: return ((const float *)m->w)[o];
+    case CS_W_BF16: return from_bf16(((const uint16_t *)m->w)[o]);
+    default: return (float)((const int8_t *)m->w)[o] * m->scale[n];
+    }
+}
+
+/* ------------------------------------------------------------ scalar reference */
+
+static void matmul_scalar(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy, size_t p0,
+                          size_t p1) {
+    const size_t K = m->K;
+    for (size_t p = p0; p < p1; p++) {
+        for (size_t t = 0; t < T; t++) {
+            float acc[CS_PANEL] = {0};
+            const float *xr = x + t * ldx;
+            for (size_t k = 0; k < K; k++) {
+                const size_t o = (p * K + k) * CS_PANEL;
+                for (size_t j = 0; j < CS_PANEL; j++) {
+                    float w = m->dt == CS_W_F32    ? ((const float *)m->w)[o + j]
+                              : m->dt == CS_W_BF16 ? from_bf16(((const uint16_t *)m->w)[o + j])
+                                                   : (float)((const int8_t *)m->w)[o + j];
+                    acc[j] += xr[k] * w;
+                }
+            }
+            for (size_t j = 0; j < CS_PANEL; j++) {
+                const size_t n = p * CS_PANEL + j;
+                if (n >= m->N) break;
+                float v = m->dt == CS_W_I8 ? acc[j] * m->scale[n] : acc[j];
+                y[t * ldy + n] = v + (m->bias ? m->bias[n] : 0.0f);
+            }
+        }
+    }
+}
+
+static void layernorm_scalar(float *y, const float *x, const float *w, const float *b, size_t C, float eps) {
+    float mean = 0;
+    for (size_t i = 0; i < C; i++) mean += x[i];
+    mean /= (float)C;
+    float var = 0;
+    for (size_t i = 0; i < C; i++) var += (x[i] - mean) * (x[i] - mean);
+    var /= (float)C;
+    const float rstd = 1.0f / sqrtf(var + eps);
+    for (size_t i = 0; i < C; i++) y[i] = (x[i] - mean) * rstd * w[i] + b[i];
+}
+
+static void gelu_scalar(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        const float v = x[i];
+        x[i] = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+    }
+}
+
+static float dot_scalar(const float *a, const float *b, size_t n) {
+    float s = 0;
+    for (size_t i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static void axpy_scalar(float *y, float a, const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+static void softmax_scalar(float *x, size_t n) {
+    float mx = -INFINITY, sum = 0;
+    for (size_t i = 0; i < n; i++) mx = fmaxf(mx, x[i]);
+    for (size_t i = 0; i < n; i++) sum += (x[i] = expf(x[i] - mx));
+    const float inv = 1.0f / sum;
+    for (size_t i = 0; i < n; i++) x[i] *= inv;
+}
+
+const cs_kern cs_kern_scalar = {
+    .name = "scalar", .isa = CS_ISA_SCALAR, .matmul = matmul_scalar, .layernorm = layernorm_scalar,
+    .gelu_tanh = gelu_scalar, .dot = dot_scalar, .axpy = axpy_scalar, .softmax = softmax_scalar,
+};
+
+/* ------------------------------------------------------------------ dispatch */
+
+const cs_kern *cs_kern_for(cs_isa isa) {
+    __builtin_cpu_init();
+    switch (isa) {
+    case CS_ISA_SCALAR: return &cs_kern_scalar;
+    case CS_ISA_AVX2:
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? &cs_kern_avx2 : NULL;
+    case CS_ISA_AVX512:
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                       __builtin_cpu_supports("avx512vl")
+                   ? &cs_kern_avx512
+                   : NULL;
+    default: return NULL;
+    }
+}
+
+const cs_kern *cs_kern_best(void) {
+    const char *cap = getenv("CS_KERNELS");
+    cs_isa top = CS_ISA_AVX512;
+    if (cap && !strcmp(cap, "scalar")) top = CS_ISA_SCALAR;
+    else if (cap && !strcmp(cap, "avx2")) top = CS_ISA_AVX2;
+    for (int i = (int)top; i > 0; i--) {
+        const cs_kern *k = cs_kern_for((cs_isa)i);
+        if (k) return k;
+    }
+    return &cs_kern_scalar;
+}

@@ -1,0 +1,75 @@
+/* cs_kern: compute kernels behind one const table per instruction set.
+ *
+ * Every table has the same contract; the scalar one is the reference that the
+ * SIMD ones are tested against (tests/engine/test_kernels.c). cs_kern_best()
+ * picks the widest the CPU supports (CPUID via __builtin_cpu_supports), so a
+ * build without -march=native still uses AVX2/AVX-512 where present.
+ * CS_KERNELS=scalar|avx2|avx512 in the environment caps the choice.
+ *
+ * Packed weights (cs_pmat): y (T, N) = x (T, K) @ W (K, N) [* scale] + bias.
+ * W is stored in panels of 16 output columns: panel p holds W[k][16p .. 16p+15]
+ * for k = 0..K-1, contiguous, so one panel row is one 64-byte (fp32) vector.
+ * Columns past N in the last panel are zero. dtypes: fp32, bf16 (upper half of
+ * the fp32 bits, round-to-nearest-even), int8 (symmetric, one fp32 scale per
+ * output column: W[k][n] ~ q[k][n] * scale[n]). Activations stay fp32.
+ *
+ * All kernels are pure functions of their arguments; thread-safe. */
+#ifndef CS_KERNELS_H
+#define CS_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CS_PANEL 16
+
+typedef enum cs_wdtype { CS_W_F32, CS_W_BF16, CS_W_I8 } cs_wdtype;
+
+typedef struct cs_pmat {
+    cs_wdtype dt;
+    size_t K, N, n_panels; /* n_panels = ceil(N / 16) */
+    const void *w;         /* (n_panels, K, 16) elements of dt */
+    const float *scale;    /* (n_panels * 16) for int8, else NULL */
+    const float *bias;     /* (N) or NULL */
+} cs_pmat;
+
+size_t cs_wdtype_size(cs_wdtype dt);
+const char *cs_wdtype_name(cs_wdtype dt);
+int cs_wdtype_parse(const char *s, cs_wdtype *out); /* "fp32"/"f32", "bf16", "int8"/"i8" */
+
+/* Bytes needed for the packed weights (and scales) of a K x N matrix. */
+size_t cs_pmat_wbytes(cs_wdtype dt, size_t K, size_t N);
+size_t cs_pmat_sbytes(cs_wdtype dt, size_t N);
+
+/* Packs W (K, N) row-major fp32 (row stride ldw) into w_out/scale_out (sizes
+ * above). transposed: W is given as (N, K) instead (e.g. the tied LM head, wte). */
+void cs_pmat_pack(cs_wdtype dt, const float *W, size_t K, size_t N, size_t ldw, int transposed, void *w_out,
+                  float *scale_out);
+
+/* W[k][n] as fp32 (what the kernels compute with). */
+float cs_pmat_get(const cs_pmat *m, size_t k, size_t n);
+
+typedef enum cs_isa { CS_ISA_SCALAR, CS_ISA_AVX2, CS_ISA_AVX512, CS_ISA_COUNT } cs_isa;
+
+typedef struct cs_kern {
+    const char *name;
+    cs_isa isa;
+    /* y[t][n] for t < T and panels [p0, p1); rows of x and y are ldx / ldy floats apart. */
+    void (*matmul)(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy, size_t p0,
+                   size_t p1);
+    /* One row: y = (x - mean) / sqrt(var + eps) * w + b. y may alias x. */
+    void (*layernorm)(float *y, const float *x, const float *w, const float *b, size_t C, float eps);
+    /* In place, GPT-2's tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). */
+    void (*gelu_tanh)(float *x, size_t n);
+    float (*dot)(const float *a, const float *b, size_t n);
+    void (*axpy)(float *y, float a, const float *x, size_t n); /* y += a x */
+    /* In place over n scores: x = exp(x - max) / sum. */
+    void (*softmax)(float *x, size_t n);
+} cs_kern;
+
+const cs_kern *cs_kern_for(cs_isa isa); /* NULL when the CPU lacks it */
+const cs_kern *cs_kern_best(void);
+
+/* Tables (defined in kernels_*.c). */
+extern const cs_kern cs_kern_scalar, cs_kern_avx2, cs_kern_avx512;
+
+#endif

@@ -1,0 +1,203 @@
+/* AVX2 + FMA kernels (per-function target attributes; used when CPUID reports
+ * AVX2 and FMA but not AVX-512, or when CS_KERNELS=avx2). */
+#include "engine/kernels.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#define T256 __attribute__((target("avx2,fma")))
+#define INL __attribute__((always_inline)) inline
+
+#define LOADW_F32(p) _mm256_loadu_ps((const float *)(p))
+#define LOADW_BF16(p) \
+    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
+#define LOADW_I8(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
+
+static INL T256 float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Stores 8 lanes to y[n0..n0+8) but only those below N. */
+static INL T256 void store_tail(float *y, size_t left, __m256 v) {
+    if (left >= 8) {
+        _mm256_storeu_ps(y, v);
+    } else {
+        float tmp[8];
+        _mm256_storeu_ps(tmp, v);
+        memcpy(y, tmp, left * sizeof(float));
+    }
+}
+
+static INL T256 __m256 load_tail(const float *x, size_t left) {
+    if (left >= 8) return _mm256_loadu_ps(x);
+    float tmp[8] = {0};
+    memcpy(tmp, x, left * sizeof(float));
+    return _mm256_loadu_ps(tmp);
+}
+
+/* Register tile: RT rows times CP panels; each panel is two 8-float halves. */
+#define DEFINE_TILE(S, TYPE, LOADW)                                                                    \
+    static INL T256 void tile_##S(const cs_pmat *m, const float *x, size_t ldx, float *y, size_t ldy,  \
+                                  size_t p, const int RT, const int CP) {                              \
+        const size_t K = m->K;                                                                         \
+        const TYPE *w = (const TYPE *)m->w + p * K * CS_PANEL;                                         \
+        __m256 acc[3][4];                                                                              \
+        for (int r = 0; r < RT; r++)                                                                   \
+            for (int c = 0; c < 2 * CP; c++) acc[r][c] = _mm256_setzero_ps();                          \
+        for (size_t k = 0; k < K; k++) {                                                               \
+            __m256 wv[4];                                                                              \
+            for (int c = 0; c < CP; c++) {                                                             \
+                wv[2 * c] = LOADW(w + ((size_t)c * K + k) * CS_PANEL);                                 \
+                wv[2 * c + 1] = LOADW(w + ((size_t)c * K + k) * CS_PANEL + 8);                         \
+            }                                                                                          \
+            for (int r = 0; r < RT; r++) {                                                             \
+                const __m256 xb = _mm256_broadcast_ss(x + (size_t)r * ldx + k);                        \
+                for (int c = 0; c < 2 * CP; c++) acc[r][c] = _mm256_fmadd_ps(xb, wv[c], acc[r][c]);    \
+            }                                                                                          \
+        }                                                                                              \
+        for (int c = 0; c < 2 * CP; c++) {                                                             \
+            const size_t n0 = p * CS_PANEL + (size_t)c * 8;                                            \
+            if (n0 >= m->N) break;                                                                     \
+            const size_t left = m->N - n0;                                                             \
+            const __m256 sc = m->scale ? _mm256_loadu_ps(m->scale + n0) : _mm256_set1_ps(1.0f);        \
+            const __m256 bi = m->bias ? load_tail(m->bias + n0, left) : _mm256_setzero_ps();           \
+            for (int r = 0; r < RT; r++) {                                                             \
+                __m256 v = m->scale ? _mm256_fmadd_ps(acc[r][c], sc, bi) : _mm256_add_ps(acc[r][c], bi); \
+                store_tail(y + (size_t)r * ldy + n0, left, v);                                         \
+            }                                                                                          \
+        }                                                                                              \
+    }                                                                                                  \
+    static T256 void matmul_##S(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy, \
+                                size_t p0, size_t p1) {                                                \
+        size_t p = p0;                                                                                 \
+        for (; p + 2 <= p1; p += 2) {                                                                  \
+            size_t t = 0;                                                                              \
+            for (; t + 3 <= T; t += 3) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, 3, 2);       \
+            switch (T - t) {                                                                           \
+            case 2: tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, 2, 2); break;                   \
+            case 1: tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, 1, 2); break;                   \
+            }                                                                                          \
+        }                                                                                              \
+        for (; p < p1; p++) {                                                                          \
+            size_t t = 0;                                                                              \
+            for (; t + 3 <= T; t += 3) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, 3, 1);       \
+            for (; t < T; t++) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, 1, 1);               \
+        }                                                                                              \
+    }
+
+DEFINE_TILE(f32, float, LOADW_F32)
+DEFINE_TILE(bf16, uint16_t, LOADW_BF16)
+DEFINE_TILE(i8, int8_t, LOADW_I8)
+
+static T256 void matmul_avx2(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy,
+                             size_t p0, size_t p1) {
+    switch (m->dt) {
+    case CS_W_F32: matmul_f32(m, x, ldx, T, y, ldy, p0, p1); break;
+    case CS_W_BF16: matmul_bf16(m, x, ldx, T, y, ldy, p0, p1); break;
+    case CS_W_I8: matmul_i8(m, x, ldx, T, y, ldy, p0, p1); break;
+    }
+}
+
+/* exp(x) on [-87, 88], relative error ~2e-7. */
+static INL T256 __m256 exp256(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.4426950408889634f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 720);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+static T256 void layernorm_avx2(float *y, const float *x, const float *w, const float *b, size_t C, float eps) {
+    __m256 s = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 8 <= C; i += 8) s = _mm256_add_ps(s, _mm256_loadu_ps(x + i));
+    float sum = hsum256(s);
+    for (; i < C; i++) sum += x[i];
+    const float mean = sum / (float)C;
+    const __m256 mv = _mm256_set1_ps(mean);
+    __m256 q = _mm256_setzero_ps();
+    for (i = 0; i + 8 <= C; i += 8) {
+        const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), mv);
+        q = _mm256_fmadd_ps(d, d, q);
+    }
+    float var = hsum256(q);
+    for (; i < C; i++) var += (x[i] - mean) * (x[i] - mean);
+    const float rstd = 1.0f / sqrtf(var / (float)C + eps);
+    const __m256 rv = _mm256_set1_ps(rstd);
+    for (i = 0; i + 8 <= C; i += 8) {
+        const __m256 d = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv), rv);
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(d, _mm256_loadu_ps(w + i), _mm256_loadu_ps(b + i)));
+    }
+    for (; i < C; i++) y[i] = (x[i] - mean) * rstd * w[i] + b[i];
+}
+
+static T256 void gelu_avx2(float *x, size_t n) {
+    const __m256 c0 = _mm256_set1_ps(-2.0f * 0.7978845608028654f), c1 = _mm256_set1_ps(0.044715f),
+                 one = _mm256_set1_ps(1.0f);
+    for (size_t i = 0; i < n; i += 8) {
+        const size_t left = n - i;
+        const __m256 v = load_tail(x + i, left);
+        const __m256 u = _mm256_mul_ps(c0, _mm256_fmadd_ps(_mm256_mul_ps(c1, v), _mm256_mul_ps(v, v), v));
+        store_tail(x + i, left, _mm256_div_ps(v, _mm256_add_ps(one, exp256(u))));
+    }
+}
+
+static T256 float dot_avx2(const float *a, const float *b, size_t n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    float s = hsum256(_mm256_add_ps(s0, s1));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static T256 void axpy_avx2(float *y, float a, const float *x, size_t n) {
+    const __m256 av = _mm256_set1_ps(a);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+static T256 void softmax_avx2(float *x, size_t n) {
+    float mx = -INFINITY;
+    for (size_t i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    const __m256 m = _mm256_set1_ps(mx);
+    __m256 s = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), m));
+        _mm256_storeu_ps(x + i, e);
+        s = _mm256_add_ps(s, e);
+    }
+    float sum = hsum256(s);
+    for (; i < n; i++) sum += (x[i] = expf(x[i] - mx));
+    const float inv = 1.0f / sum;
+    for (i = 0; i < n; i++) x[i] *= inv;
+}
+
+const cs_kern cs_kern_avx2 = {
+    .name = "avx2", .isa = CS_ISA_AVX2, .matmul = matmul_avx2, .layernorm = layernorm_avx2,
+    .gelu_tanh = gelu_avx2, .dot = dot_avx2, .axpy = axpy_avx2, .softmax = softmax_avx2,
+};
+
+#else
+const cs_kern cs_kern_avx2 = {0};
+#endif
