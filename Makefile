@@ -18,14 +18,14 @@ CFLAGS   += -std=c11 $(OPT) $(WARN) $(SAN) -D_GNU_SOURCE -Isrc $(PKG_CFLAGS) -MM
 LDFLAGS  += $(SAN)
 LDLIBS   += $(PKG_LIBS) -lm -lpthread
 
-LIB_SRC  := $(wildcard src/engine/*.c src/hub/*.c)
+LIB_SRC  := $(wildcard src/engine/*.c src/hub/*.c src/serve/*.c src/http/*.c)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
-TEST_SRC := $(wildcard tests/engine/test_*.c tests/hub/test_*.c)
+TEST_SRC := $(wildcard tests/engine/test_*.c tests/hub/test_*.c tests/serve/test_*.c)
 TEST_BIN := $(TEST_SRC:%.c=$(BUILD)/%)
 TOOL_BIN := $(BUILD)/cs-synth
 PY_TESTS := $(wildcard tests/*/test_*.py)
 
-.PHONY: all test asan check run deps models reference clean
+.PHONY: all test asan check run deps models reference clean bench
 all: $(BUILD)/cserve $(TOOL_BIN)
 
 $(BUILD)/obj/%.o: %.c
@@ -82,6 +82,11 @@ run: deps
 
 reference:
 	sh tools/make_reference.sh
+
+# cserve against its peers (transformers, llama.cpp, CTranslate2) and the measured roofline:
+# writes bench/RESULTS.md and bench/results.png (see bench/README.md).
+bench: all models
+	sh bench/run.sh
 
 clean:
 	rm -rf build

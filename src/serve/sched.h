@@ -1,0 +1,97 @@
+/* cs_sched: one replica's iteration-level (continuous batching) scheduler.
+ *
+ * One engine thread owns the model's forward passes. Each iteration it runs a
+ * single cs_gpt2_step over every active request: one decode token for each
+ * running sequence plus chunks of newly admitted prompts (up to a token budget),
+ * so requests join and leave the batch at token granularity. New tokens are
+ * delivered through the request's callback as they are produced; a request
+ * ends at EOS, at its length limit, when its callback asks to stop, or when it
+ * is cancelled (client gone): its slot is freed at once and the compute stops.
+ *
+ * Admission: at most max_running sequences in the batch (Ray Serve's
+ * max_ongoing_requests); up to max_queued more wait in FIFO order; beyond that
+ * cs_sched_submit fails with CS_SCHED_FULL immediately (HTTP 503).
+ *
+ * Thread-safety: submit, cancel, stats and drain may be called from any thread.
+ * Callbacks run on the engine thread and must not block or call back into the
+ * scheduler except cs_sched_cancel on another request. */
+#ifndef CS_SCHED_H
+#define CS_SCHED_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/err.h"
+#include "engine/generate.h"
+#include "engine/model.h"
+
+typedef struct cs_sched cs_sched;
+typedef struct cs_req cs_req;
+
+typedef struct cs_sched_opts {
+    int max_running;      /* sequences decoded together (default 32) */
+    int max_queued;       /* waiting requests beyond that (default 256) */
+    int step_tokens;      /* token budget of one step: decodes + prompt chunks (default 256) */
+    int n_ctx;            /* per-sequence KV capacity (default: model n_positions) */
+    int threads;          /* compute threads (default: cs_cpu_count()) */
+} cs_sched_opts;
+
+typedef enum cs_ev_type {
+    CS_EV_TOKEN, /* one new token of sequence seq_index */
+    CS_EV_DONE,  /* sequence seq_index finished (finish reason, counts); the DONE
+                    of the request's last unfinished sequence is its final event */
+    CS_EV_ERROR  /* the request failed (message); final event, no DONE follows */
+} cs_ev_type;
+
+typedef struct cs_req_event {
+    cs_ev_type type;
+    int32_t token;        /* CS_EV_TOKEN */
+    int seq_index;        /* which of the request's sequences (num_return_sequences) */
+    cs_finish finish;     /* CS_EV_DONE: per sequence */
+    size_t n_prompt, n_generated;
+    double ttft_s;        /* CS_EV_DONE: submit to first token */
+    const char *message;  /* CS_EV_ERROR */
+} cs_req_event;
+
+/* Return non-zero from a CS_EV_TOKEN to stop that sequence (a stop string was
+ * seen); it then finishes with CS_FINISH_STOPPED. */
+typedef int (*cs_req_cb)(void *ud, const cs_req_event *ev);
+
+typedef struct cs_req_params {
+    cs_gen_params gen;
+    uint64_t seed;            /* sampling seed (used when gen.sample.do_sample) */
+    const int32_t *prompt;    /* copied at submit */
+    size_t n_prompt;
+    int n_seqs;               /* independent sequences for this prompt (>= 1) */
+} cs_req_params;
+
+enum { CS_SCHED_OK = 0, CS_SCHED_INVALID = -1, CS_SCHED_FULL = -2, CS_SCHED_DRAINING = -3 };
+
+int cs_sched_create(cs_sched **out, const cs_model *m, const cs_sched_opts *opts, cs_err *err);
+/* Stops the engine thread; requests still running get CS_EV_ERROR. */
+void cs_sched_free(cs_sched *s);
+
+/* Queues a request. Returns CS_SCHED_OK (and *out, valid until its last event
+ * has been delivered), CS_SCHED_INVALID (err says why: empty prompt, length
+ * over the context, bad sampling values), CS_SCHED_FULL (queue full) or
+ * CS_SCHED_DRAINING. On failure no callback is ever made. */
+int cs_sched_submit(cs_sched *s, const cs_req_params *p, cs_req_cb cb, void *ud, cs_req **out, cs_err *err);
+
+/* Asks the engine to drop a request (client disconnected). Its callback still
+ * receives a final CS_EV_DONE with finish CS_FINISH_STOPPED. Safe to call
+ * until that final event has been delivered. */
+void cs_sched_cancel(cs_sched *s, cs_req *r);
+
+typedef struct cs_sched_stats {
+    int running, queued, max_running, max_queued;
+    uint64_t steps, tokens_generated, prompt_tokens, requests_done;
+    double last_batch_size;
+} cs_sched_stats;
+void cs_sched_stats_get(cs_sched *s, cs_sched_stats *st);
+
+/* Stops admitting (submit returns CS_SCHED_DRAINING) and waits up to
+ * timeout_s for running and queued requests to finish. Returns the number
+ * still unfinished (0 = drained). */
+int cs_sched_drain(cs_sched *s, double timeout_s);
+
+#endif
