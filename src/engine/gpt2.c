@@ -163,7 +163,7 @@ static int load_tensor(const cs_st *st, const char *name, int rank, const int64_
 /* The packed blob: a header page, then every array 64-byte aligned in a fixed
  * order that depends only on (config, dtype). The same walk sizes the blob,
  * fills it from safetensors, or points into a mapped cache file. */
-#define PACK_MAGIC "CSPACK02"
+#define PACK_MAGIC "CSPACK03"
 #define PACK_HEADER 4096
 
 typedef struct pack_header {
@@ -203,11 +203,9 @@ static int walk_f32(walk *w, const float **dst, const char *name, int rank, int6
  * source is (N, K) (an embedding used as the LM head) instead of (K, N). */
 static int walk_mat(walk *w, cs_pmat *pm, const char *name, size_t K, size_t N, int transposed, const float *bias) {
     const cs_wdtype dt = w->m->wdtype;
-    *pm = (cs_pmat){.dt = dt, .K = K, .N = N, .n_panels = (N + CS_PANEL - 1) / CS_PANEL, .bias = bias};
     void *wp = take(w, cs_pmat_wbytes(dt, K, N));
     float *sp = dt == CS_W_I8 ? take(w, cs_pmat_sbytes(dt, N)) : NULL;
-    pm->w = wp;
-    pm->scale = sp;
+    *pm = cs_pmat_view(dt, K, N, wp, sp, bias);
     if (!w->st) return 0;
     const int64_t shp[2] = {transposed ? (int64_t)N : (int64_t)K, transposed ? (int64_t)K : (int64_t)N};
     if (load_tensor(w->st, name, 2, shp, w->tmp, w->err)) return -1;

@@ -16,12 +16,59 @@ int cs_wdtype_parse(const char *s, cs_wdtype *out) {
     return 0;
 }
 
+static size_t k_padded(cs_wdtype dt, size_t K) { return dt == CS_W_I8 ? (K + 3) / 4 * 4 : K; }
+
 size_t cs_pmat_wbytes(cs_wdtype dt, size_t K, size_t N) {
-    return ((N + CS_PANEL - 1) / CS_PANEL) * K * CS_PANEL * cs_wdtype_size(dt);
+    return ((N + CS_PANEL - 1) / CS_PANEL) * k_padded(dt, K) * CS_PANEL * cs_wdtype_size(dt);
 }
 
 size_t cs_pmat_sbytes(cs_wdtype dt, size_t N) {
-    return dt == CS_W_I8 ? ((N + CS_PANEL - 1) / CS_PANEL) * CS_PANEL * sizeof(float) : 0;
+    return dt == CS_W_I8 ? ((N + CS_PANEL - 1) / CS_PANEL) * CS_PANEL * (sizeof(float) + sizeof(int32_t)) : 0;
+}
+
+cs_pmat cs_pmat_view(cs_wdtype dt, size_t K, size_t N, const void *w, const float *scale_buf, const float *bias) {
+    const size_t P = (N + CS_PANEL - 1) / CS_PANEL;
+    return (cs_pmat){.dt = dt, .K = K, .N = N, .n_panels = P, .w = w, .bias = bias,
+                     .scale = dt == CS_W_I8 ? scale_buf : NULL,
+                     .colsum = dt == CS_W_I8 ? (const int32_t *)(scale_buf + P * CS_PANEL) : NULL};
+}
+
+static inline size_t i8_off(size_t K, size_t k, size_t n) {
+    const size_t K4 = (K + 3) / 4;
+    return (((n / CS_PANEL) * K4 + k / 4) * CS_PANEL + n % CS_PANEL) * 4 + k % 4;
+}
+
+void cs_quantize_rows(const float *x, size_t ldx, size_t T, size_t K, int8_t *q, size_t ldq, float *sx) {
+    for (size_t t = 0; t < T; t++) {
+        const float *xr = x + t * ldx;
+        float mx = 0;
+        for (size_t k = 0; k < K; k++) mx = fmaxf(mx, fabsf(xr[k]));
+        const float inv = mx > 0 ? 127.0f / mx : 0.0f;
+        sx[t] = mx > 0 ? mx / 127.0f : 1.0f;
+        int8_t *qr = q + t * ldq;
+        for (size_t k = 0; k < K; k++) {
+            float v = nearbyintf(xr[k] * inv);
+            qr[k] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+        }
+        for (size_t k = K; k < ldq; k++) qr[k] = 0;
+    }
+}
+
+int8_t *cs_kern_qbuf(size_t bytes, float **sx, size_t T) {
+    static __thread int8_t *buf;
+    static __thread size_t cap;
+    const size_t need = bytes + T * sizeof(float) + 64;
+    if (need > cap) {
+        free(buf);
+        cap = need * 2;
+        buf = aligned_alloc(64, (cap + 63) / 64 * 64);
+        if (!buf) {
+            cap = 0;
+            return NULL;
+        }
+    }
+    *sx = (float *)(void *)(buf + (bytes + 63) / 64 * 64);
+    return buf;
 }
 
 static uint16_t to_bf16(float f) {
@@ -43,12 +90,23 @@ void cs_pmat_pack(cs_wdtype dt, const float *W, size_t K, size_t N, size_t ldw, 
     const size_t P = (N + CS_PANEL - 1) / CS_PANEL;
 #define WAT(k, n) (transposed ? W[(n) * ldw + (k)] : W[(k) * ldw + (n)])
     if (dt == CS_W_I8) {
+        int32_t *colsum = (int32_t *)(void *)(scale_out + P * CS_PANEL);
+        memset(w_out, 0, cs_pmat_wbytes(dt, K, N)); /* k padding stays zero */
         for (size_t n = 0; n < P * CS_PANEL; n++) {
             float mx = 0;
             if (n < N)
                 for (size_t k = 0; k < K; k++) mx = fmaxf(mx, fabsf(WAT(k, n)));
             scale_out[n] = mx > 0 ? mx / 127.0f : 1.0f;
+            int32_t cs = 0;
+            for (size_t k = 0; k < K && n < N; k++) {
+                float q = nearbyintf(WAT(k, n) / scale_out[n]);
+                const int8_t qi = (int8_t)(q > 127 ? 127 : q < -127 ? -127 : q);
+                ((int8_t *)w_out)[i8_off(K, k, n)] = qi;
+                cs += qi;
+            }
+            colsum[n] = cs;
         }
+        return;
     }
     for (size_t p = 0; p < P; p++)
         for (size_t k = 0; k < K; k++)
@@ -57,11 +115,8 @@ void cs_pmat_pack(cs_wdtype dt, const float *W, size_t K, size_t N, size_t ldw, 
                 const float v = n < N ? WAT(k, n) : 0.0f;
                 if (dt == CS_W_F32) {
                     ((float *)w_out)[o] = v;
-                } else if (dt == CS_W_BF16) {
-                    ((uint16_t *)w_out)[o] = to_bf16(v);
                 } else {
-                    float q = nearbyintf(v / scale_out[n]);
-                    ((int8_t *)w_out)[o] = (int8_t)(q > 127 ? 127 : q < -127 ? -127 : q);
+                    ((uint16_t *)w_out)[o] = to_bf16(v);
                 }
             }
 #undef WAT
@@ -72,14 +127,39 @@ float cs_pmat_get(const cs_pmat *m, size_t k, size_t n) {
     switch (m->dt) {
     case CS_W_F32: return ((const float *)m->w)[o];
     case CS_W_BF16: return from_bf16(((const uint16_t *)m->w)[o]);
-    default: return (float)((const int8_t *)m->w)[o] * m->scale[n];
+    default: return (float)((const int8_t *)m->w)[i8_off(m->K, k, n)] * m->scale[n];
     }
 }
 
 /* ------------------------------------------------------------ scalar reference */
 
+/* int8: exact integer dot products of quantized rows (see kernels.h). */
+static void matmul_i8_scalar(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy, size_t p0,
+                             size_t p1) {
+    const size_t K = m->K, K4 = (K + 3) / 4, ldq = K4 * 4;
+    float *sx;
+    int8_t *q = cs_kern_qbuf(T * ldq, &sx, T);
+    if (!q) return;
+    cs_quantize_rows(x, ldx, T, K, q, ldq, sx);
+    const int8_t *w = m->w;
+    for (size_t p = p0; p < p1; p++)
+        for (size_t t = 0; t < T; t++)
+            for (size_t j = 0; j < CS_PANEL; j++) {
+                const size_t n = p * CS_PANEL + j;
+                if (n >= m->N) break;
+                int32_t acc = 0;
+                for (size_t k = 0; k < ldq; k++) acc += (int32_t)q[t * ldq + k] * w[((p * K4 + k / 4) * CS_PANEL + j) * 4 + k % 4];
+                const float v = (float)acc * (sx[t] * m->scale[n]);
+                y[t * ldy + n] = v + (m->bias ? m->bias[n] : 0.0f);
+            }
+}
+
 static void matmul_scalar(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy, size_t p0,
                           size_t p1) {
+    if (m->dt == CS_W_I8) {
+        matmul_i8_scalar(m, x, ldx, T, y, ldy, p0, p1);
+        return;
+    }
     const size_t K = m->K;
     for (size_t p = p0; p < p1; p++) {
         for (size_t t = 0; t < T; t++) {
@@ -88,17 +168,14 @@ static void matmul_scalar(const cs_pmat *m, const float *x, size_t ldx, size_t T
             for (size_t k = 0; k < K; k++) {
                 const size_t o = (p * K + k) * CS_PANEL;
                 for (size_t j = 0; j < CS_PANEL; j++) {
-                    float w = m->dt == CS_W_F32    ? ((const float *)m->w)[o + j]
-                              : m->dt == CS_W_BF16 ? from_bf16(((const uint16_t *)m->w)[o + j])
-                                                   : (float)((const int8_t *)m->w)[o + j];
+                    float w = m->dt == CS_W_F32 ? ((const float *)m->w)[o + j] : from_bf16(((const uint16_t *)m->w)[o + j]);
                     acc[j] += xr[k] * w;
                 }
             }
             for (size_t j = 0; j < CS_PANEL; j++) {
                 const size_t n = p * CS_PANEL + j;
                 if (n >= m->N) break;
-                float v = m->dt == CS_W_I8 ? acc[j] * m->scale[n] : acc[j];
-                y[t * ldy + n] = v + (m->bias ? m->bias[n] : 0.0f);
+                y[t * ldy + n] = acc[j] + (m->bias ? m->bias[n] : 0.0f);
             }
         }
     }

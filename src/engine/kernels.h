@@ -10,8 +10,14 @@
  * W is stored in panels of 16 output columns: panel p holds W[k][16p .. 16p+15]
  * for k = 0..K-1, contiguous, so one panel row is one 64-byte (fp32) vector.
  * Columns past N in the last panel are zero. dtypes: fp32, bf16 (upper half of
- * the fp32 bits, round-to-nearest-even), int8 (symmetric, one fp32 scale per
- * output column: W[k][n] ~ q[k][n] * scale[n]). Activations stay fp32.
+ * the fp32 bits, round-to-nearest-even; activations stay fp32), and int8:
+ * symmetric weights with one fp32 scale per output column, W[k][n] ~
+ * q[k][n] * scale[n], multiplied with activations quantized per row
+ * (xq = round(x * 127 / max|x_row|)) in exact integer arithmetic:
+ *   y[t][n] = (float)sum_k xq[t][k] q[k][n] * (sx[t] * scale[n]) + bias[n],
+ * the same bits on every instruction set. int8 panels interleave groups of 4
+ * consecutive k for each column (the VNNI dot-product layout): byte
+ * ((p * K4 + k / 4) * 16 + n % 16) * 4 + k % 4, K4 = ceil(K / 4).
  *
  * All kernels are pure functions of their arguments; thread-safe. */
 #ifndef CS_KERNELS_H
@@ -29,6 +35,7 @@ typedef struct cs_pmat {
     size_t K, N, n_panels; /* n_panels = ceil(N / 16) */
     const void *w;         /* (n_panels, K, 16) elements of dt */
     const float *scale;    /* (n_panels * 16) for int8, else NULL */
+    const int32_t *colsum; /* (n_panels * 16) int8: sum over k of q[k][n], else NULL */
     const float *bias;     /* (N) or NULL */
 } cs_pmat;
 
@@ -36,14 +43,26 @@ size_t cs_wdtype_size(cs_wdtype dt);
 const char *cs_wdtype_name(cs_wdtype dt);
 int cs_wdtype_parse(const char *s, cs_wdtype *out); /* "fp32"/"f32", "bf16", "int8"/"i8" */
 
-/* Bytes needed for the packed weights (and scales) of a K x N matrix. */
+/* Bytes needed for the packed weights, and for the int8 scales + column sums. */
 size_t cs_pmat_wbytes(cs_wdtype dt, size_t K, size_t N);
 size_t cs_pmat_sbytes(cs_wdtype dt, size_t N);
 
+/* int8 activations: quantizes T rows of K floats to q (rows of ldq >= K4*4
+ * bytes, zero-padded) and sx[t] = max|x_t| / 127 (1 for an all-zero row).
+ * Shared by every kernel table so all compute the same xq. */
+void cs_quantize_rows(const float *x, size_t ldx, size_t T, size_t K, int8_t *q, size_t ldq, float *sx);
+
+/* Per-thread scratch for quantized rows, grown on demand (first use per size). */
+int8_t *cs_kern_qbuf(size_t bytes, float **sx, size_t T);
+
 /* Packs W (K, N) row-major fp32 (row stride ldw) into w_out/scale_out (sizes
- * above). transposed: W is given as (N, K) instead (e.g. the tied LM head, wte). */
+ * above; for int8 scale_out holds the scales followed by the column sums).
+ * transposed: W is given as (N, K) instead (e.g. the tied LM head, wte). */
 void cs_pmat_pack(cs_wdtype dt, const float *W, size_t K, size_t N, size_t ldw, int transposed, void *w_out,
                   float *scale_out);
+
+/* Fills a cs_pmat over packed buffers (scale_buf: int8 scales + column sums). */
+cs_pmat cs_pmat_view(cs_wdtype dt, size_t K, size_t N, const void *w, const float *scale_buf, const float *bias);
 
 /* W[k][n] as fp32 (what the kernels compute with). */
 float cs_pmat_get(const cs_pmat *m, size_t k, size_t n);

@@ -13,7 +13,6 @@
 #define LOADW_F32(p) _mm256_loadu_ps((const float *)(p))
 #define LOADW_BF16(p) \
     _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
-#define LOADW_I8(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
 
 static INL T256 float hsum256(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -92,7 +91,48 @@ static INL T256 __m256 load_tail(const float *x, size_t left) {
 
 DEFINE_TILE(f32, float, LOADW_F32)
 DEFINE_TILE(bf16, uint16_t, LOADW_BF16)
-DEFINE_TILE(i8, int8_t, LOADW_I8)
+
+/* int8 (see kernels.h): exact integer dot products. Per group of 4 k, each
+ * column's 4 weights are widened to int16 and multiplied with the row's 4
+ * quantized activations (madd: pairs -> int32), then adjacent pairs are added
+ * (hadd), which leaves the 8 columns in the order 0,1,4,5 | 2,3,6,7. */
+static INL T256 __m256i dot4_half(const int8_t *w, __m256i xv) {
+    const __m256i lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w));
+    const __m256i hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + 16)));
+    return _mm256_hadd_epi32(_mm256_madd_epi16(lo, xv), _mm256_madd_epi16(hi, xv));
+}
+
+static T256 void matmul_i8(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy, size_t p0,
+                           size_t p1) {
+    const size_t K = m->K, K4 = (K + 3) / 4, ldq = K4 * 4;
+    float *sx;
+    int8_t *q = cs_kern_qbuf(T * ldq, &sx, T);
+    if (!q) return;
+    cs_quantize_rows(x, ldx, T, K, q, ldq, sx);
+    const int8_t *w = m->w;
+    for (size_t p = p0; p < p1; p++)
+        for (size_t t = 0; t < T; t++) {
+            __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+            const int8_t *qr = q + t * ldq, *wp = w + p * K4 * 64;
+            for (size_t kq = 0; kq < K4; kq++) {
+                const __m256i xv = _mm256_set1_epi64x((long long)(uint64_t)(
+                    (uint16_t)qr[4 * kq] | (uint64_t)(uint16_t)qr[4 * kq + 1] << 16 |
+                    (uint64_t)(uint16_t)qr[4 * kq + 2] << 32 | (uint64_t)(uint16_t)qr[4 * kq + 3] << 48));
+                a0 = _mm256_add_epi32(a0, dot4_half(wp + kq * 64, xv));
+                a1 = _mm256_add_epi32(a1, dot4_half(wp + kq * 64 + 32, xv));
+            }
+            __m256i acc[2] = {_mm256_permute4x64_epi64(a0, 0xD8), _mm256_permute4x64_epi64(a1, 0xD8)};
+            for (int h = 0; h < 2; h++) {
+                const size_t n0 = p * CS_PANEL + (size_t)h * 8;
+                if (n0 >= m->N) break;
+                const size_t left = m->N - n0;
+                const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[h]),
+                                               _mm256_mul_ps(_mm256_set1_ps(sx[t]), _mm256_loadu_ps(m->scale + n0)));
+                const __m256 bi = m->bias ? load_tail(m->bias + n0, left) : _mm256_setzero_ps();
+                store_tail(y + t * ldy + n0, left, _mm256_add_ps(f, bi));
+            }
+        }
+}
 
 static T256 void matmul_avx2(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy,
                              size_t p0, size_t p1) {

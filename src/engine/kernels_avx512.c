@@ -5,6 +5,7 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #include <math.h>
+#include <string.h>
 
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
 #define INL __attribute__((always_inline)) inline
@@ -12,19 +13,30 @@
 #define LOADW_F32(p) _mm512_loadu_ps((const float *)(p))
 #define LOADW_BF16(p) \
     _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
-#define LOADW_I8(p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
 
-/* Register tile: RT rows of x times CP panels (16 columns each), over all K. */
-#define DEFINE_TILE(S, TYPE, LOADW)                                                                   \
+/* Register tile: RT rows of x times CP panels (16 columns each) over k in
+ * [k0, k1). Accumulators start at zero (first) or from the partial sums left in
+ * y by the previous k-block; the last block applies scale and bias. Every
+ * output element is the same sequential FMA chain over k whatever the tile
+ * shape or blocking, so a row's result does not depend on the batch around it. */
+#define DEFINE_TILE(S, TYPE, LOADW, KB)                                                               \
     static INL T512 void tile_##S(const cs_pmat *m, const float *x, size_t ldx, float *y, size_t ldy, \
-                                  size_t p, const int RT, const int CP) {                             \
+                                  size_t p, size_t k0, size_t k1, int first, int last, const int RT,   \
+                                  const int CP) {                                                     \
         const size_t K = m->K;                                                                        \
         const TYPE *w = (const TYPE *)m->w + p * K * CS_PANEL;                                        \
-        __m512 acc[4][4];                                                                             \
+        __m512 acc[6][8];                                                                             \
+        __mmask16 mk[8];                                                                              \
+        for (int c = 0; c < CP; c++) {                                                                \
+            const size_t n0 = (p + (size_t)c) * CS_PANEL;                                             \
+            mk[c] = n0 >= m->N ? 0 : m->N - n0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (m->N - n0)) - 1); \
+        }                                                                                             \
         for (int r = 0; r < RT; r++)                                                                  \
-            for (int c = 0; c < CP; c++) acc[r][c] = _mm512_setzero_ps();                             \
-        for (size_t k = 0; k < K; k++) {                                                              \
-            __m512 wv[4];                                                                             \
+            for (int c = 0; c < CP; c++)                                                              \
+                acc[r][c] = first ? _mm512_setzero_ps()                                               \
+                                  : _mm512_maskz_loadu_ps(mk[c], y + (size_t)r * ldy + (p + (size_t)c) * CS_PANEL); \
+        for (size_t k = k0; k < k1; k++) {                                                            \
+            __m512 wv[8];                                                                             \
             for (int c = 0; c < CP; c++) wv[c] = LOADW(w + ((size_t)c * K + k) * CS_PANEL);           \
             for (int r = 0; r < RT; r++) {                                                            \
                 const __m512 xb = _mm512_set1_ps(x[(size_t)r * ldx + k]);                             \
@@ -33,45 +45,163 @@
         }                                                                                             \
         for (int c = 0; c < CP; c++) {                                                                \
             const size_t n0 = (p + (size_t)c) * CS_PANEL;                                             \
-            const size_t left = m->N - n0;                                                            \
-            const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);      \
-            const __m512 sc = m->scale ? _mm512_loadu_ps(m->scale + n0) : _mm512_set1_ps(1.0f);       \
-            const __m512 bi = m->bias ? _mm512_maskz_loadu_ps(mk, m->bias + n0) : _mm512_setzero_ps(); \
+            __m512 sc = _mm512_set1_ps(1.0f), bi = _mm512_setzero_ps();                               \
+            if (last && m->scale) sc = _mm512_loadu_ps(m->scale + n0);                                \
+            if (last && m->bias) bi = _mm512_maskz_loadu_ps(mk[c], m->bias + n0);                     \
             for (int r = 0; r < RT; r++) {                                                            \
-                __m512 v = m->scale ? _mm512_fmadd_ps(acc[r][c], sc, bi) : _mm512_add_ps(acc[r][c], bi); \
-                _mm512_mask_storeu_ps(y + (size_t)r * ldy + n0, mk, v);                               \
+                __m512 v = acc[r][c];                                                                 \
+                if (last) v = m->scale ? _mm512_fmadd_ps(v, sc, bi) : _mm512_add_ps(v, bi);           \
+                _mm512_mask_storeu_ps(y + (size_t)r * ldy + n0, mk[c], v);                            \
             }                                                                                         \
+        }                                                                                             \
+    }                                                                                                 \
+    /* Rows in tiles of up to 6 (4 panels), or 1-2 rows over 8 panels so a decode  \
+     * step still has 8 independent FMA chains. */                                \
+    static INL T512 void rows_##S(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y,    \
+                                  size_t ldy, size_t p, size_t np, size_t k0, size_t k1, int first, int last) { \
+        size_t t = 0;                                                                                 \
+        if (np == 8) {                                                                                \
+            for (; t + 2 <= T; t += 2) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, k0, k1, first, last, 2, 8); \
+            if (t < T) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, k0, k1, first, last, 1, 8); \
+            return;                                                                                   \
+        }                                                                                             \
+        if (np == 1) {                                                                                \
+            for (; t + 6 <= T; t += 6) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, k0, k1, first, last, 6, 1); \
+            for (; t < T; t++) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, k0, k1, first, last, 1, 1); \
+            return;                                                                                   \
+        }                                                                                             \
+        for (; t + 6 <= T; t += 6) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, k0, k1, first, last, 6, 4); \
+        const float *xt = x + t * ldx;                                                                \
+        float *yt = y + t * ldy;                                                                      \
+        switch (T - t) {                                                                              \
+        case 5: tile_##S(m, xt, ldx, yt, ldy, p, k0, k1, first, last, 5, 4); break;                   \
+        case 4: tile_##S(m, xt, ldx, yt, ldy, p, k0, k1, first, last, 4, 4); break;                   \
+        case 3: tile_##S(m, xt, ldx, yt, ldy, p, k0, k1, first, last, 3, 4); break;                   \
+        case 2: tile_##S(m, xt, ldx, yt, ldy, p, k0, k1, first, last, 2, 4); break;                   \
+        case 1: tile_##S(m, xt, ldx, yt, ldy, p, k0, k1, first, last, 1, 4); break;                   \
+        default: break;                                                                               \
         }                                                                                             \
     }                                                                                                 \
     static T512 void matmul_##S(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy, \
                                 size_t p0, size_t p1) {                                               \
+        const size_t K = m->K, wide = T <= 2 ? 8 : 4;                                                 \
         size_t p = p0;                                                                                \
-        for (; p + 4 <= p1; p += 4) {                                                                 \
-            size_t t = 0;                                                                             \
-            for (; t + 4 <= T; t += 4) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, 4, 4);      \
-            switch (T - t) {                                                                          \
-            case 3: tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, 3, 4); break;                  \
-            case 2: tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, 2, 4); break;                  \
-            case 1: tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, 1, 4); break;                  \
+        while (p < p1) {                                                                              \
+            const size_t np = p + wide <= p1 ? wide : p + 4 <= p1 ? 4 : 1;                            \
+            for (size_t k0 = 0; k0 < K; k0 += KB) {                                                   \
+                const size_t k1 = k0 + KB < K ? k0 + KB : K;                                          \
+                rows_##S(m, x, ldx, T, y, ldy, p, np, k0, k1, k0 == 0, k1 == K);                      \
             }                                                                                         \
-        }                                                                                             \
-        for (; p < p1; p++) {                                                                         \
-            size_t t = 0;                                                                             \
-            for (; t + 4 <= T; t += 4) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, 4, 1);      \
-            for (; t < T; t++) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, 1, 1);              \
+            p += np;                                                                                  \
         }                                                                                             \
     }
 
-DEFINE_TILE(f32, float, LOADW_F32)
-DEFINE_TILE(bf16, uint16_t, LOADW_BF16)
-DEFINE_TILE(i8, int8_t, LOADW_I8)
+/* k-blocks sized so a 4-panel weight block (~32 KB) stays in L1 across row tiles */
+DEFINE_TILE(f32, float, LOADW_F32, 128)
+DEFINE_TILE(bf16, uint16_t, LOADW_BF16, 256)
+
+/* int8 with AVX512-VNNI: vpdpbusd multiplies 4 unsigned activation bytes
+ * (xq + 128) with 4 signed weight bytes per column and adds into int32;
+ * 128 * colsum[n] removes the offset, so the sum is exactly sum xq * q. Partial
+ * sums between k-blocks are kept in y as int32 bits. */
+#define TVNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+static INL TVNNI void tile_vnni(const cs_pmat *m, const uint8_t *qu, size_t ldq, const float *sx, float *y, size_t ldy,
+                                size_t p, size_t kq0, size_t kq1, int first, int last, const int RT, const int CP) {
+    const size_t K4 = ldq / 4;
+    const int8_t *w = (const int8_t *)m->w + p * K4 * 64;
+    __m512i acc[6][8];
+    __mmask16 mk[8];
+    for (int c = 0; c < CP; c++) {
+        const size_t n0 = (p + (size_t)c) * CS_PANEL;
+        mk[c] = n0 >= m->N ? 0 : m->N - n0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (m->N - n0)) - 1);
+    }
+    for (int r = 0; r < RT; r++)
+        for (int c = 0; c < CP; c++)
+            acc[r][c] = first ? _mm512_setzero_si512()
+                              : _mm512_maskz_loadu_epi32(mk[c], y + (size_t)r * ldy + (p + (size_t)c) * CS_PANEL);
+    for (size_t kq = kq0; kq < kq1; kq++) {
+        __m512i wv[8];
+        for (int c = 0; c < CP; c++) wv[c] = _mm512_loadu_si512((const void *)(w + ((size_t)c * K4 + kq) * 64));
+        for (int r = 0; r < RT; r++) {
+            int32_t xq4;
+            memcpy(&xq4, qu + (size_t)r * ldq + 4 * kq, 4);
+            const __m512i xb = _mm512_set1_epi32(xq4);
+            for (int c = 0; c < CP; c++) acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], xb, wv[c]);
+        }
+    }
+    for (int c = 0; c < CP; c++) {
+        const size_t n0 = (p + (size_t)c) * CS_PANEL;
+        if (!last) {
+            for (int r = 0; r < RT; r++) _mm512_mask_storeu_epi32(y + (size_t)r * ldy + n0, mk[c], acc[r][c]);
+            continue;
+        }
+        const __m512i off = _mm512_slli_epi32(_mm512_loadu_si512((const void *)(m->colsum + n0)), 7);
+        const __m512 sc = _mm512_loadu_ps(m->scale + n0);
+        const __m512 bi = m->bias ? _mm512_maskz_loadu_ps(mk[c], m->bias + n0) : _mm512_setzero_ps();
+        for (int r = 0; r < RT; r++) {
+            const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][c], off));
+            const __m512 v = _mm512_add_ps(_mm512_mul_ps(f, _mm512_mul_ps(_mm512_set1_ps(sx[r]), sc)), bi);
+            _mm512_mask_storeu_ps(y + (size_t)r * ldy + n0, mk[c], v);
+        }
+    }
+}
+
+static INL TVNNI void rows_vnni(const cs_pmat *m, const uint8_t *qu, size_t ldq, const float *sx, size_t T, float *y,
+                                size_t ldy, size_t p, size_t np, size_t kq0, size_t kq1, int first, int last) {
+    size_t t = 0;
+#define TV(rt, cp) tile_vnni(m, qu + t * ldq, ldq, sx + t, y + t * ldy, ldy, p, kq0, kq1, first, last, rt, cp)
+    if (np == 8) {
+        for (; t + 2 <= T; t += 2) TV(2, 8);
+        if (t < T) TV(1, 8);
+        return;
+    }
+    if (np == 1) {
+        for (; t + 6 <= T; t += 6) TV(6, 1);
+        for (; t < T; t++) TV(1, 1);
+        return;
+    }
+    for (; t + 6 <= T; t += 6) TV(6, 4);
+    switch (T - t) {
+    case 5: TV(5, 4); break;
+    case 4: TV(4, 4); break;
+    case 3: TV(3, 4); break;
+    case 2: TV(2, 4); break;
+    case 1: TV(1, 4); break;
+    default: break;
+    }
+#undef TV
+}
+
+static TVNNI void matmul_i8_vnni(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy,
+                                 size_t p0, size_t p1) {
+    const size_t K = m->K, K4 = (K + 3) / 4, ldq = K4 * 4, KQB = 128; /* 4 panels x 128 quads = 32 KB */
+    float *sx;
+    int8_t *q = cs_kern_qbuf(T * ldq, &sx, T);
+    if (!q) return;
+    cs_quantize_rows(x, ldx, T, K, q, ldq, sx);
+    uint8_t *qu = (uint8_t *)q;
+    for (size_t i = 0; i < T * ldq; i++) qu[i] ^= 0x80; /* xq + 128 as unsigned */
+    const size_t wide = T <= 2 ? 8 : 4;
+    size_t p = p0;
+    while (p < p1) {
+        const size_t np = p + wide <= p1 ? wide : p + 4 <= p1 ? 4 : 1;
+        for (size_t kq0 = 0; kq0 < K4; kq0 += KQB) {
+            const size_t kq1 = kq0 + KQB < K4 ? kq0 + KQB : K4;
+            rows_vnni(m, qu, ldq, sx, T, y, ldy, p, np, kq0, kq1, kq0 == 0, kq1 == K4);
+        }
+        p += np;
+    }
+}
 
 static T512 void matmul_avx512(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy,
                                size_t p0, size_t p1) {
     switch (m->dt) {
     case CS_W_F32: matmul_f32(m, x, ldx, T, y, ldy, p0, p1); break;
     case CS_W_BF16: matmul_bf16(m, x, ldx, T, y, ldy, p0, p1); break;
-    case CS_W_I8: matmul_i8(m, x, ldx, T, y, ldy, p0, p1); break;
+    case CS_W_I8:
+        if (__builtin_cpu_supports("avx512vnni")) matmul_i8_vnni(m, x, ldx, T, y, ldy, p0, p1);
+        else cs_kern_avx2.matmul(m, x, ldx, T, y, ldy, p0, p1); /* same exact integer result */
+        break;
     }
 }
 
