@@ -11,9 +11,9 @@ CC       ?= cc
 OPT      ?= -O3 -g
 WARN     ?= -Wall -Wextra -Werror
 SAN      ?=
-PKGS     := jansson libpcre2-8 libcurl
+PKGS     := jansson libpcre2-8 libcurl libmicrohttpd
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -ljansson -lpcre2-8 -lcurl)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -ljansson -lpcre2-8 -lcurl -lmicrohttpd)
 CFLAGS   += -std=c11 $(OPT) $(WARN) $(SAN) -D_GNU_SOURCE -Isrc $(PKG_CFLAGS) -MMD -MP
 LDFLAGS  += $(SAN)
 LDLIBS   += $(PKG_LIBS) -lm -lpthread

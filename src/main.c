@@ -12,17 +12,21 @@
 
 #include "engine/model.h"
 #include "engine/utf8.h"
+#include "hub/hub.h"
 
 #define CS_VERSION "0.1.0"
 
 int cs_cmd_bench(int argc, char **argv); /* cli_bench.c */
+int cs_cmd_serve(int argc, char **argv); /* cli_serve.c */
 
 static void usage_main(FILE *f) {
     fprintf(f,
             "usage: cserve <command> [options]\n\n"
             "commands:\n"
-            "  generate --model DIR [options] PROMPT   generate text from a prompt\n"
-            "  tokenize --model DIR [--decode] TEXT    print token ids as JSON (or decode ids)\n"
+            "  generate --model M [options] PROMPT     generate text (M: directory or Hub name)\n"
+            "  tokenize --model M [--decode] TEXT      print token ids as JSON (or decode ids)\n"
+            "  pull MODEL                              download a model from the Hugging Face Hub\n"
+            "  serve [--model M] [options]             HTTP server (simple-gen, OpenAI completions)\n"
             "  bench --model DIR [options]             engine benchmark, printed as JSON\n"
             "  version                                 print the version\n\n"
             "Run 'cserve <command> --help' for the options of a command.\n");
@@ -57,10 +61,11 @@ static int parse_float(const char *opt, const char *s, double lo, double hi, flo
 
 static void usage_generate(FILE *f) {
     fprintf(f,
-            "usage: cserve generate --model DIR [options] PROMPT\n\n"
+            "usage: cserve generate --model M [options] PROMPT\n\n"
             "Defaults come from the model (config.json task_specific_params, generation_config.json);\n"
             "for distilgpt2 that is sampling with top_k=50 up to max_length=50 tokens, prompt included.\n\n"
-            "  --model DIR                 Hugging Face model directory\n"
+            "  --model M                   model directory, or Hub name (distilgpt2, ORG/NAME[@REV])\n"
+            "                              from the HF cache, pulled when missing\n"
             "  --max-new-tokens N          tokens to generate (overrides --max-length)\n"
             "  --max-length N              total tokens, prompt included\n"
             "  --greedy                    arg-max decoding (do_sample=false)\n"
@@ -178,7 +183,9 @@ static int cmd_generate(int argc, char **argv) {
     size_t n_ids = 0;
     json_t *out = json_array();
     int rc = 1;
-    if (cs_model_load_opts(&m, model_dir, &mopts, &err)) goto fail;
+    char model_path[CS_HUB_PATH_MAX];
+    if (cs_hub_resolve(model_dir, model_path, sizeof model_path, 1, &err)) goto fail;
+    if (cs_model_load_opts(&m, model_path, &mopts, &err)) goto fail;
     if (cs_pool_create(&pool, (int)threads, &err)) goto fail;
     cs_gen_params p = m->defaults;
     if (max_new >= 0) p.max_new_tokens = (int)max_new;
@@ -271,8 +278,9 @@ fail:
 /* ------------------------------------------------------------------ tokenize */
 
 static void usage_tokenize(FILE *f) {
-    fprintf(f, "usage: cserve tokenize --model DIR TEXT          print ids as a JSON array\n"
-               "       cserve tokenize --model DIR --decode IDS  IDS: a JSON array or space-separated ids\n");
+    fprintf(f, "usage: cserve tokenize --model M TEXT            print ids as a JSON array\n"
+               "       cserve tokenize --model M --decode IDS    IDS: a JSON array or space-separated ids\n"
+               "M: a model directory or a Hub name (see 'cserve pull --help')\n");
 }
 
 static int cmd_tokenize(int argc, char **argv) {
@@ -293,10 +301,14 @@ static int cmd_tokenize(int argc, char **argv) {
         usage_tokenize(stderr);
         return 2;
     }
-    char vp[4096], mp[4096];
-    snprintf(vp, sizeof vp, "%s/vocab.json", dir);
-    snprintf(mp, sizeof mp, "%s/merges.txt", dir);
+    char vp[4096 + 16], mp[4096 + 16], mdir[CS_HUB_PATH_MAX];
     cs_err err = {{0}};
+    if (cs_hub_resolve(dir, mdir, sizeof mdir, 1, &err)) {
+        fprintf(stderr, "cserve tokenize: %s\n", err.msg);
+        return 1;
+    }
+    snprintf(vp, sizeof vp, "%s/vocab.json", mdir);
+    snprintf(mp, sizeof mp, "%s/merges.txt", mdir);
     cs_tok *tok = NULL;
     int32_t *ids = NULL;
     size_t n = 0;
@@ -347,6 +359,65 @@ fail:
     return rc;
 }
 
+/* ------------------------------------------------------------------ pull */
+
+static void usage_pull(FILE *f) {
+    fprintf(f,
+            "usage: cserve pull [--quiet] MODEL\n\n"
+            "Downloads a model from the Hugging Face Hub into the Hugging Face cache (the one transformers\n"
+            "uses: what is already there is reused, and transformers can read what we write), then prints\n"
+            "the snapshot directory. MODEL: distilgpt2, openai-community/gpt2, ORG/NAME@REVISION (branch,\n"
+            "tag or commit). Files: config.json, generation_config.json (if the model has one),\n"
+            "model.safetensors, vocab.json, merges.txt. An interrupted download resumes on the next run;\n"
+            "large files are checked against their SHA-256.\n\n"
+            "  -q, --quiet        no progress output (the bar is drawn only when stderr is a terminal)\n\n"
+            "environment:\n"
+            "  HF_ENDPOINT        Hub URL (default https://huggingface.co)\n"
+            "  HF_TOKEN           access token for private or gated models (default: the token file\n"
+            "                     $HF_TOKEN_PATH or $HF_HOME/token written by `huggingface-cli login`)\n"
+            "  HF_HUB_CACHE       cache directory (default $HF_HOME/hub)\n"
+            "  HF_HOME            default $XDG_CACHE_HOME/huggingface or ~/.cache/huggingface\n"
+            "  HF_HUB_OFFLINE     1/true/yes: never use the network; succeed only if the model is cached\n"
+            "\ncache layout: HF_HUB_CACHE/models--ORG--NAME/{blobs/ETAG, snapshots/COMMIT/FILE -> blob,\n"
+            "refs/REVISION}\n");
+}
+
+static int cmd_pull(int argc, char **argv) {
+    static const struct option opts[] = {{"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    int quiet = 0, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "qh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'q': quiet = 1; break;
+        case 'h': usage_pull(stdout); return 0;
+        default: usage_pull(stderr); return 2;
+        }
+    }
+    if (optind != argc - 1) {
+        fprintf(stderr, "cserve pull: exactly one MODEL is required\n");
+        usage_pull(stderr);
+        return 2;
+    }
+    cs_err err = {{0}};
+    cs_hub_ref ref;
+    if (cs_hub_parse_ref(argv[optind], &ref, &err)) {
+        fprintf(stderr, "cserve pull: %s\n", err.msg);
+        return 2;
+    }
+    cs_hub_env *env = malloc(sizeof *env);
+    char dir[CS_HUB_PATH_MAX];
+    int rc = 1;
+    if (!env) cs_err_set(&err, "out of memory");
+    else if (cs_hub_env_init(env, &err) == 0) {
+        env->progress = !quiet;
+        if (cs_hub_pull_env(env, &ref, dir, sizeof dir, &err) == 0) rc = 0;
+    }
+    free(env);
+    if (rc) fprintf(stderr, "cserve pull: %s\n", err.msg);
+    else puts(dir);
+    return rc;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         usage_main(stderr);
@@ -355,7 +426,9 @@ int main(int argc, char **argv) {
     const char *cmd = argv[1];
     if (strcmp(cmd, "generate") == 0) return cmd_generate(argc - 1, argv + 1);
     if (strcmp(cmd, "tokenize") == 0) return cmd_tokenize(argc - 1, argv + 1);
+    if (strcmp(cmd, "pull") == 0) return cmd_pull(argc - 1, argv + 1);
     if (strcmp(cmd, "bench") == 0) return cs_cmd_bench(argc - 1, argv + 1);
+    if (strcmp(cmd, "serve") == 0) return cs_cmd_serve(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         puts("cserve " CS_VERSION);
         return 0;

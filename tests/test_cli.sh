@@ -28,7 +28,7 @@ cont=$($bin generate --model $m --greedy --ignore-eos --no-prompt --max-new-toke
 expect_err() { # expected exit code, needle, command...
     code=$1; needle=$2; shift 2
     err=$("$@" 2>&1 >/dev/null); rc=$?
-    if [ $rc -eq "$code" ] && printf '%s' "$err" | grep -q -- "$needle" && [ "$(printf '%s\n' "$err" | head -c 2000 | wc -l)" -le 12 ]; then ok
+    if [ $rc -eq "$code" ] && printf '%s' "$err" | grep -q -- "$needle" && [ "$(printf '%s\n' "$err" | head -c 4000 | wc -l)" -le 30 ]; then ok
     else bad "$* -> rc $rc: $err"; fi
 }
 expect_err 1 "not a model directory" $bin generate --model /nonexistent "x"

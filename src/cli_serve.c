@@ -1,0 +1,301 @@
+/* cserve serve: the HTTP model server (one process: HTTP front end, the
+ * continuous-batching scheduler and the engine).
+ *
+ * Start-up: listen first (healthz answers 503 while the model loads), load
+ * the model, start the scheduler, then healthz says 200. SIGTERM/SIGINT:
+ * healthz 503 and new generation requests 503, running and queued requests
+ * finish (up to --graceful-shutdown-timeout-s), responses are flushed, and the
+ * process exits 0. */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+
+#include "engine/model.h"
+#include "engine/threadpool.h"
+#include "hub/hub.h"
+#include "http/http.h"
+#include "serve/api.h"
+#include "serve/metrics.h"
+#include "serve/sched.h"
+
+int cs_cmd_serve(int argc, char **argv);
+
+#define SERVE_DEFAULT_MODEL "distilgpt2"
+#define SERVE_FLUSH_TIMEOUT_S 5.0 /* after draining: time to send the last responses */
+#define SERVE_KEY_FILE_MAX ((size_t)64 << 10)
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: cserve serve [options]\n\n"
+            "Serves a GPT-2 model over HTTP: POST /text/simple-gen (the seed's API), POST /v1/completions\n"
+            "and GET /v1/models (OpenAI), GET /-/healthz, /-/routes, /metrics.\n\n"
+            "  --model DIR|NAME                 model directory or Hub name (default: " SERVE_DEFAULT_MODEL ")\n"
+            "  --host ADDR                      listen address (default 0.0.0.0)\n"
+            "  --port N                         listen port (default 8000; 0: any free port)\n"
+            "  --route-prefix P                 where the application is mounted (default /)\n"
+            "  --max-ongoing-requests N         sequences decoded together (default 32)\n"
+            "  --max-queued-requests N          waiting requests before 503 (default 256)\n"
+            "  --request-timeout-s S            408 when no response has started after S seconds (default 60)\n"
+            "  --keep-alive-timeout-s S         idle keep-alive connections are closed after S (default 90)\n"
+            "  --graceful-shutdown-timeout-s S  on SIGTERM, time allowed to finish requests (default 20)\n"
+            "  --dtype fp32|bf16|int8           weight format (default fp32)\n"
+            "  --threads N                      compute threads (default: CPUs available)\n"
+            "  --api-key-file F                 API keys, one per line; also CSERVE_API_KEYS=k1,k2\n"
+            "  --no-access-log                  no per-request log lines on stderr\n");
+}
+
+static int parse_num(const char *opt, const char *s, double lo, double hi, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "cserve serve: %s: expected a number in [%g, %g], got '%s'\n", opt, lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+typedef struct keys {
+    char *v[CS_API_MAX_KEYS];
+    size_t n;
+} keys;
+
+static void keys_free(keys *k) {
+    for (size_t i = 0; i < k->n; i++) {
+        memset(k->v[i], 0, strlen(k->v[i]));
+        free(k->v[i]);
+    }
+    k->n = 0;
+}
+
+/* Adds the keys in s (separated by any of seps), trimmed; '#' starts a comment line. */
+static int keys_add(keys *k, const char *s, const char *seps, const char *origin) {
+    while (*s) {
+        size_t n = strcspn(s, seps);
+        const char *b = s, *e = s + n;
+        while (b < e && (*b == ' ' || *b == '\t' || *b == '\r')) b++;
+        while (e > b && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r')) e--;
+        if (e > b && *b != '#') {
+            if (k->n == CS_API_MAX_KEYS) {
+                fprintf(stderr, "cserve serve: %s: more than %d API keys\n", origin, CS_API_MAX_KEYS);
+                return -1;
+            }
+            if ((size_t)(e - b) > CS_API_MAX_KEY_BYTES) {
+                fprintf(stderr, "cserve serve: %s: an API key is longer than %d bytes\n", origin, CS_API_MAX_KEY_BYTES);
+                return -1;
+            }
+            if (!(k->v[k->n] = strndup(b, (size_t)(e - b)))) return -1;
+            k->n++;
+        }
+        s += n;
+        if (*s) s++;
+    }
+    return 0;
+}
+
+static int keys_load_file(keys *k, const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "cserve serve: --api-key-file %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    char *buf = malloc(SERVE_KEY_FILE_MAX + 1);
+    size_t n = buf ? fread(buf, 1, SERVE_KEY_FILE_MAX + 1, f) : 0;
+    fclose(f);
+    if (!buf || n > SERVE_KEY_FILE_MAX) {
+        fprintf(stderr, "cserve serve: --api-key-file %s: %s\n", path, buf ? "larger than 64 KiB" : "out of memory");
+        free(buf);
+        return -1;
+    }
+    buf[n] = 0;
+    int rc = keys_add(k, buf, "\n", path);
+    memset(buf, 0, n);
+    free(buf);
+    if (rc == 0 && k->n == 0) {
+        fprintf(stderr, "cserve serve: --api-key-file %s: no keys in the file\n", path);
+        return -1;
+    }
+    return rc;
+}
+
+/* The name /v1/models reports: the argument, or a directory's base name. */
+static void model_name(const char *arg, int is_dir, char *out, size_t cap) {
+    size_t n = strlen(arg);
+    while (n > 1 && arg[n - 1] == '/') n--;
+    const char *b = arg;
+    if (is_dir)
+        for (size_t i = 0; i + 1 < n; i++)
+            if (arg[i] == '/') b = arg + i + 1;
+    size_t len = n - (size_t)(b - arg);
+    if (len >= cap) len = cap - 1;
+    memcpy(out, b, len);
+    out[len] = 0;
+}
+
+/* Lets the process hold many connections; returns the usable connection count. */
+static int raise_nofile(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return 1000;
+    rlim_t want = CS_HTTP_MAX_CONNECTIONS + 256;
+    if (rl.rlim_cur < want) {
+        rl.rlim_cur = rl.rlim_max < want ? rl.rlim_max : want;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    long conn = (long)rl.rlim_cur - 128;
+    if (conn > CS_HTTP_MAX_CONNECTIONS) conn = CS_HTTP_MAX_CONNECTIONS;
+    return conn < 16 ? 16 : (int)conn;
+}
+
+int cs_cmd_serve(int argc, char **argv) {
+    enum { O_HOST = 256, O_PORT, O_PREFIX, O_ONGOING, O_QUEUED, O_RTO, O_KATO, O_GRACE, O_DTYPE, O_THREADS, O_KEYS,
+           O_NOLOG };
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},
+        {"host", required_argument, 0, O_HOST},
+        {"port", required_argument, 0, O_PORT},
+        {"route-prefix", required_argument, 0, O_PREFIX},
+        {"max-ongoing-requests", required_argument, 0, O_ONGOING},
+        {"max-queued-requests", required_argument, 0, O_QUEUED},
+        {"request-timeout-s", required_argument, 0, O_RTO},
+        {"keep-alive-timeout-s", required_argument, 0, O_KATO},
+        {"graceful-shutdown-timeout-s", required_argument, 0, O_GRACE},
+        {"dtype", required_argument, 0, O_DTYPE},
+        {"threads", required_argument, 0, O_THREADS},
+        {"api-key-file", required_argument, 0, O_KEYS},
+        {"no-access-log", no_argument, 0, O_NOLOG},
+        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    const char *model = SERVE_DEFAULT_MODEL, *host = "0.0.0.0", *prefix = "/", *key_file = NULL;
+    double port = 8000, ongoing = 32, queued = 256, rto = 60, kato = 90, grace = 20, threads = 0;
+    int access_log = 1, c;
+    cs_gpt2_opts mopts = {0};
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "m:h", opts, NULL)) != -1) {
+        int bad = 0;
+        switch (c) {
+        case 'm': model = optarg; break;
+        case O_HOST: host = optarg; break;
+        case O_PORT: bad = parse_num("--port", optarg, 0, 65535, &port); break;
+        case O_PREFIX: prefix = optarg; break;
+        case O_ONGOING: bad = parse_num("--max-ongoing-requests", optarg, 1, 4096, &ongoing); break;
+        case O_QUEUED: bad = parse_num("--max-queued-requests", optarg, 0, 1 << 20, &queued); break;
+        case O_RTO: bad = parse_num("--request-timeout-s", optarg, 0.05, 86400, &rto); break;
+        case O_KATO: bad = parse_num("--keep-alive-timeout-s", optarg, 1, 86400, &kato); break;
+        case O_GRACE: bad = parse_num("--graceful-shutdown-timeout-s", optarg, 0, 86400, &grace); break;
+        case O_DTYPE:
+            if (cs_wdtype_parse(optarg, &mopts.dtype)) {
+                fprintf(stderr, "cserve serve: --dtype: expected fp32, bf16 or int8, got '%s'\n", optarg);
+                bad = 1;
+            }
+            break;
+        case O_THREADS: bad = parse_num("--threads", optarg, 1, 1024, &threads); break;
+        case O_KEYS: key_file = optarg; break;
+        case O_NOLOG: access_log = 0; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+        if (bad) return 2;
+    }
+    if (optind != argc) {
+        fprintf(stderr, "cserve serve: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+    if (prefix[0] != '/') {
+        fprintf(stderr, "cserve serve: --route-prefix must start with '/', got '%s'\n", prefix);
+        return 2;
+    }
+    keys k = {0};
+    if (key_file && keys_load_file(&k, key_file)) return 2;
+    const char *env_keys = getenv("CSERVE_API_KEYS");
+    if (env_keys && keys_add(&k, env_keys, ",", "CSERVE_API_KEYS")) {
+        keys_free(&k);
+        return 2;
+    }
+
+    /* Signals: only the main thread takes SIGINT/SIGTERM (sigwait); every
+     * thread started from here on inherits the blocked mask. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    int rc = 1;
+    cs_err err = {{0}};
+    cs_metrics *metrics = NULL;
+    cs_api *api = NULL;
+    cs_http *http = NULL;
+    cs_model *m = NULL;
+    cs_sched *sched = NULL;
+    struct stat st;
+    const int is_dir = stat(model, &st) == 0 && S_ISDIR(st.st_mode);
+    char name[256];
+    model_name(model, is_dir, name, sizeof name);
+
+    cs_api_opts ao = {.model_name = name, .model_arg = model, .route_prefix = prefix, .app_name = "transformer-app",
+                      .api_keys = (const char *const *)k.v, .n_api_keys = k.n, .access_log = access_log};
+    if (cs_metrics_create(&metrics, &err) || cs_api_create(&api, &ao, metrics, &err)) goto out;
+    keys_free(&k);
+    cs_http_opts ho = {.host = host, .port = (int)port, .request_timeout_s = rto, .keep_alive_timeout_s = kato,
+                       .max_connections = raise_nofile()};
+    cs_http_handlers hh = cs_api_handlers(api);
+    if (cs_http_start(&http, &ho, &hh, &err)) goto out;
+    cs_api_log("info", "listening on %s:%d", host, cs_http_port(http));
+
+    /* Loading may take long (a download): let a signal end the process now. */
+    pthread_sigmask(SIG_UNBLOCK, &sigs, NULL);
+    char dir[CS_HUB_PATH_MAX];
+    if (is_dir) {
+        snprintf(dir, sizeof dir, "%s", model);
+    } else if (cs_hub_resolve(model, dir, sizeof dir, 1, &err)) {
+        pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+        goto out;
+    }
+    int lrc = cs_model_load_opts(&m, dir, &mopts, &err);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    if (lrc) goto out;
+    cs_sched_opts so = {.max_running = (int)ongoing, .max_queued = (int)queued, .threads = (int)threads};
+    if (cs_sched_create(&sched, m, &so, &err)) goto out;
+    cs_api_attach(api, m, sched);
+    cs_api_log("info", "ready: model %s from %s (%d layers, %d wide, context %d), max_ongoing_requests %d, "
+                       "max_queued_requests %d",
+               name, dir, m->net->cfg.n_layer, m->net->cfg.n_embd, m->net->cfg.n_positions, (int)ongoing, (int)queued);
+
+    int sig = 0;
+    while (sigwait(&sigs, &sig) != 0) {
+    }
+    cs_api_log("info", "signal %d: draining (up to %.0f s)", sig, grace);
+    cs_api_drain(api);
+    int left = cs_sched_drain(sched, grace);
+    if (left) cs_api_log("warn", "%d requests still running after %.0f s; stopping them", left, grace);
+    cs_api_detach(api);
+    cs_sched_free(sched);
+    sched = NULL;
+    int busy = cs_http_wait_idle(http, SERVE_FLUSH_TIMEOUT_S);
+    if (busy) cs_api_log("warn", "%d responses not sent after %.0f s; closing their connections", busy,
+                         SERVE_FLUSH_TIMEOUT_S);
+    rc = 0;
+out:
+    if (rc) cs_api_log("error", "%s", err.msg[0] ? err.msg : "failed");
+    keys_free(&k);
+    if (api) cs_api_detach(api);
+    cs_sched_free(sched);
+    cs_http_stop(http);
+    cs_api_free(api);
+    cs_model_free(m);
+    cs_metrics_free(metrics);
+    if (rc == 0) cs_api_log("info", "stopped");
+    return rc;
+}

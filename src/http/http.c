@@ -1,0 +1,664 @@
+/* cs_http: see http.h. libmicrohttpd does the HTTP; this file adds the
+ * asynchronous answer protocol (suspend until the application answers, resume
+ * from any thread), streaming buffers, timeouts and disconnect detection.
+ *
+ * Locking: srv->mu guards the list of live requests; r->mu guards a request's
+ * response state. Order: srv->mu before r->mu; libmicrohttpd's own locks are
+ * only taken inside MHD_suspend/resume_connection, after r->mu. Callbacks into
+ * the application are made with no lock held.
+ *
+ * A connection is only resumed while it is suspended (r->suspended, under
+ * r->mu), and libmicrohttpd never closes a suspended connection, so r->conn is
+ * valid whenever it is resumed. The server never stops with a suspended
+ * connection (libmicrohttpd would abort): cs_http_stop resumes them all and
+ * nothing suspends once stopping is set. */
+#include "http/http.h"
+
+#include <errno.h>
+#include <math.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+enum { RS_NONE, RS_PENDING, RS_STREAM, RS_QUEUED };
+
+struct cs_http_req {
+    cs_http *srv;
+    _Atomic int refs;
+    pthread_mutex_t mu;
+    struct MHD_Connection *conn; /* NULL once the request is over */
+    int fd;
+    char *method, *path;
+    char *body;
+    size_t body_len, body_cap;
+    int err_status;
+    const char *err_msg;
+    double t_start;
+    int dispatched; /* server thread only */
+    /* under mu */
+    int state, status, is_stream;
+    struct MHD_Response *resp; /* built, not yet queued */
+    char *sbuf;
+    size_t slen, soff, scap;
+    int s_end, s_err;
+    int suspended;
+    unsigned susp_seq;
+    int over, timeout_fired, gone_fired, kill;
+    void *app;
+    void (*app_free)(void *);
+    cs_http_req *prev, *next; /* live list, under srv->mu */
+};
+
+struct cs_http {
+    struct MHD_Daemon *d;
+    cs_http_handlers h;
+    double req_timeout, ka_timeout;
+    int port;
+    pthread_mutex_t mu;
+    cs_http_req *live;
+    _Atomic int n_live, n_suspended, stopping, wd_stop;
+    pthread_t wd;
+    int wd_started;
+};
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void sleep_ms(int ms) {
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+static unsigned secs_ceil(double s) {
+    double c = ceil(s);
+    if (c < 1) c = 1;
+    if (c > 86400.0 * 365) c = 86400.0 * 365;
+    return (unsigned)c;
+}
+
+/* ------------------------------------------------------------ requests */
+
+void cs_http_req_ref(cs_http_req *r) { atomic_fetch_add(&r->refs, 1); }
+
+void cs_http_req_unref(cs_http_req *r) {
+    if (!r || atomic_fetch_sub(&r->refs, 1) != 1) return;
+    if (r->app_free) r->app_free(r->app);
+    if (r->resp) MHD_destroy_response(r->resp);
+    pthread_mutex_destroy(&r->mu);
+    free(r->method);
+    free(r->path);
+    free(r->body);
+    free(r->sbuf);
+    free(r);
+}
+
+void cs_http_req_set_app(cs_http_req *r, void *app, void (*app_free)(void *)) {
+    r->app = app;
+    r->app_free = app_free;
+}
+void *cs_http_req_app(const cs_http_req *r) { return r->app; }
+const char *cs_http_req_method(const cs_http_req *r) { return r->method; }
+const char *cs_http_req_path(const cs_http_req *r) { return r->path; }
+
+const char *cs_http_req_body(const cs_http_req *r, size_t *len) {
+    if (len) *len = r->body_len;
+    return r->body ? r->body : "";
+}
+
+int cs_http_req_error(const cs_http_req *r, const char **msg) {
+    if (msg) *msg = r->err_msg;
+    return r->err_status;
+}
+
+const char *cs_http_req_header(const cs_http_req *r, const char *name) {
+    if (!r->conn) return NULL;
+    return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+}
+
+/* Resumes r's connection if it is suspended. Caller holds r->mu. */
+static void wake_locked(cs_http_req *r) {
+    if (!r->suspended) return;
+    r->suspended = 0;
+    atomic_fetch_sub(&r->srv->n_suspended, 1);
+    MHD_resume_connection(r->conn);
+}
+
+static struct MHD_Response *make_response(int status, const char *ctype, const char *body, size_t len,
+                                          const cs_http_header *extra, size_t n_extra) {
+    (void)status;
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+    if (!resp) return NULL;
+    if (ctype) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    for (size_t i = 0; i < n_extra && i < CS_HTTP_MAX_EXTRA_HEADERS; i++)
+        if (extra[i].name && extra[i].value) MHD_add_response_header(resp, extra[i].name, extra[i].value);
+    return resp;
+}
+
+static struct MHD_Response *default_error(int status) {
+    const char *body;
+    switch (status) {
+    case 408: body = "{\"error\":{\"type\":\"request_timeout\",\"message\":\"request timed out\"}}"; break;
+    case 413: body = "{\"error\":{\"type\":\"payload_too_large\",\"message\":\"request body too large\"}}"; break;
+    case 414: body = "{\"error\":{\"type\":\"uri_too_long\",\"message\":\"request path too long\"}}"; break;
+    case 431: body = "{\"error\":{\"type\":\"header_too_large\",\"message\":\"request headers too large\"}}"; break;
+    default: body = "{\"error\":{\"type\":\"unavailable\",\"message\":\"server shutting down\"}}"; break;
+    }
+    static const cs_http_header close_hdr[] = {{"Connection", "close"}};
+    return make_response(status, "application/json", body, strlen(body), close_hdr, status == 503 ? 1 : 0);
+}
+
+int cs_http_respond(cs_http_req *r, int status, const char *content_type, const char *body, size_t len,
+                    const cs_http_header *extra, size_t n_extra) {
+    struct MHD_Response *resp = make_response(status, content_type, body, len, extra, n_extra);
+    if (!resp) return -1;
+    pthread_mutex_lock(&r->mu);
+    if (r->over || r->state != RS_NONE) {
+        pthread_mutex_unlock(&r->mu);
+        MHD_destroy_response(resp);
+        return -1;
+    }
+    r->resp = resp;
+    r->status = status;
+    r->state = RS_PENDING;
+    wake_locked(r);
+    pthread_mutex_unlock(&r->mu);
+    return 0;
+}
+
+/* libmicrohttpd pulls stream data from here (server thread). */
+static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
+    (void)pos;
+    cs_http_req *r = cls;
+    ssize_t ret;
+    pthread_mutex_lock(&r->mu);
+    if (r->kill || r->s_err || !r->conn) {
+        ret = MHD_CONTENT_READER_END_WITH_ERROR;
+    } else if (r->slen > r->soff) {
+        size_t n = r->slen - r->soff;
+        if (n > max) n = max;
+        memcpy(buf, r->sbuf + r->soff, n);
+        r->soff += n;
+        if (r->soff == r->slen) r->soff = r->slen = 0;
+        ret = (ssize_t)n;
+    } else if (r->s_end) {
+        ret = MHD_CONTENT_READER_END_OF_STREAM;
+    } else if (atomic_load(&r->srv->stopping)) {
+        ret = MHD_CONTENT_READER_END_WITH_ERROR;
+    } else { /* nothing to send yet: sleep until the next write */
+        r->suspended = 1;
+        r->susp_seq++;
+        atomic_fetch_add(&r->srv->n_suspended, 1);
+        MHD_suspend_connection(r->conn);
+        ret = 0;
+    }
+    pthread_mutex_unlock(&r->mu);
+    return ret;
+}
+
+static void stream_reader_free(void *cls) { cs_http_req_unref(cls); }
+
+int cs_http_stream_begin(cs_http_req *r, int status, const char *content_type, const cs_http_header *extra,
+                         size_t n_extra) {
+    cs_http_req_ref(r); /* the response's reference, dropped by stream_reader_free */
+    struct MHD_Response *resp =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 << 10, stream_reader, r, stream_reader_free);
+    if (!resp) {
+        cs_http_req_unref(r);
+        return -1;
+    }
+    if (content_type) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+    for (size_t i = 0; i < n_extra && i < CS_HTTP_MAX_EXTRA_HEADERS; i++)
+        if (extra[i].name && extra[i].value) MHD_add_response_header(resp, extra[i].name, extra[i].value);
+    pthread_mutex_lock(&r->mu);
+    if (r->over || r->state != RS_NONE) {
+        pthread_mutex_unlock(&r->mu);
+        MHD_destroy_response(resp);
+        return -1;
+    }
+    r->resp = resp;
+    r->status = status;
+    r->state = RS_STREAM;
+    r->is_stream = 1;
+    wake_locked(r);
+    pthread_mutex_unlock(&r->mu);
+    return 0;
+}
+
+int cs_http_stream_write(cs_http_req *r, const char *data, size_t len) {
+    int rc = 0;
+    pthread_mutex_lock(&r->mu);
+    if (r->over || !r->is_stream || r->s_end || r->s_err || r->kill) {
+        rc = -1;
+    } else if (r->slen + len > CS_HTTP_STREAM_MAX_BUFFER) { /* the client does not read: give up on it */
+        r->s_err = 1;
+        wake_locked(r);
+        rc = -1;
+    } else {
+        if (r->soff && r->slen + len > r->scap) { /* reclaim what was sent */
+            memmove(r->sbuf, r->sbuf + r->soff, r->slen - r->soff);
+            r->slen -= r->soff;
+            r->soff = 0;
+        }
+        if (r->slen + len > r->scap) {
+            size_t cap = r->scap ? r->scap : 4096;
+            while (cap < r->slen + len) cap *= 2;
+            char *nb = realloc(r->sbuf, cap);
+            if (!nb) {
+                r->s_err = 1;
+                wake_locked(r);
+                pthread_mutex_unlock(&r->mu);
+                return -1;
+            }
+            r->sbuf = nb;
+            r->scap = cap;
+        }
+        memcpy(r->sbuf + r->slen, data, len);
+        r->slen += len;
+        wake_locked(r);
+    }
+    pthread_mutex_unlock(&r->mu);
+    return rc;
+}
+
+int cs_http_stream_end(cs_http_req *r, int error) {
+    int rc = 0;
+    pthread_mutex_lock(&r->mu);
+    if (r->over || !r->is_stream) {
+        rc = -1;
+    } else {
+        if (error) r->s_err = 1;
+        else r->s_end = 1;
+        wake_locked(r);
+    }
+    pthread_mutex_unlock(&r->mu);
+    return rc;
+}
+
+/* ---------------------------------------------------- libmicrohttpd callbacks */
+
+/* Queues the response if there is one, else suspends until there is.
+ * Server thread, from the access handler. */
+static enum MHD_Result settle(cs_http_req *r) {
+    cs_http *s = r->srv;
+    pthread_mutex_lock(&r->mu);
+    if (r->kill) {
+        pthread_mutex_unlock(&r->mu);
+        return MHD_NO; /* closes the connection */
+    }
+    if (!r->resp && r->state == RS_NONE && atomic_load(&s->stopping)) {
+        r->resp = default_error(503);
+        r->status = 503;
+        r->state = RS_PENDING;
+    }
+    if (r->resp) {
+        struct MHD_Response *resp = r->resp;
+        struct MHD_Connection *conn = r->conn;
+        const int status = r->status;
+        r->resp = NULL;
+        r->state = RS_QUEUED;
+        pthread_mutex_unlock(&r->mu);
+        MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, secs_ceil(s->ka_timeout));
+        enum MHD_Result ret = MHD_queue_response(conn, (unsigned)status, resp);
+        MHD_destroy_response(resp);
+        return ret;
+    }
+    r->suspended = 1;
+    r->susp_seq++;
+    atomic_fetch_add(&s->n_suspended, 1);
+    MHD_suspend_connection(r->conn);
+    pthread_mutex_unlock(&r->mu);
+    return MHD_YES;
+}
+
+static void dispatch(cs_http_req *r) {
+    cs_http *s = r->srv;
+    r->dispatched = 1;
+    s->h.request(s->h.ud, r);
+    if (r->err_status) { /* the application must answer these at once; make sure */
+        pthread_mutex_lock(&r->mu);
+        if (r->state == RS_NONE && !r->resp) {
+            r->resp = default_error(r->err_status);
+            r->status = r->err_status;
+            r->state = RS_PENDING;
+        }
+        pthread_mutex_unlock(&r->mu);
+    }
+}
+
+static enum MHD_Result sum_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+    (void)kind;
+    size_t *sum = cls;
+    *sum += strlen(key) + (value ? strlen(value) : 0) + 4;
+    return MHD_YES;
+}
+
+static cs_http_req *req_new(cs_http *s, struct MHD_Connection *conn, const char *url, const char *method) {
+    cs_http_req *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    size_t ul = strlen(url);
+    r->srv = s;
+    atomic_init(&r->refs, 1);
+    pthread_mutex_init(&r->mu, NULL);
+    r->conn = conn;
+    r->method = strdup(method);
+    r->path = strndup(url, ul > CS_HTTP_MAX_PATH ? CS_HTTP_MAX_PATH : ul);
+    r->t_start = now_s();
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    r->fd = ci ? ci->connect_fd : -1;
+    if (!r->method || !r->path) {
+        cs_http_req_unref(r);
+        return NULL;
+    }
+    if (ul > CS_HTTP_MAX_PATH) {
+        r->err_status = 414;
+        r->err_msg = "request path longer than CS_HTTP_MAX_PATH (4096 bytes)";
+    }
+    size_t hdr = 0;
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, sum_header, &hdr);
+    if (hdr > CS_HTTP_MAX_HEADER_BYTES) {
+        r->err_status = 431;
+        r->err_msg = "request headers larger than 16384 bytes";
+    }
+    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl && strtoull(cl, NULL, 10) > CS_HTTP_MAX_BODY) {
+        r->err_status = 413;
+        r->err_msg = "request body larger than 1048576 bytes";
+    }
+    pthread_mutex_lock(&s->mu);
+    r->next = s->live;
+    if (s->live) s->live->prev = r;
+    s->live = r;
+    atomic_fetch_add(&s->n_live, 1);
+    pthread_mutex_unlock(&s->mu);
+    return r;
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+                                 const char *version, const char *upload_data, size_t *upload_data_size,
+                                 void **con_cls) {
+    (void)version;
+    cs_http *s = cls;
+    cs_http_req *r = *con_cls;
+    if (!r) { /* headers are in */
+        r = req_new(s, conn, url, method);
+        if (!r) return MHD_NO;
+        *con_cls = r;
+        MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, secs_ceil(s->req_timeout));
+        if (r->err_status) {
+            dispatch(r);
+            return settle(r);
+        }
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        if (r->dispatched) return MHD_YES;
+        if (r->body_len + n > CS_HTTP_MAX_BODY) {
+            free(r->body);
+            r->body = NULL;
+            r->body_len = r->body_cap = 0;
+            r->err_status = 413;
+            r->err_msg = "request body larger than 1048576 bytes";
+            dispatch(r);
+            return settle(r);
+        }
+        if (r->body_len + n + 1 > r->body_cap) {
+            size_t cap = r->body_cap ? r->body_cap : 1024;
+            while (cap < r->body_len + n + 1) cap *= 2;
+            char *nb = realloc(r->body, cap);
+            if (!nb) return MHD_NO;
+            r->body = nb;
+            r->body_cap = cap;
+        }
+        memcpy(r->body + r->body_len, upload_data, n);
+        r->body_len += n;
+        r->body[r->body_len] = 0;
+        return MHD_YES;
+    }
+    if (!r->dispatched) dispatch(r);
+    return settle(r);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_RequestTerminationCode toe) {
+    (void)conn;
+    cs_http *s = cls;
+    cs_http_req *r = *con_cls;
+    if (!r) return;
+    *con_cls = NULL;
+    pthread_mutex_lock(&r->mu);
+    r->over = 1;
+    r->conn = NULL;
+    const int status = r->state == RS_QUEUED ? r->status : 0;
+    struct MHD_Response *resp = r->resp;
+    r->resp = NULL;
+    const int ok = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK;
+    const int fire_gone = !ok && !r->gone_fired;
+    r->gone_fired = 1;
+    pthread_mutex_unlock(&r->mu);
+    if (resp) MHD_destroy_response(resp);
+    if (fire_gone && s->h.abort) s->h.abort(s->h.ud, r, CS_HTTP_ABORT_GONE);
+    if (s->h.done) s->h.done(s->h.ud, r, status, now_s() - r->t_start, ok);
+    pthread_mutex_lock(&s->mu);
+    if (r->prev) r->prev->next = r->next;
+    else s->live = r->next;
+    if (r->next) r->next->prev = r->prev;
+    r->prev = r->next = NULL;
+    atomic_fetch_sub(&s->n_live, 1);
+    pthread_mutex_unlock(&s->mu);
+    cs_http_req_unref(r);
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
+    cs_http *s = cls;
+    if (!s->h.log) return;
+    char buf[512];
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    size_t n = strlen(buf);
+    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r')) buf[--n] = 0;
+    s->h.log(s->h.ud, buf);
+}
+
+/* ------------------------------------------------------------ watchdog */
+
+typedef struct wd_item {
+    cs_http_req *r;
+    unsigned seq;
+    int timed_out;
+} wd_item;
+
+/* Collects suspended requests (with a reference each) and their sockets. */
+static size_t wd_collect(cs_http *s, wd_item **items, struct pollfd **pfds, size_t *cap) {
+    size_t n = 0;
+    const double now = now_s();
+    pthread_mutex_lock(&s->mu);
+    for (cs_http_req *r = s->live; r; r = r->next) {
+        if (n == *cap) {
+            size_t nc = *cap ? *cap * 2 : 64;
+            wd_item *ni = realloc(*items, nc * sizeof *ni);
+            if (ni) *items = ni;
+            struct pollfd *np = realloc(*pfds, nc * sizeof *np);
+            if (np) *pfds = np;
+            if (!ni || !np) break;
+            *cap = nc;
+        }
+        pthread_mutex_lock(&r->mu);
+        if (r->suspended && !r->over) {
+            cs_http_req_ref(r);
+            (*items)[n] = (wd_item){r, r->susp_seq,
+                                    r->state == RS_NONE && !r->timeout_fired && now - r->t_start >= s->req_timeout};
+            (*pfds)[n] = (struct pollfd){.fd = r->fd, .events = POLLRDHUP};
+            n++;
+        }
+        pthread_mutex_unlock(&r->mu);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+static void wd_timeout(cs_http *s, cs_http_req *r) {
+    pthread_mutex_lock(&r->mu);
+    int fire = !r->timeout_fired && r->state == RS_NONE && !r->over;
+    r->timeout_fired = 1;
+    pthread_mutex_unlock(&r->mu);
+    if (!fire) return;
+    if (s->h.abort) s->h.abort(s->h.ud, r, CS_HTTP_ABORT_TIMEOUT);
+    pthread_mutex_lock(&r->mu);
+    if (r->state == RS_NONE && !r->over) {
+        r->resp = default_error(408);
+        r->status = 408;
+        r->state = RS_PENDING;
+        wake_locked(r);
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void wd_gone(cs_http *s, cs_http_req *r, unsigned seq) {
+    pthread_mutex_lock(&r->mu);
+    int fire = r->suspended && r->susp_seq == seq && !r->gone_fired && !r->over;
+    if (fire) r->gone_fired = 1;
+    pthread_mutex_unlock(&r->mu);
+    if (!fire) return;
+    if (s->h.abort) s->h.abort(s->h.ud, r, CS_HTTP_ABORT_GONE);
+    pthread_mutex_lock(&r->mu);
+    r->kill = 1; /* the next access or read closes the connection */
+    if (!r->over) wake_locked(r);
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void *wd_main(void *arg) {
+    cs_http *s = arg;
+    wd_item *items = NULL;
+    struct pollfd *pfds = NULL;
+    size_t cap = 0;
+    while (!atomic_load(&s->wd_stop)) {
+        sleep_ms(CS_HTTP_WATCHDOG_MS);
+        if (atomic_load(&s->n_suspended) == 0) continue;
+        size_t n = wd_collect(s, &items, &pfds, &cap);
+        if (n && poll(pfds, (nfds_t)n, 0) < 0)
+            for (size_t i = 0; i < n; i++) pfds[i].revents = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (items[i].timed_out) wd_timeout(s, items[i].r);
+            if (pfds[i].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) wd_gone(s, items[i].r, items[i].seq);
+            cs_http_req_unref(items[i].r);
+        }
+    }
+    free(items);
+    free(pfds);
+    return NULL;
+}
+
+/* --------------------------------------------------------------- server */
+
+int cs_http_start(cs_http **out, const cs_http_opts *o, const cs_http_handlers *h, cs_err *err) {
+    *out = NULL;
+    if (!h || !h->request) return cs_err_set(err, "http: no request handler");
+    if (o->port < 0 || o->port > 65535) return cs_err_set(err, "http: port %d out of range [0, 65535]", o->port);
+    const char *host = o->host && *o->host ? o->host : "0.0.0.0";
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *ai = NULL;
+    int gai = getaddrinfo(host, NULL, &hints, &ai);
+    if (gai != 0 || !ai) return cs_err_set(err, "http: cannot resolve host '%s': %s", host, gai_strerror(gai));
+    struct sockaddr_storage addr;
+    memset(&addr, 0, sizeof addr);
+    memcpy(&addr, ai->ai_addr, ai->ai_addrlen);
+    const int v6 = ai->ai_family == AF_INET6;
+    freeaddrinfo(ai);
+    if (v6) ((struct sockaddr_in6 *)&addr)->sin6_port = htons((uint16_t)o->port);
+    else ((struct sockaddr_in *)&addr)->sin_port = htons((uint16_t)o->port);
+
+    cs_http *s = calloc(1, sizeof *s);
+    if (!s) return cs_err_set(err, "out of memory");
+    s->h = *h;
+    s->req_timeout = o->request_timeout_s > 0 ? o->request_timeout_s : 60;
+    s->ka_timeout = o->keep_alive_timeout_s > 0 ? o->keep_alive_timeout_s : 90;
+    pthread_mutex_init(&s->mu, NULL);
+    const unsigned max_conn = (unsigned)(o->max_connections > 0 ? o->max_connections : CS_HTTP_MAX_CONNECTIONS);
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    if (v6) flags |= MHD_USE_IPv6;
+    s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_access, s,
+                            MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s, /* first, to catch every message */
+                            MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+                            MHD_OPTION_CONNECTION_LIMIT, max_conn,
+                            MHD_OPTION_CONNECTION_TIMEOUT, secs_ceil(s->ka_timeout),
+                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CS_HTTP_CONN_MEMORY,
+                            MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)CS_HTTP_LISTEN_BACKLOG,
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                            MHD_OPTION_END);
+    if (!s->d) {
+        cs_err_set(err, "http: cannot listen on %s:%d (address in use or not available)", host, o->port);
+        pthread_mutex_destroy(&s->mu);
+        free(s);
+        return -1;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
+    s->port = di ? di->port : o->port;
+    if (pthread_create(&s->wd, NULL, wd_main, s) != 0) {
+        MHD_stop_daemon(s->d);
+        pthread_mutex_destroy(&s->mu);
+        free(s);
+        return cs_err_set(err, "http: cannot start the watchdog thread");
+    }
+    s->wd_started = 1;
+    *out = s;
+    return 0;
+}
+
+int cs_http_port(const cs_http *s) { return s->port; }
+
+int cs_http_wait_idle(cs_http *s, double timeout_s) {
+    const double end = now_s() + timeout_s;
+    while (atomic_load(&s->n_live) > 0 && now_s() < end) sleep_ms(10);
+    return atomic_load(&s->n_live);
+}
+
+void cs_http_stop(cs_http *s) {
+    if (!s) return;
+    atomic_store(&s->stopping, 1);
+    MHD_socket lfd = MHD_quiesce_daemon(s->d); /* no new connections */
+    /* Answer or end everything that waits, and wake it. */
+    size_t n = 0, cap = (size_t)atomic_load(&s->n_live) + 16;
+    cs_http_req **all = malloc(cap * sizeof *all);
+    pthread_mutex_lock(&s->mu);
+    for (cs_http_req *r = s->live; r && all && n < cap; r = r->next) {
+        cs_http_req_ref(r);
+        all[n++] = r;
+    }
+    pthread_mutex_unlock(&s->mu);
+    for (size_t i = 0; i < n; i++) {
+        cs_http_req *r = all[i];
+        pthread_mutex_lock(&r->mu);
+        if (!r->over) {
+            if (r->state == RS_NONE && !r->resp) {
+                r->resp = default_error(503);
+                r->status = 503;
+                r->state = RS_PENDING;
+            }
+            if (r->is_stream && !r->s_end) r->s_err = 1;
+            wake_locked(r);
+        }
+        pthread_mutex_unlock(&r->mu);
+        cs_http_req_unref(r);
+    }
+    free(all);
+    /* libmicrohttpd refuses to stop with suspended connections */
+    for (int i = 0; i < 500 && atomic_load(&s->n_suspended) > 0; i++) sleep_ms(10);
+    MHD_stop_daemon(s->d);
+    if (lfd != MHD_INVALID_SOCKET) close(lfd);
+    atomic_store(&s->wd_stop, 1);
+    if (s->wd_started) pthread_join(s->wd, NULL);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}

@@ -1,0 +1,144 @@
+/* cs_http: an HTTP/1.1 server on libmicrohttpd for asynchronous handlers.
+ *
+ * One internal epoll thread serves every connection (keep-alive, thousands of
+ * connections, no thread per connection). The application sees one complete
+ * request at a time (method, path, headers, body read in full up to
+ * CS_HTTP_MAX_BODY) and answers it later, from any thread:
+ *
+ *   - cs_http_respond: a whole response at once;
+ *   - cs_http_stream_begin / _write / _end: a chunked response whose data is
+ *     produced over time (server-sent events).
+ *
+ * Until the application answers, the connection is suspended (it costs no CPU
+ * and is not timed out by libmicrohttpd); answering resumes it. Streaming uses
+ * a per-request buffer: when it runs dry the connection is suspended again and
+ * the next write resumes it.
+ *
+ * The server watches suspended requests on a watchdog thread (every
+ * CS_HTTP_WATCHDOG_MS): a request without a response after request_timeout_s
+ * gets an abort(CS_HTTP_ABORT_TIMEOUT) callback (the application answers 408;
+ * otherwise a default 408 is sent), and a client that closed its socket gets
+ * abort(CS_HTTP_ABORT_GONE) and its connection is closed. A client that
+ * disconnects while a response is being sent is reported the same way.
+ * A client that stops sending in the middle of its headers or body is cut off
+ * after request_timeout_s of inactivity; an idle keep-alive connection after
+ * keep_alive_timeout_s.
+ *
+ * Requests the wrapper rejects itself (body over CS_HTTP_MAX_BODY: 413, headers
+ * over CS_HTTP_MAX_HEADER_BYTES: 431, path over CS_HTTP_MAX_PATH: 414) still
+ * reach the request handler, with cs_http_req_error() set, so that the
+ * application formats the error like its others. Headers larger than
+ * CS_HTTP_CONN_MEMORY are refused by libmicrohttpd itself (431, HTML body).
+ *
+ * Lifetimes: a cs_http_req is reference-counted. The server holds one
+ * reference until the request is over (response sent or connection closed);
+ * the application takes its own (cs_http_req_ref) for as long as it may call
+ * the respond/stream functions from other threads, and drops it with
+ * cs_http_req_unref. The application's per-request data (cs_http_req_set_app)
+ * is freed with the last reference.
+ *
+ * Threads: handler and done callbacks run on the server thread and must not
+ * block; abort runs on the server or the watchdog thread. No callback is made
+ * with a lock of this module held, so callbacks may call any function here.
+ * respond/stream/ref/unref may be called from any thread. */
+#ifndef CS_HTTP_H
+#define CS_HTTP_H
+
+#include <stddef.h>
+
+#include "engine/err.h"
+
+#define CS_HTTP_MAX_BODY ((size_t)1 << 20)         /* request body bytes (413 beyond) */
+#define CS_HTTP_MAX_HEADER_BYTES ((size_t)16 << 10) /* request header lines together (431 beyond) */
+#define CS_HTTP_MAX_PATH ((size_t)4096)             /* request path bytes (414 beyond) */
+#define CS_HTTP_CONN_MEMORY ((size_t)64 << 10)      /* libmicrohttpd's per-connection buffer */
+#define CS_HTTP_MAX_CONNECTIONS 4096                /* open connections (more wait in the backlog) */
+#define CS_HTTP_LISTEN_BACKLOG 1024
+#define CS_HTTP_STREAM_MAX_BUFFER ((size_t)8 << 20) /* unsent stream bytes per request */
+#define CS_HTTP_MAX_EXTRA_HEADERS 8                 /* response headers besides Content-Type */
+#define CS_HTTP_WATCHDOG_MS 50                      /* timeout / disconnect check period */
+
+typedef struct cs_http cs_http;
+typedef struct cs_http_req cs_http_req;
+
+typedef enum cs_http_abort {
+    CS_HTTP_ABORT_TIMEOUT, /* no response within request_timeout_s */
+    CS_HTTP_ABORT_GONE     /* the client closed the connection */
+} cs_http_abort;
+
+typedef struct cs_http_header {
+    const char *name, *value;
+} cs_http_header;
+
+typedef struct cs_http_handlers {
+    /* A complete request. Must lead to exactly one response (respond or
+     * stream_begin), now or later; a request left unanswered gets a 408 after
+     * request_timeout_s. */
+    void (*request)(void *ud, cs_http_req *r);
+    /* The request should stop its work; may be NULL. For TIMEOUT, answering
+     * within the callback replaces the default 408. */
+    void (*abort)(void *ud, cs_http_req *r, cs_http_abort why);
+    /* The request is over: status sent (0 when none was), seconds since its
+     * headers arrived, ok = response sent in full. May be NULL. */
+    void (*done)(void *ud, cs_http_req *r, int status, double latency_s, int ok);
+    /* A diagnostic line from libmicrohttpd (no newline); may be NULL. */
+    void (*log)(void *ud, const char *msg);
+    void *ud;
+} cs_http_handlers;
+
+typedef struct cs_http_opts {
+    const char *host;           /* numeric address or name; NULL: 0.0.0.0 */
+    int port;                   /* 0: any free port (see cs_http_port) */
+    double request_timeout_s;   /* <= 0: 60 */
+    double keep_alive_timeout_s;/* <= 0: 90 */
+    int max_connections;        /* <= 0: CS_HTTP_MAX_CONNECTIONS */
+} cs_http_opts;
+
+/* Binds, listens and starts the server thread. h's handlers are copied. */
+int cs_http_start(cs_http **out, const cs_http_opts *o, const cs_http_handlers *h, cs_err *err);
+int cs_http_port(const cs_http *s); /* the bound port */
+
+/* Waits up to timeout_s until no request is in progress. Returns the number
+ * still in progress. */
+int cs_http_wait_idle(cs_http *s, double timeout_s);
+
+/* Stops listening, answers what is still unanswered with 503, ends open
+ * streams, closes every connection and frees the server. Call it after the
+ * application stopped producing responses; NULL is a no-op. */
+void cs_http_stop(cs_http *s);
+
+/* ---- per request ---- */
+
+void cs_http_req_ref(cs_http_req *r);
+void cs_http_req_unref(cs_http_req *r);
+void cs_http_req_set_app(cs_http_req *r, void *app, void (*app_free)(void *app));
+void *cs_http_req_app(const cs_http_req *r);
+
+/* Valid for the request's whole life. path is percent-decoded, without the
+ * query string; both are NUL-terminated. */
+const char *cs_http_req_method(const cs_http_req *r);
+const char *cs_http_req_path(const cs_http_req *r);
+/* The body (NUL-terminated for convenience; may contain NULs). */
+const char *cs_http_req_body(const cs_http_req *r, size_t *len);
+/* Non-zero status (413, 414, 431) when the wrapper refused the request;
+ * *msg then says why. */
+int cs_http_req_error(const cs_http_req *r, const char **msg);
+/* A request header (case-insensitive name), or NULL. Only during the
+ * request callback. */
+const char *cs_http_req_header(const cs_http_req *r, const char *name);
+
+/* A whole response; body is copied. Returns 0, or -1 when the request
+ * already has a response or is over. */
+int cs_http_respond(cs_http_req *r, int status, const char *content_type, const char *body, size_t len,
+                    const cs_http_header *extra, size_t n_extra);
+
+/* Starts a chunked response (status and headers are copied), then appends
+ * data; end finishes it (error != 0: cut the connection instead of a clean
+ * end). Each returns -1 when the request has no such stream or is over (the
+ * client left): the caller should then stop producing. */
+int cs_http_stream_begin(cs_http_req *r, int status, const char *content_type, const cs_http_header *extra,
+                         size_t n_extra);
+int cs_http_stream_write(cs_http_req *r, const char *data, size_t len);
+int cs_http_stream_end(cs_http_req *r, int error);
+
+#endif

@@ -1,0 +1,226 @@
+#include "serve/metrics.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Seconds; the same buckets serve request latency and time to first token. */
+static const double BUCKETS[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120};
+#define NB (sizeof BUCKETS / sizeof BUCKETS[0])
+
+typedef struct hist {
+    uint64_t counts[NB + 1]; /* non-cumulative; last is +Inf */
+    double sum;
+    uint64_t n;
+} hist;
+
+typedef struct series {
+    char route[CS_METRICS_MAX_LABEL], method[CS_METRICS_MAX_LABEL];
+    int status;
+    uint64_t count;
+} series;
+
+typedef struct route_hist {
+    char route[CS_METRICS_MAX_LABEL];
+    hist h;
+} route_hist;
+
+struct cs_metrics {
+    pthread_mutex_t mu;
+    series s[CS_METRICS_MAX_SERIES];
+    int n_s;
+    route_hist lat[CS_METRICS_MAX_ROUTES];
+    int n_lat;
+    hist ttft;
+    uint64_t prompt_tokens, gen_tokens;
+    _Atomic long inflight;
+};
+
+int cs_metrics_create(cs_metrics **out, cs_err *err) {
+    cs_metrics *m = calloc(1, sizeof *m);
+    if (!m) return cs_err_set(err, "out of memory");
+    pthread_mutex_init(&m->mu, NULL);
+    *out = m;
+    return 0;
+}
+
+void cs_metrics_free(cs_metrics *m) {
+    if (!m) return;
+    pthread_mutex_destroy(&m->mu);
+    free(m);
+}
+
+static void hist_add(hist *h, double v) {
+    size_t i = 0;
+    while (i < NB && v > BUCKETS[i]) i++;
+    h->counts[i]++;
+    h->sum += v;
+    h->n++;
+}
+
+/* Copies a label value, keeping only characters that need no escaping. */
+static void label_copy(char *dst, const char *src) {
+    size_t n = 0;
+    for (; src && *src && n + 1 < CS_METRICS_MAX_LABEL; src++)
+        if (*src >= 0x20 && *src < 0x7f && *src != '"' && *src != '\\') dst[n++] = *src;
+    dst[n] = 0;
+}
+
+void cs_metrics_request(cs_metrics *m, const char *route, const char *method, int status, double latency_s) {
+    char r[CS_METRICS_MAX_LABEL], me[CS_METRICS_MAX_LABEL];
+    label_copy(r, route);
+    label_copy(me, method);
+    pthread_mutex_lock(&m->mu);
+    int i = 0;
+    while (i < m->n_s && !(m->s[i].status == status && !strcmp(m->s[i].route, r) && !strcmp(m->s[i].method, me))) i++;
+    if (i == m->n_s) {
+        if (m->n_s < CS_METRICS_MAX_SERIES) {
+            m->n_s++;
+        } else { /* full: fold into the last series, renamed "other" */
+            i = CS_METRICS_MAX_SERIES - 1;
+            label_copy(m->s[i].route, "other");
+            label_copy(m->s[i].method, "other");
+            m->s[i].status = 0;
+        }
+        if (m->s[i].count == 0) {
+            memcpy(m->s[i].route, r, sizeof r);
+            memcpy(m->s[i].method, me, sizeof me);
+            m->s[i].status = status;
+        }
+    }
+    m->s[i].count++;
+    int j = 0;
+    while (j < m->n_lat && strcmp(m->lat[j].route, r)) j++;
+    if (j == m->n_lat) {
+        if (m->n_lat < CS_METRICS_MAX_ROUTES) m->n_lat++;
+        else label_copy(m->lat[j = CS_METRICS_MAX_ROUTES - 1].route, "other");
+        if (m->lat[j].h.n == 0) memcpy(m->lat[j].route, r, sizeof r);
+    }
+    hist_add(&m->lat[j].h, latency_s);
+    pthread_mutex_unlock(&m->mu);
+}
+
+void cs_metrics_ttft(cs_metrics *m, double seconds) {
+    pthread_mutex_lock(&m->mu);
+    hist_add(&m->ttft, seconds);
+    pthread_mutex_unlock(&m->mu);
+}
+
+void cs_metrics_tokens(cs_metrics *m, uint64_t prompt, uint64_t generated) {
+    pthread_mutex_lock(&m->mu);
+    m->prompt_tokens += prompt;
+    m->gen_tokens += generated;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void cs_metrics_inflight_add(cs_metrics *m, int delta) { atomic_fetch_add(&m->inflight, delta); }
+long cs_metrics_inflight(cs_metrics *m) { return atomic_load(&m->inflight); }
+
+/* ------------------------------------------------------------- rendering */
+
+typedef struct buf {
+    char *p;
+    size_t n, cap;
+    int oom;
+} buf;
+
+__attribute__((format(printf, 2, 3))) static void bprintf(buf *b, const char *fmt, ...) {
+    if (b->oom) return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int k = vsnprintf(b->p + b->n, b->cap - b->n, fmt, ap);
+        va_end(ap);
+        if (k < 0) {
+            b->oom = 1;
+            return;
+        }
+        if ((size_t)k < b->cap - b->n) {
+            b->n += (size_t)k;
+            return;
+        }
+        size_t cap = b->cap * 2 + (size_t)k;
+        char *np = realloc(b->p, cap);
+        if (!np) {
+            b->oom = 1;
+            return;
+        }
+        b->p = np;
+        b->cap = cap;
+    }
+}
+
+static void render_hist(buf *b, const char *name, const char *labels, const hist *h) {
+    uint64_t cum = 0;
+    const char *sep = labels[0] ? "," : "";
+    for (size_t i = 0; i < NB; i++) {
+        cum += h->counts[i];
+        bprintf(b, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, labels, sep, BUCKETS[i], (unsigned long long)cum);
+    }
+    cum += h->counts[NB];
+    bprintf(b, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels, sep, (unsigned long long)cum);
+    if (labels[0]) {
+        bprintf(b, "%s_sum{%s} %.9g\n", name, labels, h->sum);
+        bprintf(b, "%s_count{%s} %llu\n", name, labels, (unsigned long long)h->n);
+    } else {
+        bprintf(b, "%s_sum %.9g\n", name, h->sum);
+        bprintf(b, "%s_count %llu\n", name, (unsigned long long)h->n);
+    }
+}
+
+static void gauge(buf *b, const char *name, const char *help, double v) {
+    bprintf(b, "# HELP %s %s\n# TYPE %s gauge\n%s %.9g\n", name, help, name, name, v);
+}
+
+int cs_metrics_render(cs_metrics *m, const cs_metrics_gauges *g, char **out, size_t *len) {
+    buf b = {.cap = 8192};
+    b.p = malloc(b.cap);
+    if (!b.p) return -1;
+    b.p[0] = 0;
+    pthread_mutex_lock(&m->mu);
+    bprintf(&b, "# HELP cserve_http_requests_total HTTP requests by route, method and status code.\n"
+                "# TYPE cserve_http_requests_total counter\n");
+    for (int i = 0; i < m->n_s; i++)
+        bprintf(&b, "cserve_http_requests_total{route=\"%s\",method=\"%s\",status=\"%d\"} %llu\n", m->s[i].route,
+                m->s[i].method, m->s[i].status, (unsigned long long)m->s[i].count);
+    bprintf(&b, "# HELP cserve_http_request_duration_seconds Time from request headers to the end of the response.\n"
+                "# TYPE cserve_http_request_duration_seconds histogram\n");
+    for (int i = 0; i < m->n_lat; i++) {
+        char labels[CS_METRICS_MAX_LABEL + 16];
+        snprintf(labels, sizeof labels, "route=\"%s\"", m->lat[i].route);
+        render_hist(&b, "cserve_http_request_duration_seconds", labels, &m->lat[i].h);
+    }
+    bprintf(&b, "# HELP cserve_time_to_first_token_seconds Time from admission to the first generated token.\n"
+                "# TYPE cserve_time_to_first_token_seconds histogram\n");
+    render_hist(&b, "cserve_time_to_first_token_seconds", "", &m->ttft);
+    bprintf(&b,
+            "# HELP cserve_prompt_tokens_total Prompt tokens of finished generation requests.\n"
+            "# TYPE cserve_prompt_tokens_total counter\ncserve_prompt_tokens_total %llu\n"
+            "# HELP cserve_generation_tokens_total Tokens generated.\n"
+            "# TYPE cserve_generation_tokens_total counter\ncserve_generation_tokens_total %llu\n",
+            (unsigned long long)m->prompt_tokens, (unsigned long long)m->gen_tokens);
+    pthread_mutex_unlock(&m->mu);
+    gauge(&b, "cserve_requests_in_flight", "Generation requests accepted and not finished.",
+          (double)cs_metrics_inflight(m));
+    if (g) {
+        gauge(&b, "cserve_ready", "1 when the server accepts generation requests.", g->ready);
+        gauge(&b, "cserve_scheduler_queue_depth", "Requests waiting for a batch slot.", g->queued);
+        gauge(&b, "cserve_scheduler_running", "Sequences in the running batch.", g->running);
+        gauge(&b, "cserve_scheduler_max_running", "Batch slots (max_ongoing_requests).", g->max_running);
+        gauge(&b, "cserve_scheduler_max_queued", "Queue capacity (max_queued_requests).", g->max_queued);
+        gauge(&b, "cserve_batch_size", "Sequences in the last engine step.", g->batch_size);
+        bprintf(&b, "# HELP cserve_engine_steps_total Batched forward steps.\n# TYPE cserve_engine_steps_total counter\n"
+                    "cserve_engine_steps_total %llu\n",
+                (unsigned long long)g->steps);
+    }
+    if (b.oom) {
+        free(b.p);
+        return -1;
+    }
+    *out = b.p;
+    *len = b.n;
+    return 0;
+}

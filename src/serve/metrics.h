@@ -1,0 +1,54 @@
+/* cs_metrics: the server's counters and histograms, rendered in the
+ * Prometheus text exposition format (version 0.0.4) for GET /metrics.
+ *
+ *   cserve_http_requests_total{route,method,status}      counter
+ *   cserve_http_request_duration_seconds{route}          histogram
+ *   cserve_time_to_first_token_seconds                   histogram
+ *   cserve_prompt_tokens_total, cserve_generation_tokens_total   counters
+ *   cserve_requests_in_flight                            gauge (generation requests)
+ *   cserve_scheduler_* / cserve_batch_size / cserve_ready  gauges passed in at render time
+ *
+ * Label values come from a small fixed set chosen by the caller (route
+ * patterns, not raw paths), so the number of series is bounded: at most
+ * CS_METRICS_MAX_SERIES (route, method, status) triples and
+ * CS_METRICS_MAX_ROUTES routes; later ones are counted under route="other".
+ *
+ * Thread-safety: every function may be called from any thread. */
+#ifndef CS_METRICS_H
+#define CS_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/err.h"
+
+#define CS_METRICS_MAX_SERIES 128
+#define CS_METRICS_MAX_ROUTES 16
+#define CS_METRICS_MAX_LABEL 48 /* bytes of a route or method label value */
+
+typedef struct cs_metrics cs_metrics;
+
+int cs_metrics_create(cs_metrics **out, cs_err *err);
+void cs_metrics_free(cs_metrics *m); /* NULL is a no-op */
+
+/* One finished HTTP request. */
+void cs_metrics_request(cs_metrics *m, const char *route, const char *method, int status, double latency_s);
+void cs_metrics_ttft(cs_metrics *m, double seconds);
+void cs_metrics_tokens(cs_metrics *m, uint64_t prompt, uint64_t generated);
+void cs_metrics_inflight_add(cs_metrics *m, int delta);
+long cs_metrics_inflight(cs_metrics *m);
+
+/* Point-in-time values owned by others (the scheduler), rendered as gauges. */
+typedef struct cs_metrics_gauges {
+    int ready;           /* 1 when serving */
+    int queued, running; /* scheduler: waiting requests, running sequences */
+    int max_running, max_queued;
+    double batch_size;   /* sequences in the last engine step */
+    uint64_t steps;      /* engine steps so far */
+} cs_metrics_gauges;
+
+/* Renders everything into a malloc'd NUL-terminated buffer (caller frees).
+ * g may be NULL (no scheduler yet). Returns 0, or -1 when out of memory. */
+int cs_metrics_render(cs_metrics *m, const cs_metrics_gauges *g, char **out, size_t *len);
+
+#endif
