@@ -92,6 +92,7 @@ typedef struct stream_ctx {
 /* Prints tokens as they arrive, holding back an incomplete UTF-8 tail. */
 static int stream_token(void *ud, int32_t id) {
     stream_ctx *c = ud;
+    if (id == cs_tok_eos_id(c->tok)) return 0; /* special tokens are not text (skip_special_tokens) */
     size_t len;
     const char *b = cs_tok_token_bytes(c->tok, id, &len);
     if (!b) return 0;
@@ -226,7 +227,8 @@ static int cmd_generate(int argc, char **argv) {
         }
         char *text = NULL, *fixed = NULL;
         size_t tl, fl;
-        if (cs_tok_decode(m->tok, r.tokens, r.n_tokens, &text, &tl, &err)) goto fail;
+        /* like the pipeline (skip_special_tokens), <|endoftext|> is not part of the text */
+        if (cs_tok_decode_ex(m->tok, r.tokens, r.n_tokens, 1, &text, &tl, &err)) goto fail;
         fixed = cs_utf8_repair(text, tl, &fl);
         free(text);
         if (!fixed) {

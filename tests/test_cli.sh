@@ -25,6 +25,20 @@ want=$(python3 -c 'import json; print(json.load(open("tests/data/ref/tiny/meta.j
 cont=$($bin generate --model $m --greedy --ignore-eos --no-prompt --max-new-tokens 16 "Once upon a time") &&
     got=$($bin tokenize --model $m "$cont") && [ "$got" = "$want" ] && ok || bad "greedy CLI: $got vs $want"
 
+# A model whose EOS is its first greedy token (an ordinary token): generation stops
+# right after it, in both output modes.
+eosdir=$(mktemp -d)
+for f in config.json vocab.json merges.txt; do cp $m/$f "$eosdir/"; done
+ln -s "$(cd $m && pwd)/model.safetensors" "$eosdir/model.safetensors"
+t0id=$(python3 -c 'import json; print(json.load(open("tests/data/ref/tiny/meta.json"))["greedy"][0][0])')
+t0=$($bin tokenize --model $m --decode "[$t0id]")
+printf '{"eos_token_id": %s}' "$t0id" > "$eosdir/generation_config.json"
+out=$($bin generate --model "$eosdir" --greedy --max-new-tokens 5 --no-prompt "Once upon a time") &&
+    [ "$out" = "$t0" ] && ok || bad "stop at EOS (stream): '$out' vs '$t0'"
+out=$($bin generate --model "$eosdir" --greedy --max-new-tokens 5 --json "Once upon a time") &&
+    [ "$out" = "[{\"generated_text\":\"Once upon a time$t0\"}]" ] && ok || bad "stop at EOS (json): $out"
+rm -rf "$eosdir"
+
 expect_err() { # expected exit code, needle, command...
     code=$1; needle=$2; shift 2
     err=$("$@" 2>&1 >/dev/null); rc=$?

@@ -739,6 +739,11 @@ fail:
 
 int cs_tok_decode(const cs_tok *t, const int32_t *ids, size_t n, char **out, size_t *out_len,
                   cs_err *err) {
+    return cs_tok_decode_ex(t, ids, n, 0, out, out_len, err);
+}
+
+int cs_tok_decode_ex(const cs_tok *t, const int32_t *ids, size_t n, int skip_special, char **out,
+                     size_t *out_len, cs_err *err) {
     if (!out || !out_len) return cs_err_set(err, "cs_tok_decode: out or out_len is NULL");
     *out = NULL;
     *out_len = 0;
@@ -755,6 +760,7 @@ int cs_tok_decode(const cs_tok *t, const int32_t *ids, size_t n, char **out, siz
     if (!buf) return cs_err_set(err, "cs_tok_decode: out of memory for %zu bytes", total);
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
+        if (skip_special && ids[i] == t->eos) continue;
         memcpy(buf + o, t->tok_bytes + t->tok_off[ids[i]], (size_t)t->tok_len[ids[i]]);
         o += (size_t)t->tok_len[ids[i]];
     }

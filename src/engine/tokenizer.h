@@ -46,6 +46,11 @@ int cs_tok_encode(const cs_tok *t, const char *text, size_t len, int allow_speci
 int cs_tok_decode(const cs_tok *t, const int32_t *ids, size_t n, char **out, size_t *out_len,
                   cs_err *err);
 
+/* The same, optionally leaving out special tokens (<|endoftext|>), as
+ * transformers' decode(skip_special_tokens=True) does for pipeline output. */
+int cs_tok_decode_ex(const cs_tok *t, const int32_t *ids, size_t n, int skip_special, char **out,
+                     size_t *out_len, cs_err *err);
+
 /* Raw bytes of one token (not NUL-terminated), or NULL for an unknown id.
  * The pointer stays valid until cs_tok_free. For streaming decode. */
 const char *cs_tok_token_bytes(const cs_tok *t, int32_t id, size_t *len);

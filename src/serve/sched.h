@@ -40,7 +40,8 @@ typedef enum cs_ev_type {
     CS_EV_TOKEN, /* one new token of sequence seq_index */
     CS_EV_DONE,  /* sequence seq_index finished (finish reason, counts); the DONE
                     of the request's last unfinished sequence is its final event */
-    CS_EV_ERROR  /* the request failed (message); final event, no DONE follows */
+    CS_EV_ERROR  /* the request failed (message): the final event; sequences that had
+                    not finished get no DONE (earlier sequences may have had theirs) */
 } cs_ev_type;
 
 typedef struct cs_req_event {

@@ -375,6 +375,16 @@ static void test_special_token(void **state) {
     assert_int_equal(b[0], ' ');
     assert_null(cs_tok_token_bytes(g.tok, -1, &len));
     assert_null(cs_tok_token_bytes(g.tok, 50257, &len));
+    /* decode(skip_special_tokens=True) drops <|endoftext|>, and only it */
+    const int32_t ids[] = {15496, 50256, 995, 50256};
+    char *txt = NULL;
+    size_t tl = 0;
+    assert_int_equal(cs_tok_decode_ex(g.tok, ids, 4, 1, &txt, &tl, NULL), 0);
+    assert_string_equal(txt, "Hello world");
+    free(txt);
+    assert_int_equal(cs_tok_decode_ex(g.tok, ids, 4, 0, &txt, &tl, NULL), 0);
+    assert_string_equal(txt, "Hello<|endoftext|> world<|endoftext|>");
+    free(txt);
 }
 
 static void test_empty_and_limits(void **state) {
