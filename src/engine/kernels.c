@@ -54,7 +54,7 @@ void cs_quantize_rows(const float *x, size_t ldx, size_t T, size_t K, int8_t *q,
     }
 }
 
-int8_t *cs_kern_qbuf(size_t bytes, float **sx, size_t T) {
+static int8_t *qbuf(size_t bytes, float **sx, size_t T) {
     static __thread int8_t *buf;
     static __thread size_t cap;
     const size_t need = bytes + T * sizeof(float) + 64;
@@ -69,6 +69,13 @@ int8_t *cs_kern_qbuf(size_t bytes, float **sx, size_t T) {
     }
     *sx = (float *)(void *)(buf + (bytes + 63) / 64 * 64);
     return buf;
+}
+
+int8_t *cs_kern_quantize(const cs_pmat *m, const float *x, size_t ldx, size_t T, size_t *ldq, float **sx) {
+    *ldq = (m->K + 3) / 4 * 4;
+    int8_t *q = qbuf(T * *ldq, sx, T);
+    if (q) cs_quantize_rows(x, ldx, T, m->K, q, *ldq, *sx);
+    return q;
 }
 
 static uint16_t to_bf16(float f) {
@@ -136,11 +143,11 @@ float cs_pmat_get(const cs_pmat *m, size_t k, size_t n) {
 /* int8: exact integer dot products of quantized rows (see kernels.h). */
 static void matmul_i8_scalar(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy, size_t p0,
                              size_t p1) {
-    const size_t K = m->K, K4 = (K + 3) / 4, ldq = K4 * 4;
+    size_t ldq;
     float *sx;
-    int8_t *q = cs_kern_qbuf(T * ldq, &sx, T);
+    int8_t *q = cs_kern_quantize(m, x, ldx, T, &ldq, &sx);
     if (!q) return;
-    cs_quantize_rows(x, ldx, T, K, q, ldq, sx);
+    const size_t K4 = ldq / 4;
     const int8_t *w = m->w;
     for (size_t p = p0; p < p1; p++)
         for (size_t t = 0; t < T; t++)

@@ -52,8 +52,10 @@ size_t cs_pmat_sbytes(cs_wdtype dt, size_t N);
  * Shared by every kernel table so all compute the same xq. */
 void cs_quantize_rows(const float *x, size_t ldx, size_t T, size_t K, int8_t *q, size_t ldq, float *sx);
 
-/* Per-thread scratch for quantized rows, grown on demand (first use per size). */
-int8_t *cs_kern_qbuf(size_t bytes, float **sx, size_t T);
+/* cs_quantize_rows for an int8 matmul's T input rows into per-thread scratch
+ * (grown on demand, then reused): returns the rows (stride *ldq = K rounded up
+ * to 4) and *sx, or NULL when out of memory. */
+int8_t *cs_kern_quantize(const cs_pmat *m, const float *x, size_t ldx, size_t T, size_t *ldq, float **sx);
 
 /* Packs W (K, N) row-major fp32 (row stride ldw) into w_out/scale_out (sizes
  * above; for int8 scale_out holds the scales followed by the column sums).

@@ -104,11 +104,11 @@ static INL T256 __m256i dot4_half(const int8_t *w, __m256i xv) {
 
 static T256 void matmul_i8(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy, size_t p0,
                            size_t p1) {
-    const size_t K = m->K, K4 = (K + 3) / 4, ldq = K4 * 4;
+    size_t ldq;
     float *sx;
-    int8_t *q = cs_kern_qbuf(T * ldq, &sx, T);
+    int8_t *q = cs_kern_quantize(m, x, ldx, T, &ldq, &sx);
     if (!q) return;
-    cs_quantize_rows(x, ldx, T, K, q, ldq, sx);
+    const size_t K4 = ldq / 4;
     const int8_t *w = m->w;
     for (size_t p = p0; p < p1; p++)
         for (size_t t = 0; t < T; t++) {

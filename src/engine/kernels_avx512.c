@@ -174,11 +174,12 @@ static INL TVNNI void rows_vnni(const cs_pmat *m, const uint8_t *qu, size_t ldq,
 
 static TVNNI void matmul_i8_vnni(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy,
                                  size_t p0, size_t p1) {
-    const size_t K = m->K, K4 = (K + 3) / 4, ldq = K4 * 4, KQB = 128; /* 4 panels x 128 quads = 32 KB */
+    const size_t KQB = 128; /* 4 panels x 128 quads = 32 KB */
+    size_t ldq;
     float *sx;
-    int8_t *q = cs_kern_qbuf(T * ldq, &sx, T);
+    int8_t *q = cs_kern_quantize(m, x, ldx, T, &ldq, &sx);
     if (!q) return;
-    cs_quantize_rows(x, ldx, T, K, q, ldq, sx);
+    const size_t K4 = ldq / 4;
     uint8_t *qu = (uint8_t *)q;
     for (size_t i = 0; i < T * ldq; i++) qu[i] ^= 0x80; /* xq + 128 as unsigned */
     const size_t wide = T <= 2 ? 8 : 4;
