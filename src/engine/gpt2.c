@@ -163,7 +163,7 @@ static int load_tensor(const cs_st *st, const char *name, int rank, const int64_
 /* The packed blob: a header page, then every array 64-byte aligned in a fixed
  * order that depends only on (config, dtype). The same walk sizes the blob,
  * fills it from safetensors, or points into a mapped cache file. */
-#define PACK_MAGIC "CSPACK03"
+#define PACK_MAGIC "CSPACK04"
 #define PACK_HEADER 4096
 
 typedef struct pack_header {

@@ -5,6 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+static uint16_t to_bf16(float f);
+static float from_bf16(uint16_t h);
+
 size_t cs_wdtype_size(cs_wdtype dt) { return dt == CS_W_F32 ? 4 : dt == CS_W_BF16 ? 2 : 1; }
 const char *cs_wdtype_name(cs_wdtype dt) { return dt == CS_W_F32 ? "fp32" : dt == CS_W_BF16 ? "bf16" : "int8"; }
 
@@ -16,7 +19,9 @@ int cs_wdtype_parse(const char *s, cs_wdtype *out) {
     return 0;
 }
 
-static size_t k_padded(cs_wdtype dt, size_t K) { return dt == CS_W_I8 ? (K + 3) / 4 * 4 : K; }
+static size_t k_padded(cs_wdtype dt, size_t K) {
+    return dt == CS_W_I8 ? (K + 3) / 4 * 4 : dt == CS_W_BF16 ? (K + 1) / 2 * 2 : K;
+}
 
 size_t cs_pmat_wbytes(cs_wdtype dt, size_t K, size_t N) {
     return ((N + CS_PANEL - 1) / CS_PANEL) * k_padded(dt, K) * CS_PANEL * cs_wdtype_size(dt);
@@ -31,6 +36,11 @@ cs_pmat cs_pmat_view(cs_wdtype dt, size_t K, size_t N, const void *w, const floa
     return (cs_pmat){.dt = dt, .K = K, .N = N, .n_panels = P, .w = w, .bias = bias,
                      .scale = dt == CS_W_I8 ? scale_buf : NULL,
                      .colsum = dt == CS_W_I8 ? (const int32_t *)(scale_buf + P * CS_PANEL) : NULL};
+}
+
+static inline size_t bf16_off(size_t K, size_t k, size_t n) {
+    const size_t K2 = (K + 1) / 2;
+    return (((n / CS_PANEL) * K2 + k / 2) * CS_PANEL + n % CS_PANEL) * 2 + k % 2;
 }
 
 static inline size_t i8_off(size_t K, size_t k, size_t n) {
@@ -54,18 +64,27 @@ void cs_quantize_rows(const float *x, size_t ldx, size_t T, size_t K, int8_t *q,
     }
 }
 
+static __thread int8_t *qbuf_mem;
+static __thread size_t qbuf_cap;
+
+void cs_kern_thread_cleanup(void) {
+    free(qbuf_mem);
+    qbuf_mem = NULL;
+    qbuf_cap = 0;
+}
+
 static int8_t *qbuf(size_t bytes, float **sx, size_t T) {
-    static __thread int8_t *buf;
-    static __thread size_t cap;
+    int8_t *buf = qbuf_mem;
+    size_t cap = qbuf_cap;
     const size_t need = bytes + T * sizeof(float) + 64;
     if (need > cap) {
         free(buf);
         cap = need * 2;
         buf = aligned_alloc(64, (cap + 63) / 64 * 64);
-        if (!buf) {
-            cap = 0;
-            return NULL;
-        }
+        if (!buf) cap = 0;
+        qbuf_mem = buf;
+        qbuf_cap = cap;
+        if (!buf) return NULL;
     }
     *sx = (float *)(void *)(buf + (bytes + 63) / 64 * 64);
     return buf;
@@ -115,16 +134,18 @@ void cs_pmat_pack(cs_wdtype dt, const float *W, size_t K, size_t N, size_t ldw, 
         }
         return;
     }
+    if (dt == CS_W_BF16) {
+        memset(w_out, 0, cs_pmat_wbytes(dt, K, N)); /* k padding stays zero */
+        for (size_t k = 0; k < K; k++)
+            for (size_t n = 0; n < N; n++) ((uint16_t *)w_out)[bf16_off(K, k, n)] = to_bf16(WAT(k, n));
+        return;
+    }
     for (size_t p = 0; p < P; p++)
         for (size_t k = 0; k < K; k++)
             for (size_t j = 0; j < CS_PANEL; j++) {
                 const size_t n = p * CS_PANEL + j, o = (p * K + k) * CS_PANEL + j;
                 const float v = n < N ? WAT(k, n) : 0.0f;
-                if (dt == CS_W_F32) {
-                    ((float *)w_out)[o] = v;
-                } else {
-                    ((uint16_t *)w_out)[o] = to_bf16(v);
-                }
+                ((float *)w_out)[o] = v;
             }
 #undef WAT
 }
@@ -133,7 +154,7 @@ float cs_pmat_get(const cs_pmat *m, size_t k, size_t n) {
     const size_t o = ((n / CS_PANEL) * m->K + k) * CS_PANEL + n % CS_PANEL;
     switch (m->dt) {
     case CS_W_F32: return ((const float *)m->w)[o];
-    case CS_W_BF16: return from_bf16(((const uint16_t *)m->w)[o]);
+    case CS_W_BF16: return from_bf16(((const uint16_t *)m->w)[bf16_off(m->K, k, n)]);
     default: return (float)((const int8_t *)m->w)[i8_off(m->K, k, n)] * m->scale[n];
     }
 }
@@ -175,7 +196,8 @@ static void matmul_scalar(const cs_pmat *m, const float *x, size_t ldx, size_t T
             for (size_t k = 0; k < K; k++) {
                 const size_t o = (p * K + k) * CS_PANEL;
                 for (size_t j = 0; j < CS_PANEL; j++) {
-                    float w = m->dt == CS_W_F32 ? ((const float *)m->w)[o + j] : from_bf16(((const uint16_t *)m->w)[o + j]);
+                    const float w = m->dt == CS_W_F32 ? ((const float *)m->w)[o + j]
+                                                      : from_bf16(((const uint16_t *)m->w)[bf16_off(K, k, p * CS_PANEL + j)]);
                     acc[j] += xr[k] * w;
                 }
             }

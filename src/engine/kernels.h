@@ -9,8 +9,11 @@
  * Packed weights (cs_pmat): y (T, N) = x (T, K) @ W (K, N) [* scale] + bias.
  * W is stored in panels of 16 output columns: panel p holds W[k][16p .. 16p+15]
  * for k = 0..K-1, contiguous, so one panel row is one 64-byte (fp32) vector.
- * Columns past N in the last panel are zero. dtypes: fp32, bf16 (upper half of
- * the fp32 bits, round-to-nearest-even; activations stay fp32), and int8:
+ * Columns past N in the last panel are zero. dtypes: fp32; bf16 (weights rounded
+ * to nearest even, activations fp32, the same sequential fp32 sum over k as
+ * fp32; panels interleave pairs of k, so that one 32-bit lane holds k and k+1
+ * and widening to fp32 is one shift or mask: element
+ * ((p * K2 + k / 2) * 16 + n % 16) * 2 + k % 2, K2 = ceil(K / 2)); int8:
  * symmetric weights with one fp32 scale per output column, W[k][n] ~
  * q[k][n] * scale[n], multiplied with activations quantized per row
  * (xq = round(x * 127 / max|x_row|)) in exact integer arithmetic:
@@ -56,6 +59,9 @@ void cs_quantize_rows(const float *x, size_t ldx, size_t T, size_t K, int8_t *q,
  * (grown on demand, then reused): returns the rows (stride *ldq = K rounded up
  * to 4) and *sx, or NULL when out of memory. */
 int8_t *cs_kern_quantize(const cs_pmat *m, const float *x, size_t ldx, size_t T, size_t *ldq, float **sx);
+
+/* Frees the calling thread's scratch (call before a worker thread exits). */
+void cs_kern_thread_cleanup(void);
 
 /* Packs W (K, N) row-major fp32 (row stride ldw) into w_out/scale_out (sizes
  * above; for int8 scale_out holds the scales followed by the column sums).

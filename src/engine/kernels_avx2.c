@@ -11,8 +11,6 @@
 #define INL __attribute__((always_inline)) inline
 
 #define LOADW_F32(p) _mm256_loadu_ps((const float *)(p))
-#define LOADW_BF16(p) \
-    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
 
 static INL T256 float hsum256(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -90,7 +88,40 @@ static INL T256 __m256 load_tail(const float *x, size_t left) {
     }
 
 DEFINE_TILE(f32, float, LOADW_F32)
-DEFINE_TILE(bf16, uint16_t, LOADW_BF16)
+
+/* bf16 (see kernels.h): per pair of k, even-k weights are the low half of each
+ * 32-bit lane (shift), odd-k the high half (mask); same FMA order as fp32. */
+static T256 void matmul_bf16(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy,
+                             size_t p0, size_t p1) {
+    const size_t K = m->K, K2 = (K + 1) / 2;
+    const __m256i hi = _mm256_set1_epi32((int)0xFFFF0000u);
+    for (size_t p = p0; p < p1; p++)
+        for (size_t t = 0; t < T; t++) {
+            const uint16_t *w = (const uint16_t *)m->w + p * K2 * 32;
+            const float *xr = x + t * ldx;
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+            for (size_t j = 0; j < K2; j++) {
+                const __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + j * 32));
+                const __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + j * 32 + 16));
+                const __m256 xe = _mm256_set1_ps(xr[2 * j]);
+                a0 = _mm256_fmadd_ps(xe, _mm256_castsi256_ps(_mm256_slli_epi32(w0, 16)), a0);
+                a1 = _mm256_fmadd_ps(xe, _mm256_castsi256_ps(_mm256_slli_epi32(w1, 16)), a1);
+                if (2 * j + 1 < K) {
+                    const __m256 xo = _mm256_set1_ps(xr[2 * j + 1]);
+                    a0 = _mm256_fmadd_ps(xo, _mm256_castsi256_ps(_mm256_and_si256(w0, hi)), a0);
+                    a1 = _mm256_fmadd_ps(xo, _mm256_castsi256_ps(_mm256_and_si256(w1, hi)), a1);
+                }
+            }
+            const __m256 acc[2] = {a0, a1};
+            for (int h = 0; h < 2; h++) {
+                const size_t n0 = p * CS_PANEL + (size_t)h * 8;
+                if (n0 >= m->N) break;
+                const size_t left = m->N - n0;
+                const __m256 bi = m->bias ? load_tail(m->bias + n0, left) : _mm256_setzero_ps();
+                store_tail(y + t * ldy + n0, left, _mm256_add_ps(acc[h], bi));
+            }
+        }
+}
 
 /* int8 (see kernels.h): exact integer dot products. Per group of 4 k, each
  * column's 4 weights are widened to int16 and multiplied with the row's 4

@@ -11,8 +11,6 @@
 #define INL __attribute__((always_inline)) inline
 
 #define LOADW_F32(p) _mm512_loadu_ps((const float *)(p))
-#define LOADW_BF16(p) \
-    _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
 
 /* Register tile: RT rows of x times CP panels (16 columns each) over k in
  * [k0, k1). Accumulators start at zero (first) or from the partial sums left in
@@ -98,7 +96,78 @@
 
 /* k-blocks sized so a 4-panel weight block (~32 KB) stays in L1 across row tiles */
 DEFINE_TILE(f32, float, LOADW_F32, 128)
-DEFINE_TILE(bf16, uint16_t, LOADW_BF16, 256)
+
+/* bf16 (see kernels.h): per pair of k, the even-k weights of 4 panels are
+ * widened (shift) and used by every row, then the odd-k ones (mask): one
+ * integer op per 16 weights, and the same FMA order over k as fp32. */
+#define BF16_HALF(H, SHIFT)                                                                        \
+    if ((H) == 0 || 2 * j + 1 < K) {                                                                \
+        for (int c = 0; c < CP; c++) wv[c] = SHIFT;                                                   \
+        for (int r = 0; r < RT; r++) {                                                              \
+            const __m512 xb = _mm512_set1_ps(x[(size_t)r * ldx + 2 * j + (H)]);                      \
+            for (int c = 0; c < CP; c++) acc[r][c] = _mm512_fmadd_ps(xb, wv[c], acc[r][c]);         \
+        }                                                                                           \
+    }
+
+static INL T512 void tile_bf16(const cs_pmat *m, const float *x, size_t ldx, float *y, size_t ldy, size_t p,
+                               size_t j0, size_t j1, int first, int last, const int RT, const int CP) {
+    const size_t K = m->K, K2 = (K + 1) / 2;
+    const uint16_t *w = (const uint16_t *)m->w + p * K2 * 32;
+    const __m512i hi = _mm512_set1_epi32((int)0xFFFF0000u);
+    __m512 acc[6][4];
+    __mmask16 mk[4];
+    for (int c = 0; c < CP; c++) {
+        const size_t n0 = (p + (size_t)c) * CS_PANEL;
+        mk[c] = n0 >= m->N ? 0 : m->N - n0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (m->N - n0)) - 1);
+    }
+    for (int r = 0; r < RT; r++)
+        for (int c = 0; c < CP; c++)
+            acc[r][c] = first ? _mm512_setzero_ps()
+                              : _mm512_maskz_loadu_ps(mk[c], y + (size_t)r * ldy + (p + (size_t)c) * CS_PANEL);
+    for (size_t j = j0; j < j1; j++) {
+        __m512i raw[4];
+        __m512 wv[4];
+        for (int c = 0; c < CP; c++) raw[c] = _mm512_loadu_si512((const void *)(w + ((size_t)c * K2 + j) * 32));
+        BF16_HALF(0, _mm512_castsi512_ps(_mm512_slli_epi32(raw[c], 16)))
+        BF16_HALF(1, _mm512_castsi512_ps(_mm512_and_si512(raw[c], hi)))
+    }
+    for (int c = 0; c < CP; c++) {
+        const size_t n0 = (p + (size_t)c) * CS_PANEL;
+        const __m512 bi = last && m->bias ? _mm512_maskz_loadu_ps(mk[c], m->bias + n0) : _mm512_setzero_ps();
+        for (int r = 0; r < RT; r++)
+            _mm512_mask_storeu_ps(y + (size_t)r * ldy + n0, mk[c], last ? _mm512_add_ps(acc[r][c], bi) : acc[r][c]);
+    }
+}
+
+static T512 void matmul_bf16(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy, size_t p0,
+                             size_t p1) {
+    const size_t K2 = (m->K + 1) / 2, JB = 128; /* 4 panels x 128 pairs = 32 KB */
+    size_t p = p0;
+    while (p < p1) {
+        const int np = p + 4 <= p1 ? 4 : 1;
+        for (size_t j0 = 0; j0 < K2; j0 += JB) {
+            const size_t j1 = j0 + JB < K2 ? j0 + JB : K2;
+            const int first = j0 == 0, last = j1 == K2;
+            size_t t = 0;
+#define TB(rt, cp) tile_bf16(m, x + t * ldx, ldx, y + t * ldy, ldy, p, j0, j1, first, last, rt, cp)
+            if (np == 1) {
+                for (; t < T; t++) TB(1, 1);
+                continue;
+            }
+            for (; t + 6 <= T; t += 6) TB(6, 4);
+            switch (T - t) {
+            case 5: TB(5, 4); break;
+            case 4: TB(4, 4); break;
+            case 3: TB(3, 4); break;
+            case 2: TB(2, 4); break;
+            case 1: TB(1, 4); break;
+            default: break;
+            }
+#undef TB
+        }
+        p += (size_t)np;
+    }
+}
 
 /* int8 with AVX512-VNNI: vpdpbusd multiplies 4 unsigned activation bytes
  * (xq + 128) with 4 signed weight bytes per column and adds into int32;

@@ -1,4 +1,5 @@
 #include "engine/threadpool.h"
+#include "engine/kernels.h"
 
 #include <limits.h>
 #include <linux/futex.h>
@@ -57,7 +58,10 @@ static void *worker(void *arg) {
             else futex_wait(&p->gen, seen);
         }
         seen = g;
-        if (atomic_load(&p->stop)) return NULL;
+        if (atomic_load(&p->stop)) {
+            cs_kern_thread_cleanup();
+            return NULL;
+        }
         p->fn(p->ctx, tid, p->n);
         atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel);
     }
