@@ -2,6 +2,7 @@
 #   make            build build/cserve
 #   make test       build and run every test (unit + reference checks)
 #   make asan       the same tests under AddressSanitizer + UBSan (build/asan/)
+#   make fuzz       libFuzzer targets (clang) for every input parser, FUZZ_SECONDS each (build/fuzz/)
 #   make deps       install build/test dependencies (Debian packages)
 #   make models     regenerate the synthetic test checkpoints under build/models/
 #   make reference  regenerate tests/data/ref with torch + transformers (developer machines only)
@@ -25,7 +26,7 @@ TEST_BIN := $(TEST_SRC:%.c=$(BUILD)/%)
 TOOL_BIN := $(BUILD)/cs-synth
 PY_TESTS := $(wildcard tests/*/test_*.py)
 
-.PHONY: all test asan check run deps models reference clean bench
+.PHONY: all test asan check run deps models reference clean bench bench-serving fuzz
 all: $(BUILD)/cserve $(TOOL_BIN)
 
 $(BUILD)/obj/%.o: %.c
@@ -72,13 +73,13 @@ check: deps
 	$(MAKE) test
 	$(MAKE) asan
 
-# Builds and generates. MODEL: a Hugging Face GPT-2 directory (default: the synthetic
-# distilgpt2-shaped checkpoint, which produces random text).
-MODEL  ?= build/models/distil
-PROMPT ?= Once upon a time
+# Builds and serves. MODEL: a Hugging Face GPT-2 directory or Hub name (default distilgpt2,
+# pulled into the Hugging Face cache; build/models/distil is a synthetic one that needs no network).
+MODEL ?= distilgpt2
+ARGS  ?=
 run: deps
 	$(MAKE) all models
-	$(BUILD)/cserve generate --model "$(MODEL)" --json "$(PROMPT)"
+	$(BUILD)/cserve serve --model "$(MODEL)" $(ARGS)
 
 reference:
 	sh tools/make_reference.sh
@@ -87,6 +88,42 @@ reference:
 # writes bench/RESULTS.md and bench/results.png (see bench/README.md).
 bench: all models
 	sh bench/run.sh
+
+# The seed's serving stack (Ray Serve + FastAPI + transformers pipeline) against `cserve serve` over
+# HTTP: writes bench/serving/RESULTS.md and bench/serving/results.png (see bench/serving/README.md).
+bench-serving: all models
+	sh bench/serving/run.sh
+
+# Coverage-guided fuzzing (tests/fuzz/, README "Fuzzing"): libFuzzer + ASan + UBSan targets for the
+# parsers of outside input, built with clang into build/fuzz/ (the library sources are compiled again
+# there, not shared with the gcc build), then each run for FUZZ_SECONDS on a copy of its seed corpus.
+# Fails when any target finds a crash, leak, timeout or broken invariant (input in build/fuzz/artifacts-*/).
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS ?= safetensors tokenizer tok_load config api hub_ref
+FUZZ_DIR     := build/fuzz
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS  := -g -O1 -std=c11 -D_GNU_SOURCE -Isrc $(PKG_CFLAGS) -Wall -Wextra
+FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(wildcard src/engine/*.c src/hub/*.c) src/serve/api.c src/serve/metrics.c)
+FUZZ_BIN     := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
+fuzz:
+	@command -v $(FUZZ_CC) >/dev/null 2>&1 || { echo "make fuzz: $(FUZZ_CC) not found; libFuzzer needs clang:" \
+	    "apt-get install clang libclang-rt-14-dev (or set FUZZ_CC)"; exit 1; }
+	@printf 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { return (int)(d[0] & n & 0); }\n' | \
+	    $(FUZZ_CC) -fsanitize=fuzzer -x c - -o /dev/null 2>/dev/null || { echo "make fuzz: $(FUZZ_CC) cannot" \
+	    "link -fsanitize=fuzzer: needs clang with the libFuzzer runtime (apt-get install libclang-rt-14-dev)"; exit 1; }
+	@for o in $(FUZZ_LIB_OBJ); do [ -f $$o ] || rm -f $(FUZZ_DIR)/libcs.a; done # .SECONDARY: a new source must rebuild it
+	@$(MAKE) --no-print-directory $(FUZZ_BIN)
+	@FUZZ_DIR=$(FUZZ_DIR) sh tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+$(FUZZ_LIB_OBJ): $(FUZZ_DIR)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_SAN) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+$(FUZZ_DIR)/libcs.a: $(FUZZ_LIB_OBJ)
+	rm -f $@ && ar rcs $@ $^
+$(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_DIR)/libcs.a
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -Werror $(FUZZ_SAN) -fsanitize=fuzzer -MMD -MP -MF $@.d -MT $@ -o $@ $< $(FUZZ_DIR)/libcs.a \
+	    $(PKG_LIBS) -lm -lpthread
+-include $(shell find $(FUZZ_DIR) -name '*.d' 2>/dev/null)
 
 clean:
 	rm -rf build

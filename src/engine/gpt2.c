@@ -1,5 +1,6 @@
 #include "engine/gpt2.h"
 
+#include <float.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -100,8 +101,9 @@ int cs_gpt2_config_load(cs_gpt2_config *cfg, const char *path, cs_err *err) {
     json_t *eps = json_object_get(root, "layer_norm_epsilon");
     cfg->layer_norm_epsilon = 1e-5f;
     if (eps && !json_is_null(eps)) {
-        if (!json_is_number(eps) || json_number_value(eps) <= 0 || json_number_value(eps) > 1) {
-            cs_err_set(err, "key 'layer_norm_epsilon': expected a number in (0, 1]");
+        /* Checked after the conversion to float: 1e-50 is positive but becomes 0. */
+        if (!json_is_number(eps) || !((float)json_number_value(eps) >= FLT_MIN) || json_number_value(eps) > 1) {
+            cs_err_set(err, "key 'layer_norm_epsilon': expected a number in [%g, 1] (a normal float)", (double)FLT_MIN);
             goto out;
         }
         cfg->layer_norm_epsilon = (float)json_number_value(eps);

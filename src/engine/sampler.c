@@ -76,7 +76,20 @@ void cs_sampler_repetition_penalty(cs_sampler *s, float *scores, const int32_t *
 
 void cs_sampler_temperature(float *scores, size_t V, float t) {
     if (t == 1.0f) return;
-    for (size_t i = 0; i < V; i++) scores[i] = scores[i] / t;
+    float mx = -INFINITY, big = 0;
+    for (size_t i = 0; i < V; i++)
+        if (isfinite(scores[i])) {
+            if (scores[i] > mx) mx = scores[i];
+            if (fabsf(scores[i]) > big) big = fabsf(scores[i]);
+        }
+    if (isfinite(big / t)) {
+        for (size_t i = 0; i < V; i++) scores[i] = scores[i] / t;
+        return;
+    }
+    /* Scores / t would overflow to +inf and later give inf - inf. Shifting by the
+     * maximum first leaves the distribution as it is (softmax, top-k and top-p do
+     * not see a shift) and sends it towards greedy as t -> 0, as it should. */
+    for (size_t i = 0; i < V; i++) scores[i] = (scores[i] - mx) / t;
 }
 
 /* k-th largest of v[0..n) (1-based k), by quickselect; reorders v. */

@@ -52,6 +52,7 @@ size_t cs_utf8_complete_prefix(const char *s, size_t n) {
     for (size_t back = 1; back <= 3 && back <= n; back++) {
         unsigned c = u[n - back];
         if ((c & 0xC0) == 0x80) continue; /* continuation: keep looking */
+        if (c < 0xC2 || c > 0xF4) break;  /* ASCII, or never a lead byte: nothing to wait for */
         size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
         if (need > back) {
             size_t bad;

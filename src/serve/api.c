@@ -361,10 +361,12 @@ static int opt_num(json_t *o, const char *key, double lo, double hi, int lo_open
     if (!v || json_is_null(v)) return 0;
     if (!json_is_number(v)) return vfail(e, 422, key, "invalid_type", "%s: expected a number, got %s", key, json_kind(v));
     double d = json_number_value(v);
-    if (!(lo_open ? d > lo : d >= lo) || !(d <= hi))
-        return vfail(e, 422, key, "invalid_value", "%s: must be in %c%g, %g], got %g", key, lo_open ? '(' : '[', lo, hi,
-                     d);
-    *out = d;
+    /* The engine takes floats: check the value it will see (1e-50 is positive but becomes 0). */
+    double f = (float)d;
+    if (!(lo_open ? f > lo : f >= lo) || !(f <= hi))
+        return vfail(e, 422, key, "invalid_value", "%s: must be in %c%g, %g]%s, got %g", key, lo_open ? '(' : '[', lo,
+                     hi, f != d && f == 0 ? " and not below the smallest float" : "", d);
+    *out = f;
     return 1;
 }
 

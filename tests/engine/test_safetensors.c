@@ -199,6 +199,9 @@ static void test_config_errors(void **state) {
                        "\"activation_function\": \"mish\"}", "activation_function");
     expect_config_fail("{\"model_type\": \"llama\", \"n_layer\": 2}", "model_type");
     expect_config_fail("[]", "JSON object");
+    /* Positive in JSON but zero as a float: LayerNorm would divide by zero on a constant row. */
+    expect_config_fail("{\"n_layer\": 2, \"n_head\": 2, \"n_embd\": 8, \"vocab_size\": 10, \"n_positions\": 4, "
+                       "\"layer_norm_epsilon\": 1e-50}", "layer_norm_epsilon");
 }
 
 /* A tiny valid model, then one broken thing at a time. */

@@ -129,6 +129,32 @@ static void test_seeded_draws_reproducible_and_distributed(void **state) {
     cs_sampler_free(&s);
 }
 
+/* A temperature so small that logit / T overflows: the draw must tend to greedy
+ * (the argmax), not fall apart on inf - inf. Several positive logits would all
+ * become +inf without care, and the last of them would be drawn. */
+static void test_tiny_temperature_is_greedy(void **state) {
+    (void)state;
+    enum { V = 5 };
+    cs_sampler s;
+    assert_int_equal(cs_sampler_init(&s, V, NULL), 0);
+    const float base[V] = {1.0f, 3.0f, -2.0f, 2.5f, 0.5f};
+    const float temps[] = {1e-40f, 1e-30f, 1e-6f};
+    const float tps[] = {1.0f, 0.9f};
+    cs_rng r;
+    cs_rng_seed(&r, 7);
+    for (size_t t = 0; t < sizeof temps / sizeof *temps; t++)
+        for (size_t q = 0; q < 2; q++) {
+            cs_sample_params p = {.do_sample = 1, .temperature = temps[t], .top_k = 0, .top_p = tps[q],
+                                  .repetition_penalty = 1};
+            for (int i = 0; i < 50; i++) {
+                float x[V];
+                memcpy(x, base, sizeof x);
+                assert_int_equal(cs_sampler_pick(&s, &p, x, NULL, 0, &r), 1);
+            }
+        }
+    cs_sampler_free(&s);
+}
+
 static void test_params_check(void **state) {
     (void)state;
     cs_err e;
@@ -161,6 +187,7 @@ int main(void) {
         cmocka_unit_test(test_greedy_takes_first_argmax),
         cmocka_unit_test(test_seeded_draws_reproducible_and_distributed),
         cmocka_unit_test(test_params_check),
+        cmocka_unit_test(test_tiny_temperature_is_greedy),
     };
     return cmocka_run_group_tests_name("sampler", tests, NULL, NULL);
 }

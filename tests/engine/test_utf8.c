@@ -54,6 +54,13 @@ static void test_complete_prefix(void **state) {
     assert_int_equal(cs_utf8_complete_prefix("a\x80", 2), 2);               /* stray: nothing to wait for */
     assert_int_equal(cs_utf8_complete_prefix("a\xE0\x80", 3), 3);           /* can never complete */
     assert_int_equal(cs_utf8_complete_prefix("", 0), 0);
+    /* Bytes that are never a lead byte (C0, C1, F5..FF) are not waited for. */
+    assert_int_equal(cs_utf8_complete_prefix("\xFF", 1), 1);
+    assert_int_equal(cs_utf8_complete_prefix("a\xC0", 2), 2);
+    assert_int_equal(cs_utf8_complete_prefix("a\xC1", 2), 2);
+    assert_int_equal(cs_utf8_complete_prefix("a\xF5\x80", 3), 3);
+    assert_int_equal(cs_utf8_complete_prefix("a\xC2", 2), 1);               /* lowest real 2-byte lead */
+    assert_int_equal(cs_utf8_complete_prefix("a\xF4\x8F", 3), 1);         /* highest real 4-byte lead */
 }
 
 int main(void) {

@@ -518,6 +518,8 @@ PLAIN_BAD = [
     ('{"input": "x", "temperature": -1}', 422),
     ('{"input": "x", "temperature": 0}', 422),
     ('{"input": "x", "top_p": 0}', 422),
+    ('{"input": "x", "temperature": 1e-50}', 422),
+    ('{"input": "x", "top_p": 1e-50}', 422),
     ('{"input": "x", "top_p": 1.5}', 422),
     ('{"input": "x", "top_k": -3}', 422),
     ('{"input": "x", "do_sample": "yes"}', 422),
@@ -543,6 +545,8 @@ def test_bad_simple_gen(srv, body, status):
     e = check_plain_error(r, status)
     if "max_new_tokens\": 1000000" in body:
         assert "max_new_tokens" in e["message"] and "128" in e["message"]
+    if "1e-50" in body:  # positive, but zero once it is a float: named in the message
+        assert ("temperature" in body) == ("temperature" in e["message"]) and "1e-50" in e["message"], e
     if "[[[[" in body:
         assert "nesting" in e["message"] and "32" in e["message"]
     if body == json.dumps({"input": LONG}):
@@ -568,6 +572,8 @@ V1_BAD = [
     ({"prompt": "x", "n": 0}, 422, "n"),
     ({"prompt": "x", "temperature": 3}, 422, "temperature"),
     ({"prompt": "x", "top_p": -0.5}, 422, "top_p"),
+    ({"prompt": "x", "top_p": 1e-50}, 422, "top_p"),
+    ({"prompt": "x", "repetition_penalty": 1e-60}, 422, "repetition_penalty"),
     ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 422, "stop"),
     ({"prompt": "x", "stop": [""]}, 422, "stop"),
     ({"prompt": "x", "stop": 5}, 422, "stop"),

@@ -1,0 +1,269 @@
+"""Turns build/bench-serving/results.json into bench/serving/RESULTS.md and results.png.
+
+  python bench/serving/report.py [RESULTS_JSON] [OUT_MD] [OUT_PNG]
+
+Ratios: throughput (req/s, tok/s) as cserve / seed (> 1: cserve serves more); latency, start-up
+time and memory as seed / cserve (> 1: cserve is that many times faster or smaller).
+"""
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+ORDER = ["seed", "seed-batch", "cserve", "cserve-int8", "cserve-bf16"]
+LABEL = {"seed": "seed (Ray Serve + FastAPI + pipeline)",
+         "seed-batch": "seed + @serve.batch",
+         "cserve": "cserve serve (fp32)",
+         "cserve-int8": "cserve serve (int8)",
+         "cserve-bf16": "cserve serve (bf16)"}
+
+
+def f(x, nd=1, unit=""):
+    if x is None:
+        return "n/a"
+    if isinstance(x, float) and nd == 0:
+        return f"{x:.0f}{unit}"
+    return f"{x:.{nd}f}{unit}"
+
+
+def ratio(a, b, nd=1):
+    if a is None or b is None or not b:
+        return "n/a"
+    return f"{a / b:.{nd}f}x"
+
+
+def lat(lv, key):
+    if lv.get(key.replace("_s", "_failed")):
+        return "failed"
+    v = lv.get(key)
+    return "n/a" if v is None else (f"{v:.2f}" if v < 10 else f"{v:.1f}")
+
+
+def sort_runs(runs):
+    return sorted(runs, key=lambda r: ORDER.index(r["system"]) if r["system"] in ORDER else 99)
+
+
+def levels(run):
+    return {lv["concurrency"]: lv for lv in run.get("levels", [])}
+
+
+def main():
+    src = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "build/bench-serving/results.json")
+    out_md = sys.argv[2] if len(sys.argv) > 2 else os.path.join(HERE, "RESULTS.md")
+    out_png = sys.argv[3] if len(sys.argv) > 3 else os.path.join(HERE, "results.png")
+    with open(src) as fh:
+        doc = json.load(fh)
+    runs = sort_runs(doc["runs"])
+    by = {r["system"]: r for r in runs}
+    cfg, m = doc["config"], doc["machine"]
+    L = []
+    w = L.append
+    w("# bench-serving: the seed's serving stack vs `cserve serve`\n")
+    w("Written by `make bench-serving` (bench/serving/run.sh); see bench/serving/README.md for the "
+      "method and what each number means. Same machine, same run, same model directory, same "
+      "request.\n")
+    w(f"- **machine**: {m.get('cpu')}, {m.get('cpus_affinity')} CPUs, {m.get('mem_gb')} GB, "
+      f"Linux {m.get('kernel')}; {m.get('date')}; load average at start "
+      f"{' '.join(m.get('loadavg_start', []))}, at end {' '.join(m.get('loadavg_end', []))}")
+    w(f"- **model**: `{cfg['model']}` (synthetic distilgpt2-shaped GPT-2 checkpoint, random "
+      "weights; `make models`)")
+    w(f"- **request**: `POST /text/simple-gen {{\"input\": \"{cfg['prompt']}\"}}`, the seed's "
+      "request with the pipeline's default generation (sampling, max_length 50 counting the "
+      "prompt, so ~46 new tokens); the same for every system")
+    w(f"- **load**: closed loop, concurrency {', '.join(map(str, cfg['concurrency']))}; "
+      f"{cfg['duration_s']:.0f} s per level (at most {cfg['max_requests']} requests); client "
+      f"timeout {cfg['timeout_s']:.0f} s; every system gets {cfg['threads']} CPUs / threads")
+    cs = next((r for r in runs if r["system"].startswith("cserve") and r.get("git")), None)
+    if cs:
+        g = cs["git"]
+        subj = g.get("subject") or ""
+        if len(subj) > 80:
+            subj = subj[:subj.rfind(" ", 0, 80)] + " ..."
+        state = (f"commit `{g.get('commit')}` ({subj})"
+                 + (f" + {g['src_uncommitted_files']} uncommitted file(s) under src/"
+                    if g.get("src_uncommitted_files") else ", src/ clean")
+                 + f"; binary built {g.get('binary_mtime')}")
+        w(f"- **cserve measured**: {cs.get('version') or 'build/cserve'}: {state}")
+    seed = by.get("seed") or by.get("seed-batch")
+    if seed and seed.get("versions"):
+        v = seed["versions"]
+        web = (f"FastAPI {v['fastapi']}, uvicorn {v['uvicorn']}" if v.get("fastapi")
+               else "FastAPI/uvicorn from the same venv")
+        w(f"- **seed stack**: ray {v['ray']} (Serve), transformers {v['transformers']}, torch "
+          f"{v['torch']} (PyPI build, CPU kernels), {web}")
+    w(f"- **whole run**: {doc.get('duration_s', 0):.0f} s\n")
+
+    # ---- main table
+    w("## Throughput and latency\n")
+    w("req/s = successful responses / time from the level's start to the last of them (clients "
+      "start requests only inside the window, then the requests in flight are waited for); gen "
+      "tok/s = continuation tokens of those responses (the returned text re-tokenized with the "
+      "GPT-2 tokenizer) over the same time; tok/req = their mean; p50/p99 over every request sent (a failed or timed-out request counts as "
+      "infinitely slow, shown as `failed`); errors = failed / sent; server CPUs = CPU time of the "
+      "system's processes / wall time; other = CPU share taken by unrelated processes on the "
+      "machine during the level (the numbers are unreliable above ~25%).\n")
+    w("| concurrency | system | req/s | gen tok/s | tok/req | p50 s | p99 s | errors | "
+      "server CPUs | other |")
+    w("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for c in cfg["concurrency"]:
+        for r in runs:
+            lv = levels(r).get(c)
+            name = LABEL.get(r["system"], r["system"])
+            if r.get("error") or lv is None:
+                w(f"| {c} | {name} | n/a | n/a | | | | | | |")
+                continue
+            if lv.get("skipped"):
+                w(f"| {c} | {name} | skipped: {lv['skipped']} | | | | | | | |")
+                continue
+            tpr = lv["tokens_per_request"]["mean"]
+            oth = lv.get("other_cpu")
+            oth_s = "n/a" if oth is None else f"{100 * oth:.0f}%" + (" (!)" if oth > 0.25 else "")
+            w(f"| {c} | {name} | {f(lv['req_per_s'], 2)} | {f(lv['tok_per_s'], 0)} | "
+              f"{f(tpr, 1)} | {lat(lv, 'p50_s')} | {lat(lv, 'p99_s')} | "
+              f"{lv['errors']}/{lv['sent']} | {f(lv.get('server_cpu'), 2)} | {oth_s} |")
+    w("")
+
+    # ---- start-up and memory
+    w("## Start-up and memory\n")
+    w("start = process launch to the first successful `POST /text/simple-gen` (for the seed: "
+      "`ray start --head`, then `serve run`, model load in the replica, first generation). "
+      "Memory: sum over every process of the system (seed: gcs_server, raylet, agents, "
+      "controller, proxy, replica, the `serve run` driver); RSS counts shared pages once per "
+      "process, PSS splits them; idle = after start-up and one more request, peak = highest "
+      "1-second sample during the load.\n")
+    w("| system | start s | processes | idle RSS MB | idle PSS MB | peak RSS MB | peak PSS MB |")
+    w("|---|---:|---:|---:|---:|---:|---:|")
+    for r in runs:
+        name = LABEL.get(r["system"], r["system"])
+        if r.get("error") and not r.get("memory_idle"):
+            w(f"| {name} | n/a | | | | | |")
+            continue
+        mi, mp = r.get("memory_idle") or {}, r.get("memory_peak") or {}
+        start = f(r.get("start_to_first_response_s"), 1)
+        if r.get("ray_start_s") is not None:
+            start += f" (ray start {r['ray_start_s']:.1f})"
+        w(f"| {name} | {start} | {mi.get('processes', 'n/a')} | {f(mi.get('rss_mb'), 0)} | "
+          f"{f(mi.get('pss_mb'), 0)} | {f(mp.get('rss_mb'), 0)} | {f(mp.get('pss_mb'), 0)} |")
+    w("")
+
+    # ---- ratios
+    pairs = [(c, s) for c in ("cserve", "cserve-int8", "cserve-bf16") for s in ("seed", "seed-batch")
+             if c in by and s in by and not by[c].get("error") and not by[s].get("error")]
+    if pairs:
+        w("## cserve / seed\n")
+        w("Throughput: cserve / seed (req/s at each concurrency). Latency (p50), start-up and "
+          "memory (idle PSS, peak RSS): seed / cserve, i.e. how many times faster or smaller "
+          "cserve is. n/a where one side has no number (e.g. every seed request timed out).\n")
+        cols = cfg["concurrency"]
+        w("| cserve vs | " + " | ".join(f"req/s c={c}" for c in cols) + " | "
+          + " | ".join(f"p50 c={c}" for c in cols) + " | start | idle PSS | peak RSS |")
+        w("|---|" + "---:|" * (2 * len(cols) + 3))
+        for c, s in pairs:
+            a, b = levels(by[c]), levels(by[s])
+            thr = [ratio(a.get(k, {}).get("req_per_s"), b.get(k, {}).get("req_per_s"))
+                   for k in cols]
+            p50 = []
+            for k in cols:
+                la, lb = a.get(k, {}), b.get(k, {})
+                if lb.get("p50_failed") and la.get("p50_s") is not None:
+                    p50.append("seed failed")
+                else:
+                    p50.append(ratio(lb.get("p50_s"), la.get("p50_s")))
+            st = ratio(by[s].get("start_to_first_response_s"), by[c].get("start_to_first_response_s"))
+            pss = ratio((by[s].get("memory_idle") or {}).get("pss_mb"),
+                        (by[c].get("memory_idle") or {}).get("pss_mb"))
+            rss = ratio((by[s].get("memory_peak") or {}).get("rss_mb"),
+                        (by[c].get("memory_peak") or {}).get("rss_mb"))
+            w(f"| {LABEL[c]} vs {LABEL[s]} | " + " | ".join(thr) + " | " + " | ".join(p50)
+              + f" | {st} | {pss} | {rss} |")
+        w("")
+
+    # ---- details
+    w("## Systems\n")
+    for r in runs:
+        name = LABEL.get(r["system"], r["system"])
+        w(f"- **{name}**: {r.get('how', '')}")
+        if r.get("error"):
+            w(f"  - **n/a**: {r['error']}")
+        if r.get("error_after"):
+            w(f"  - {r['error_after']}")
+        if r.get("packed_cache_before_start"):
+            w(f"  - packed-weight cache before start: {r['packed_cache_before_start']}")
+        for ln in r.get("log_excerpt") or []:
+            w(f"  - replica log: `{ln.split(' -- ')[-1]}`")
+        errs = {}
+        for lv in r.get("levels", []):
+            for k, n in (lv.get("error_kinds") or {}).items():
+                errs.setdefault(k, []).append(f"{n} at c={lv['concurrency']}")
+        for k, v in errs.items():
+            w(f"  - errors `{k}`: {', '.join(v)}")
+    w("")
+    seedrun = by.get("seed") or by.get("seed-batch")
+    if seedrun and (seedrun.get("memory_idle") or {}).get("by_process"):
+        w(f"Idle memory of the seed's processes ({seedrun['system']}):\n")
+        w("| process | RSS MB | PSS MB |")
+        w("|---|---:|---:|")
+        for p in seedrun["memory_idle"]["by_process"]:
+            w(f"| `{p['cmd']}` | {p['rss_mb']:.0f} | {p['pss_mb']:.0f} |")
+        w("")
+    w("Raw numbers: `build/bench-serving/results.json`; server logs: `build/bench-serving/logs/`.")
+    with open(out_md, "w") as fh:
+        fh.write("\n".join(L) + "\n")
+    plot(runs, cfg, out_png)
+
+
+def plot(runs, cfg, out_png):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("report: matplotlib missing, no plot", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(2, 2, figsize=(12, 8.5))
+    ok = [r for r in runs if not r.get("error")]
+    for r in ok:
+        lv = [x for x in r.get("levels", []) if "req_per_s" in x]
+        cs = [x["concurrency"] for x in lv]
+        ax[0][0].plot(cs, [x["tok_per_s"] for x in lv], marker="o",
+                      label=LABEL.get(r["system"], r["system"]))
+        p50 = [(x["concurrency"], x["p50_s"]) for x in lv if x.get("p50_s") is not None]
+        ax[0][1].plot([a for a, _ in p50], [b for _, b in p50], marker="o",
+                      label=LABEL.get(r["system"], r["system"]))
+    for a, title, yl in ((ax[0][0], "generated tokens/s (closed loop)", "tok/s"),
+                         (ax[0][1], "p50 latency per request (failed levels omitted)", "s")):
+        a.set_xscale("log", base=2)
+        a.set_xticks(cfg["concurrency"], [str(c) for c in cfg["concurrency"]])
+        a.set_xlabel("concurrent clients")
+        a.set_ylabel(yl)
+        a.set_title(title)
+        a.grid(True, alpha=0.3)
+    ax[0][0].legend(fontsize=7, loc="upper left")
+    ax[0][1].legend(fontsize=7, loc="lower right")
+    ax[0][1].set_yscale("log")
+    names = [LABEL.get(r["system"], r["system"]).replace(" (", "\n(") for r in ok]
+    starts = [r.get("start_to_first_response_s") or 0 for r in ok]
+    ax[1][0].bar(names, starts, color="tab:blue")
+    ax[1][0].set_title("launch to first response (s)")
+    for i, v in enumerate(starts):
+        ax[1][0].text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+    idle = [(r.get("memory_idle") or {}).get("pss_mb") or 0 for r in ok]
+    peak = [(r.get("memory_peak") or {}).get("rss_mb") or 0 for r in ok]
+    xs = range(len(ok))
+    ax[1][1].bar([x - 0.2 for x in xs], idle, 0.4, label="idle PSS")
+    ax[1][1].bar([x + 0.2 for x in xs], peak, 0.4, label="peak RSS")
+    ax[1][1].set_xticks(list(xs), names)
+    ax[1][1].set_title("memory of all the system's processes (MB)")
+    ax[1][1].legend(fontsize=8)
+    for a in (ax[1][0], ax[1][1]):
+        a.tick_params(axis="x", labelsize=7)
+        a.grid(True, axis="y", alpha=0.3)
+    fig.suptitle(f"seed stack vs cserve serve: POST /text/simple-gen, {cfg['threads']} CPUs, "
+                 f"{cfg['duration_s']:.0f} s per level")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""The seed's Ray Serve application (serve_app.py of the seed), pointed at a local model directory.
+
+Same code as the seed: a FastAPI ingress deployment `TextGenService` that loads the Hugging Face
+`text-generation` pipeline once per replica and answers POST /text/simple-gen {"input": str} with
+the pipeline's output ([{"generated_text": ...}]), using the pipeline's default generation
+settings. The only change: model=MODEL_DIR (the synthetic distilgpt2-shaped checkpoint, since no
+pretrained weights can be downloaded here) instead of model="distilgpt2".
+
+Started by bench/serving/harness.py with `serve run` on a local `ray start --head` cluster.
+"""
+import logging
+import os
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+from ray import serve
+from transformers import pipeline
+
+MODEL_DIR = os.environ.get("MODEL_DIR") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "build", "models", "distil")
+
+app = FastAPI()
+logger = logging.getLogger("ray.serve")
+
+
+class SimpleInput(BaseModel):
+    input: str
+
+
+@serve.deployment
+@serve.ingress(app)
+class TextGenService:
+    def __init__(self):
+        # Loaded once per replica
+        self._pipeline = pipeline("text-generation", model=MODEL_DIR)
+        import torch
+        logger.info("TextGenService: model %s, torch threads %d", MODEL_DIR, torch.get_num_threads())
+
+    @app.post("/text/simple-gen")
+    def simple_gen(self, input: SimpleInput):
+        return self._pipeline(input.input)
+
+
+# Deployment graph entrypoint
+deployment_graph = TextGenService.bind()
