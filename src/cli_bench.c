@@ -33,11 +33,13 @@ static void usage(FILE *f) {
 
 static int32_t bench_id(int i) { return (int32_t)(((long)i * 7919 + 13) % 50000); }
 
+/* Greedy choice through the sampler, as a server's greedy request makes it. */
+static cs_sampler greedy_smp;
 static int argmax(const float *x, size_t n) {
-    size_t b = 0;
-    for (size_t i = 1; i < n; i++)
-        if (x[i] > x[b]) b = i;
-    return (int)b;
+    static const cs_sample_params greedy = {.do_sample = 0, .temperature = 1, .top_k = 0, .top_p = 1,
+                                            .repetition_penalty = 1};
+    (void)n;
+    return (int)cs_sampler_pick(&greedy_smp, &greedy, (float *)x, NULL, 0, NULL);
 }
 
 static int fail(const cs_err *err) {
@@ -80,6 +82,7 @@ int cs_cmd_bench(int argc, char **argv) {
     if (cs_pool_create(&pool, threads, &err)) return fail(&err);
     const cs_gpt2 *net = m->net;
     const size_t V = (size_t)net->cfg.vocab_size;
+    if (cs_sampler_init(&greedy_smp, V, &err)) return fail(&err);
     if (prompt_len + 1 > net->cfg.n_positions || 16 + gen > net->cfg.n_positions) {
         fprintf(stderr, "cserve bench: prompt/gen exceed the model's %d positions\n", net->cfg.n_positions);
         return 2;
@@ -148,6 +151,7 @@ int cs_cmd_bench(int argc, char **argv) {
     free(logits);
     free(ids);
     cs_pool_free(pool);
+    cs_sampler_free(&greedy_smp);
     cs_model_free(m);
     return 0;
 }

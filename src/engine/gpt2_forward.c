@@ -179,12 +179,7 @@ static void job_attention(void *vc, int tid, int n) {
         const cs_gpt2_kv *kv = c->seqs[ws->row_seq[r]].kv;
         const size_t npos = (size_t)ws->row_pos[r] + 1, n_ctx = (size_t)kv->n_ctx;
         const float *kc = kv->k + c->layer * n_ctx * C + h * hd, *vc2 = kv->v + c->layer * n_ctx * C + h * hd;
-        const float *q = ws->qkv + r * 3 * C + h * hd;
-        for (size_t j = 0; j < npos; j++) att[j] = m->kern->dot(q, kc + j * C, hd) * scale;
-        m->kern->softmax(att, npos);
-        float *o = ws->h + r * C + h * hd;
-        memset(o, 0, hd * sizeof(float));
-        for (size_t j = 0; j < npos; j++) m->kern->axpy(o, att[j], vc2 + j * C, hd);
+        m->kern->attend(ws->qkv + r * 3 * C + h * hd, kc, vc2, C, npos, hd, scale, att, ws->h + r * C + h * hd);
     }
 }
 

@@ -90,10 +90,11 @@ static int8_t *qbuf(size_t bytes, float **sx, size_t T) {
     return buf;
 }
 
-int8_t *cs_kern_quantize(const cs_pmat *m, const float *x, size_t ldx, size_t T, size_t *ldq, float **sx) {
+int8_t *cs_kern_quantize(const cs_kern *k, const cs_pmat *m, const float *x, size_t ldx, size_t T, size_t *ldq,
+                         float **sx) {
     *ldq = (m->K + 3) / 4 * 4;
     int8_t *q = qbuf(T * *ldq, sx, T);
-    if (q) cs_quantize_rows(x, ldx, T, m->K, q, *ldq, *sx);
+    if (q) k->quantize_rows(x, ldx, T, m->K, q, *ldq, *sx);
     return q;
 }
 
@@ -166,7 +167,7 @@ static void matmul_i8_scalar(const cs_pmat *m, const float *x, size_t ldx, size_
                              size_t p1) {
     size_t ldq;
     float *sx;
-    int8_t *q = cs_kern_quantize(m, x, ldx, T, &ldq, &sx);
+    int8_t *q = cs_kern_quantize(&cs_kern_scalar, m, x, ldx, T, &ldq, &sx);
     if (!q) return;
     const size_t K4 = ldq / 4;
     const int8_t *w = m->w;
@@ -246,9 +247,23 @@ static void softmax_scalar(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] *= inv;
 }
 
+void cs_attend_generic(const cs_kern *k, const float *q, const float *kc, const float *vc, size_t ld, size_t n,
+                       size_t hd, float scale, float *att, float *out) {
+    for (size_t j = 0; j < n; j++) att[j] = k->dot(q, kc + j * ld, hd) * scale;
+    k->softmax(att, n);
+    memset(out, 0, hd * sizeof(float));
+    for (size_t j = 0; j < n; j++) k->axpy(out, att[j], vc + j * ld, hd);
+}
+
+static void attend_scalar(const float *q, const float *k, const float *v, size_t ld, size_t n, size_t hd, float scale,
+                          float *att, float *out) {
+    cs_attend_generic(&cs_kern_scalar, q, k, v, ld, n, hd, scale, att, out);
+}
+
 const cs_kern cs_kern_scalar = {
     .name = "scalar", .isa = CS_ISA_SCALAR, .matmul = matmul_scalar, .layernorm = layernorm_scalar,
     .gelu_tanh = gelu_scalar, .dot = dot_scalar, .axpy = axpy_scalar, .softmax = softmax_scalar,
+    .quantize_rows = cs_quantize_rows, .attend = attend_scalar,
 };
 
 /* ------------------------------------------------------------------ dispatch */

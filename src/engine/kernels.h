@@ -55,10 +55,17 @@ size_t cs_pmat_sbytes(cs_wdtype dt, size_t N);
  * Shared by every kernel table so all compute the same xq. */
 void cs_quantize_rows(const float *x, size_t ldx, size_t T, size_t K, int8_t *q, size_t ldq, float *sx);
 
-/* cs_quantize_rows for an int8 matmul's T input rows into per-thread scratch
- * (grown on demand, then reused): returns the rows (stride *ldq = K rounded up
- * to 4) and *sx, or NULL when out of memory. */
-int8_t *cs_kern_quantize(const cs_pmat *m, const float *x, size_t ldx, size_t T, size_t *ldq, float **sx);
+/* The kernel table's quantize_rows (each ISA's gives cs_quantize_rows' bits)
+ * for an int8 matmul's T input rows into per-thread scratch (grown on demand,
+ * then reused): returns the rows (stride *ldq = K rounded up to 4) and *sx, or
+ * NULL when out of memory. */
+struct cs_kern;
+int8_t *cs_kern_quantize(const struct cs_kern *k, const cs_pmat *m, const float *x, size_t ldx, size_t T, size_t *ldq,
+                         float **sx);
+
+/* attend built from a table's dot, softmax and axpy (the reference form). */
+void cs_attend_generic(const struct cs_kern *k, const float *q, const float *kc, const float *vc, size_t ld, size_t n,
+                       size_t hd, float scale, float *att, float *out);
 
 /* Frees the calling thread's scratch (call before a worker thread exits). */
 void cs_kern_thread_cleanup(void);
@@ -91,6 +98,13 @@ typedef struct cs_kern {
     void (*axpy)(float *y, float a, const float *x, size_t n); /* y += a x */
     /* In place over n scores: x = exp(x - max) / sum. */
     void (*softmax)(float *x, size_t n);
+    /* Attention of one query over n cached positions for one head of size hd:
+     * att[j] = softmax_j(scale * q . k_j), out = sum_j att[j] v_j. Rows of k and
+     * v are ld floats apart; att holds n floats of scratch. */
+    void (*attend)(const float *q, const float *k, const float *v, size_t ld, size_t n, size_t hd, float scale,
+                   float *att, float *out);
+    /* cs_quantize_rows, bit for bit. */
+    void (*quantize_rows)(const float *x, size_t ldx, size_t T, size_t K, int8_t *q, size_t ldq, float *sx);
 } cs_kern;
 
 const cs_kern *cs_kern_for(cs_isa isa); /* NULL when the CPU lacks it */

@@ -137,7 +137,7 @@ static T256 void matmul_i8(const cs_pmat *m, const float *x, size_t ldx, size_t 
                            size_t p1) {
     size_t ldq;
     float *sx;
-    int8_t *q = cs_kern_quantize(m, x, ldx, T, &ldq, &sx);
+    int8_t *q = cs_kern_quantize(&cs_kern_avx2, m, x, ldx, T, &ldq, &sx);
     if (!q) return;
     const size_t K4 = ldq / 4;
     const int8_t *w = m->w;
@@ -264,9 +264,48 @@ static T256 void softmax_avx2(float *x, size_t n) {
     for (i = 0; i < n; i++) x[i] *= inv;
 }
 
+/* cs_quantize_rows with the same arithmetic: |x| max, x * (127 / max), rounded
+ * to nearest even (cvtps uses the current rounding mode, as nearbyintf does). */
+static T256 void quantize_avx2(const float *x, size_t ldx, size_t T, size_t K, int8_t *q, size_t ldq, float *sx) {
+    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+    for (size_t t = 0; t < T; t++) {
+        const float *xr = x + t * ldx;
+        __m256 mv = _mm256_setzero_ps();
+        size_t k = 0;
+        for (; k + 8 <= K; k += 8) mv = _mm256_max_ps(mv, _mm256_and_ps(_mm256_loadu_ps(xr + k), absm));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float mx = _mm_cvtss_f32(m4);
+        for (; k < K; k++) mx = fmaxf(mx, fabsf(xr[k]));
+        const float inv = mx > 0 ? 127.0f / mx : 0.0f;
+        sx[t] = mx > 0 ? mx / 127.0f : 1.0f;
+        int8_t *qr = q + t * ldq;
+        const __m256 iv = _mm256_set1_ps(inv);
+        for (k = 0; k + 8 <= K; k += 8) {
+            __m256i i = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + k), iv));
+            i = _mm256_min_epi32(_mm256_max_epi32(i, lo), hi);
+            const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+            _mm_storel_epi64((__m128i *)(void *)(qr + k), _mm_packs_epi16(w, w));
+        }
+        for (; k < K; k++) {
+            const float v = nearbyintf(xr[k] * inv);
+            qr[k] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+        }
+        for (k = K; k < ldq; k++) qr[k] = 0;
+    }
+}
+
+static void attend_avx2(const float *q, const float *k, const float *v, size_t ld, size_t n, size_t hd, float scale,
+                        float *att, float *out) {
+    cs_attend_generic(&cs_kern_avx2, q, k, v, ld, n, hd, scale, att, out);
+}
+
 const cs_kern cs_kern_avx2 = {
     .name = "avx2", .isa = CS_ISA_AVX2, .matmul = matmul_avx2, .layernorm = layernorm_avx2,
     .gelu_tanh = gelu_avx2, .dot = dot_avx2, .axpy = axpy_avx2, .softmax = softmax_avx2,
+    .quantize_rows = quantize_avx2, .attend = attend_avx2,
 };
 
 #else

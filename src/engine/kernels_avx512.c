@@ -246,7 +246,7 @@ static TVNNI void matmul_i8_vnni(const cs_pmat *m, const float *x, size_t ldx, s
     const size_t KQB = 128; /* 4 panels x 128 quads = 32 KB */
     size_t ldq;
     float *sx;
-    int8_t *q = cs_kern_quantize(m, x, ldx, T, &ldq, &sx);
+    int8_t *q = cs_kern_quantize(&cs_kern_avx512, m, x, ldx, T, &ldq, &sx);
     if (!q) return;
     const size_t K4 = ldq / 4;
     uint8_t *qu = (uint8_t *)q;
@@ -371,9 +371,86 @@ static T512 void softmax_avx512(float *x, size_t n) {
     }
 }
 
+/* Attention for head sizes that are a multiple of 16 up to 128: q and the
+ * output stay in registers, four key rows are dotted at once, and each value
+ * row is loaded once (the generic form reloads and stores out per row). */
+static INL T512 void attend_nv(const float *q, const float *k, const float *v, size_t ld, size_t n, float scale,
+                               float *att, float *out, const int NV) {
+    __m512 qv[8], o[8];
+    for (int c = 0; c < NV; c++) qv[c] = _mm512_loadu_ps(q + 16 * c);
+    size_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+        const float *k0 = k + j * ld;
+        __m512 s0 = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k0)), s1 = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k0 + ld));
+        __m512 s2 = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k0 + 2 * ld));
+        __m512 s3 = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k0 + 3 * ld));
+        for (int c = 1; c < NV; c++) {
+            s0 = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(k0 + 16 * c), s0);
+            s1 = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(k0 + ld + 16 * c), s1);
+            s2 = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(k0 + 2 * ld + 16 * c), s2);
+            s3 = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(k0 + 3 * ld + 16 * c), s3);
+        }
+        att[j] = _mm512_reduce_add_ps(s0) * scale;
+        att[j + 1] = _mm512_reduce_add_ps(s1) * scale;
+        att[j + 2] = _mm512_reduce_add_ps(s2) * scale;
+        att[j + 3] = _mm512_reduce_add_ps(s3) * scale;
+    }
+    for (; j < n; j++) {
+        const float *kj = k + j * ld;
+        __m512 s = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kj));
+        for (int c = 1; c < NV; c++) s = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(kj + 16 * c), s);
+        att[j] = _mm512_reduce_add_ps(s) * scale;
+    }
+    softmax_avx512(att, n);
+    for (int c = 0; c < NV; c++) o[c] = _mm512_setzero_ps();
+    for (j = 0; j < n; j++) {
+        const __m512 a = _mm512_set1_ps(att[j]);
+        for (int c = 0; c < NV; c++) o[c] = _mm512_fmadd_ps(a, _mm512_loadu_ps(v + j * ld + 16 * c), o[c]);
+    }
+    for (int c = 0; c < NV; c++) _mm512_storeu_ps(out + 16 * c, o[c]);
+}
+
+static T512 void attend_avx512(const float *q, const float *k, const float *v, size_t ld, size_t n, size_t hd,
+                               float scale, float *att, float *out) {
+    switch (hd) {
+    case 16: attend_nv(q, k, v, ld, n, scale, att, out, 1); return;
+    case 32: attend_nv(q, k, v, ld, n, scale, att, out, 2); return;
+    case 48: attend_nv(q, k, v, ld, n, scale, att, out, 3); return;
+    case 64: attend_nv(q, k, v, ld, n, scale, att, out, 4); return;
+    case 80: attend_nv(q, k, v, ld, n, scale, att, out, 5); return;
+    case 96: attend_nv(q, k, v, ld, n, scale, att, out, 6); return;
+    case 128: attend_nv(q, k, v, ld, n, scale, att, out, 8); return;
+    default: cs_attend_generic(&cs_kern_avx512, q, k, v, ld, n, hd, scale, att, out);
+    }
+}
+
+/* cs_quantize_rows with the same arithmetic (see quantize_avx2). */
+static T512 void quantize_avx512(const float *x, size_t ldx, size_t T, size_t K, int8_t *q, size_t ldq, float *sx) {
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+    for (size_t t = 0; t < T; t++) {
+        const float *xr = x + t * ldx;
+        __m512 mv = _mm512_setzero_ps();
+        for (size_t k = 0; k < K; k += 16)
+            mv = _mm512_max_ps(mv, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail_mask(K - k), xr + k)));
+        const float mx = _mm512_reduce_max_ps(mv);
+        const float inv = mx > 0 ? 127.0f / mx : 0.0f;
+        sx[t] = mx > 0 ? mx / 127.0f : 1.0f;
+        int8_t *qr = q + t * ldq;
+        const __m512 iv = _mm512_set1_ps(inv);
+        for (size_t k = 0; k < ldq; k += 16) {
+            /* past K: masked-off lanes load 0, which quantizes to the zero padding */
+            const __mmask16 lm = k < K ? tail_mask(K - k) : 0;
+            __m512i i = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(lm, xr + k), iv));
+            i = _mm512_min_epi32(_mm512_max_epi32(i, lo), hi);
+            _mm512_mask_cvtepi32_storeu_epi8(qr + k, tail_mask(ldq - k), i);
+        }
+    }
+}
+
 const cs_kern cs_kern_avx512 = {
     .name = "avx512", .isa = CS_ISA_AVX512, .matmul = matmul_avx512, .layernorm = layernorm_avx512,
     .gelu_tanh = gelu_avx512, .dot = dot_avx512, .axpy = axpy_avx512, .softmax = softmax_avx512,
+    .quantize_rows = quantize_avx512, .attend = attend_avx512,
 };
 
 #else /* not x86-64: the table exists but cs_kern_for never returns it */

@@ -3,6 +3,10 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#define CS_SSE2 1
+#endif
 
 static uint64_t splitmix64(uint64_t *x) {
     uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
@@ -47,7 +51,9 @@ int cs_sampler_init(cs_sampler *s, size_t vocab, cs_err *err) {
     s->vals = malloc(vocab * sizeof *s->vals);
     s->idx = malloc(vocab * sizeof *s->idx);
     s->seen = calloc(vocab, 1);
-    if (!s->vals || !s->idx || !s->seen) {
+    s->keys = vocab <= SIZE_MAX / (2 * sizeof *s->keys) ? malloc(2 * vocab * sizeof *s->keys) : NULL;
+    s->w = malloc(vocab * sizeof *s->w);
+    if (!s->vals || !s->idx || !s->seen || !s->keys || !s->w) {
         cs_sampler_free(s);
         return cs_err_set(err, "out of memory for sampler scratch");
     }
@@ -58,6 +64,8 @@ void cs_sampler_free(cs_sampler *s) {
     free(s->vals);
     free(s->idx);
     free(s->seen);
+    free(s->keys);
+    free(s->w);
     memset(s, 0, sizeof *s);
 }
 
@@ -75,14 +83,36 @@ void cs_sampler_repetition_penalty(cs_sampler *s, float *scores, const int32_t *
 }
 
 void cs_sampler_temperature(float *scores, size_t V, float t) {
-    if (t == 1.0f) return;
-    float mx = -INFINITY, big = 0;
-    for (size_t i = 0; i < V; i++)
-        if (isfinite(scores[i])) {
-            if (scores[i] > mx) mx = scores[i];
-            if (fabsf(scores[i]) > big) big = fabsf(scores[i]);
+    if (t == 1.0f || V == 0) return;
+    float mx = scores[0], mn = scores[0];
+    size_t i0 = 1;
+#ifdef CS_SSE2
+    if (V >= 8) {
+        __m128 a = _mm_loadu_ps(scores), b = a, c = a, d = a;
+        for (i0 = 0; i0 + 8 <= V; i0 += 8) {
+            const __m128 u = _mm_loadu_ps(scores + i0), v = _mm_loadu_ps(scores + i0 + 4);
+            a = _mm_max_ps(a, u), b = _mm_max_ps(b, v), c = _mm_min_ps(c, u), d = _mm_min_ps(d, v);
         }
-    if (isfinite(big / t)) {
+        float hi[4], lo[4];
+        _mm_storeu_ps(hi, _mm_max_ps(a, b));
+        _mm_storeu_ps(lo, _mm_min_ps(c, d));
+        for (int j = 0; j < 4; j++) mx = hi[j] > mx ? hi[j] : mx, mn = lo[j] < mn ? lo[j] : mn;
+    }
+#endif
+    for (size_t i = i0; i < V; i++) {
+        mx = scores[i] > mx ? scores[i] : mx;
+        mn = scores[i] < mn ? scores[i] : mn;
+    }
+    if (mn == -INFINITY || mx == INFINITY) { /* filtered scores: the exact range of the finite ones */
+        mx = -INFINITY, mn = INFINITY;
+        for (size_t i = 0; i < V; i++)
+            if (isfinite(scores[i])) {
+                mx = scores[i] > mx ? scores[i] : mx;
+                mn = scores[i] < mn ? scores[i] : mn;
+            }
+        if (mx < mn) return; /* nothing finite */
+    }
+    if (isfinite(fmaxf(fabsf(mx), fabsf(mn)) / t)) {
         for (size_t i = 0; i < V; i++) scores[i] = scores[i] / t;
         return;
     }
@@ -92,63 +122,114 @@ void cs_sampler_temperature(float *scores, size_t V, float t) {
     for (size_t i = 0; i < V; i++) scores[i] = (scores[i] - mx) / t;
 }
 
-/* k-th largest of v[0..n) (1-based k), by quickselect; reorders v. */
-static float kth_largest(float *v, size_t n, size_t k) {
-    size_t lo = 0, hi = n - 1, want = k - 1;
-    while (lo < hi) {
-        float pivot = v[lo + (hi - lo) / 2];
-        size_t i = lo, j = hi;
-        while (i <= j) {
-            while (v[i] > pivot) i++;
-            while (v[j] < pivot) j--;
-            if (i <= j) {
-                float t = v[i];
-                v[i] = v[j];
-                v[j] = t;
-                i++;
-                if (j == 0) break;
-                j--;
-            }
-        }
-        if (want <= j)
-            hi = j;
-        else if (want >= i)
-            lo = i;
-        else
-            return v[want];
+/* k-th largest of v[0..n) (1-based k, ties counted), with a min-heap of the k
+ * largest seen so far in h (k entries): one compare per element once the heap
+ * holds large values, so it is a single fast pass for the small k of top-k. */
+static void sift_down(float *h, size_t k, size_t i) {
+    const float x = h[i];
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= k) break;
+        if (c + 1 < k && h[c + 1] < h[c]) c++;
+        if (!(h[c] < x)) break;
+        h[i] = h[c];
+        i = c;
     }
-    return v[want];
+    h[i] = x;
+}
+
+static float kth_largest(const float *v, size_t n, size_t k, float *h) {
+    memcpy(h, v, k * sizeof *h);
+    for (size_t i = k / 2; i-- > 0;) sift_down(h, k, i);
+    size_t i = k;
+#ifdef CS_SSE2
+    /* Skip 16 at a time while none beats the heap's minimum (the usual case). */
+    for (; i + 16 <= n; i += 16) {
+        const __m128 t = _mm_set1_ps(h[0]);
+        const __m128 g = _mm_or_ps(_mm_or_ps(_mm_cmpgt_ps(_mm_loadu_ps(v + i), t), _mm_cmpgt_ps(_mm_loadu_ps(v + i + 4), t)),
+                                   _mm_or_ps(_mm_cmpgt_ps(_mm_loadu_ps(v + i + 8), t), _mm_cmpgt_ps(_mm_loadu_ps(v + i + 12), t)));
+        if (!_mm_movemask_ps(g)) continue;
+        for (size_t j = i; j < i + 16; j++)
+            if (v[j] > h[0]) {
+                h[0] = v[j];
+                sift_down(h, k, 0);
+            }
+    }
+#endif
+    for (; i < n; i++)
+        if (v[i] > h[0]) {
+            h[0] = v[i];
+            sift_down(h, k, 0);
+        }
+    return h[0];
 }
 
 void cs_sampler_top_k(cs_sampler *s, float *scores, int k) {
     const size_t V = s->V;
     if (k <= 0 || (size_t)k >= V) return;
-    memcpy(s->vals, scores, V * sizeof(float));
-    const float kth = kth_largest(s->vals, V, (size_t)k);
-    for (size_t i = 0; i < V; i++)
-        if (scores[i] < kth) scores[i] = -INFINITY;
+    const float kth = kth_largest(scores, V, (size_t)k, s->vals);
+    for (size_t i = 0; i < V; i++) scores[i] = scores[i] < kth ? -INFINITY : scores[i];
 }
 
-static int cmp_asc(const void *a, const void *b, void *ctx) {
-    const float *sc = ctx;
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    if (sc[x] != sc[y]) return sc[x] < sc[y] ? -1 : 1;
-    return (x > y) - (x < y);
+/* Ids of the scores that are not -inf (what the filters left), in id order. */
+static size_t gather_finite(const float *x, size_t n, int32_t *idx) {
+    size_t c = 0, i = 0;
+#ifdef CS_SSE2
+    const __m128 ninf = _mm_set1_ps(-INFINITY);
+    for (; i + 16 <= n; i += 16) {
+        const int b = _mm_movemask_ps(_mm_cmpneq_ps(_mm_loadu_ps(x + i), ninf)) |
+                      _mm_movemask_ps(_mm_cmpneq_ps(_mm_loadu_ps(x + i + 4), ninf)) << 4 |
+                      _mm_movemask_ps(_mm_cmpneq_ps(_mm_loadu_ps(x + i + 8), ninf)) << 8 |
+                      _mm_movemask_ps(_mm_cmpneq_ps(_mm_loadu_ps(x + i + 12), ninf)) << 12;
+        for (unsigned m = (unsigned)b; m; m &= m - 1) idx[c++] = (int32_t)(i + (size_t)__builtin_ctz(m));
+    }
+#endif
+    for (; i < n; i++)
+        if (x[i] != -INFINITY) idx[c++] = (int32_t)i;
+    return c;
+}
+
+/* Sort key: ascending by score (as compared with <: -0 equals +0), then by id. */
+static uint64_t order_key(float f, uint32_t id) {
+    if (f == 0) f = 0.0f;
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u = u & 0x80000000u ? ~u : u | 0x80000000u;
+    return (uint64_t)u << 32 | id;
+}
+
+/* LSD radix sort of n distinct keys, 8 bits a pass; passes where every key
+ * has the same digit are skipped. Result in a (tmp: n more). */
+static void radix_sort(uint64_t *a, uint64_t *tmp, size_t n) {
+    for (int shift = 0; shift < 64; shift += 8) {
+        size_t cnt[256] = {0};
+        for (size_t i = 0; i < n; i++) cnt[(a[i] >> shift) & 255]++;
+        if (cnt[(a[0] >> shift) & 255] == n) continue;
+        size_t pos = 0;
+        for (int d = 0; d < 256; d++) {
+            const size_t c = cnt[d];
+            cnt[d] = pos;
+            pos += c;
+        }
+        for (size_t i = 0; i < n; i++) tmp[cnt[(a[i] >> shift) & 255]++] = a[i];
+        memcpy(a, tmp, n * sizeof *a);
+    }
 }
 
 void cs_sampler_top_p(cs_sampler *s, float *scores, float top_p) {
     if (top_p >= 1.0f) return;
     /* Only finite scores can survive; -inf ones have zero probability and are
      * removed whatever their position in the ascending order. */
-    size_t n = 0;
+    const size_t n = gather_finite(scores, s->V, s->idx);
     float mx = -INFINITY;
-    for (size_t i = 0; i < s->V; i++)
-        if (scores[i] != -INFINITY) {
-            s->idx[n++] = (int32_t)i;
-            if (scores[i] > mx) mx = scores[i];
-        }
+    for (size_t j = 0; j < n; j++) {
+        const float v = scores[s->idx[j]];
+        s->keys[j] = order_key(v, (uint32_t)s->idx[j]);
+        mx = v > mx ? v : mx;
+    }
     if (n == 0) return;
-    qsort_r(s->idx, n, sizeof *s->idx, cmp_asc, scores);
+    radix_sort(s->keys, s->keys + s->V, n);
+    for (size_t i = 0; i < n; i++) s->idx[i] = (int32_t)(uint32_t)s->keys[i];
     float sum = 0;
     for (size_t i = 0; i < n; i++) sum += (s->vals[i] = expf(scores[s->idx[i]] - mx));
     const float thresh = (float)(1.0 - (double)top_p);
@@ -158,6 +239,37 @@ void cs_sampler_top_p(cs_sampler *s, float *scores, float top_p) {
         if ((float)cum <= thresh) scores[s->idx[i]] = -INFINITY;
         else break; /* cumulative sums only grow */
     }
+}
+
+/* First index of the maximum (NaN-free input). */
+static size_t first_argmax(const float *x, size_t n) {
+    float mx = n ? x[0] : 0;
+    size_t i = 0;
+#ifdef CS_SSE2
+    if (n >= 16) {
+        __m128 m0 = _mm_loadu_ps(x), m1 = m0, m2 = m0, m3 = m0;
+        for (; i + 16 <= n; i += 16) {
+            m0 = _mm_max_ps(m0, _mm_loadu_ps(x + i));
+            m1 = _mm_max_ps(m1, _mm_loadu_ps(x + i + 4));
+            m2 = _mm_max_ps(m2, _mm_loadu_ps(x + i + 8));
+            m3 = _mm_max_ps(m3, _mm_loadu_ps(x + i + 12));
+        }
+        float m[4];
+        _mm_storeu_ps(m, _mm_max_ps(_mm_max_ps(m0, m1), _mm_max_ps(m2, m3)));
+        for (int j = 0; j < 4; j++) mx = m[j] > mx ? m[j] : mx;
+    }
+#endif
+    for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    i = 0;
+#ifdef CS_SSE2
+    const __m128 mv = _mm_set1_ps(mx);
+    for (; i + 8 <= n; i += 8)
+        if (_mm_movemask_ps(_mm_cmpeq_ps(_mm_loadu_ps(x + i), mv)) | _mm_movemask_ps(_mm_cmpeq_ps(_mm_loadu_ps(x + i + 4), mv)))
+            break;
+#endif
+    for (; i < n; i++)
+        if (x[i] == mx) return i;
+    return 0;
 }
 
 void cs_sampler_process(cs_sampler *s, const cs_sample_params *p, float *scores, const int32_t *hist, size_t n_hist) {
@@ -172,18 +284,19 @@ int32_t cs_sampler_pick(cs_sampler *s, const cs_sample_params *p, float *scores,
                         cs_rng *rng) {
     const size_t V = s->V;
     cs_sampler_process(s, p, scores, hist, n_hist);
+    if (!p->do_sample) return (int32_t)first_argmax(scores, V);
+    const size_t n = gather_finite(scores, V, s->idx);
     size_t best = 0;
-    for (size_t i = 1; i < V; i++)
-        if (scores[i] > scores[best]) best = i;
-    if (!p->do_sample) return (int32_t)best;
-    const float mx = scores[best];
-    double total = 0;
-    for (size_t i = 0; i < V; i++) total += scores[i] == -INFINITY ? 0.0 : exp((double)(scores[i] - mx));
+    float mx = -INFINITY;
+    for (size_t j = 0; j < n; j++)
+        if (scores[s->idx[j]] > mx) mx = scores[s->idx[j]], best = (size_t)s->idx[j];
+    double total = 0, *w = s->w;
+    for (size_t j = 0; j < n; j++) total += (w[j] = exp((double)(scores[s->idx[j]] - mx)));
     double u = cs_rng_uniform(rng) * total, acc = 0;
     size_t last = best;
-    for (size_t i = 0; i < V; i++) {
-        if (scores[i] == -INFINITY) continue;
-        acc += exp((double)(scores[i] - mx));
+    for (size_t j = 0; j < n; j++) {
+        const size_t i = (size_t)s->idx[j];
+        acc += w[j];
         last = i;
         if (u < acc) return (int32_t)i;
     }

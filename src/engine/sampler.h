@@ -46,6 +46,8 @@ typedef struct cs_sampler {
     float *vals;     /* (V) scratch */
     int32_t *idx;    /* (V) scratch */
     uint8_t *seen;   /* (V) repetition-penalty marks */
+    uint64_t *keys;  /* (2V) top-p sort keys and radix scratch */
+    double *w;       /* (V) draw weights */
 } cs_sampler;
 
 int cs_sampler_init(cs_sampler *s, size_t vocab, cs_err *err);

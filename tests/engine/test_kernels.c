@@ -154,9 +154,64 @@ static void test_vector_kernels(void **state) {
             for (size_t i = 0; i < n; i++) assert_true(fabsf(r0[i] - r1[i]) <= 2e-6f * (r0[i] + 1e-6f) + 1e-9f);
             free(a); free(b); free(w); free(bb); free(r0); free(r1);
         }
+        /* attention over n positions for head sizes with and without a fast path */
+        const size_t hds[] = {4, 16, 48, 64, 72, 128}, ns[] = {1, 3, 4, 5, 17, 64};
+        for (size_t hi = 0; hi < sizeof hds / sizeof *hds; hi++)
+            for (size_t ni = 0; ni < sizeof ns / sizeof *ns; ni++) {
+                const size_t hd = hds[hi], n = ns[ni], ld = 3 * hd + 5;
+                float *q = malloc(hd * 4), *kc = malloc(n * ld * 4), *vc = malloc(n * ld * 4), *att = malloc(n * 4);
+                float *o0 = malloc(hd * 4), *o1 = malloc(hd * 4);
+                fill(q, hd, 1.0f);
+                fill(kc, n * ld, 1.0f);
+                fill(vc, n * ld, 2.0f);
+                cs_kern_scalar.attend(q, kc, vc, ld, n, hd, 0.125f, att, o0);
+                k->attend(q, kc, vc, ld, n, hd, 0.125f, att, o1);
+                if (max_rel(o1, o0, hd) > 2e-6) fail_msg("%s attend hd=%zu n=%zu: rel %g", k->name, hd, n, max_rel(o1, o0, hd));
+                free(q); free(kc); free(vc); free(att); free(o0); free(o1);
+            }
         float big[3] = {-100.0f, 0.0f, 100.0f}; /* extremes stay finite */
         k->gelu_tanh(big, 3);
         assert_true(fabsf(big[0]) < 1e-6f && big[1] == 0.0f && big[2] == 100.0f);
+    }
+}
+
+/* int8 activation quantization: every ISA's must give the scalar bits (the
+ * matmuls are exact integer arithmetic after it, so this is what keeps int8
+ * results identical everywhere). Includes exact .5 ties (max 127: scale 1),
+ * an all-zero row, tails of every length and padding up to ldq. */
+static void test_quantize_rows(void **state) {
+    (void)state;
+    const size_t lens[] = {1, 3, 4, 7, 15, 16, 17, 31, 33, 100, 768, 3072};
+    for (int isa = CS_ISA_AVX2; isa < CS_ISA_COUNT; isa++) {
+        const cs_kern *k = cs_kern_for((cs_isa)isa);
+        if (!k) continue;
+        for (size_t li = 0; li < sizeof lens / sizeof *lens; li++) {
+            const size_t K = lens[li], ldq = (K + 3) / 4 * 4 + 4, T = 4, ldx = K + 5;
+            float *x = malloc(T * ldx * 4), sx0[4], sx1[4];
+            int8_t *q0 = malloc(T * ldq), *q1 = malloc(T * ldq);
+            fill(x, T * ldx, 2.0f);
+            for (size_t i = 0; i < K; i++) {
+                x[ldx + i] = (float)((int)(i % 255) - 127) + (i % 2 ? 0.5f : 0.0f); /* ties */
+                x[2 * ldx + i] = 0.0f;
+            }
+            x[ldx + K / 2] = -127.0f; /* max |x| = 127 exactly: inv = 1 */
+            x[3 * ldx + K - 1] = 1e-30f;
+            memset(q0, 0x55, T * ldq);
+            memset(q1, 0x55, T * ldq);
+            cs_quantize_rows(x, ldx, T, K, q0, ldq, sx0);
+            k->quantize_rows(x, ldx, T, K, q1, ldq, sx1);
+            for (size_t t = 0; t < T; t++) {
+                assert_memory_equal(&sx0[t], &sx1[t], sizeof(float));
+                for (size_t i = 0; i < ldq; i++)
+                    if (q0[t * ldq + i] != q1[t * ldq + i])
+                        fail_msg("%s K=%zu row %zu [%zu]: x=%.9g scalar %d simd %d", k->name, K, t, i,
+                                 i < K ? x[t * ldx + i] : 0.0, q0[t * ldq + i], q1[t * ldq + i]);
+            }
+            assert_true(sx0[2] == 1.0f && q0[2 * ldq] == 0);
+            free(x);
+            free(q0);
+            free(q1);
+        }
     }
 }
 
@@ -172,6 +227,7 @@ static void test_dispatch(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pack_roundtrip), cmocka_unit_test(test_matmul_vs_scalar),
-        cmocka_unit_test(test_vector_kernels), cmocka_unit_test(test_dispatch)};
+        cmocka_unit_test(test_vector_kernels), cmocka_unit_test(test_quantize_rows),
+        cmocka_unit_test(test_dispatch)};
     return cmocka_run_group_tests_name("kernels", tests, NULL, NULL);
 }

@@ -155,6 +155,78 @@ static void test_tiny_temperature_is_greedy(void **state) {
     cs_sampler_free(&s);
 }
 
+/* The fast filters (heap top-k, radix-sorted top-p) against plain
+ * sort-everything versions on a GPT-2-sized vocabulary with many ties and
+ * both zero signs. */
+static int cmp_desc(const void *a, const void *b) {
+    const float x = *(const float *)a, y = *(const float *)b;
+    return (x < y) - (x > y);
+}
+static const float *g_sc;
+static int cmp_asc_id(const void *a, const void *b) {
+    const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    if (g_sc[x] != g_sc[y]) return g_sc[x] < g_sc[y] ? -1 : 1;
+    return (x > y) - (x < y);
+}
+
+static void test_filters_vs_sorting(void **state) {
+    (void)state;
+    enum { V = 50257 };
+    cs_sampler s;
+    assert_int_equal(cs_sampler_init(&s, V, NULL), 0);
+    float *x = malloc(V * sizeof *x), *ref = malloc(V * sizeof *ref), *tmp = malloc(V * sizeof *tmp);
+    int32_t *id = malloc(V * sizeof *id);
+    uint64_t r = 12345;
+    const int ks[] = {1, 2, 50, 640, V - 1};
+    const float ps[] = {0.1f, 0.5f, 0.9f, 0.999f};
+    for (int trial = 0; trial < 6; trial++) {
+        for (size_t i = 0; i < V; i++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            const int q = (int)((r >> 33) % (trial < 3 ? 64 : 100000)); /* few distinct values: ties */
+            x[i] = (float)(q - 32) * (trial % 2 ? 0.25f : 0.001f);
+            if (q == 32 && (r >> 20) % 2) x[i] = -0.0f;
+        }
+        x[(r >> 7) % V] = 9.0f; /* a clear maximum for the peaked cases */
+        for (size_t ki = 0; ki < sizeof ks / sizeof *ks; ki++) {
+            memcpy(tmp, x, V * sizeof *x);
+            qsort(tmp, V, sizeof *tmp, cmp_desc);
+            const float kth = tmp[ks[ki] - 1];
+            memcpy(ref, x, V * sizeof *x);
+            cs_sampler_top_k(&s, ref, ks[ki]);
+            for (size_t i = 0; i < V; i++) assert_true((ref[i] != -INFINITY) == (x[i] >= kth));
+        }
+        for (size_t pi = 0; pi < sizeof ps / sizeof *ps; pi++) {
+            /* reference: sort all ids ascending by (score, id), cut the cumulative mass */
+            float mx = -INFINITY, sum = 0;
+            for (size_t i = 0; i < V; i++) id[i] = (int32_t)i, mx = x[i] > mx ? x[i] : mx;
+            g_sc = x;
+            qsort(id, V, sizeof *id, cmp_asc_id);
+            for (size_t i = 0; i < V; i++) sum += (tmp[i] = expf(x[id[i]] - mx));
+            const float thresh = (float)(1.0 - (double)ps[pi]);
+            double cum = 0;
+            size_t cut = 0;
+            for (; cut + 1 < V; cut++) {
+                cum += (double)(tmp[cut] / sum);
+                if (!((float)cum <= thresh)) break;
+            }
+            memcpy(ref, x, V * sizeof *x);
+            cs_sampler_top_p(&s, ref, ps[pi]);
+            for (size_t j = 0; j < V; j++) assert_true((ref[id[j]] == -INFINITY) == (j < cut));
+        }
+    }
+    free(x);
+    free(ref);
+    free(tmp);
+    free(id);
+    cs_sampler_free(&s);
+    /* -0 and +0 are the same score: ties go by id, so the lowest ids go first. */
+    assert_int_equal(cs_sampler_init(&s, 8, NULL), 0);
+    float z[8] = {0.0f, -0.0f, 0.0f, -0.0f, 0.0f, -0.0f, 0.0f, -0.0f};
+    cs_sampler_top_p(&s, z, 0.5f);
+    for (int i = 0; i < 8; i++) assert_true((z[i] == -INFINITY) == (i < 4));
+    cs_sampler_free(&s);
+}
+
 static void test_params_check(void **state) {
     (void)state;
     cs_err e;
@@ -188,6 +260,7 @@ int main(void) {
         cmocka_unit_test(test_seeded_draws_reproducible_and_distributed),
         cmocka_unit_test(test_params_check),
         cmocka_unit_test(test_tiny_temperature_is_greedy),
+        cmocka_unit_test(test_filters_vs_sorting),
     };
     return cmocka_run_group_tests_name("sampler", tests, NULL, NULL);
 }
