@@ -20,7 +20,7 @@
 #define DEFINE_TILE(S, TYPE, LOADW, KB)                                                               \
     static INL T512 void tile_##S(const cs_pmat *m, const float *x, size_t ldx, float *y, size_t ldy, \
                                   size_t p, size_t k0, size_t k1, int first, int last, const int RT,   \
-                                  const int CP) {                                                     \
+                                  const int CP, const char *pf) {                                      \
         const size_t K = m->K;                                                                        \
         const TYPE *w = (const TYPE *)m->w + p * K * CS_PANEL;                                        \
         __m512 acc[6][8];                                                                             \
@@ -35,6 +35,9 @@
                                   : _mm512_maskz_loadu_ps(mk[c], y + (size_t)r * ldy + (p + (size_t)c) * CS_PANEL); \
         for (size_t k = k0; k < k1; k++) {                                                            \
             __m512 wv[8];                                                                             \
+            if (pf) /* the next weight block, one line per panel and k, into L2 */                    \
+                for (int c = 0; c < CP; c++)                                                          \
+                    _mm_prefetch(pf + ((size_t)c * K + (k - k0)) * CS_PANEL * sizeof(TYPE), _MM_HINT_T1); \
             for (int c = 0; c < CP; c++) wv[c] = LOADW(w + ((size_t)c * K + k) * CS_PANEL);           \
             for (int r = 0; r < RT; r++) {                                                            \
                 const __m512 xb = _mm512_set1_ps(x[(size_t)r * ldx + k]);                             \
@@ -56,27 +59,27 @@
     /* Rows in tiles of up to 6 (4 panels), or 1-2 rows over 8 panels so a decode  \
      * step still has 8 independent FMA chains. */                                \
     static INL T512 void rows_##S(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y,    \
-                                  size_t ldy, size_t p, size_t np, size_t k0, size_t k1, int first, int last) { \
+                                  size_t ldy, size_t p, size_t np, size_t k0, size_t k1, int first, int last, const char *pf) { \
         size_t t = 0;                                                                                 \
         if (np == 8) {                                                                                \
-            for (; t + 2 <= T; t += 2) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, k0, k1, first, last, 2, 8); \
-            if (t < T) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, k0, k1, first, last, 1, 8); \
+            for (; t + 2 <= T; t += 2) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, k0, k1, first, last, 2, 8, t ? NULL : pf); \
+            if (t < T) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, k0, k1, first, last, 1, 8, t ? NULL : pf); \
             return;                                                                                   \
         }                                                                                             \
         if (np == 1) {                                                                                \
-            for (; t + 6 <= T; t += 6) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, k0, k1, first, last, 6, 1); \
-            for (; t < T; t++) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, k0, k1, first, last, 1, 1); \
+            for (; t + 6 <= T; t += 6) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, k0, k1, first, last, 6, 1, NULL); \
+            for (; t < T; t++) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, k0, k1, first, last, 1, 1, NULL); \
             return;                                                                                   \
         }                                                                                             \
-        for (; t + 6 <= T; t += 6) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, k0, k1, first, last, 6, 4); \
+        for (; t + 6 <= T; t += 6) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, k0, k1, first, last, 6, 4, t ? NULL : pf); \
         const float *xt = x + t * ldx;                                                                \
         float *yt = y + t * ldy;                                                                      \
         switch (T - t) {                                                                              \
-        case 5: tile_##S(m, xt, ldx, yt, ldy, p, k0, k1, first, last, 5, 4); break;                   \
-        case 4: tile_##S(m, xt, ldx, yt, ldy, p, k0, k1, first, last, 4, 4); break;                   \
-        case 3: tile_##S(m, xt, ldx, yt, ldy, p, k0, k1, first, last, 3, 4); break;                   \
-        case 2: tile_##S(m, xt, ldx, yt, ldy, p, k0, k1, first, last, 2, 4); break;                   \
-        case 1: tile_##S(m, xt, ldx, yt, ldy, p, k0, k1, first, last, 1, 4); break;                   \
+        case 5: tile_##S(m, xt, ldx, yt, ldy, p, k0, k1, first, last, 5, 4, t ? NULL : pf); break;                   \
+        case 4: tile_##S(m, xt, ldx, yt, ldy, p, k0, k1, first, last, 4, 4, t ? NULL : pf); break;                   \
+        case 3: tile_##S(m, xt, ldx, yt, ldy, p, k0, k1, first, last, 3, 4, t ? NULL : pf); break;                   \
+        case 2: tile_##S(m, xt, ldx, yt, ldy, p, k0, k1, first, last, 2, 4, t ? NULL : pf); break;                   \
+        case 1: tile_##S(m, xt, ldx, yt, ldy, p, k0, k1, first, last, 1, 4, t ? NULL : pf); break;                   \
         default: break;                                                                               \
         }                                                                                             \
     }                                                                                                 \
@@ -88,7 +91,11 @@
             const size_t np = p + wide <= p1 ? wide : p + 4 <= p1 ? 4 : 1;                            \
             for (size_t k0 = 0; k0 < K; k0 += KB) {                                                   \
                 const size_t k1 = k0 + KB < K ? k0 + KB : K;                                          \
-                rows_##S(m, x, ldx, T, y, ldy, p, np, k0, k1, k0 == 0, k1 == K);                      \
+                /* next block: same panels further in k, else the next panels from k = 0 (if as wide) */ \
+                const size_t pn = k1 < K ? p : p + np, kn = k1 < K ? k1 : 0;                          \
+                const char *pf = pn + np <= p1 && kn + (k1 - k0) <= K                                 \
+                                     ? (const char *)((const TYPE *)m->w + (pn * K + kn) * CS_PANEL) : NULL; \
+                rows_##S(m, x, ldx, T, y, ldy, p, np, k0, k1, k0 == 0, k1 == K, pf);                  \
             }                                                                                         \
             p += np;                                                                                  \
         }                                                                                             \
@@ -110,7 +117,7 @@ DEFINE_TILE(f32, float, LOADW_F32, 128)
     }
 
 static INL T512 void tile_bf16(const cs_pmat *m, const float *x, size_t ldx, float *y, size_t ldy, size_t p,
-                               size_t j0, size_t j1, int first, int last, const int RT, const int CP) {
+                               size_t j0, size_t j1, int first, int last, const int RT, const int CP, const char *pf) {
     const size_t K = m->K, K2 = (K + 1) / 2;
     const uint16_t *w = (const uint16_t *)m->w + p * K2 * 32;
     const __m512i hi = _mm512_set1_epi32((int)0xFFFF0000u);
@@ -126,6 +133,8 @@ static INL T512 void tile_bf16(const cs_pmat *m, const float *x, size_t ldx, flo
                               : _mm512_maskz_loadu_ps(mk[c], y + (size_t)r * ldy + (p + (size_t)c) * CS_PANEL);
     for (size_t j = j0; j < j1; j++) {
         __m512i raw[4];
+        if (pf) /* the next weight block into L2, as in the fp32 tiles */
+            for (int c = 0; c < CP; c++) _mm_prefetch(pf + ((size_t)c * K2 + (j - j0)) * 64, _MM_HINT_T1);
         __m512 wv[4];
         for (int c = 0; c < CP; c++) raw[c] = _mm512_loadu_si512((const void *)(w + ((size_t)c * K2 + j) * 32));
         BF16_HALF(0, _mm512_castsi512_ps(_mm512_slli_epi32(raw[c], 16)))
@@ -148,8 +157,11 @@ static T512 void matmul_bf16(const cs_pmat *m, const float *x, size_t ldx, size_
         for (size_t j0 = 0; j0 < K2; j0 += JB) {
             const size_t j1 = j0 + JB < K2 ? j0 + JB : K2;
             const int first = j0 == 0, last = j1 == K2;
+            const size_t pn = j1 < K2 ? p : p + (size_t)np, jn = j1 < K2 ? j1 : 0;
+            const char *pf = np == 4 && pn + 4 <= p1 && jn + (j1 - j0) <= K2
+                                 ? (const char *)((const uint16_t *)m->w + (pn * K2 + jn) * 32) : NULL;
             size_t t = 0;
-#define TB(rt, cp) tile_bf16(m, x + t * ldx, ldx, y + t * ldy, ldy, p, j0, j1, first, last, rt, cp)
+#define TB(rt, cp) tile_bf16(m, x + t * ldx, ldx, y + t * ldy, ldy, p, j0, j1, first, last, rt, cp, t ? NULL : pf)
             if (np == 1) {
                 for (; t < T; t++) TB(1, 1);
                 continue;
@@ -175,7 +187,8 @@ static T512 void matmul_bf16(const cs_pmat *m, const float *x, size_t ldx, size_
  * sums between k-blocks are kept in y as int32 bits. */
 #define TVNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 static INL TVNNI void tile_vnni(const cs_pmat *m, const uint8_t *qu, size_t ldq, const float *sx, float *y, size_t ldy,
-                                size_t p, size_t kq0, size_t kq1, int first, int last, const int RT, const int CP) {
+                                size_t p, size_t kq0, size_t kq1, int first, int last, const int RT, const int CP,
+                                const char *pf) {
     const size_t K4 = ldq / 4;
     const int8_t *w = (const int8_t *)m->w + p * K4 * 64;
     __m512i acc[6][8];
@@ -190,6 +203,8 @@ static INL TVNNI void tile_vnni(const cs_pmat *m, const uint8_t *qu, size_t ldq,
                               : _mm512_maskz_loadu_epi32(mk[c], y + (size_t)r * ldy + (p + (size_t)c) * CS_PANEL);
     for (size_t kq = kq0; kq < kq1; kq++) {
         __m512i wv[8];
+        if (pf) /* the next weight block into L2, as in the fp32 tiles */
+            for (int c = 0; c < CP; c++) _mm_prefetch(pf + ((size_t)c * K4 + (kq - kq0)) * 64, _MM_HINT_T1);
         for (int c = 0; c < CP; c++) wv[c] = _mm512_loadu_si512((const void *)(w + ((size_t)c * K4 + kq) * 64));
         for (int r = 0; r < RT; r++) {
             int32_t xq4;
@@ -216,9 +231,11 @@ static INL TVNNI void tile_vnni(const cs_pmat *m, const uint8_t *qu, size_t ldq,
 }
 
 static INL TVNNI void rows_vnni(const cs_pmat *m, const uint8_t *qu, size_t ldq, const float *sx, size_t T, float *y,
-                                size_t ldy, size_t p, size_t np, size_t kq0, size_t kq1, int first, int last) {
+                                size_t ldy, size_t p, size_t np, size_t kq0, size_t kq1, int first, int last,
+                                const char *pf) {
     size_t t = 0;
-#define TV(rt, cp) tile_vnni(m, qu + t * ldq, ldq, sx + t, y + t * ldy, ldy, p, kq0, kq1, first, last, rt, cp)
+#define TV(rt, cp) tile_vnni(m, qu + t * ldq, ldq, sx + t, y + t * ldy, ldy, p, kq0, kq1, first, last, rt, cp, \
+                             t || cp == 1 ? NULL : pf)
     if (np == 8) {
         for (; t + 2 <= T; t += 2) TV(2, 8);
         if (t < T) TV(1, 8);
@@ -257,7 +274,9 @@ static TVNNI void matmul_i8_vnni(const cs_pmat *m, const float *x, size_t ldx, s
         const size_t np = p + wide <= p1 ? wide : p + 4 <= p1 ? 4 : 1;
         for (size_t kq0 = 0; kq0 < K4; kq0 += KQB) {
             const size_t kq1 = kq0 + KQB < K4 ? kq0 + KQB : K4;
-            rows_vnni(m, qu, ldq, sx, T, y, ldy, p, np, kq0, kq1, kq0 == 0, kq1 == K4);
+            const size_t pn = kq1 < K4 ? p : p + np, kn = kq1 < K4 ? kq1 : 0;
+            const char *pf = pn + np <= p1 && kn + (kq1 - kq0) <= K4 ? (const char *)m->w + (pn * K4 + kn) * 64 : NULL;
+            rows_vnni(m, qu, ldq, sx, T, y, ldy, p, np, kq0, kq1, kq0 == 0, kq1 == K4, pf);
         }
         p += np;
     }
