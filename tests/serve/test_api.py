@@ -682,6 +682,48 @@ def test_keep_alive(srv):
             assert buf.startswith(b"HTTP/1.1 200")
 
 
+def _threads(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("Threads:")).split()[1])
+
+
+def test_many_idle_connections(srv):
+    """Thousands of open keep-alive connections cost no thread each, and the server keeps serving."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 2000 + 300
+    if soft < want and (hard == resource.RLIM_INFINITY or hard >= want):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        soft = want
+    n = min(2000, soft - 300)
+    if n < 500:
+        pytest.skip(f"file descriptor limit {soft} too low for the test")
+    before = _threads(srv.proc.pid)
+    conns = []
+    try:
+        for i in range(n):
+            c = socket.create_connection(("127.0.0.1", srv.port), timeout=T)
+            conns.append(c)
+            if i % 50 == 0:  # some have been used once (keep-alive), the rest never sent a byte
+                c.sendall(b"GET /-/healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                buf = b""
+                while not buf.endswith(b"success"):
+                    chunk = c.recv(4096)
+                    assert chunk, f"connection {i} closed"
+                    buf += chunk
+                assert buf.startswith(b"HTTP/1.1 200")
+        assert _threads(srv.proc.pid) <= before + 2, (before, _threads(srv.proc.pid))
+        r = post(srv, "/v1/completions", {"prompt": "still serving", "max_tokens": 4, "temperature": 0})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4, r.text
+        # the oldest idle connection is still open and usable
+        conns[1].sendall(b"GET /-/healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert conns[1].recv(4096).startswith(b"HTTP/1.1 200")
+    finally:
+        for c in conns:
+            c.close()
+    assert srv.proc.poll() is None
+
+
 # ---------------------------------------------------------- slow requests
 
 def test_slow_client_cut_off(srv_distil):
