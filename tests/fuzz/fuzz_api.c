@@ -287,12 +287,10 @@ static cs_api *g_api[2]; /* [0]: no API key, [1]: key "sk-fuzz" */
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
     (void)argv;
-    char vocab[4096], merges[4096];
-    snprintf(vocab, sizeof vocab, "%s/tests/data/gpt2-tokenizer/vocab.json", fz_root());
-    snprintf(merges, sizeof merges, "%s/tests/data/gpt2-tokenizer/merges.txt", fz_root());
+    g_tok = fz_load_gpt2_tokenizer("fuzz_api");
     cs_err err = {{0}};
-    if (cs_tok_load(&g_tok, vocab, merges, &err) || cs_metrics_create(&g_metrics, &err)) {
-        fprintf(stderr, "fuzz_api: %s (run from the repository root or set CS_FUZZ_ROOT)\n", err.msg);
+    if (cs_metrics_create(&g_metrics, &err)) {
+        fprintf(stderr, "fuzz_api: %s\n", err.msg);
         exit(1);
     }
     g_net.cfg.n_positions = 1024;

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "engine/err.h"
+#include "engine/tokenizer.h"
 
 __attribute__((format(printf, 1, 2), noreturn)) static inline void fz_fail(const char *fmt, ...) {
     va_list ap;
@@ -62,6 +63,20 @@ static inline void fz_write_file(const char *path, const void *data, size_t n) {
 static inline const char *fz_root(void) {
     const char *r = getenv("CS_FUZZ_ROOT");
     return r && *r ? r : ".";
+}
+
+/* The real GPT-2 tokenizer from tests/data (exits when it cannot be loaded). */
+static inline cs_tok *fz_load_gpt2_tokenizer(const char *target) {
+    char vocab[4096], merges[4096];
+    snprintf(vocab, sizeof vocab, "%s/tests/data/gpt2-tokenizer/vocab.json", fz_root());
+    snprintf(merges, sizeof merges, "%s/tests/data/gpt2-tokenizer/merges.txt", fz_root());
+    cs_tok *t = NULL;
+    cs_err err = {{0}};
+    if (cs_tok_load(&t, vocab, merges, &err)) {
+        fprintf(stderr, "%s: %s (run from the repository root or set CS_FUZZ_ROOT)\n", target, err.msg);
+        exit(1);
+    }
+    return t;
 }
 
 /* A failed call must leave a non-empty, NUL-terminated message. */

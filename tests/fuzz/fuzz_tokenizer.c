@@ -25,14 +25,7 @@ static const char k_eot[] = "<|endoftext|>";
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
     (void)argv;
-    char vocab[4096], merges[4096];
-    snprintf(vocab, sizeof vocab, "%s/tests/data/gpt2-tokenizer/vocab.json", fz_root());
-    snprintf(merges, sizeof merges, "%s/tests/data/gpt2-tokenizer/merges.txt", fz_root());
-    cs_err err = {{0}};
-    if (cs_tok_load(&g_tok, vocab, merges, &err)) {
-        fprintf(stderr, "fuzz_tokenizer: %s (run from the repository root or set CS_FUZZ_ROOT)\n", err.msg);
-        exit(1);
-    }
+    g_tok = fz_load_gpt2_tokenizer("fuzz_tokenizer");
     return 0;
 }
 
