@@ -100,7 +100,7 @@ bench-serving: all models
 # Fails when any target finds a crash, leak, timeout or broken invariant (input in build/fuzz/artifacts-*/).
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 30
-FUZZ_TARGETS ?= safetensors tokenizer tok_load config api hub_ref
+FUZZ_TARGETS ?= safetensors tokenizer tok_load config api hub_ref sampler
 FUZZ_DIR     := build/fuzz
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_CFLAGS  := -g -O1 -std=c11 -D_GNU_SOURCE -Isrc $(PKG_CFLAGS) -Wall -Wextra
