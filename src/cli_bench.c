@@ -34,12 +34,10 @@ static void usage(FILE *f) {
 static int32_t bench_id(int i) { return (int32_t)(((long)i * 7919 + 13) % 50000); }
 
 /* Greedy choice through the sampler, as a server's greedy request makes it. */
-static cs_sampler greedy_smp;
-static int argmax(const float *x, size_t n) {
+static int32_t greedy_pick(cs_sampler *s, float *logits) {
     static const cs_sample_params greedy = {.do_sample = 0, .temperature = 1, .top_k = 0, .top_p = 1,
                                             .repetition_penalty = 1};
-    (void)n;
-    return (int)cs_sampler_pick(&greedy_smp, &greedy, (float *)x, NULL, 0, NULL);
+    return cs_sampler_pick(s, &greedy, logits, NULL, 0, NULL);
 }
 
 static int fail(const cs_err *err) {
@@ -82,7 +80,8 @@ int cs_cmd_bench(int argc, char **argv) {
     if (cs_pool_create(&pool, threads, &err)) return fail(&err);
     const cs_gpt2 *net = m->net;
     const size_t V = (size_t)net->cfg.vocab_size;
-    if (cs_sampler_init(&greedy_smp, V, &err)) return fail(&err);
+    cs_sampler smp;
+    if (cs_sampler_init(&smp, V, &err)) return fail(&err);
     if (prompt_len + 1 > net->cfg.n_positions || 16 + gen > net->cfg.n_positions) {
         fprintf(stderr, "cserve bench: prompt/gen exceed the model's %d positions\n", net->cfg.n_positions);
         return 2;
@@ -125,14 +124,14 @@ int cs_cmd_bench(int argc, char **argv) {
             if (cs_gpt2_kv_init(&kv[b], net, 16 + gen, &err)) return fail(&err);
             cs_gpt2_seq q = {.kv = &kv[b], .tokens = ids, .n = 16, .logits = logits};
             if (cs_gpt2_step(net, &ws, &q, 1, &err)) return fail(&err);
-            next[b] = argmax(logits, V);
+            next[b] = greedy_pick(&smp, logits);
         }
         t0 = now_s();
         for (int g = 0; g < gen; g++) {
             for (int b = 0; b < B; b++)
                 sq[b] = (cs_gpt2_seq){.kv = &kv[b], .tokens = &next[b], .n = 1, .logits = logits + (size_t)b * V};
             if (cs_gpt2_step(net, &ws, sq, B, &err)) return fail(&err);
-            for (int b = 0; b < B; b++) next[b] = argmax(logits + (size_t)b * V, V);
+            for (int b = 0; b < B; b++) next[b] = greedy_pick(&smp, logits + (size_t)b * V);
         }
         const double dt = now_s() - t0;
         printf("%s\"%d\": %.2f", first ? "" : ", ", B, (double)B * gen / dt);
@@ -151,7 +150,7 @@ int cs_cmd_bench(int argc, char **argv) {
     free(logits);
     free(ids);
     cs_pool_free(pool);
-    cs_sampler_free(&greedy_smp);
+    cs_sampler_free(&smp);
     cs_model_free(m);
     return 0;
 }

@@ -149,13 +149,13 @@ def descendants(roots):
         f = stat_fields(pid)
         if f:
             children.setdefault(f[0], []).append(pid)
-    out, todo = set(), list(roots)
-    while todo:
-        p = todo.pop()
+    out, pending = set(), list(roots)
+    while pending:
+        p = pending.pop()
         if p in out:
             continue
         out.add(p)
-        todo.extend(children.get(p, []))
+        pending.extend(children.get(p, []))
     return out
 
 

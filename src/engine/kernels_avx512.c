@@ -12,6 +12,21 @@
 
 #define LOADW_F32(p) _mm512_loadu_ps((const float *)(p))
 
+/* Every packed format stores a panel as R rows of 64 bytes (fp32: one k, bf16:
+ * a k pair, int8: a k quad). The weight block after rows [r0, r1) of panels
+ * [p, p + np) is the same panels further on, else the next np panels from row
+ * 0; NULL past p1 or where that block would be shorter. */
+static INL const char *next_block(const void *w, size_t R, size_t p, size_t np, size_t p1, size_t r0, size_t r1) {
+    const size_t pn = r1 < R ? p : p + np, rn = r1 < R ? r1 : 0;
+    return pn + np <= p1 && rn + (r1 - r0) <= R ? (const char *)w + (pn * R + rn) * 64 : NULL;
+}
+
+/* Row i of each of the CP panels of the block at pf, into L2 (the tiles call it
+ * once per row while they work on the block before it). */
+static INL void prefetch_rows(const char *pf, size_t R, int CP, size_t i) {
+    for (int c = 0; c < CP; c++) _mm_prefetch(pf + ((size_t)c * R + i) * 64, _MM_HINT_T1);
+}
+
 /* Register tile: RT rows of x times CP panels (16 columns each) over k in
  * [k0, k1). Accumulators start at zero (first) or from the partial sums left in
  * y by the previous k-block; the last block applies scale and bias. Every
@@ -35,9 +50,7 @@
                                   : _mm512_maskz_loadu_ps(mk[c], y + (size_t)r * ldy + (p + (size_t)c) * CS_PANEL); \
         for (size_t k = k0; k < k1; k++) {                                                            \
             __m512 wv[8];                                                                             \
-            if (pf) /* the next weight block, one line per panel and k, into L2 */                    \
-                for (int c = 0; c < CP; c++)                                                          \
-                    _mm_prefetch(pf + ((size_t)c * K + (k - k0)) * CS_PANEL * sizeof(TYPE), _MM_HINT_T1); \
+            if (pf) prefetch_rows(pf, K, CP, k - k0);                                                 \
             for (int c = 0; c < CP; c++) wv[c] = LOADW(w + ((size_t)c * K + k) * CS_PANEL);           \
             for (int r = 0; r < RT; r++) {                                                            \
                 const __m512 xb = _mm512_set1_ps(x[(size_t)r * ldx + k]);                             \
@@ -91,11 +104,8 @@
             const size_t np = p + wide <= p1 ? wide : p + 4 <= p1 ? 4 : 1;                            \
             for (size_t k0 = 0; k0 < K; k0 += KB) {                                                   \
                 const size_t k1 = k0 + KB < K ? k0 + KB : K;                                          \
-                /* next block: same panels further in k, else the next panels from k = 0 (if as wide) */ \
-                const size_t pn = k1 < K ? p : p + np, kn = k1 < K ? k1 : 0;                          \
-                const char *pf = pn + np <= p1 && kn + (k1 - k0) <= K                                 \
-                                     ? (const char *)((const TYPE *)m->w + (pn * K + kn) * CS_PANEL) : NULL; \
-                rows_##S(m, x, ldx, T, y, ldy, p, np, k0, k1, k0 == 0, k1 == K, pf);                  \
+                rows_##S(m, x, ldx, T, y, ldy, p, np, k0, k1, k0 == 0, k1 == K,                       \
+                         next_block(m->w, K, p, np, p1, k0, k1));                                      \
             }                                                                                         \
             p += np;                                                                                  \
         }                                                                                             \
@@ -133,8 +143,7 @@ static INL T512 void tile_bf16(const cs_pmat *m, const float *x, size_t ldx, flo
                               : _mm512_maskz_loadu_ps(mk[c], y + (size_t)r * ldy + (p + (size_t)c) * CS_PANEL);
     for (size_t j = j0; j < j1; j++) {
         __m512i raw[4];
-        if (pf) /* the next weight block into L2, as in the fp32 tiles */
-            for (int c = 0; c < CP; c++) _mm_prefetch(pf + ((size_t)c * K2 + (j - j0)) * 64, _MM_HINT_T1);
+        if (pf) prefetch_rows(pf, K2, CP, j - j0);
         __m512 wv[4];
         for (int c = 0; c < CP; c++) raw[c] = _mm512_loadu_si512((const void *)(w + ((size_t)c * K2 + j) * 32));
         BF16_HALF(0, _mm512_castsi512_ps(_mm512_slli_epi32(raw[c], 16)))
@@ -157,9 +166,7 @@ static T512 void matmul_bf16(const cs_pmat *m, const float *x, size_t ldx, size_
         for (size_t j0 = 0; j0 < K2; j0 += JB) {
             const size_t j1 = j0 + JB < K2 ? j0 + JB : K2;
             const int first = j0 == 0, last = j1 == K2;
-            const size_t pn = j1 < K2 ? p : p + (size_t)np, jn = j1 < K2 ? j1 : 0;
-            const char *pf = np == 4 && pn + 4 <= p1 && jn + (j1 - j0) <= K2
-                                 ? (const char *)((const uint16_t *)m->w + (pn * K2 + jn) * 32) : NULL;
+            const char *pf = np == 4 ? next_block(m->w, K2, p, 4, p1, j0, j1) : NULL;
             size_t t = 0;
 #define TB(rt, cp) tile_bf16(m, x + t * ldx, ldx, y + t * ldy, ldy, p, j0, j1, first, last, rt, cp, t ? NULL : pf)
             if (np == 1) {
@@ -203,8 +210,7 @@ static INL TVNNI void tile_vnni(const cs_pmat *m, const uint8_t *qu, size_t ldq,
                               : _mm512_maskz_loadu_epi32(mk[c], y + (size_t)r * ldy + (p + (size_t)c) * CS_PANEL);
     for (size_t kq = kq0; kq < kq1; kq++) {
         __m512i wv[8];
-        if (pf) /* the next weight block into L2, as in the fp32 tiles */
-            for (int c = 0; c < CP; c++) _mm_prefetch(pf + ((size_t)c * K4 + (kq - kq0)) * 64, _MM_HINT_T1);
+        if (pf) prefetch_rows(pf, K4, CP, kq - kq0);
         for (int c = 0; c < CP; c++) wv[c] = _mm512_loadu_si512((const void *)(w + ((size_t)c * K4 + kq) * 64));
         for (int r = 0; r < RT; r++) {
             int32_t xq4;
@@ -274,9 +280,8 @@ static TVNNI void matmul_i8_vnni(const cs_pmat *m, const float *x, size_t ldx, s
         const size_t np = p + wide <= p1 ? wide : p + 4 <= p1 ? 4 : 1;
         for (size_t kq0 = 0; kq0 < K4; kq0 += KQB) {
             const size_t kq1 = kq0 + KQB < K4 ? kq0 + KQB : K4;
-            const size_t pn = kq1 < K4 ? p : p + np, kn = kq1 < K4 ? kq1 : 0;
-            const char *pf = pn + np <= p1 && kn + (kq1 - kq0) <= K4 ? (const char *)m->w + (pn * K4 + kn) * 64 : NULL;
-            rows_vnni(m, qu, ldq, sx, T, y, ldy, p, np, kq0, kq1, kq0 == 0, kq1 == K4, pf);
+            rows_vnni(m, qu, ldq, sx, T, y, ldy, p, np, kq0, kq1, kq0 == 0, kq1 == K4,
+                      next_block(m->w, K4, p, np, p1, kq0, kq1));
         }
         p += np;
     }

@@ -82,15 +82,15 @@ void cs_sampler_repetition_penalty(cs_sampler *s, float *scores, const int32_t *
         if (hist[i] >= 0 && (size_t)hist[i] < s->V) s->seen[hist[i]] = 0;
 }
 
-void cs_sampler_temperature(float *scores, size_t V, float t) {
-    if (t == 1.0f || V == 0) return;
-    float mx = scores[0], mn = scores[0];
+/* Smallest and largest of x[0..n), n >= 1 (NaN-free input). */
+static void min_max(const float *x, size_t n, float *mn_out, float *mx_out) {
+    float mx = x[0], mn = x[0];
     size_t i0 = 1;
 #ifdef CS_SSE2
-    if (V >= 8) {
-        __m128 a = _mm_loadu_ps(scores), b = a, c = a, d = a;
-        for (i0 = 0; i0 + 8 <= V; i0 += 8) {
-            const __m128 u = _mm_loadu_ps(scores + i0), v = _mm_loadu_ps(scores + i0 + 4);
+    if (n >= 8) {
+        __m128 a = _mm_loadu_ps(x), b = a, c = a, d = a;
+        for (i0 = 0; i0 + 8 <= n; i0 += 8) {
+            const __m128 u = _mm_loadu_ps(x + i0), v = _mm_loadu_ps(x + i0 + 4);
             a = _mm_max_ps(a, u), b = _mm_max_ps(b, v), c = _mm_min_ps(c, u), d = _mm_min_ps(d, v);
         }
         float hi[4], lo[4];
@@ -99,10 +99,18 @@ void cs_sampler_temperature(float *scores, size_t V, float t) {
         for (int j = 0; j < 4; j++) mx = hi[j] > mx ? hi[j] : mx, mn = lo[j] < mn ? lo[j] : mn;
     }
 #endif
-    for (size_t i = i0; i < V; i++) {
-        mx = scores[i] > mx ? scores[i] : mx;
-        mn = scores[i] < mn ? scores[i] : mn;
+    for (size_t i = i0; i < n; i++) {
+        mx = x[i] > mx ? x[i] : mx;
+        mn = x[i] < mn ? x[i] : mn;
     }
+    *mn_out = mn;
+    *mx_out = mx;
+}
+
+void cs_sampler_temperature(float *scores, size_t V, float t) {
+    if (t == 1.0f || V == 0) return;
+    float mn, mx;
+    min_max(scores, V, &mn, &mx);
     if (mn == -INFINITY || mx == INFINITY) { /* filtered scores: the exact range of the finite ones */
         mx = -INFINITY, mn = INFINITY;
         for (size_t i = 0; i < V; i++)
@@ -243,24 +251,10 @@ void cs_sampler_top_p(cs_sampler *s, float *scores, float top_p) {
 
 /* First index of the maximum (NaN-free input). */
 static size_t first_argmax(const float *x, size_t n) {
-    float mx = n ? x[0] : 0;
+    if (n == 0) return 0;
+    float mn, mx;
+    min_max(x, n, &mn, &mx);
     size_t i = 0;
-#ifdef CS_SSE2
-    if (n >= 16) {
-        __m128 m0 = _mm_loadu_ps(x), m1 = m0, m2 = m0, m3 = m0;
-        for (; i + 16 <= n; i += 16) {
-            m0 = _mm_max_ps(m0, _mm_loadu_ps(x + i));
-            m1 = _mm_max_ps(m1, _mm_loadu_ps(x + i + 4));
-            m2 = _mm_max_ps(m2, _mm_loadu_ps(x + i + 8));
-            m3 = _mm_max_ps(m3, _mm_loadu_ps(x + i + 12));
-        }
-        float m[4];
-        _mm_storeu_ps(m, _mm_max_ps(_mm_max_ps(m0, m1), _mm_max_ps(m2, m3)));
-        for (int j = 0; j < 4; j++) mx = m[j] > mx ? m[j] : mx;
-    }
-#endif
-    for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
-    i = 0;
 #ifdef CS_SSE2
     const __m128 mv = _mm_set1_ps(mx);
     for (; i + 8 <= n; i += 8)

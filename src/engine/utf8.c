@@ -53,7 +53,7 @@ size_t cs_utf8_complete_prefix(const char *s, size_t n) {
         unsigned c = u[n - back];
         if ((c & 0xC0) == 0x80) continue; /* continuation: keep looking */
         if (c < 0xC2 || c > 0xF4) break;  /* ASCII, or never a lead byte: nothing to wait for */
-        size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+        size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
         if (need > back) {
             size_t bad;
             /* Hold back only if what is there so far is a valid beginning. */
