@@ -22,6 +22,8 @@
 #include "hub/hub.h"
 #include "http/http.h"
 #include "serve/api.h"
+#include "serve/config.h"
+#include "serve/controller.h"
 #include "serve/metrics.h"
 #include "serve/sched.h"
 
@@ -48,7 +50,13 @@ static void usage(FILE *f) {
             "  --dtype fp32|bf16|int8           weight format (default fp32)\n"
             "  --threads N                      compute threads (default: CPUs available)\n"
             "  --api-key-file F                 API keys, one per line; also CSERVE_API_KEYS=k1,k2\n"
-            "  --no-access-log                  no per-request log lines on stderr\n");
+            "  --no-access-log                  no per-request log lines on stderr\n\n"
+            "cserve serve --config FILE | cserve serve FILE: a Ray Serve config (YAML or JSON) or a RayService\n"
+            "manifest: several applications, replicas as processes, the admin API (serve deploy/status/...).\n"
+            "  --host ADDR --port N             proxy listener (default: the config's http_options)\n"
+            "  --admin-host ADDR                admin API address (default 127.0.0.1)\n"
+            "  --admin-port N                   admin API port (default 8265; 0: any free port)\n"
+            "  --api-key-file F, --no-access-log, --graceful-shutdown-timeout-s S  as above\n");
 }
 
 static int parse_num(const char *opt, const char *s, double lo, double hi, double *out) {
@@ -155,9 +163,71 @@ static int raise_nofile(void) {
     return conn < 16 ? 16 : (int)conn;
 }
 
+typedef struct cp_serve_opts {
+    const char *config, *host, *admin_host, *key_file;
+    int port, admin_port, access_log;
+    double grace;
+} cp_serve_opts;
+
+/* cserve serve --config FILE: controller + proxy + admin API, replicas as
+ * child processes (src/serve/controller.h). */
+static int serve_config(const cp_serve_opts *so) {
+    cs_err err = {{0}};
+    cs_scfg *cfg = NULL;
+    if (cs_scfg_load_file(&cfg, so->config, &err)) {
+        fprintf(stderr, "cserve serve: %s\n", err.msg);
+        return 2;
+    }
+    int bad = 0;
+    for (size_t i = 0; i < cfg->n_apps; i++)
+        if (cfg->apps[i].error[0]) {
+            fprintf(stderr, "cserve serve: %s: application '%s': %s\n", so->config, cfg->apps[i].name,
+                    cfg->apps[i].error);
+            bad = 1;
+        }
+    if (bad) {
+        cs_scfg_free(cfg);
+        return 2;
+    }
+    keys k = {0};
+    if (so->key_file && keys_load_file(&k, so->key_file)) {
+        cs_scfg_free(cfg);
+        return 2;
+    }
+    const char *env_keys = getenv("CSERVE_API_KEYS");
+    if (env_keys && keys_add(&k, env_keys, ",", "CSERVE_API_KEYS")) {
+        keys_free(&k);
+        cs_scfg_free(cfg);
+        return 2;
+    }
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    raise_nofile();
+    cs_ctl_opts co = {.host = so->host, .port = so->port, .admin_host = so->admin_host, .admin_port = so->admin_port,
+                      .api_keys = (const char *const *)k.v, .n_api_keys = k.n, .access_log = so->access_log};
+    cs_ctl *ctl = NULL;
+    int rc = cs_ctl_start(&ctl, &co, cfg, &err);
+    keys_free(&k);
+    if (rc) {
+        cs_api_log("error", "%s", err.msg);
+        return 1;
+    }
+    int sig = 0;
+    while (sigwait(&sigs, &sig) != 0) {
+    }
+    cs_api_log("info", "signal %d: draining (up to %.0f s)", sig, so->grace);
+    cs_ctl_stop(ctl, so->grace);
+    cs_api_log("info", "stopped");
+    return 0;
+}
+
 int cs_cmd_serve(int argc, char **argv) {
     enum { O_HOST = 256, O_PORT, O_PREFIX, O_ONGOING, O_QUEUED, O_RTO, O_KATO, O_GRACE, O_DTYPE, O_THREADS, O_KEYS,
-           O_NOLOG };
+           O_NOLOG, O_CONFIG, O_AHOST, O_APORT };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},
         {"host", required_argument, 0, O_HOST},
@@ -172,20 +242,25 @@ int cs_cmd_serve(int argc, char **argv) {
         {"threads", required_argument, 0, O_THREADS},
         {"api-key-file", required_argument, 0, O_KEYS},
         {"no-access-log", no_argument, 0, O_NOLOG},
+        {"config", required_argument, 0, O_CONFIG},
+        {"admin-host", required_argument, 0, O_AHOST},
+        {"admin-port", required_argument, 0, O_APORT},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
     const char *model = SERVE_DEFAULT_MODEL, *host = "0.0.0.0", *prefix = "/", *key_file = NULL;
     double port = 8000, ongoing = 32, queued = 256, rto = 60, kato = 90, grace = 20, threads = 0;
-    int access_log = 1, c;
+    int access_log = 1, c, port_set = 0, host_set = 0;
+    const char *config = NULL, *admin_host = "127.0.0.1";
+    double admin_port = 8265;
     cs_gpt2_opts mopts = {0};
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:h", opts, NULL)) != -1) {
         int bad = 0;
         switch (c) {
         case 'm': model = optarg; break;
-        case O_HOST: host = optarg; break;
-        case O_PORT: bad = parse_num("--port", optarg, 0, 65535, &port); break;
+        case O_HOST: host = optarg, host_set = 1; break;
+        case O_PORT: bad = parse_num("--port", optarg, 0, 65535, &port), port_set = 1; break;
         case O_PREFIX: prefix = optarg; break;
         case O_ONGOING: bad = parse_num("--max-ongoing-requests", optarg, 1, 4096, &ongoing); break;
         case O_QUEUED: bad = parse_num("--max-queued-requests", optarg, 0, 1 << 20, &queued); break;
@@ -201,10 +276,24 @@ int cs_cmd_serve(int argc, char **argv) {
         case O_THREADS: bad = parse_num("--threads", optarg, 1, 1024, &threads); break;
         case O_KEYS: key_file = optarg; break;
         case O_NOLOG: access_log = 0; break;
+        case O_CONFIG: config = optarg; break;
+        case O_AHOST: admin_host = optarg; break;
+        case O_APORT: bad = parse_num("--admin-port", optarg, 0, 65535, &admin_port); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
         if (bad) return 2;
+    }
+    if (!config && optind + 1 == argc) config = argv[optind++];
+    if (config) {
+        cp_serve_opts so = {.config = config, .host = host_set ? host : NULL, .port = port_set ? (int)port : -1,
+                            .admin_host = admin_host, .admin_port = (int)admin_port, .key_file = key_file,
+                            .access_log = access_log, .grace = grace};
+        if (optind != argc) {
+            fprintf(stderr, "cserve serve: unexpected argument '%s'\n", argv[optind]);
+            return 2;
+        }
+        return serve_config(&so);
     }
     if (optind != argc) {
         fprintf(stderr, "cserve serve: unexpected argument '%s'\n", argv[optind]);

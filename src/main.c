@@ -18,6 +18,11 @@
 
 int cs_cmd_bench(int argc, char **argv); /* cli_bench.c */
 int cs_cmd_serve(int argc, char **argv); /* cli_serve.c */
+int cs_cmd_replica(int argc, char **argv); /* cli_replica.c */
+int cs_cmd_deploy(int argc, char **argv);   /* cli_ctl.c */
+int cs_cmd_status(int argc, char **argv);   /* cli_ctl.c */
+int cs_cmd_config(int argc, char **argv);   /* cli_ctl.c */
+int cs_cmd_shutdown(int argc, char **argv); /* cli_ctl.c */
 
 static void usage_main(FILE *f) {
     fprintf(f,
@@ -28,6 +33,10 @@ static void usage_main(FILE *f) {
             "  pull MODEL                              download a model from the Hugging Face Hub\n"
             "  serve [--model M] [options]             HTTP server (simple-gen, OpenAI completions)\n"
             "  bench --model DIR [options]             engine benchmark, printed as JSON\n"
+            "  deploy [-a URL] FILE                    send a Serve config to a running server's admin API\n"
+            "  status [-a URL] [-n APP]                applications' and deployments' statuses, as YAML\n"
+            "  config [-a URL] [-n APP]                the config each application was deployed with\n"
+            "  shutdown [-a URL] [-y]                  delete every application on the server\n"
             "  version                                 print the version\n\n"
             "Run 'cserve <command> --help' for the options of a command.\n");
 }
@@ -431,6 +440,11 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "pull") == 0) return cmd_pull(argc - 1, argv + 1);
     if (strcmp(cmd, "bench") == 0) return cs_cmd_bench(argc - 1, argv + 1);
     if (strcmp(cmd, "serve") == 0) return cs_cmd_serve(argc - 1, argv + 1);
+    if (strcmp(cmd, "replica") == 0) return cs_cmd_replica(argc - 1, argv + 1);
+    if (strcmp(cmd, "deploy") == 0) return cs_cmd_deploy(argc - 1, argv + 1);
+    if (strcmp(cmd, "status") == 0) return cs_cmd_status(argc - 1, argv + 1);
+    if (strcmp(cmd, "config") == 0) return cs_cmd_config(argc - 1, argv + 1);
+    if (strcmp(cmd, "shutdown") == 0) return cs_cmd_shutdown(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         puts("cserve " CS_VERSION);
         return 0;

@@ -26,6 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -563,24 +565,52 @@ static void *wd_main(void *arg) {
 
 /* --------------------------------------------------------------- server */
 
+/* A listening Unix socket at path (mode 0600), or -1 with err. */
+static int unix_listen(const char *path, cs_err *err) {
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sa.sun_path) return cs_err_set(err, "http: socket path too long: %s", path);
+    strcpy(sa.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return cs_err_set(err, "http: socket: %s", strerror(errno));
+    unlink(path);
+    mode_t old = umask(077);
+    int rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
+    umask(old);
+    if (rc != 0 || listen(fd, CS_HTTP_LISTEN_BACKLOG) != 0) {
+        cs_err_set(err, "http: cannot listen on %s: %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 int cs_http_start(cs_http **out, const cs_http_opts *o, const cs_http_handlers *h, cs_err *err) {
     *out = NULL;
     if (!h || !h->request) return cs_err_set(err, "http: no request handler");
-    if (o->port < 0 || o->port > 65535) return cs_err_set(err, "http: port %d out of range [0, 65535]", o->port);
+    int lfd = -1, v6 = 0;
     const char *host = o->host && *o->host ? o->host : "0.0.0.0";
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *ai = NULL;
-    int gai = getaddrinfo(host, NULL, &hints, &ai);
-    if (gai != 0 || !ai) return cs_err_set(err, "http: cannot resolve host '%s': %s", host, gai_strerror(gai));
     struct sockaddr_storage addr;
     memset(&addr, 0, sizeof addr);
-    memcpy(&addr, ai->ai_addr, ai->ai_addrlen);
-    const int v6 = ai->ai_family == AF_INET6;
-    freeaddrinfo(ai);
-    if (v6) ((struct sockaddr_in6 *)&addr)->sin6_port = htons((uint16_t)o->port);
-    else ((struct sockaddr_in *)&addr)->sin_port = htons((uint16_t)o->port);
+    if (o->unix_path) {
+        if ((lfd = unix_listen(o->unix_path, err)) < 0) return -1;
+        host = o->unix_path;
+    } else {
+        if (o->port < 0 || o->port > 65535) return cs_err_set(err, "http: port %d out of range [0, 65535]", o->port);
+        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *ai = NULL;
+        int gai = getaddrinfo(host, NULL, &hints, &ai);
+        if (gai != 0 || !ai) return cs_err_set(err, "http: cannot resolve host '%s': %s", host, gai_strerror(gai));
+        memcpy(&addr, ai->ai_addr, ai->ai_addrlen);
+        v6 = ai->ai_family == AF_INET6;
+        freeaddrinfo(ai);
+        if (v6) ((struct sockaddr_in6 *)&addr)->sin6_port = htons((uint16_t)o->port);
+        else ((struct sockaddr_in *)&addr)->sin_port = htons((uint16_t)o->port);
+    }
 
     cs_http *s = calloc(1, sizeof *s);
-    if (!s) return cs_err_set(err, "out of memory");
+    if (!s) {
+        if (lfd >= 0) close(lfd);
+        return cs_err_set(err, "out of memory");
+    }
     s->h = *h;
     s->req_timeout = o->request_timeout_s > 0 ? o->request_timeout_s : 60;
     s->ka_timeout = o->keep_alive_timeout_s > 0 ? o->keep_alive_timeout_s : 90;
@@ -588,17 +618,29 @@ int cs_http_start(cs_http **out, const cs_http_opts *o, const cs_http_handlers *
     const unsigned max_conn = (unsigned)(o->max_connections > 0 ? o->max_connections : CS_HTTP_MAX_CONNECTIONS);
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     if (v6) flags |= MHD_USE_IPv6;
-    s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_access, s,
-                            MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s, /* first, to catch every message */
-                            MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-                            MHD_OPTION_CONNECTION_LIMIT, max_conn,
-                            MHD_OPTION_CONNECTION_TIMEOUT, secs_ceil(s->ka_timeout),
-                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CS_HTTP_CONN_MEMORY,
-                            MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)CS_HTTP_LISTEN_BACKLOG,
-                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                            MHD_OPTION_END);
+    /* the listening socket: a Unix one of ours, or an address for libmicrohttpd to bind */
+    const enum MHD_OPTION lopt = lfd >= 0 ? MHD_OPTION_LISTEN_SOCKET : MHD_OPTION_SOCK_ADDR;
+    s->d = lfd >= 0 ? MHD_start_daemon(flags, 0, NULL, NULL, on_access, s,
+                                       MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
+                                       lopt, (MHD_socket)lfd,
+                                       MHD_OPTION_CONNECTION_LIMIT, max_conn,
+                                       MHD_OPTION_CONNECTION_TIMEOUT, secs_ceil(s->ka_timeout),
+                                       MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CS_HTTP_CONN_MEMORY,
+                                       MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                                       MHD_OPTION_END)
+                    : MHD_start_daemon(flags, 0, NULL, NULL, on_access, s,
+                                       MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s, /* first, to catch every message */
+                                       lopt, (struct sockaddr *)&addr,
+                                       MHD_OPTION_CONNECTION_LIMIT, max_conn,
+                                       MHD_OPTION_CONNECTION_TIMEOUT, secs_ceil(s->ka_timeout),
+                                       MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CS_HTTP_CONN_MEMORY,
+                                       MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)CS_HTTP_LISTEN_BACKLOG,
+                                       MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                                       MHD_OPTION_END);
     if (!s->d) {
-        cs_err_set(err, "http: cannot listen on %s:%d (address in use or not available)", host, o->port);
+        if (lfd >= 0) close(lfd);
+        if (lfd >= 0) cs_err_set(err, "http: cannot serve on %s", host);
+        else cs_err_set(err, "http: cannot listen on %s:%d (address in use or not available)", host, o->port);
         pthread_mutex_destroy(&s->mu);
         free(s);
         return -1;

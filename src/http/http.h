@@ -92,6 +92,8 @@ typedef struct cs_http_opts {
     double request_timeout_s;   /* <= 0: 60 */
     double keep_alive_timeout_s;/* <= 0: 90 */
     int max_connections;        /* <= 0: CS_HTTP_MAX_CONNECTIONS */
+    const char *unix_path;      /* non-NULL: listen on this Unix socket instead (host/port
+                                   ignored; an existing file there is replaced; mode 0600) */
 } cs_http_opts;
 
 /* Binds, listens and starts the server thread. h's handlers are copied. */

@@ -1,16 +1,6 @@
-/* cs_api: see api.h.
- *
- * One HTTP request -> one areq (the cs_http request's application data, freed
- * with it). A generation request becomes one scheduler request per prompt
- * (asub), each with n sequences (aseq, one per output choice). The scheduler's
- * callbacks (engine thread) append token bytes, look for stop strings, stream
- * chunks, and on the last final event answer the HTTP request.
- *
- * Locking: a->lock (read) guards the scheduler pointer for submit/cancel and
- * is always taken before q->mu; engine callbacks take q->mu only (never
- * a->lock), so cs_api_detach (write) cannot deadlock with them. Each active
- * asub holds a reference on the HTTP request, dropped after its final event
- * with q->mu released. */
+/* cs_api: see api.h; the files and locking are described in api_internal.h.
+ * This file: dispatch (routing, authentication, request ids, error replies),
+ * /-/healthz, /-/routes, /metrics, the access log and the life cycle. */
 #include "serve/api.h"
 
 #include <ctype.h>
@@ -24,176 +14,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/random.h>
 #include <time.h>
 
 #include "engine/utf8.h"
-
-enum { ST_LOADING, ST_READY, ST_DRAINING };
-enum { K_PLAIN, K_V1 };
-
-struct cs_api {
-    char *model_name, *model_arg, *prefix, *app_name; /* prefix: "" for "/" */
-    char **keys;
-    size_t *key_len, n_keys;
-    int access_log;
-    cs_metrics *metrics;
-    _Atomic int state;
-    pthread_rwlock_t lock; /* guards m and s */
-    const cs_model *m;
-    cs_sched *s;
-    int n_ctx;
-    size_t max_tok_bytes;
-    uint64_t rid_base;
-    _Atomic uint64_t rid_ctr;
-    long long created;
-};
-
-/* ------------------------------------------------------------- helpers */
-
-typedef struct sb {
-    char *p;
-    size_t n, cap;
-    int oom;
-} sb;
-
-static void sb_put(sb *b, const char *s, size_t n) {
-    if (b->oom) return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *np = realloc(b->p, cap);
-        if (!np) {
-            b->oom = 1;
-            return;
-        }
-        b->p = np;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
-static void sb_puts(sb *b, const char *s) { sb_put(b, s, strlen(s)); }
-
-__attribute__((format(printf, 2, 3))) static void sb_printf(sb *b, const char *fmt, ...) {
-    char tmp[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int k = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (k < 0) return;
-    sb_put(b, tmp, (size_t)k < sizeof tmp ? (size_t)k : sizeof tmp - 1);
-}
-
-/* A JSON string literal for valid UTF-8 s. */
-static void sb_json_str(sb *b, const char *s, size_t n) {
-    static const char hex[] = "0123456789abcdef";
-    sb_put(b, "\"", 1);
-    size_t run = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\') continue;
-        sb_put(b, s + run, i - run);
-        run = i + 1;
-        switch (c) {
-        case '"': sb_put(b, "\\\"", 2); break;
-        case '\\': sb_put(b, "\\\\", 2); break;
-        case '\n': sb_put(b, "\\n", 2); break;
-        case '\r': sb_put(b, "\\r", 2); break;
-        case '\t': sb_put(b, "\\t", 2); break;
-        default: {
-            char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-            sb_put(b, e, 6);
-        }
-        }
-    }
-    sb_put(b, s + run, n - run);
-    sb_put(b, "\"", 1);
-}
-
-static void ts_now(char *out, size_t cap) {
-    struct timespec ts;
-    struct tm tm;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    snprintf(out, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-             tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ts.tv_nsec / 1000000L) % 1000);
-}
-
-/* Writes one JSON object as one line on stderr (one write). Takes obj. */
-static void log_json(json_t *obj) {
-    char *s = obj ? json_dumps(obj, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
-    json_decref(obj);
-    if (!s) return;
-    size_t n = strlen(s);
-    char *line = realloc(s, n + 2);
-    if (!line) {
-        free(s);
-        return;
-    }
-    line[n] = '\n';
-    fwrite(line, 1, n + 1, stderr);
-    free(line);
-}
-
-void cs_api_log(const char *level, const char *fmt, ...) {
-    char msg[1024], ts[64];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    size_t ml;
-    char *clean = cs_utf8_repair(msg, strlen(msg), &ml);
-    ts_now(ts, sizeof ts);
-    log_json(json_pack("{s:s, s:s, s:s%}", "ts", ts, "level", level, "msg", clean ? clean : "", clean ? ml : 0));
-    free(clean);
-}
+#include "serve/api_internal.h"
+#include "serve/log.h"
 
 static char *xstrdup(const char *s) { return s ? strdup(s) : NULL; }
 
 /* -------------------------------------------------------- per request */
-
-typedef struct aseq {
-    char *text; /* raw generated bytes (may end inside a character) */
-    size_t len, cap, emitted;
-    int done, stop_hit;
-    cs_finish finish;
-    size_t n_gen;
-} aseq;
-
-struct areq;
-typedef struct asub {
-    struct areq *q;
-    cs_req *req;
-    int active, n_seqs, n_done, first, error;
-    size_t n_prompt;
-    char *prompt_text; /* valid UTF-8 */
-    size_t prompt_len;
-} asub;
-
-typedef struct areq {
-    pthread_mutex_t mu;
-    cs_api *api;
-    cs_http_req *http;
-    const cs_tok *tok;
-    const char *route; /* metrics label */
-    int kind, stream, full_text, include_usage, eos_id;
-    char *stops[CS_API_MAX_STOP];
-    size_t stop_len[CS_API_MAX_STOP], max_stop;
-    int n_stop;
-    asub *subs;
-    int n_subs, n_active;
-    aseq *seqs;
-    int n_choices;
-    int responded, stream_begun, finished, aborted, inflight, draining;
-    size_t prompt_tokens, completion_tokens;
-    char error_msg[CS_ERR_MAX];
-    char request_id[CS_API_MAX_REQUEST_ID + 1];
-    char id[CS_API_MAX_REQUEST_ID + 8];
-    long long created;
-    sb chunk_head; /* v1 stream: {"id":...,"choices":[ */
-} areq;
 
 static void areq_free(void *p) {
     areq *q = p;
@@ -203,7 +32,7 @@ static void areq_free(void *p) {
     for (int i = 0; i < q->n_stop; i++) free(q->stops[i]);
     free(q->subs);
     free(q->seqs);
-    free(q->chunk_head.p);
+    cs_sb_free(&q->chunk_head);
     pthread_mutex_destroy(&q->mu);
     free(q);
 }
@@ -242,9 +71,7 @@ static const char *error_type(int kind, int status) {
     }
 }
 
-/* Sends a response with the common headers. Caller holds q->mu or owns q
- * alone. Returns 0 when it was accepted. */
-static int reply(areq *q, int status, const char *ctype, const char *body, size_t len, const char *allow) {
+int api_reply(areq *q, int status, const char *ctype, const char *body, size_t len, const char *allow) {
     cs_http_header h[5];
     size_t n = 0;
     char retry[16];
@@ -260,11 +87,8 @@ static int reply(areq *q, int status, const char *ctype, const char *body, size_
     return cs_http_respond(q->http, status, ctype, body, len, h, n);
 }
 
-/* An error in the route's format; message from fmt. param/code: OpenAI
- * fields (may be NULL). */
-__attribute__((format(printf, 6, 7))) static void send_error(areq *q, int status, const char *param,
-                                                             const char *code, const char *allow, const char *fmt,
-                                                             ...) {
+void api_send_error(areq *q, int status, const char *param, const char *code, const char *allow, const char *fmt,
+                    ...) {
     char msg[CS_ERR_MAX + 128];
     va_list ap;
     va_start(ap, fmt);
@@ -284,787 +108,19 @@ __attribute__((format(printf, 6, 7))) static void send_error(areq *q, int status
     char *body = err ? json_dumps(err, JSON_COMPACT) : NULL;
     json_decref(err);
     const char *b = body ? body : "{\"error\":{\"type\":\"internal_error\",\"message\":\"out of memory\"}}";
-    reply(q, status, "application/json", b, strlen(b), allow);
+    api_reply(q, status, "application/json", b, strlen(b), allow);
     free(body);
 }
 
-static void reply_json(areq *q, int status, json_t *obj) {
+void api_reply_json(areq *q, int status, json_t *obj) {
     char *body = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
     json_decref(obj);
     if (!body) {
-        send_error(q, 500, NULL, NULL, NULL, "out of memory");
+        api_send_error(q, 500, NULL, NULL, NULL, "out of memory");
         return;
     }
-    reply(q, status, "application/json", body, strlen(body), NULL);
+    api_reply(q, status, "application/json", body, strlen(body), NULL);
     free(body);
-}
-
-/* --------------------------------------------------------- validation */
-
-typedef struct verr {
-    int status;
-    const char *param, *code;
-    char msg[CS_ERR_MAX];
-} verr;
-
-__attribute__((format(printf, 5, 6))) static int vfail(verr *e, int status, const char *param, const char *code,
-                                                       const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(e->msg, sizeof e->msg, fmt, ap);
-    va_end(ap);
-    e->status = status;
-    e->param = param;
-    e->code = code;
-    return -1;
-}
-
-static const char *json_kind(const json_t *v) {
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: return "an integer";
-    case JSON_REAL: return "a number";
-    case JSON_TRUE: case JSON_FALSE: return "a boolean";
-    default: return "null";
-    }
-}
-
-/* Optional integer field: 1 set, 0 absent (or null), -1 error. Integral
- * numbers like 16.0 are accepted, as pydantic does. */
-static int opt_int(json_t *o, const char *key, long long lo, long long hi, long long *out, verr *e) {
-    json_t *v = json_object_get(o, key);
-    if (!v || json_is_null(v)) return 0;
-    double d = 0;
-    if (json_is_integer(v)) {
-        long long x = json_integer_value(v);
-        if (x < lo || x > hi)
-            return vfail(e, 422, key, "invalid_value", "%s: must be an integer in [%lld, %lld], got %lld", key, lo, hi,
-                         x);
-        *out = x;
-        return 1;
-    }
-    if (json_is_real(v)) d = json_real_value(v);
-    if (json_is_real(v) && d == floor(d)) {
-        if (!(d >= (double)lo && d <= (double)hi))
-            return vfail(e, 422, key, "invalid_value", "%s: must be an integer in [%lld, %lld], got %g", key, lo, hi, d);
-        *out = (long long)d;
-        return 1;
-    }
-    return vfail(e, 422, key, "invalid_type", "%s: expected an integer, got %s", key, json_kind(v));
-}
-
-/* Optional number in [lo, hi] (lo excluded when lo_open). */
-static int opt_num(json_t *o, const char *key, double lo, double hi, int lo_open, double *out, verr *e) {
-    json_t *v = json_object_get(o, key);
-    if (!v || json_is_null(v)) return 0;
-    if (!json_is_number(v)) return vfail(e, 422, key, "invalid_type", "%s: expected a number, got %s", key, json_kind(v));
-    double d = json_number_value(v);
-    /* The engine takes floats: check the value it will see (1e-50 is positive but becomes 0). */
-    double f = (float)d;
-    if (!(lo_open ? f > lo : f >= lo) || !(f <= hi))
-        return vfail(e, 422, key, "invalid_value", "%s: must be in %c%g, %g]%s, got %g", key, lo_open ? '(' : '[', lo,
-                     hi, f != d && f == 0 ? " and not below the smallest float" : "", d);
-    *out = f;
-    return 1;
-}
-
-static int opt_bool(json_t *o, const char *key, int *out, verr *e) {
-    json_t *v = json_object_get(o, key);
-    if (!v || json_is_null(v)) return 0;
-    if (!json_is_boolean(v)) return vfail(e, 422, key, "invalid_type", "%s: expected a boolean, got %s", key, json_kind(v));
-    *out = json_is_true(v);
-    return 1;
-}
-
-/* Deepest nesting of arrays/objects, stopping early past limit. */
-static int json_depth_over(const char *s, size_t n, int limit) {
-    int depth = 0, in_str = 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (in_str) {
-            if (c == '\\') i++;
-            else if (c == '"') in_str = 0;
-        } else if (c == '"') {
-            in_str = 1;
-        } else if (c == '{' || c == '[') {
-            if (++depth > limit) return 1;
-        } else if (c == '}' || c == ']') {
-            depth--;
-        }
-    }
-    return 0;
-}
-
-/* The request body as a JSON object, or NULL after sending the error. */
-static json_t *parse_body(areq *q) {
-    size_t len;
-    const char *body = cs_http_req_body(q->http, &len);
-    if (len == 0) {
-        send_error(q, 400, NULL, NULL, NULL, "request body is empty: expected a JSON object");
-        return NULL;
-    }
-    if (json_depth_over(body, len, CS_API_MAX_JSON_DEPTH)) {
-        send_error(q, 422, NULL, "invalid_value", NULL, "JSON nesting too deep: more than %d levels (limit %d)",
-                   CS_API_MAX_JSON_DEPTH, CS_API_MAX_JSON_DEPTH);
-        return NULL;
-    }
-    /* Invalid UTF-8 is replaced (U+FFFD per maximal invalid subsequence). */
-    char *fixed = NULL;
-    size_t fl = len;
-    if (!cs_utf8_valid(body, len)) {
-        fixed = cs_utf8_repair(body, len, &fl);
-        if (!fixed) {
-            send_error(q, 500, NULL, NULL, NULL, "out of memory");
-            return NULL;
-        }
-    }
-    json_error_t je;
-    json_t *root = json_loadb(fixed ? fixed : body, fl, JSON_ALLOW_NUL | JSON_DECODE_ANY, &je);
-    free(fixed);
-    if (!root) {
-        send_error(q, 400, NULL, "invalid_json", NULL, "invalid JSON at line %d, column %d: %s", je.line, je.column,
-                   je.text);
-        return NULL;
-    }
-    if (!json_is_object(root)) {
-        send_error(q, 422, NULL, "invalid_type", NULL, "body: expected a JSON object, got %s", json_kind(root));
-        json_decref(root);
-        return NULL;
-    }
-    return root;
-}
-
-static uint64_t random_u64(void) {
-    uint64_t s;
-    if (getrandom(&s, sizeof s, 0) == (ssize_t)sizeof s) return s;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ((uint64_t)ts.tv_sec * 1000000007ull) ^ (uint64_t)ts.tv_nsec;
-}
-
-/* -------------------------------------------------------- streaming */
-
-/* Bytes of seq text that can be sent now: not a possible start of a stop
- * string, not ending inside a character. */
-static size_t safe_len(const areq *q, const aseq *sq) {
-    size_t n = sq->len;
-    if (q->n_stop) {
-        size_t kmax = q->max_stop - 1 < n ? q->max_stop - 1 : n;
-        for (size_t k = kmax; k >= 1; k--) {
-            int hit = 0;
-            for (int i = 0; i < q->n_stop && !hit; i++)
-                hit = q->stop_len[i] > k && memcmp(sq->text + n - k, q->stops[i], k) == 0;
-            if (hit) {
-                n -= k;
-                break;
-            }
-        }
-    }
-    return cs_utf8_complete_prefix(sq->text, n);
-}
-
-static const char *finish_name(const aseq *sq) {
-    return sq->finish == CS_FINISH_LENGTH && !sq->stop_hit ? "length" : "stop";
-}
-
-/* One SSE event with text for choice idx (text must be valid UTF-8). */
-static int stream_chunk(areq *q, int idx, const char *text, size_t n, const char *finish) {
-    sb b = {0};
-    sb_puts(&b, "data: ");
-    if (q->kind == K_V1) {
-        sb_put(&b, q->chunk_head.p, q->chunk_head.n);
-        sb_puts(&b, "{\"text\":");
-        sb_json_str(&b, text, n);
-        sb_printf(&b, ",\"index\":%d,\"logprobs\":null,\"finish_reason\":", idx);
-        if (finish) sb_printf(&b, "\"%s\"", finish);
-        else sb_puts(&b, "null");
-        sb_puts(&b, q->include_usage ? "}],\"usage\":null}\n\n" : "}]}\n\n");
-    } else {
-        sb_printf(&b, "{\"index\":%d,\"text\":", idx);
-        sb_json_str(&b, text, n);
-        if (finish) sb_printf(&b, ",\"finish_reason\":\"%s\"", finish);
-        sb_puts(&b, "}\n\n");
-    }
-    int rc = b.oom ? -1 : cs_http_stream_write(q->http, b.p, b.n);
-    free(b.p);
-    return rc;
-}
-
-/* Starts the SSE response; the prompt goes first when it is part of the
- * text (echo / return_full_text). Caller holds q->mu. */
-static int stream_begin(areq *q) {
-    if (q->stream_begun) return 0;
-    q->stream_begun = 1;
-    q->responded = 1;
-    cs_http_header h[] = {{"X-Request-Id", q->request_id}, {"Cache-Control", "no-cache"}, {"X-Accel-Buffering", "no"}};
-    if (cs_http_stream_begin(q->http, 200, "text/event-stream", h, sizeof h / sizeof h[0])) return -1;
-    if (q->full_text)
-        for (int s = 0; s < q->n_subs; s++)
-            for (int i = 0; i < q->subs[s].n_seqs; i++)
-                if (q->subs[s].prompt_len &&
-                    stream_chunk(q, q->subs[s].first + i, q->subs[s].prompt_text, q->subs[s].prompt_len, NULL))
-                    return -1;
-    return 0;
-}
-
-/* Sends what of choice idx is safe to send (all of it when final, plus its
- * finish_reason). Caller holds q->mu. */
-static int stream_emit(areq *q, int idx, int final) {
-    aseq *sq = &q->seqs[idx];
-    if (stream_begin(q)) return -1;
-    size_t upto = final ? sq->len : safe_len(q, sq);
-    if (upto > sq->emitted) {
-        size_t fl;
-        char *piece = cs_utf8_repair(sq->text + sq->emitted, upto - sq->emitted, &fl);
-        if (!piece) return -1;
-        int rc = stream_chunk(q, idx, piece, fl, NULL);
-        free(piece);
-        if (rc) return -1;
-        sq->emitted = upto;
-    }
-    if (final) return stream_chunk(q, idx, "", 0, finish_name(sq));
-    return 0;
-}
-
-/* ------------------------------------------------------- finishing */
-
-/* Full text of choice idx (valid UTF-8, malloc'd). */
-static char *choice_text(areq *q, const asub *b, int idx, size_t *len) {
-    aseq *sq = &q->seqs[idx];
-    size_t gl;
-    char *gen = cs_utf8_repair(sq->text ? sq->text : "", sq->len, &gl);
-    if (!gen) return NULL;
-    size_t pl = q->full_text ? b->prompt_len : 0;
-    char *out = malloc(pl + gl + 1);
-    if (out) {
-        if (pl) memcpy(out, b->prompt_text, pl);
-        memcpy(out + pl, gen, gl + 1);
-        *len = pl + gl;
-    }
-    free(gen);
-    return out;
-}
-
-static json_t *usage_json(const areq *q) {
-    return json_pack("{s:I, s:I, s:I}", "prompt_tokens", (json_int_t)q->prompt_tokens, "completion_tokens",
-                     (json_int_t)q->completion_tokens, "total_tokens",
-                     (json_int_t)(q->prompt_tokens + q->completion_tokens));
-}
-
-/* All scheduler requests are over: answer. Caller holds q->mu. */
-static void finalize(areq *q) {
-    cs_api *a = q->api;
-    q->finished = 1;
-    for (int s = 0; s < q->n_subs; s++) q->prompt_tokens += q->subs[s].n_prompt;
-    cs_metrics_tokens(a->metrics, q->prompt_tokens, q->completion_tokens);
-    if (q->inflight) {
-        q->inflight = 0;
-        cs_metrics_inflight_add(a->metrics, -1);
-    }
-    int error = 0;
-    for (int s = 0; s < q->n_subs; s++) error |= q->subs[s].error;
-    if (q->stream_begun) {
-        if (error) {
-            sb b = {0};
-            sb_puts(&b, "data: {\"error\":{\"type\":\"server_error\",\"message\":");
-            sb_json_str(&b, q->error_msg, strlen(q->error_msg));
-            sb_puts(&b, "}}\n\n");
-            if (!b.oom) cs_http_stream_write(q->http, b.p, b.n);
-            free(b.p);
-        } else if (q->include_usage) {
-            json_t *u = usage_json(q);
-            char *us = u ? json_dumps(u, JSON_COMPACT) : NULL;
-            json_decref(u);
-            sb b = {0};
-            sb_puts(&b, "data: ");
-            sb_put(&b, q->chunk_head.p, q->chunk_head.n);
-            sb_printf(&b, "],\"usage\":%s}\n\n", us ? us : "null");
-            if (!b.oom) cs_http_stream_write(q->http, b.p, b.n);
-            free(b.p);
-            free(us);
-        }
-        cs_http_stream_write(q->http, "data: [DONE]\n\n", 14);
-        cs_http_stream_end(q->http, 0);
-        return;
-    }
-    if (q->responded) return; /* an error or a timeout was sent already */
-    if (error) {
-        int shutting = strstr(q->error_msg, "shutting down") != NULL;
-        send_error(q, shutting ? 503 : 500, NULL, NULL, NULL, "generation failed: %s", q->error_msg);
-        return;
-    }
-    if (q->stream) { /* nothing was generated at all: still a valid stream */
-        if (stream_begin(q) == 0) {
-            for (int i = 0; i < q->n_choices; i++) stream_chunk(q, i, "", 0, finish_name(&q->seqs[i]));
-            cs_http_stream_write(q->http, "data: [DONE]\n\n", 14);
-            cs_http_stream_end(q->http, 0);
-        }
-        return;
-    }
-    json_t *choices = json_array();
-    for (int s = 0; s < q->n_subs; s++) {
-        asub *b = &q->subs[s];
-        for (int i = 0; i < b->n_seqs; i++) {
-            size_t tl = 0;
-            char *t = choice_text(q, b, b->first + i, &tl);
-            if (!t) continue;
-            if (q->kind == K_V1)
-                json_array_append_new(choices, json_pack("{s:s%, s:i, s:n, s:s}", "text", t, tl, "index",
-                                                         b->first + i, "logprobs", "finish_reason",
-                                                         finish_name(&q->seqs[b->first + i])));
-            else
-                json_array_append_new(choices, json_pack("{s:s%}", "generated_text", t, tl));
-            free(t);
-        }
-    }
-    if (q->kind != K_V1) {
-        reply_json(q, 200, choices);
-        return;
-    }
-    reply_json(q, 200,
-               json_pack("{s:s, s:s, s:I, s:s, s:o, s:o}", "id", q->id, "object", "text_completion", "created",
-                         (json_int_t)q->created, "model", a->model_name, "choices", choices, "usage", usage_json(q)));
-}
-
-/* The last event of sub b. Caller holds q->mu; the caller drops b's HTTP
- * reference after unlocking. */
-static void sub_final(areq *q, asub *b) {
-    b->active = 0;
-    b->req = NULL;
-    if (--q->n_active == 0) finalize(q);
-}
-
-/* Scheduler callback (engine thread). */
-static int on_event(void *ud, const cs_req_event *ev) {
-    asub *b = ud;
-    areq *q = b->q;
-    int stop = 0, release = 0;
-    pthread_mutex_lock(&q->mu);
-    if (!b->active) {
-        pthread_mutex_unlock(&q->mu);
-        return 1;
-    }
-    const int idx = b->first + (ev->seq_index >= 0 && ev->seq_index < b->n_seqs ? ev->seq_index : 0);
-    aseq *sq = &q->seqs[idx];
-    switch (ev->type) {
-    case CS_EV_TOKEN: {
-        if (q->aborted || (q->responded && !q->stream_begun) || sq->stop_hit) {
-            stop = 1;
-            break;
-        }
-        size_t tl = 0;
-        const char *tb = ev->token == q->eos_id ? NULL : cs_tok_token_bytes(q->tok, ev->token, &tl);
-        if (tb && tl) {
-            if (sq->len + tl > sq->cap) {
-                size_t cap = sq->cap ? sq->cap : 256;
-                while (cap < sq->len + tl) cap *= 2;
-                char *np = realloc(sq->text, cap);
-                if (!np) {
-                    stop = 1;
-                    break;
-                }
-                sq->text = np;
-                sq->cap = cap;
-            }
-            size_t old = sq->len;
-            memcpy(sq->text + sq->len, tb, tl);
-            sq->len += tl;
-            /* a stop string may end in this token and start up to max_stop-1 bytes before it */
-            size_t from = old >= q->max_stop ? old - q->max_stop + 1 : 0;
-            for (int i = 0; i < q->n_stop; i++) {
-                const char *hit = memmem(sq->text + from, sq->len - from, q->stops[i], q->stop_len[i]);
-                if (hit) { /* the search area shrinks, so a later hit is an earlier one */
-                    sq->len = (size_t)(hit - sq->text);
-                    sq->stop_hit = 1;
-                }
-            }
-            if (sq->stop_hit) stop = 1;
-        }
-        if (q->stream && stream_emit(q, idx, 0)) {
-            q->aborted = 1; /* the client is gone */
-            stop = 1;
-        }
-        break;
-    }
-    case CS_EV_DONE:
-        if (sq->done) break;
-        sq->done = 1;
-        sq->finish = ev->finish;
-        sq->n_gen = ev->n_generated;
-        b->n_prompt = ev->n_prompt;
-        q->completion_tokens += ev->n_generated;
-        if (b->n_done++ == 0 && ev->ttft_s > 0 && ev->n_generated > 0) cs_metrics_ttft(q->api->metrics, ev->ttft_s);
-        if (q->stream && !q->aborted && !(q->responded && !q->stream_begun) && stream_emit(q, idx, 1)) q->aborted = 1;
-        if (b->n_done == b->n_seqs) {
-            sub_final(q, b);
-            release = 1;
-        }
-        break;
-    case CS_EV_ERROR:
-        b->error = 1;
-        b->n_prompt = ev->n_prompt;
-        if (!q->error_msg[0]) snprintf(q->error_msg, sizeof q->error_msg, "%s", ev->message ? ev->message : "error");
-        sub_final(q, b);
-        release = 1;
-        break;
-    }
-    cs_http_req *http = q->http;
-    pthread_mutex_unlock(&q->mu);
-    if (release) cs_http_req_unref(http); /* may free q */
-    return stop;
-}
-
-/* ------------------------------------------------------- submission */
-
-/* One prompt of a generation request. */
-typedef struct prompt_in {
-    int32_t *ids;
-    size_t n;
-    char *text; /* valid UTF-8 (for echo / full text) */
-    size_t text_len;
-} prompt_in;
-
-static void prompts_free(prompt_in *p, int n) {
-    for (int i = 0; i < n; i++) {
-        free(p[i].ids);
-        free(p[i].text);
-    }
-}
-
-/* Submits every prompt with n sequences each and takes ownership of the
- * prompts' text. Caller holds a->lock (read); answers errors itself. */
-static void submit_all(areq *q, cs_sched *s, const cs_gen_params *gen, uint64_t seed, prompt_in *pr, int n_pr, int n) {
-    q->subs = calloc((size_t)n_pr, sizeof *q->subs);
-    q->seqs = calloc((size_t)n_pr * (size_t)n, sizeof *q->seqs);
-    if (!q->subs || !q->seqs) {
-        send_error(q, 500, NULL, NULL, NULL, "out of memory");
-        return;
-    }
-    q->n_subs = n_pr;
-    q->n_choices = n_pr * n;
-    for (int i = 0; i < n_pr; i++) {
-        q->subs[i] = (asub){.q = q, .n_seqs = n, .first = i * n, .prompt_text = pr[i].text,
-                            .prompt_len = pr[i].text_len};
-        pr[i].text = NULL;
-    }
-    pthread_mutex_lock(&q->mu);
-    int rc = CS_SCHED_OK;
-    cs_err err = {{0}};
-    for (int i = 0; i < n_pr && rc == CS_SCHED_OK; i++) {
-        cs_req_params p = {.gen = *gen, .seed = seed, .prompt = pr[i].ids, .n_prompt = pr[i].n, .n_seqs = n};
-        rc = cs_sched_submit(s, &p, on_event, &q->subs[i], &q->subs[i].req, &err);
-        if (rc == CS_SCHED_OK) {
-            q->subs[i].active = 1;
-            q->n_active++;
-            cs_http_req_ref(q->http);
-        }
-    }
-    if (rc != CS_SCHED_OK) {
-        for (int i = 0; i < n_pr; i++)
-            if (q->subs[i].active) cs_sched_cancel(s, q->subs[i].req);
-        q->aborted = 1;
-        if (rc == CS_SCHED_FULL || rc == CS_SCHED_DRAINING)
-            send_error(q, 503, NULL, rc == CS_SCHED_FULL ? "overloaded" : "draining", NULL, "%s", err.msg);
-        else
-            send_error(q, 422, NULL, "invalid_value", NULL, "%s", err.msg);
-    } else {
-        q->inflight = 1;
-        cs_metrics_inflight_add(q->api->metrics, 1);
-    }
-    pthread_mutex_unlock(&q->mu);
-}
-
-/* Tokenizes text into p (takes nothing); errors name field. */
-static int tokenize(cs_api *a, const char *field, const char *text, size_t len, prompt_in *p, verr *e) {
-    if (len == 0) return vfail(e, 422, field, "invalid_value", "%s: empty prompt (at least one token is needed)", field);
-    /* every token is at most max_tok_bytes long, so longer text cannot fit */
-    if (len > (size_t)a->n_ctx * a->max_tok_bytes)
-        return vfail(e, 422, field, "context_length_exceeded",
-                     "%s: %zu bytes cannot fit in the model's context of %d tokens", field, len, a->n_ctx);
-    cs_err err = {{0}};
-    if (cs_tok_encode(a->m->tok, text, len, 1, &p->ids, &p->n, &err))
-        return vfail(e, 422, field, "invalid_value", "%s: %s", field, err.msg);
-    if (p->n == 0) return vfail(e, 422, field, "invalid_value", "%s: empty prompt (no tokens)", field);
-    if (p->n > (size_t)a->n_ctx)
-        return vfail(e, 422, field, "context_length_exceeded",
-                     "%s: %zu tokens, more than the model's context of %d tokens", field, p->n, a->n_ctx);
-    p->text = malloc(len + 1);
-    if (!p->text) return vfail(e, 500, NULL, NULL, "out of memory");
-    memcpy(p->text, text, len);
-    p->text[len] = 0;
-    p->text_len = len;
-    return 0;
-}
-
-/* Checks the length settings against the context; errors name field. */
-static int check_lengths(cs_api *a, const cs_gen_params *g, const prompt_in *p, const char *field, verr *e) {
-    long want = g->max_new_tokens >= 0 ? g->max_new_tokens : (long)g->max_length - (long)p->n;
-    if ((long)p->n + want > a->n_ctx)
-        return vfail(e, 422, field, "context_length_exceeded",
-                     "%s: the prompt's %zu tokens + %ld new tokens exceed the model's context of %d tokens (at most "
-                     "%ld new tokens for this prompt)",
-                     field, p->n, want, a->n_ctx, (long)a->n_ctx - (long)p->n);
-    return 0;
-}
-
-/* ------------------------------------------------------------- routes */
-
-static void h_simple_gen(areq *q, cs_sched *s) {
-    cs_api *a = q->api;
-    json_t *root = parse_body(q);
-    if (!root) return;
-    verr e = {0};
-    prompt_in pr = {0};
-    json_t *in = json_object_get(root, "input");
-    long long v;
-    double d;
-    int bv;
-    cs_gen_params g = a->m->defaults;
-    int set_new = 0, n = 1, full = 1, stream = 0;
-    uint64_t seed = random_u64();
-    if (!in) {
-        vfail(&e, 422, "input", "missing", "input: field required (a string)");
-        goto fail;
-    }
-    if (!json_is_string(in)) {
-        vfail(&e, 422, "input", "invalid_type", "input: expected a string, got %s", json_kind(in));
-        goto fail;
-    }
-    int r;
-    if ((r = opt_int(root, "max_new_tokens", 1, a->n_ctx, &v, &e)) < 0) goto fail;
-    if (r) g.max_new_tokens = (int)v, set_new = 1;
-    if ((r = opt_int(root, "max_length", 1, a->n_ctx, &v, &e)) < 0) goto fail;
-    if (r) {
-        g.max_length = (int)v;
-        if (!set_new) g.max_new_tokens = -1;
-    }
-    if ((r = opt_bool(root, "do_sample", &bv, &e)) < 0) goto fail;
-    if (r) g.sample.do_sample = bv;
-    if ((r = opt_num(root, "temperature", 0, 100, 1, &d, &e)) < 0) goto fail;
-    if (r) g.sample.temperature = (float)d;
-    if ((r = opt_int(root, "top_k", 0, 1 << 30, &v, &e)) < 0) goto fail;
-    if (r) g.sample.top_k = (int)v;
-    if ((r = opt_num(root, "top_p", 0, 1, 1, &d, &e)) < 0) goto fail;
-    if (r) g.sample.top_p = (float)d;
-    if ((r = opt_num(root, "repetition_penalty", 0, 100, 1, &d, &e)) < 0) goto fail;
-    if (r) g.sample.repetition_penalty = (float)d;
-    if ((r = opt_int(root, "seed", 0, INT64_MAX, &v, &e)) < 0) goto fail;
-    if (r) seed = (uint64_t)v;
-    if ((r = opt_int(root, "num_return_sequences", 1, CS_API_MAX_N, &v, &e)) < 0) goto fail;
-    if (r) n = (int)v;
-    if (opt_bool(root, "return_full_text", &full, &e) < 0) goto fail;
-    if (opt_bool(root, "stream", &stream, &e) < 0) goto fail;
-    if (tokenize(a, "input", json_string_value(in), json_string_length(in), &pr, &e)) goto fail;
-    /* transformers generates one token (with a warning) when the prompt already
-     * reaches max_length; do the same rather than refuse */
-    if (g.max_new_tokens < 0 && (size_t)g.max_length <= pr.n) g.max_new_tokens = 1;
-    if (check_lengths(a, &g, &pr, set_new ? "max_new_tokens" : "max_length", &e)) goto fail;
-    json_decref(root);
-    q->stream = stream;
-    q->full_text = full;
-    submit_all(q, s, &g, seed, &pr, 1, n);
-    prompts_free(&pr, 1);
-    return;
-fail:
-    json_decref(root);
-    prompts_free(&pr, 1);
-    send_error(q, e.status, e.param, e.code, NULL, "%s", e.msg);
-}
-
-/* Reads "prompt" into up to CS_API_MAX_PROMPTS prompts. */
-static int read_prompts(cs_api *a, json_t *root, prompt_in *pr, int *n_pr, verr *e) {
-    json_t *p = json_object_get(root, "prompt");
-    *n_pr = 0;
-    if (!p || json_is_null(p)) return vfail(e, 422, "prompt", "missing", "prompt: field required");
-    if (json_is_string(p)) {
-        *n_pr = 1;
-        return tokenize(a, "prompt", json_string_value(p), json_string_length(p), &pr[0], e);
-    }
-    if (!json_is_array(p))
-        return vfail(e, 422, "prompt", "invalid_type",
-                     "prompt: expected a string, a list of strings or a list of token ids, got %s", json_kind(p));
-    size_t n = json_array_size(p);
-    if (n == 0) return vfail(e, 422, "prompt", "invalid_value", "prompt: empty list");
-    json_t *first = json_array_get(p, 0);
-    const int ids_one = json_is_integer(first); /* [1, 2, 3]: one prompt of token ids */
-    if (!ids_one && n > CS_API_MAX_PROMPTS)
-        return vfail(e, 422, "prompt", "invalid_value", "prompt: %zu prompts, at most %d in one request", n,
-                     CS_API_MAX_PROMPTS);
-    const size_t n_prompts = ids_one ? 1 : n;
-    for (size_t i = 0; i < n_prompts; i++) {
-        json_t *item = ids_one ? p : json_array_get(p, i);
-        *n_pr = (int)i + 1;
-        if (json_is_string(item)) {
-            if (tokenize(a, "prompt", json_string_value(item), json_string_length(item), &pr[i], e)) return -1;
-            continue;
-        }
-        if (!json_is_array(item))
-            return vfail(e, 422, "prompt", "invalid_type", "prompt[%zu]: expected a string or a list of token ids, got %s",
-                         i, json_kind(item));
-        size_t k = json_array_size(item);
-        if (k == 0) return vfail(e, 422, "prompt", "invalid_value", "prompt: empty list of token ids");
-        if (k > (size_t)a->n_ctx)
-            return vfail(e, 422, "prompt", "context_length_exceeded",
-                         "prompt: %zu tokens, more than the model's context of %d tokens", k, a->n_ctx);
-        pr[i].ids = malloc(k * sizeof *pr[i].ids);
-        if (!pr[i].ids) return vfail(e, 500, NULL, NULL, "out of memory");
-        const int32_t V = cs_tok_vocab_size(a->m->tok);
-        for (size_t j = 0; j < k; j++) {
-            json_t *t = json_array_get(item, j);
-            if (!json_is_integer(t) || json_integer_value(t) < 0 || json_integer_value(t) >= V)
-                return vfail(e, 422, "prompt", "invalid_value", "prompt: token ids must be integers in [0, %d)", V);
-            pr[i].ids[j] = (int32_t)json_integer_value(t);
-        }
-        pr[i].n = k;
-        char *raw = NULL;
-        size_t rl = 0;
-        cs_err err;
-        if (cs_tok_decode(a->m->tok, pr[i].ids, k, &raw, &rl, &err))
-            return vfail(e, 422, "prompt", "invalid_value", "prompt: %s", err.msg);
-        pr[i].text = cs_utf8_repair(raw, rl, &pr[i].text_len);
-        free(raw);
-        if (!pr[i].text) return vfail(e, 500, NULL, NULL, "out of memory");
-    }
-    return 0;
-}
-
-static int read_stops(areq *q, json_t *root, verr *e) {
-    json_t *st = json_object_get(root, "stop");
-    if (!st || json_is_null(st)) return 0;
-    json_t *one[1] = {st};
-    size_t n = 1;
-    if (json_is_array(st)) {
-        n = json_array_size(st);
-        if (n > CS_API_MAX_STOP)
-            return vfail(e, 422, "stop", "invalid_value", "stop: %zu strings, at most %d", n, CS_API_MAX_STOP);
-    } else if (!json_is_string(st)) {
-        return vfail(e, 422, "stop", "invalid_type", "stop: expected a string or a list of strings, got %s",
-                     json_kind(st));
-    }
-    for (size_t i = 0; i < n; i++) {
-        json_t *s = json_is_array(st) ? json_array_get(st, i) : one[0];
-        if (!json_is_string(s))
-            return vfail(e, 422, "stop", "invalid_type", "stop[%zu]: expected a string, got %s", i, json_kind(s));
-        size_t len = json_string_length(s);
-        if (len == 0) return vfail(e, 422, "stop", "invalid_value", "stop[%zu]: empty string", i);
-        if (len > CS_API_MAX_STOP_BYTES)
-            return vfail(e, 422, "stop", "invalid_value", "stop[%zu]: %zu bytes, at most %d", i, len,
-                         CS_API_MAX_STOP_BYTES);
-        q->stops[q->n_stop] = malloc(len);
-        if (!q->stops[q->n_stop]) return vfail(e, 500, NULL, NULL, "out of memory");
-        memcpy(q->stops[q->n_stop], json_string_value(s), len);
-        q->stop_len[q->n_stop++] = len;
-        if (len > q->max_stop) q->max_stop = len;
-    }
-    return 0;
-}
-
-/* Accepts only the neutral value of an OpenAI field we do not implement. */
-static int unsupported(json_t *root, const char *key, double neutral, verr *e) {
-    json_t *v = json_object_get(root, key);
-    if (!v || json_is_null(v)) return 0;
-    if (json_is_number(v) && json_number_value(v) == neutral) return 0;
-    if (json_is_object(v) && json_object_size(v) == 0) return 0;
-    if (json_is_string(v) && json_string_length(v) == 0) return 0;
-    return vfail(e, 422, key, "unsupported", "%s: not supported by this server (leave it out or null)", key);
-}
-
-static void h_completions(areq *q, cs_sched *s) {
-    cs_api *a = q->api;
-    json_t *root = parse_body(q);
-    if (!root) return;
-    verr e = {0};
-    prompt_in pr[CS_API_MAX_PROMPTS];
-    memset(pr, 0, sizeof pr);
-    int n_pr = 0, r, n = 1, stream = 0, echo = 0, bv;
-    long long v, max_tokens = 16;
-    double temperature = 1, top_p = 1, rep = 1;
-    long long top_k = 0;
-    uint64_t seed = random_u64();
-    cs_gen_params g = a->m->defaults;
-    json_t *model = json_object_get(root, "model");
-    if (model && !json_is_null(model)) {
-        if (!json_is_string(model)) {
-            vfail(&e, 422, "model", "invalid_type", "model: expected a string, got %s", json_kind(model));
-            goto fail;
-        }
-        const char *mn = json_string_value(model);
-        if (strcmp(mn, a->model_name) && strcmp(mn, a->model_arg)) {
-            vfail(&e, 404, "model", "model_not_found", "The model '%s' does not exist (this server serves '%s')", mn,
-                  a->model_name);
-            goto fail;
-        }
-    }
-    if (opt_int(root, "max_tokens", 1, a->n_ctx, &max_tokens, &e) < 0) goto fail;
-    if (opt_num(root, "temperature", 0, 2, 0, &temperature, &e) < 0) goto fail;
-    if (opt_num(root, "top_p", 0, 1, 1, &top_p, &e) < 0) goto fail;
-    if ((r = opt_int(root, "top_k", -1, 1 << 30, &v, &e)) < 0) goto fail;
-    if (r) top_k = v < 0 ? 0 : v;
-    if (opt_num(root, "repetition_penalty", 0, 100, 1, &rep, &e) < 0) goto fail;
-    if ((r = opt_int(root, "n", 1, CS_API_MAX_N, &v, &e)) < 0) goto fail;
-    if (r) n = (int)v;
-    if ((r = opt_int(root, "seed", INT64_MIN, INT64_MAX, &v, &e)) < 0) goto fail;
-    if (r) seed = (uint64_t)v;
-    if (opt_bool(root, "stream", &stream, &e) < 0 || opt_bool(root, "echo", &echo, &e) < 0) goto fail;
-    if ((r = opt_bool(root, "ignore_eos", &bv, &e)) < 0) goto fail;
-    if (r) g.ignore_eos = bv;
-    if ((r = opt_int(root, "best_of", 1, CS_API_MAX_N, &v, &e)) < 0) goto fail;
-    if (r && v != n) {
-        vfail(&e, 422, "best_of", "unsupported", "best_of: only best_of == n is supported");
-        goto fail;
-    }
-    if (unsupported(root, "logprobs", 0, &e) || unsupported(root, "presence_penalty", 0, &e) ||
-        unsupported(root, "frequency_penalty", 0, &e) || unsupported(root, "logit_bias", 0, &e) ||
-        unsupported(root, "suffix", 0, &e))
-        goto fail;
-    json_t *so = json_object_get(root, "stream_options");
-    if (so && !json_is_null(so)) {
-        if (!json_is_object(so)) {
-            vfail(&e, 422, "stream_options", "invalid_type", "stream_options: expected an object, got %s",
-                  json_kind(so));
-            goto fail;
-        }
-        if (opt_bool(so, "include_usage", &q->include_usage, &e) < 0) goto fail;
-    }
-    if (read_stops(q, root, &e)) goto fail;
-    if (read_prompts(a, root, pr, &n_pr, &e)) goto fail;
-    g.sample.do_sample = temperature > 0;
-    g.sample.temperature = temperature > 0 ? (float)temperature : 1.0f;
-    g.sample.top_k = (int)top_k;
-    g.sample.top_p = (float)top_p;
-    g.sample.repetition_penalty = (float)rep;
-    g.max_new_tokens = (int)max_tokens;
-    for (int i = 0; i < n_pr; i++)
-        if (check_lengths(a, &g, &pr[i], "max_tokens", &e)) goto fail;
-    json_decref(root);
-    q->stream = stream;
-    q->full_text = echo;
-    if (stream) {
-        sb_puts(&q->chunk_head, "{\"id\":");
-        sb_json_str(&q->chunk_head, q->id, strlen(q->id));
-        sb_printf(&q->chunk_head, ",\"object\":\"text_completion\",\"created\":%lld,\"model\":", q->created);
-        sb_json_str(&q->chunk_head, a->model_name, strlen(a->model_name));
-        sb_puts(&q->chunk_head, ",\"choices\":[");
-        if (q->chunk_head.oom) {
-            prompts_free(pr, n_pr);
-            send_error(q, 500, NULL, NULL, NULL, "out of memory");
-            return;
-        }
-    }
-    submit_all(q, s, &g, seed, pr, n_pr, n);
-    prompts_free(pr, n_pr);
-    return;
-fail:
-    json_decref(root);
-    prompts_free(pr, n_pr);
-    send_error(q, e.status, e.param, e.code, NULL, "%s", e.msg);
-}
-
-static json_t *model_obj(cs_api *a) {
-    return json_pack("{s:s, s:s, s:I, s:s, s:i}", "id", a->model_name, "object", "model", "created",
-                     (json_int_t)a->created, "owned_by", "cserve", "max_model_len", a->n_ctx);
 }
 
 static void h_metrics(areq *q) {
@@ -1087,10 +143,10 @@ static void h_metrics(areq *q) {
     char *out = NULL;
     size_t len = 0;
     if (cs_metrics_render(a->metrics, gp ? gp : &g, &out, &len)) {
-        send_error(q, 500, NULL, NULL, NULL, "out of memory");
+        api_send_error(q, 500, NULL, NULL, NULL, "out of memory");
         return;
     }
-    reply(q, 200, "text/plain; version=0.0.4; charset=utf-8", out, len, NULL);
+    api_reply(q, 200, "text/plain; version=0.0.4; charset=utf-8", out, len, NULL);
     free(out);
 }
 
@@ -1174,56 +230,49 @@ static void on_request(void *ud, cs_http_req *r) {
     const char *msg;
     int es = cs_http_req_error(r, &msg);
     if (es) {
-        send_error(q, es, NULL, NULL, NULL, "%s", msg);
+        api_send_error(q, es, NULL, NULL, NULL, "%s", msg);
         return;
     }
     if (route != R_HEALTH && !authorized(a, r)) {
-        send_error(q, 401, NULL, "invalid_api_key", NULL, "missing or invalid API key (send 'Authorization: Bearer KEY')");
+        api_send_error(q, 401, NULL, "invalid_api_key", NULL, "missing or invalid API key (send 'Authorization: Bearer KEY')");
         return;
     }
     const int post = route == R_SIMPLE || route == R_COMPL;
     if (route == R_NONE) {
-        send_error(q, 404, NULL, "not_found", NULL, "no route for %s %s", method, path);
+        api_send_error(q, 404, NULL, "not_found", NULL, "no route for %s %s", method, path);
         return;
     }
     if (post ? strcmp(method, "POST") != 0 : !is_get(method)) {
-        send_error(q, 405, NULL, "method_not_allowed", post ? "POST" : "GET, HEAD", "method %s not allowed for %s",
+        api_send_error(q, 405, NULL, "method_not_allowed", post ? "POST" : "GET, HEAD", "method %s not allowed for %s",
                    method, path);
         return;
     }
     switch (route) {
     case R_HEALTH:
-        if (state == ST_READY) reply(q, 200, "text/plain; charset=utf-8", "success", 7, NULL);
-        else if (state == ST_DRAINING) reply(q, 503, "text/plain; charset=utf-8", "draining", 8, NULL);
-        else reply(q, 503, "text/plain; charset=utf-8", "loading", 7, NULL);
+        if (state == ST_READY) api_reply(q, 200, "text/plain; charset=utf-8", "success", 7, NULL);
+        else if (state == ST_DRAINING) api_reply(q, 503, "text/plain; charset=utf-8", "draining", 8, NULL);
+        else api_reply(q, 503, "text/plain; charset=utf-8", "loading", 7, NULL);
         return;
     case R_ROUTES:
-        reply_json(q, 200, json_pack("{s:s}", a->prefix[0] ? a->prefix : "/", a->app_name));
+        api_reply_json(q, 200, json_pack("{s:s}", a->prefix[0] ? a->prefix : "/", a->app_name));
         return;
     case R_METRICS: h_metrics(q); return;
-    case R_MODELS:
-        reply_json(q, 200, json_pack("{s:s, s:[o]}", "object", "list", "data", model_obj(a)));
-        return;
-    case R_MODEL: {
-        const char *id = path + strlen(a->prefix) + 11;
-        if (!strcmp(id, a->model_name) || !strcmp(id, a->model_arg)) reply_json(q, 200, model_obj(a));
-        else send_error(q, 404, "model", "model_not_found", NULL, "The model '%s' does not exist", id);
-        return;
-    }
+    case R_MODELS: api_models(q, NULL); return;
+    case R_MODEL: api_models(q, path + strlen(a->prefix) + 11); return;
     default: break;
     }
     /* generation */
     pthread_rwlock_rdlock(&a->lock);
     if (!a->s || state != ST_READY) {
         pthread_rwlock_unlock(&a->lock);
-        send_error(q, 503, NULL, state == ST_LOADING ? "loading" : "draining", NULL,
+        api_send_error(q, 503, NULL, state == ST_LOADING ? "loading" : "draining", NULL,
                    state == ST_LOADING ? "the model is loading; retry shortly" : "the server is shutting down");
         return;
     }
     q->tok = a->m->tok;
     q->eos_id = cs_tok_eos_id(a->m->tok);
-    if (route == R_SIMPLE) h_simple_gen(q, a->s);
-    else h_completions(q, a->s);
+    if (route == R_SIMPLE) api_simple_gen(q, a->s);
+    else api_completions(q, a->s);
     pthread_rwlock_unlock(&a->lock);
 }
 
@@ -1237,7 +286,7 @@ static void on_abort(void *ud, cs_http_req *r, cs_http_abort why) {
     for (int i = 0; i < q->n_subs; i++)
         if (q->subs[i].active && a->s) cs_sched_cancel(a->s, q->subs[i].req);
     if (why == CS_HTTP_ABORT_TIMEOUT && !q->responded)
-        send_error(q, 408, NULL, "timeout", NULL, "request timed out: no response within the request timeout");
+        api_send_error(q, 408, NULL, "timeout", NULL, "request timed out: no response within the request timeout");
     pthread_mutex_unlock(&q->mu);
     pthread_rwlock_unlock(&a->lock);
 }
@@ -1259,14 +308,14 @@ static void on_done(void *ud, cs_http_req *r, int status, double latency_s, int 
     cs_metrics_request(a->metrics, route, cs_http_req_method(r), status, latency_s);
     if (!a->access_log) return;
     char ts[64];
-    ts_now(ts, sizeof ts);
+    cs_log_ts(ts, sizeof ts);
     const char *path = cs_http_req_path(r);
     size_t pl;
     char *cpath = cs_utf8_repair(path, strlen(path), &pl);
     const char *m = cs_http_req_method(r);
     size_t ml;
     char *cm = cs_utf8_repair(m, strlen(m), &ml);
-    log_json(json_pack("{s:s, s:s, s:s%, s:s%, s:i, s:f, s:I, s:I, s:s}", "ts", ts, "level", "info", "method",
+    cs_log_json(json_pack("{s:s, s:s, s:s%, s:s%, s:i, s:f, s:I, s:I, s:s}", "ts", ts, "level", "info", "method",
                        cm ? cm : "", cm ? ml : 0, "path", cpath ? cpath : "", cpath ? pl : 0, "status", status,
                        "latency_ms", round(latency_s * 1e6) / 1e3, "prompt_tokens", (json_int_t)pt,
                        "completion_tokens", (json_int_t)ct, "request_id", rid));
@@ -1276,7 +325,7 @@ static void on_done(void *ud, cs_http_req *r, int status, double latency_s, int 
 
 static void on_log(void *ud, const char *msg) {
     (void)ud;
-    cs_api_log("warn", "http: %s", msg);
+    cs_log("warn", "http: %s", msg);
 }
 
 /* ---------------------------------------------------------- life cycle */
@@ -1287,10 +336,11 @@ int cs_api_create(cs_api **out, const cs_api_opts *o, cs_metrics *metrics, cs_er
     cs_api *a = calloc(1, sizeof *a);
     if (!a) return cs_err_set(err, "out of memory");
     pthread_rwlock_init(&a->lock, NULL);
+    pthread_mutex_init(&a->ucfg_mu, NULL);
     a->metrics = metrics;
     a->access_log = o->access_log;
     a->created = (long long)time(NULL);
-    a->rid_base = random_u64();
+    a->rid_base = api_random_u64();
     a->model_name = xstrdup(o->model_name ? o->model_name : "model");
     a->model_arg = xstrdup(o->model_arg ? o->model_arg : a->model_name);
     a->app_name = xstrdup(o->app_name ? o->app_name : "transformer-app");
@@ -1335,6 +385,8 @@ void cs_api_free(cs_api *a) {
     free(a->model_arg);
     free(a->app_name);
     free(a->prefix);
+    json_decref(a->ucfg_doc);
+    pthread_mutex_destroy(&a->ucfg_mu);
     pthread_rwlock_destroy(&a->lock);
     free(a);
 }

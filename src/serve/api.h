@@ -22,18 +22,28 @@
  * cs_api_detach (before cs_sched_free: no scheduler calls after it returns)
  * -> cs_api_free (after cs_http_stop). The model and scheduler are borrowed.
  *
+ * user_config (Ray Serve's, of the TextGenService deployment): generation
+ * defaults for /text/simple-gen that override the model's pipeline defaults
+ * and are overridden by a request's own fields; set at any time, without a
+ * restart (cs_api_set_user_config).
+ *
  * Threads: the cs_http callbacks run on the HTTP threads, scheduler callbacks
- * on the engine thread; the state changes may come from any thread. Each
- * request's state is guarded by its own mutex; nothing here blocks on the
- * engine. */
+ * on the engine thread; the state changes and user_config may come from any
+ * thread. Each request's state is guarded by its own mutex; nothing here
+ * blocks on the engine.
+ *
+ * Source: api.c (dispatch, life cycle), api_simple.c, api_openai.c, api_gen.c
+ * (what the generation routes share); api_internal.h describes them. */
 #ifndef CS_API_H
 #define CS_API_H
 
+#include <jansson.h>
 #include <stddef.h>
 
 #include "engine/err.h"
 #include "engine/model.h"
 #include "http/http.h"
+#include "serve/log.h"
 #include "serve/metrics.h"
 #include "serve/sched.h"
 
@@ -46,6 +56,8 @@
 #define CS_API_MAX_KEY_BYTES 256  /* bytes of one API key */
 #define CS_API_MAX_REQUEST_ID 128 /* bytes of an X-Request-Id we echo */
 #define CS_API_RETRY_AFTER_S 1    /* Retry-After on 503 */
+#define CS_API_MAX_GEN_TOKENS (1 << 20) /* user_config max_new_tokens / max_length
+                                           (also at most the context once a model is attached) */
 
 typedef struct cs_api cs_api;
 
@@ -70,7 +82,34 @@ void cs_api_attach(cs_api *a, const cs_model *m, cs_sched *s);
 void cs_api_drain(cs_api *a);
 void cs_api_detach(cs_api *a);
 
-/* Writes {"ts", "level", "msg"} as one line on stderr. */
-void cs_api_log(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Generation defaults for POST APP/text/simple-gen, over the model's own
+ * (the text-generation pipeline's). user_config: a JSON object with any of
+ *   max_new_tokens (integer >= 1), max_length (integer >= 1, counts the prompt;
+ *   a user_config that gives it without max_new_tokens turns the model's
+ *   max_new_tokens off), do_sample (boolean), temperature (number in (0, 100]),
+ *   top_k (integer in [0, 2^30], 0 = off), top_p (number in (0, 1]),
+ *   repetition_penalty (number in (0, 100]);
+ * a key with a null value is not set; the lengths are also bounded by
+ * CS_API_MAX_GEN_TOKENS and, once a model is attached, by its context. A
+ * request's own fields override these. NULL, JSON null or {} clears them.
+ *
+ * Replaces the whole previous user_config (keys it does not give are unset).
+ * On an unknown key, a wrong type or a value out of range: -1 with err naming
+ * the key ("user_config.top_p: must be in (0, 1], got 2"), and nothing
+ * changes. user_config is not kept (copied). Thread-safe: may be called at
+ * any time from any thread; a request uses the values that were set when it
+ * was parsed, so requests already running keep theirs. */
+int cs_api_set_user_config(cs_api *a, const json_t *user_config, cs_err *err);
+
+/* The same checks without a cs_api (no context bound): for validating a
+ * Serve config before deploying it. */
+int cs_api_user_config_check(const json_t *user_config, cs_err *err);
+
+/* The user_config now in force, as it was given ({} when none). New
+ * reference; NULL only when out of memory. Thread-safe. */
+json_t *cs_api_user_config(cs_api *a);
+
+/* The server log moved to serve/log.h; the old name stays for callers. */
+#define cs_api_log cs_log
 
 #endif

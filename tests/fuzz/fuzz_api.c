@@ -1,10 +1,11 @@
-/* libFuzzer target: the HTTP API's request handling (src/serve/api.c) on
+/* libFuzzer target: the HTTP API's request handling (src/serve/api*.c) on
  * arbitrary request bodies, without a server, a socket or model weights.
  *
- * api.c's body parsing and validation (parse_body, opt_int/opt_num/opt_bool,
- * read_prompts, read_stops, unsupported, h_simple_gen, h_completions) are
- * static, so they are driven through the public entry point: the request
- * handler of cs_api_handlers(). This file links api.c against its own
+ * The body parsing and validation (api_parse_body, api_opt_int/num/bool,
+ * read_prompts, read_stops, unsupported, api_simple_gen, api_completions) and
+ * the user_config (cs_api_set_user_config) are driven through the public
+ * entry points: the request handler of cs_api_handlers() and the setter.
+ * This file links the API against its own
  * implementations of the cs_http request functions (http/http.h) and of the
  * cs_sched calls (serve/sched.h), both recorded in memory; the tokenizer is the
  * real GPT-2 one (tests/data/gpt2-tokenizer, under $CS_FUZZ_ROOT or the
@@ -13,9 +14,12 @@
  * "generates" tokens from the prompt's own ids, so stop strings, streaming,
  * echo, n > 1, cancellation and engine errors all run.
  *
- * Input: byte 0 = flags, byte 1 = tokens per sequence (bits 0-3) and a
- * refusal by the HTTP layer (bits 4-5: 413, 414, 431), the rest is the
- * request body (or the path, for the routing cases).
+ * Input: byte 0 = flags, byte 1 = tokens per sequence (bits 0-3), a
+ * refusal by the HTTP layer (bits 4-5: 413, 414, 431) and a user_config
+ * (bit 6: set one before the request: the body's "user_config" member when it
+ * has one, which the request itself ignores, else a fixed one that bit 7
+ * picks; cleared after), the rest is the request body (or the path, for the
+ * routing cases).
  *   bits 0-1  0: POST /text/simple-gen  1: POST /v1/completions
  *             2: GET <rest as path>     3: POST <rest as path>
  *   bit 2     an API key is configured (bit 3: the request sends it)
@@ -29,8 +33,9 @@
  * route's error format, well-formed server-sent events ending in [DONE] with
  * a finish_reason for every choice, as many choices as prompts x n, no
  * generated text containing a stop string, every scheduler request ended,
- * every reference dropped (the request and its application data freed), and
- * all of ASan/UBSan/LSan. CS_FUZZ_VERBOSE=1 prints each response. */
+ * every reference dropped (the request and its application data freed), a
+ * refused user_config named in the error and changing nothing, and all of
+ * ASan/UBSan/LSan. CS_FUZZ_VERBOSE=1 prints each response. */
 #include <jansson.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -476,6 +481,32 @@ static void check_response(const cs_http_req *r, int route, const expect *x) {
     json_decref(j);
 }
 
+/* Sets a user_config for this input (byte 1 bit 6): the body's "user_config"
+ * member, or a fixed one. Checks what the setter promises. */
+static void set_user_config(cs_api *api, const uint8_t *data, size_t size) {
+    static const char *const fixed[2] = {
+        "{\"max_new_tokens\": 3, \"do_sample\": true, \"top_k\": 5, \"temperature\": 0.7}",
+        "{\"max_length\": 6, \"top_p\": 0.5, \"repetition_penalty\": 1.3, \"do_sample\": false}"};
+    json_t *body = json_loadb((const char *)data + 2, size - 2, JSON_ALLOW_NUL, NULL);
+    json_t *uc = json_object_get(body, "user_config");
+    if (uc) json_incref(uc);
+    else uc = json_loads(fixed[data[1] >> 7], 0, NULL);
+    json_decref(body);
+    if (!uc) abort();
+    cs_err err = {{0}};
+    if (cs_api_set_user_config(api, uc, &err)) {
+        if (strncmp(err.msg, "user_config", 11)) fz_fail("user_config error not naming it: %s", err.msg);
+        json_t *now = cs_api_user_config(api);
+        if (!json_is_object(now) || json_object_size(now)) fz_fail("a refused user_config changed the settings");
+        json_decref(now);
+    } else {
+        json_t *now = cs_api_user_config(api);
+        if (json_object_size(now) && !json_equal(now, uc)) fz_fail("user_config in force differs from the one set");
+        json_decref(now);
+    }
+    json_decref(uc);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 2) return 0;
     const unsigned flags = data[0], max_tokens = data[1] & 15u;
@@ -521,6 +552,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         json_decref(j);
     }
 
+    const int with_uc = (data[1] >> 6) & 1;
+    if (with_uc) set_user_config(api, data, size);
     r->in_handler = 1;
     h.request(h.ud, r);
     r->in_handler = 0;
@@ -537,6 +570,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     json_decref(x.root);
     h.done(h.ud, r, r->status, 0.001, r->started && !r->gone);
     cs_http_req_unref(r);
+    if (with_uc) {
+        cs_err err;
+        if (cs_api_set_user_config(api, NULL, &err)) fz_fail("clearing the user_config failed: %s", err.msg);
+    }
     if (g_live_reqs != 0) fz_fail("request not freed: a reference was leaked (%d live)", g_live_reqs);
     return 0;
 }

@@ -98,6 +98,10 @@ def main(root):
     api("bad-json", 0x01, 2, b'{"prompt": "unterminated')
     api("deep", 0x00, 2, b"[" * 40 + b"]" * 40)
     api("invalid-utf8", 0x00, 2, b'{"input": "caf\xc3 \xff end"}')
+    # byte 1 bit 6: a user_config (the body's "user_config", else a fixed one picked by bit 7)
+    api("simple-uc", 0x00, 0x44, {"input": "Hello there", "user_config": {"max_new_tokens": 2, "top_k": 3, "do_sample": True}})
+    api("simple-uc-fixed", 0x00, 0xc4, {"input": "Once upon a time", "max_new_tokens": 4})
+    api("simple-uc-bad", 0x00, 0x44, {"input": "x", "user_config": {"top_p": 2, "bogus": 1}})
     for name, path in [("get-models", "/v1/models"), ("get-model", "/v1/models/gpt2"), ("get-health", "/-/healthz"),
                        ("get-routes", "/-/routes"), ("get-metrics", "/metrics"), ("get-404", "/nope")]:
         put(root, "api", name, bytes([0x02, 0]) + path.encode())

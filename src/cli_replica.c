@@ -1,0 +1,108 @@
+/* cserve replica: one deployment replica (engine + scheduler + the
+ * application's API) on a Unix socket or a TCP port. Started by `cserve serve
+ * --config` for each replica; on Kubernetes, the replica pods' command. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "serve/replica.h"
+
+int cs_cmd_replica(int argc, char **argv);
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: cserve replica (--socket PATH | --port N [--host ADDR]) --model M [options]\n\n"
+            "One replica of a text-generation deployment: /text/simple-gen, /v1/completions,\n"
+            "/v1/models, /-/healthz, plus /-/replica/stats and /-/replica/user_config for the controller.\n\n"
+            "  --socket PATH                    listen on a Unix socket\n"
+            "  --host ADDR --port N             or on TCP (default host 0.0.0.0)\n"
+            "  --model DIR|NAME                 model directory or Hub name\n"
+            "  --model-name ID                  id in responses (default: derived from --model)\n"
+            "  --app-name NAME                  application name (also accepted as \"model\")\n"
+            "  --dtype fp32|bf16|int8           weight format (default fp32)\n"
+            "  --threads N                      compute threads (default: CPUs available)\n"
+            "  --max-ongoing-requests N         sequences decoded together (default 32)\n"
+            "  --max-queued-requests N          waiting requests behind them (default 4096)\n"
+            "  --user-config JSON               generation defaults (Ray's user_config)\n"
+            "  --request-timeout-s S            (default 86400)\n"
+            "  --graceful-shutdown-timeout-s S  on SIGTERM, time to finish requests (default 20)\n"
+            "  --replica-id ID                  name in log lines\n"
+            "  --access-log                     one JSON line per request on stderr\n");
+}
+
+static int num(const char *opt, const char *s, double lo, double hi, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "cserve replica: %s: expected a number in [%g, %g], got '%s'\n", opt, lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int cs_cmd_replica(int argc, char **argv) {
+    enum { O_SOCK = 256, O_HOST, O_PORT, O_NAME, O_APP, O_DTYPE, O_THREADS, O_ONGOING, O_QUEUED, O_UC, O_RTO,
+           O_GRACE, O_RID, O_LOG };
+    static const struct option opts[] = {
+        {"socket", required_argument, 0, O_SOCK},
+        {"host", required_argument, 0, O_HOST},
+        {"port", required_argument, 0, O_PORT},
+        {"model", required_argument, 0, 'm'},
+        {"model-name", required_argument, 0, O_NAME},
+        {"app-name", required_argument, 0, O_APP},
+        {"dtype", required_argument, 0, O_DTYPE},
+        {"threads", required_argument, 0, O_THREADS},
+        {"max-ongoing-requests", required_argument, 0, O_ONGOING},
+        {"max-queued-requests", required_argument, 0, O_QUEUED},
+        {"user-config", required_argument, 0, O_UC},
+        {"request-timeout-s", required_argument, 0, O_RTO},
+        {"graceful-shutdown-timeout-s", required_argument, 0, O_GRACE},
+        {"replica-id", required_argument, 0, O_RID},
+        {"access-log", no_argument, 0, O_LOG},
+        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    cs_replica_opts o = {.host = "0.0.0.0", .port = -1, .max_running = 32, .max_queued = 4096,
+                         .request_timeout_s = 86400, .graceful_shutdown_timeout_s = 20};
+    double port = -1, threads = 0, ongoing = 32, queued = 4096;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "m:h", opts, NULL)) != -1) {
+        int bad = 0;
+        switch (c) {
+        case O_SOCK: o.unix_path = optarg; break;
+        case O_HOST: o.host = optarg; break;
+        case O_PORT: bad = num("--port", optarg, 0, 65535, &port); break;
+        case 'm': o.model = optarg; break;
+        case O_NAME: o.model_name = optarg; break;
+        case O_APP: o.app_name = optarg; break;
+        case O_DTYPE: o.dtype = optarg; break;
+        case O_THREADS: bad = num("--threads", optarg, 1, 1024, &threads); break;
+        case O_ONGOING: bad = num("--max-ongoing-requests", optarg, 1, 4096, &ongoing); break;
+        case O_QUEUED: bad = num("--max-queued-requests", optarg, 1, 1 << 20, &queued); break;
+        case O_UC: o.user_config = optarg; break;
+        case O_RTO: bad = num("--request-timeout-s", optarg, 0.05, 86400 * 365.0, &o.request_timeout_s); break;
+        case O_GRACE: bad = num("--graceful-shutdown-timeout-s", optarg, 0, 86400, &o.graceful_shutdown_timeout_s); break;
+        case O_RID: o.replica_id = optarg; break;
+        case O_LOG: o.access_log = 1; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+        if (bad) return 2;
+    }
+    if (optind != argc || !o.model || (!o.unix_path && port < 0)) {
+        fprintf(stderr, "cserve replica: %s\n", optind != argc ? "unexpected argument" :
+                        !o.model ? "--model is required" : "--socket or --port is required");
+        usage(stderr);
+        return 2;
+    }
+    o.port = (int)port;
+    o.threads = (int)threads;
+    o.max_running = (int)ongoing;
+    o.max_queued = (int)queued;
+    return cs_replica_run(&o);
+}

@@ -1,0 +1,1594 @@
+/* cs_scfg: see config.h. This file: YAML (libyaml events) -> json_t with a
+ * side table of source positions, RayService extraction, and the validation
+ * of Ray Serve's ServeDeploySchema into cs_scfg. */
+#include "serve/config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <yaml.h>
+
+#define SCFG_MAX_ANCHORS 256       /* distinct YAML anchors in one document */
+#define SCFG_INT_MAX 1000000000    /* request counts, generation lengths */
+#define SCFG_SECONDS_MAX 1e9       /* any duration (about 31 years) */
+#define SCFG_CPUS_MAX 1e6          /* ray_actor_options.num_cpus / num_gpus */
+#define SCFG_AUTO_MAX_REPLICAS 100 /* Ray's max_replicas for num_replicas "auto" */
+#define SCFG_MAX_PATH 256
+
+static const char k_textgen_dep[] = "TextGenService";
+static const char k_default_model[] = "distilgpt2";
+static const char k_builtin_list[] = "cserve.apps:text_generation, serve_app:deployment_graph";
+
+/* snprintf that may cut (messages and paths are bounded on purpose). */
+__attribute__((format(printf, 3, 4))) static void fmtcut(char *buf, size_t cap, const char *f, ...) {
+    va_list ap;
+    va_start(ap, f);
+    vsnprintf(buf, cap, f, ap);
+    va_end(ap);
+}
+
+/* ============================================================ positions */
+
+/* Where a value was written: keyed by (container, member key) or
+ * (container, index); a container's own position uses idx SIZE_MAX. Kept
+ * apart from the json_t nodes because true/false/null are shared singletons
+ * in jansson and because an alias puts one node in several places. */
+typedef struct pos_ent {
+    const void *parent; /* NULL: empty slot */
+    char *key;          /* NULL: an index */
+    size_t idx;
+    int line, col;      /* 1-based */
+} pos_ent;
+
+typedef struct postab {
+    pos_ent *e;
+    size_t cap, n;
+} postab;
+
+static uint64_t pos_hash(const void *parent, const char *key, size_t idx) {
+    uint64_t h = (uint64_t)(uintptr_t)parent * 0x9E3779B97F4A7C15ull;
+    if (key)
+        for (const unsigned char *s = (const unsigned char *)key; *s; s++) h = (h ^ *s) * 0x100000001B3ull;
+    else
+        h ^= (uint64_t)idx * 0xFF51AFD7ED558CCDull;
+    return h ^ (h >> 31);
+}
+
+static int pos_same(const pos_ent *e, const void *parent, const char *key, size_t idx) {
+    if (e->parent != parent) return 0;
+    if (!key || !e->key) return !key && !e->key && e->idx == idx;
+    return strcmp(e->key, key) == 0;
+}
+
+static void pos_free(postab *t) {
+    if (!t) return;
+    for (size_t i = 0; i < t->cap; i++) free(t->e[i].key);
+    free(t->e);
+    t->e = NULL;
+    t->cap = t->n = 0;
+}
+
+static int pos_grow(postab *t) {
+    size_t ncap = t->cap ? t->cap * 2 : 1024;
+    pos_ent *ne = calloc(ncap, sizeof *ne);
+    if (!ne) return -1;
+    for (size_t i = 0; i < t->cap; i++) {
+        pos_ent *e = &t->e[i];
+        if (!e->parent) continue;
+        size_t j = (size_t)pos_hash(e->parent, e->key, e->idx) & (ncap - 1);
+        while (ne[j].parent) j = (j + 1) & (ncap - 1);
+        ne[j] = *e;
+    }
+    free(t->e);
+    t->e = ne;
+    t->cap = ncap;
+    return 0;
+}
+
+/* The first position recorded for a slot wins. */
+static int pos_put(postab *t, const void *parent, const char *key, size_t idx, yaml_mark_t m) {
+    if ((t->n + 1) * 2 > t->cap && pos_grow(t)) return -1;
+    size_t j = (size_t)pos_hash(parent, key, idx) & (t->cap - 1);
+    while (t->e[j].parent) {
+        if (pos_same(&t->e[j], parent, key, idx)) return 0;
+        j = (j + 1) & (t->cap - 1);
+    }
+    char *k = NULL;
+    if (key && !(k = strdup(key))) return -1;
+    t->e[j] = (pos_ent){parent, k, idx, (int)m.line + 1, (int)m.column + 1};
+    t->n++;
+    return 0;
+}
+
+static const pos_ent *pos_get(const postab *t, const void *parent, const char *key, size_t idx) {
+    if (!t || !t->cap) return NULL;
+    size_t j = (size_t)pos_hash(parent, key, idx) & (t->cap - 1);
+    while (t->e[j].parent) {
+        if (pos_same(&t->e[j], parent, key, idx)) return &t->e[j];
+        j = (j + 1) & (t->cap - 1);
+    }
+    return NULL;
+}
+
+/* ============================================================ YAML -> JSON */
+
+typedef struct yframe {
+    json_t *node;   /* object or array (owned) */
+    int is_map;
+    char *key;      /* pending mapping key (owned), NULL when none */
+    int key_merge;  /* the pending key is the merge key "<<" */
+    yaml_mark_t key_mark, mark;
+    char *anchor;   /* registered when the node is complete */
+    size_t count;   /* nodes in this subtree, aliases expanded */
+    int height;     /* levels of nesting in this subtree (1: no child containers) */
+    json_t *merges; /* array of "<<" sources, or NULL */
+} yframe;
+
+typedef struct yanchor {
+    char *name;
+    json_t *node;
+    size_t count;
+    int height;
+} yanchor;
+
+typedef struct ybuild {
+    const char *origin;
+    const char *text;
+    size_t len;
+    cs_err *err;
+    postab *pos;
+    yframe st[CS_SCFG_MAX_DEPTH];
+    int depth;
+    yanchor anchors[SCFG_MAX_ANCHORS];
+    int n_anchors;
+    size_t nodes;
+    int docs;
+    json_t *root;
+} ybuild;
+
+__attribute__((format(printf, 3, 4))) static int y_fail(ybuild *b, yaml_mark_t m, const char *fmt, ...) {
+    char msg[CS_ERR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return cs_err_set(b->err, "%s:%d:%d: %s", b->origin, (int)m.line + 1, (int)m.column + 1, msg);
+}
+
+/* Copies at most max bytes of s into buf for a message (cut with "..."). */
+static const char *clip(char *buf, size_t cap, const char *s, size_t max) {
+    size_t n = strlen(s);
+    if (max + 4 > cap) max = cap - 4;
+    if (n <= max) {
+        memcpy(buf, s, n + 1);
+    } else {
+        while (max > 0 && ((unsigned char)s[max] & 0xC0) == 0x80) max--; /* whole UTF-8 characters */
+        memcpy(buf, s, max);
+        memcpy(buf + max, "...", 4);
+    }
+    return buf;
+}
+
+static int y_count(ybuild *b, size_t n, yaml_mark_t m) {
+    b->nodes += n;
+    if (b->nodes > CS_SCFG_MAX_NODES)
+        return y_fail(b, m, "more than %d YAML nodes (aliases expanded; CS_SCFG_MAX_NODES): an alias bomb?",
+                      CS_SCFG_MAX_NODES);
+    return 0;
+}
+
+static yanchor *y_find_anchor(ybuild *b, const char *name) {
+    for (int i = b->n_anchors - 1; i >= 0; i--)
+        if (strcmp(b->anchors[i].name, name) == 0) return &b->anchors[i];
+    return NULL;
+}
+
+static int y_anchor(ybuild *b, const char *name, json_t *node, size_t count, int height, yaml_mark_t m) {
+    yanchor *a = y_find_anchor(b, name); /* YAML lets a later anchor of the same name replace it */
+    if (!a) {
+        if (b->n_anchors == SCFG_MAX_ANCHORS) return y_fail(b, m, "more than %d YAML anchors", SCFG_MAX_ANCHORS);
+        a = &b->anchors[b->n_anchors];
+        if (!(a->name = strdup(name))) return y_fail(b, m, "out of memory");
+        b->n_anchors++;
+    } else {
+        json_decref(a->node);
+    }
+    a->node = json_incref(node);
+    a->count = count;
+    a->height = height;
+    return 0;
+}
+
+/* YAML 1.1 plain scalars as PyYAML's safe_load reads them (sexagesimal and
+ * timestamps stay strings); a JSON-style exponent without a dot (1e5) is a
+ * float too, so that JSON numbers read as numbers. */
+static int is_null_word(const char *s) {
+    return !*s || !strcmp(s, "~") || !strcmp(s, "null") || !strcmp(s, "Null") || !strcmp(s, "NULL");
+}
+
+static int bool_word(const char *s) {
+    static const char *t[] = {"yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON"};
+    static const char *f[] = {"no", "No", "NO", "false", "False", "FALSE", "off", "Off", "OFF"};
+    for (size_t i = 0; i < sizeof t / sizeof *t; i++) {
+        if (!strcmp(s, t[i])) return 1;
+        if (!strcmp(s, f[i])) return 0;
+    }
+    return -1;
+}
+
+/* Integer forms: [-+]? then 0b[01_]+ | 0x[0-9a-fA-F_]+ | 0[0-7_]+ | 0 | [1-9][0-9_]*.
+ * Returns 1 and *out (or *big when it does not fit an int64), 0 when not an int. */
+static int parse_int(const char *s, json_int_t *out, int *big) {
+    int neg = 0, base = 10;
+    *big = 0;
+    if (*s == '-' || *s == '+') neg = *s++ == '-';
+    if (!*s) return 0;
+    if (s[0] == '0' && s[1] == 'b') base = 2, s += 2;
+    else if (s[0] == '0' && s[1] == 'x') base = 16, s += 2;
+    else if (s[0] == '0' && s[1]) base = 8, s += 1;
+    if (!*s) return 0;
+    uint64_t v = 0;
+    int digits = 0;
+    for (; *s; s++) {
+        if (*s == '_') continue;
+        int d;
+        if (*s >= '0' && *s <= '9') d = *s - '0';
+        else if (*s >= 'a' && *s <= 'f') d = *s - 'a' + 10;
+        else if (*s >= 'A' && *s <= 'F') d = *s - 'A' + 10;
+        else return 0;
+        if (d >= base) return 0;
+        if (v > (UINT64_MAX - (uint64_t)d) / (uint64_t)base) *big = 1;
+        else v = v * (uint64_t)base + (uint64_t)d;
+        digits++;
+    }
+    if (!digits) return 0;
+    if (v > (uint64_t)INT64_MAX + (uint64_t)neg) *big = 1;
+    if (!*big) *out = neg ? (json_int_t)(0 - v) : (json_int_t)v;
+    return 1;
+}
+
+/* Float forms: [-+]? digits/underscores, optional .fraction, optional exponent;
+ * at least one digit and a dot or an exponent. */
+static int is_float(const char *s) {
+    const char *p = s;
+    int digits = 0, dot = 0, exp = 0;
+    if (*p == '-' || *p == '+') p++;
+    if (*p == '_') return 0;
+    for (; (*p >= '0' && *p <= '9') || *p == '_'; p++) digits += *p != '_';
+    if (*p == '.') {
+        dot = 1;
+        for (p++; (*p >= '0' && *p <= '9') || *p == '_'; p++) digits += *p != '_';
+    }
+    if (!digits) return 0;
+    if (*p == 'e' || *p == 'E') {
+        p++;
+        if (*p == '-' || *p == '+') p++;
+        if (!(*p >= '0' && *p <= '9')) return 0;
+        while (*p >= '0' && *p <= '9') p++;
+        exp = 1;
+    }
+    return !*p && (dot || exp);
+}
+
+static double strtod_nounder(const char *s) {
+    char buf[128];
+    size_t n = 0;
+    for (; *s && n + 1 < sizeof buf; s++)
+        if (*s != '_') buf[n++] = *s;
+    buf[n] = 0;
+    return strtod(buf, NULL);
+}
+
+/* A plain scalar's value (never NULL unless out of memory or invalid UTF-8). */
+static json_t *resolve_plain(const char *s, size_t len) {
+    if (strlen(s) == len) { /* a NUL inside can only be a string */
+        if (is_null_word(s)) return json_null();
+        int bw = bool_word(s);
+        if (bw >= 0) return json_boolean(bw);
+        json_int_t iv;
+        int big;
+        if (parse_int(s, &iv, &big)) {
+            if (!big) return json_integer(iv);
+            double d = strtod_nounder(s);
+            if (isfinite(d) && len < 120) return json_real(d);
+        } else if (len < 120 && is_float(s)) {
+            double d = strtod_nounder(s);
+            if (isfinite(d)) return json_real(d);
+        }
+    }
+    return json_stringn(s, len);
+}
+
+#define TAG_PREFIX "tag:yaml.org,2002:"
+
+static int y_scalar_value(ybuild *b, const yaml_event_t *ev, json_t **out) {
+    const char *s = (const char *)ev->data.scalar.value;
+    size_t len = ev->data.scalar.length;
+    const char *tag = (const char *)ev->data.scalar.tag;
+    json_t *v = NULL;
+    if (!tag || !strcmp(tag, "!")) {
+        v = ev->data.scalar.plain_implicit && !tag ? resolve_plain(s, len) : json_stringn(s, len);
+    } else if (!strcmp(tag, TAG_PREFIX "str")) {
+        v = json_stringn(s, len);
+    } else if (!strcmp(tag, TAG_PREFIX "null") || !strcmp(tag, TAG_PREFIX "bool") ||
+               !strcmp(tag, TAG_PREFIX "int") || !strcmp(tag, TAG_PREFIX "float")) {
+        const char *t = tag + strlen(TAG_PREFIX);
+        v = resolve_plain(s, len);
+        int ok = v && ((!strcmp(t, "null") && json_is_null(v)) || (!strcmp(t, "bool") && json_is_boolean(v)) ||
+                       (!strcmp(t, "int") && json_is_integer(v)) || (!strcmp(t, "float") && json_is_number(v)));
+        if (v && ok && !strcmp(t, "float") && json_is_integer(v)) {
+            json_t *r = json_real((double)json_integer_value(v));
+            json_decref(v);
+            v = r;
+        }
+        if (v && !ok) {
+            char cb[64];
+            json_decref(v);
+            return y_fail(b, ev->start_mark, "\"%s\" cannot be read as !!%s", clip(cb, sizeof cb, s, 40), t);
+        }
+    } else {
+        char cb[64];
+        return y_fail(b, ev->start_mark, "unsupported YAML tag %s", clip(cb, sizeof cb, tag, 40));
+    }
+    if (!v) return y_fail(b, ev->start_mark, "cannot hold this scalar (invalid UTF-8 or out of memory)");
+    *out = v;
+    return 0;
+}
+
+static int check_merge_source(const json_t *v) {
+    if (json_is_object(v)) return 1;
+    if (!json_is_array(v) || json_array_size(v) == 0) return 0;
+    for (size_t i = 0; i < json_array_size(v); i++)
+        if (!json_is_object(json_array_get(v, i))) return 0;
+    return 1;
+}
+
+/* Adds a complete node (value: owned) to the open container, or makes it the root. */
+static int y_add(ybuild *b, json_t *value, yaml_mark_t m, size_t count, int height) {
+    if (b->depth == 0) {
+        json_decref(b->root);
+        b->root = value;
+        return 0;
+    }
+    yframe *f = &b->st[b->depth - 1];
+    f->count += count;
+    if (height + 1 > f->height) f->height = height + 1;
+    if (!f->is_map) {
+        size_t idx = json_array_size(f->node);
+        if (json_array_append_new(f->node, value)) return y_fail(b, m, "out of memory");
+        if (pos_put(b->pos, f->node, NULL, idx, m)) return y_fail(b, m, "out of memory");
+        return 0;
+    }
+    if (f->key_merge) {
+        free(f->key);
+        f->key = NULL;
+        f->key_merge = 0;
+        if (!check_merge_source(value)) {
+            json_decref(value);
+            return y_fail(b, m, "the merge key '<<' needs a mapping or a list of mappings");
+        }
+        if (!f->merges && !(f->merges = json_array())) {
+            json_decref(value);
+            return y_fail(b, m, "out of memory");
+        }
+        if (json_array_append_new(f->merges, value)) return y_fail(b, m, "out of memory");
+        return 0;
+    }
+    char *key = f->key;
+    f->key = NULL;
+    if (json_object_get(f->node, key)) {
+        char cb[96];
+        json_decref(value);
+        int rc = y_fail(b, f->key_mark, "duplicate key '%s'", clip(cb, sizeof cb, key, 80));
+        free(key);
+        return rc;
+    }
+    int rc = 0;
+    if (json_object_set_new(f->node, key, value)) rc = y_fail(b, f->key_mark, "out of memory");
+    else if (pos_put(b->pos, f->node, key, 0, m)) rc = y_fail(b, m, "out of memory");
+    free(key);
+    return rc;
+}
+
+/* A scalar (or an alias of a string) in key position. */
+static int y_key(ybuild *b, const char *s, size_t len, int plain, yaml_mark_t m) {
+    yframe *f = &b->st[b->depth - 1];
+    if (strlen(s) != len) return y_fail(b, m, "a mapping key holds a NUL character");
+    if (!(f->key = strdup(s))) return y_fail(b, m, "out of memory");
+    f->key_merge = plain && !strcmp(s, "<<");
+    f->key_mark = m;
+    return y_count(b, 1, m);
+}
+
+/* Merge keys: explicit keys win; among the merged mappings the first one wins. */
+static int y_apply_merges(ybuild *b, yframe *f) {
+    if (!f->merges) return 0;
+    for (size_t i = 0; i < json_array_size(f->merges); i++) {
+        json_t *src = json_array_get(f->merges, i);
+        size_t n = json_is_array(src) ? json_array_size(src) : 1;
+        for (size_t k = 0; k < n; k++) {
+            json_t *m = json_is_array(src) ? json_array_get(src, k) : src;
+            const char *key;
+            json_t *val;
+            json_object_foreach(m, key, val) {
+                if (json_object_get(f->node, key)) continue;
+                if (json_object_set(f->node, key, val)) return y_fail(b, f->mark, "out of memory");
+            }
+        }
+    }
+    return 0;
+}
+
+static int y_collection_tag(ybuild *b, const yaml_event_t *ev, const char *tag, const char *want) {
+    if (!tag || !strcmp(tag, "!")) return 0;
+    if (!strncmp(tag, TAG_PREFIX, strlen(TAG_PREFIX)) && !strcmp(tag + strlen(TAG_PREFIX), want)) return 0;
+    char cb[64];
+    return y_fail(b, ev->start_mark, "unsupported YAML tag %s", clip(cb, sizeof cb, tag, 40));
+}
+
+static int y_event(ybuild *b, const yaml_event_t *ev) {
+    yframe *top = b->depth ? &b->st[b->depth - 1] : NULL;
+    int want_key = top && top->is_map && !top->key;
+    switch (ev->type) {
+    case YAML_DOCUMENT_START_EVENT:
+        if (b->docs++ > 0)
+            return y_fail(b, ev->start_mark, "more than one YAML document (a config is one document)");
+        return 0;
+    case YAML_SCALAR_EVENT: {
+        const char *anchor = (const char *)ev->data.scalar.anchor;
+        if (want_key) {
+            if (y_key(b, (const char *)ev->data.scalar.value, ev->data.scalar.length,
+                      ev->data.scalar.plain_implicit && !ev->data.scalar.tag, ev->start_mark))
+                return -1;
+            if (anchor) {
+                json_t *s = json_string(top->key);
+                int rc = s ? y_anchor(b, anchor, s, 1, 0, ev->start_mark) : y_fail(b, ev->start_mark, "out of memory");
+                json_decref(s);
+                return rc;
+            }
+            return 0;
+        }
+        json_t *v = NULL;
+        if (y_count(b, 1, ev->start_mark) || y_scalar_value(b, ev, &v)) return -1;
+        if (anchor && y_anchor(b, anchor, v, 1, 0, ev->start_mark)) {
+            json_decref(v);
+            return -1;
+        }
+        return y_add(b, v, ev->start_mark, 1, 0);
+    }
+    case YAML_ALIAS_EVENT: {
+        const char *name = (const char *)ev->data.alias.anchor;
+        yanchor *a = y_find_anchor(b, name);
+        char cb[64];
+        if (!a) return y_fail(b, ev->start_mark, "unknown alias *%s", clip(cb, sizeof cb, name, 40));
+        if (want_key) {
+            if (!json_is_string(a->node)) return y_fail(b, ev->start_mark, "a mapping key must be a scalar");
+            return y_key(b, json_string_value(a->node), json_string_length(a->node), 0, ev->start_mark);
+        }
+        if (b->depth + a->height > CS_SCFG_MAX_DEPTH)
+            return y_fail(b, ev->start_mark, "nesting deeper than %d levels (CS_SCFG_MAX_DEPTH) through alias *%s",
+                          CS_SCFG_MAX_DEPTH, clip(cb, sizeof cb, name, 40));
+        if (y_count(b, a->count, ev->start_mark)) return -1;
+        return y_add(b, json_incref(a->node), ev->start_mark, a->count, a->height);
+    }
+    case YAML_SEQUENCE_START_EVENT:
+    case YAML_MAPPING_START_EVENT: {
+        int is_map = ev->type == YAML_MAPPING_START_EVENT;
+        const char *tag = (const char *)(is_map ? ev->data.mapping_start.tag : ev->data.sequence_start.tag);
+        const char *anchor = (const char *)(is_map ? ev->data.mapping_start.anchor : ev->data.sequence_start.anchor);
+        if (want_key) return y_fail(b, ev->start_mark, "a mapping key must be a scalar");
+        if (b->depth == CS_SCFG_MAX_DEPTH)
+            return y_fail(b, ev->start_mark, "nesting deeper than %d levels (CS_SCFG_MAX_DEPTH)", CS_SCFG_MAX_DEPTH);
+        if (y_collection_tag(b, ev, tag, is_map ? "map" : "seq") || y_count(b, 1, ev->start_mark)) return -1;
+        yframe *f = &b->st[b->depth];
+        memset(f, 0, sizeof *f);
+        f->is_map = is_map;
+        f->mark = ev->start_mark;
+        f->count = 1;
+        f->height = 1;
+        if (!(f->node = is_map ? json_object() : json_array())) return y_fail(b, ev->start_mark, "out of memory");
+        b->depth++;
+        if (anchor && !(f->anchor = strdup(anchor))) return y_fail(b, ev->start_mark, "out of memory");
+        if (pos_put(b->pos, f->node, NULL, SIZE_MAX, ev->start_mark)) return y_fail(b, ev->start_mark, "out of memory");
+        return 0;
+    }
+    case YAML_SEQUENCE_END_EVENT:
+    case YAML_MAPPING_END_EVENT: {
+        yframe *f = top;
+        if (!f) return y_fail(b, ev->start_mark, "unbalanced YAML events");
+        if (f->is_map && y_apply_merges(b, f)) return -1;
+        json_t *node = f->node;
+        f->node = NULL;
+        if (f->anchor && y_anchor(b, f->anchor, node, f->count, f->height, f->mark)) {
+            json_decref(node);
+            return -1;
+        }
+        free(f->anchor);
+        free(f->key);
+        json_decref(f->merges);
+        size_t count = f->count;
+        int height = f->height;
+        yaml_mark_t m = f->mark;
+        memset(f, 0, sizeof *f);
+        b->depth--;
+        return y_add(b, node, m, count, height);
+    }
+    default:
+        return 0;
+    }
+}
+
+static void y_cleanup(ybuild *b) {
+    for (int i = 0; i < b->depth; i++) {
+        json_decref(b->st[i].node);
+        json_decref(b->st[i].merges);
+        free(b->st[i].key);
+        free(b->st[i].anchor);
+    }
+    b->depth = 0;
+    for (int i = 0; i < b->n_anchors; i++) {
+        free(b->anchors[i].name);
+        json_decref(b->anchors[i].node);
+    }
+    b->n_anchors = 0;
+}
+
+static int y_parser_error(ybuild *b, const yaml_parser_t *p) {
+    const char *problem = p->problem ? p->problem : "cannot be parsed";
+    if (p->error == YAML_MEMORY_ERROR) return cs_err_set(b->err, "%s: out of memory reading YAML", b->origin);
+    if (p->error == YAML_READER_ERROR) { /* only a byte offset: count the lines */
+        size_t off = p->problem_offset < b->len ? p->problem_offset : b->len;
+        int line = 1, col = 1;
+        for (size_t i = 0; i < off; i++) {
+            if (b->text[i] == '\n') line++, col = 1;
+            else if (((unsigned char)b->text[i] & 0xC0) != 0x80) col++;
+        }
+        return cs_err_set(b->err, "%s:%d:%d: invalid YAML: %s", b->origin, line, col, problem);
+    }
+    yaml_mark_t m = p->problem_mark;
+    if (p->context)
+        return cs_err_set(b->err, "%s:%d:%d: invalid YAML: %s %s (line %d)", b->origin, (int)m.line + 1,
+                          (int)m.column + 1, problem, p->context, (int)p->context_mark.line + 1);
+    return cs_err_set(b->err, "%s:%d:%d: invalid YAML: %s", b->origin, (int)m.line + 1, (int)m.column + 1, problem);
+}
+
+/* YAML (or JSON) text -> *out (new reference) with positions in pos. */
+static int yaml_to_json(const char *text, size_t len, const char *origin, json_t **out, postab *pos, cs_err *err) {
+    *out = NULL;
+    ybuild *b = calloc(1, sizeof *b);
+    if (!b) return cs_err_set(err, "%s: out of memory", origin);
+    b->origin = origin;
+    b->text = text;
+    b->len = len;
+    b->err = err;
+    b->pos = pos;
+    yaml_parser_t p;
+    if (!yaml_parser_initialize(&p)) {
+        free(b);
+        return cs_err_set(err, "%s: out of memory", origin);
+    }
+    yaml_parser_set_input_string(&p, (const unsigned char *)text, len);
+    int rc = 0;
+    for (;;) {
+        yaml_event_t ev;
+        if (!yaml_parser_parse(&p, &ev)) {
+            rc = y_parser_error(b, &p);
+            break;
+        }
+        int done = ev.type == YAML_STREAM_END_EVENT;
+        rc = y_event(b, &ev);
+        yaml_event_delete(&ev);
+        if (rc || done) break;
+    }
+    yaml_parser_delete(&p);
+    y_cleanup(b);
+    if (!rc && !b->root) rc = cs_err_set(err, "%s: the config is empty", origin);
+    if (rc) json_decref(b->root);
+    else *out = b->root;
+    free(b);
+    return rc;
+}
+
+/* ============================================================ validation */
+
+typedef struct vctx {
+    const char *origin; /* NULL: a json_t document (no positions) */
+    const postab *pos;
+    cs_err *err;
+} vctx;
+
+typedef struct loc {
+    char path[SCFG_MAX_PATH];
+    int line, col; /* 0: unknown */
+} loc;
+
+static void loc_root(loc *l, const vctx *v, const json_t *root) {
+    memset(l, 0, sizeof *l);
+    const pos_ent *e = pos_get(v->pos, root, NULL, SIZE_MAX);
+    if (e) l->line = e->line, l->col = e->col;
+}
+
+static void loc_key(loc *out, const vctx *v, const loc *parent, const json_t *obj, const char *key) {
+    char cb[80];
+    clip(cb, sizeof cb, key, 64);
+    if (parent->path[0]) fmtcut(out->path, sizeof out->path, "%s.%s", parent->path, cb);
+    else snprintf(out->path, sizeof out->path, "%s", cb);
+    const pos_ent *e = pos_get(v->pos, obj, key, 0);
+    out->line = e ? e->line : parent->line;
+    out->col = e ? e->col : parent->col;
+}
+
+static void loc_idx(loc *out, const vctx *v, const loc *parent, const json_t *arr, size_t i) {
+    fmtcut(out->path, sizeof out->path, "%s[%zu]", parent->path, i);
+    const pos_ent *e = pos_get(v->pos, arr, NULL, i);
+    out->line = e ? e->line : parent->line;
+    out->col = e ? e->col : parent->col;
+}
+
+static void where(char *buf, size_t cap, const vctx *v, const loc *l) {
+    size_t n = 0;
+    buf[0] = 0;
+    if (v->origin && l->line > 0) n = (size_t)snprintf(buf, cap, "%s:%d:%d: ", v->origin, l->line, l->col);
+    else if (v->origin) n = (size_t)snprintf(buf, cap, "%s: ", v->origin);
+    if (n < cap && l->path[0]) snprintf(buf + n, cap - n, "%s: ", l->path);
+}
+
+__attribute__((format(printf, 3, 4))) static int v_fail(const vctx *v, const loc *l, const char *fmt, ...) {
+    char msg[CS_ERR_MAX], w[CS_ERR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    where(w, sizeof w, v, l);
+    return cs_err_set(v->err, "%s%s", w, msg);
+}
+
+/* A short rendering of a value for messages. */
+static const char *describe(char *buf, size_t cap, const json_t *x) {
+    if (!x) return "nothing";
+    if (json_is_object(x)) return "a mapping";
+    if (json_is_array(x)) return "a list";
+    char *s = json_dumps(x, JSON_ENCODE_ANY | JSON_REAL_PRECISION(15));
+    if (!s) return "a value";
+    clip(buf, cap, s, 60);
+    free(s);
+    return buf;
+}
+
+static int is_num(const json_t *x) { return json_is_integer(x) || json_is_real(x); }
+
+/* The ranges of a number field: lo/hi with open (>/<) or closed (>=/<=) ends;
+ * hi is left out of messages when it is only a sanity cap (hi_quiet). */
+typedef struct nspec {
+    double lo, hi;
+    char lo_open, hi_quiet, is_int, nullable;
+} nspec;
+
+static void nspec_text(char *buf, size_t cap, const nspec *s) {
+    int n = snprintf(buf, cap, "%s %s %.15g", s->is_int ? "an integer" : "a number", s->lo_open ? ">" : ">=", s->lo);
+    if (!s->hi_quiet && n > 0 && (size_t)n < cap) n += snprintf(buf + n, cap - (size_t)n, " and <= %.15g", s->hi);
+    if (s->nullable && n > 0 && (size_t)n < cap) snprintf(buf + n, cap - (size_t)n, " or null");
+}
+
+/* x -> *out under spec; null (when allowed) leaves *out unchanged and returns 1. */
+static int get_num(const vctx *v, const loc *l, const json_t *x, const nspec *s, double *out) {
+    if (s->nullable && json_is_null(x)) return 1;
+    double d = is_num(x) ? json_number_value(x) : NAN;
+    int ok = isfinite(d) && (s->lo_open ? d > s->lo : d >= s->lo) && d <= s->hi;
+    if (ok && s->is_int && d != floor(d)) ok = 0;
+    if (!ok) {
+        char want[96], got[96];
+        nspec_text(want, sizeof want, s);
+        if (s->hi_quiet && isfinite(d) && d > s->hi)
+            return v_fail(v, l, "expected %s, got %s (more than %.15g)", want, describe(got, sizeof got, x), s->hi);
+        return v_fail(v, l, "expected %s, got %s", want, describe(got, sizeof got, x));
+    }
+    *out = d;
+    return 0;
+}
+
+static int get_int(const vctx *v, const loc *l, const json_t *x, const nspec *s, int *out) {
+    double d = 0;
+    int rc = get_num(v, l, x, s, &d);
+    if (rc == 0) *out = (int)d;
+    return rc;
+}
+
+/* A string without NUL bytes, shorter than cap. */
+static int get_str(const vctx *v, const loc *l, const json_t *x, char *out, size_t cap) {
+    char got[96];
+    if (!json_is_string(x)) return v_fail(v, l, "expected a string, got %s", describe(got, sizeof got, x));
+    size_t n = json_string_length(x);
+    if (strlen(json_string_value(x)) != n) return v_fail(v, l, "the string holds a NUL character");
+    if (n >= cap) return v_fail(v, l, "longer than %zu bytes", cap - 1);
+    memcpy(out, json_string_value(x), n + 1);
+    return 0;
+}
+
+/* An object (or null when nullable); returns 1 for null. */
+static int want_object(const vctx *v, const loc *l, const json_t *x, int nullable) {
+    char got[96];
+    if (json_is_object(x)) return 0;
+    if (nullable && json_is_null(x)) return 1;
+    return v_fail(v, l, "expected a mapping%s, got %s", nullable ? " or null" : "", describe(got, sizeof got, x));
+}
+
+#define NUM(lo_, open_) ((nspec){(lo_), SCFG_SECONDS_MAX, (open_), 1, 0, 0})
+#define NUM_OR_NULL(lo_, open_) ((nspec){(lo_), SCFG_SECONDS_MAX, (open_), 1, 0, 1})
+#define INT(lo_, hi_) ((nspec){(lo_), (hi_), 0, 0, 1, 0})
+
+static void as_defaults(cs_scfg_autoscaling *a) {
+    *a = (cs_scfg_autoscaling){
+        .min_replicas = 1,
+        .initial_replicas = -1,
+        .max_replicas = 1,
+        .target_ongoing_requests = 2,
+        .look_back_period_s = 30,
+        .metrics_interval_s = 10,
+        .smoothing_factor = 1,
+        .upscaling_factor = -1,
+        .downscaling_factor = -1,
+        .upscale_delay_s = 30,
+        .downscale_delay_s = 600,
+        .downscale_to_zero_delay_s = -1,
+    };
+}
+
+static void dep_defaults(cs_scfg_deployment *d, const char *name, int max_ongoing) {
+    memset(d, 0, sizeof *d);
+    snprintf(d->name, sizeof d->name, "%s", name);
+    d->num_replicas = 1;
+    as_defaults(&d->as);
+    d->max_ongoing_requests = max_ongoing;
+    d->max_queued_requests = -1;
+    d->graceful_shutdown_wait_loop_s = 2;
+    d->graceful_shutdown_timeout_s = 20;
+    d->health_check_period_s = 10;
+    d->health_check_timeout_s = 30;
+}
+
+static void dep_release(cs_scfg_deployment *d) {
+    json_decref(d->user_config);
+    json_decref(d->given);
+    d->user_config = d->given = NULL;
+}
+
+static int replicas_field(const vctx *v, const loc *l, const json_t *x, int lo, int nullable, int *out) {
+    nspec s = {lo, CS_SCFG_MAX_REPLICAS, 0, 1, 1, (char)nullable};
+    if (is_num(x) && isfinite(json_number_value(x)) && json_number_value(x) > CS_SCFG_MAX_REPLICAS &&
+        json_number_value(x) == floor(json_number_value(x)))
+        return v_fail(v, l, "%.15g is more than the %d replicas a deployment may have (CS_SCFG_MAX_REPLICAS)",
+                      json_number_value(x), CS_SCFG_MAX_REPLICAS);
+    return get_int(v, l, x, &s, out) < 0 ? -1 : 0;
+}
+
+static int parse_autoscaling(const vctx *v, const loc *l, const json_t *o, cs_scfg_autoscaling *a) {
+    loc fl;
+    const json_t *x;
+    const nspec pos = NUM(0, 1), nonneg = NUM(0, 0), pos_null = NUM_OR_NULL(0, 1), nonneg_null = NUM_OR_NULL(0, 0);
+    struct {
+        const char *key;
+        const nspec *spec;
+        double *dst;
+    } nums[] = {
+        {"target_ongoing_requests", &pos, &a->target_ongoing_requests},
+        {"look_back_period_s", &pos, &a->look_back_period_s},
+        {"metrics_interval_s", &pos, &a->metrics_interval_s},
+        {"smoothing_factor", &pos, &a->smoothing_factor},
+        {"upscaling_factor", &pos_null, &a->upscaling_factor},
+        {"downscaling_factor", &pos_null, &a->downscaling_factor},
+        {"upscale_delay_s", &nonneg, &a->upscale_delay_s},
+        {"downscale_delay_s", &nonneg, &a->downscale_delay_s},
+        {"downscale_to_zero_delay_s", &nonneg_null, &a->downscale_to_zero_delay_s},
+    };
+    for (size_t i = 0; i < sizeof nums / sizeof *nums; i++) {
+        if (!(x = json_object_get(o, nums[i].key))) continue;
+        loc_key(&fl, v, l, o, nums[i].key);
+        double d;
+        int rc = get_num(v, &fl, x, nums[i].spec, &d);
+        if (rc < 0) return -1;
+        *nums[i].dst = rc == 1 ? -1 : d;
+    }
+    /* deprecated names of the two factors (used when the new names are absent) */
+    static const char *old[2] = {"upscale_smoothing_factor", "downscale_smoothing_factor"};
+    double *olddst[2] = {&a->upscaling_factor, &a->downscaling_factor};
+    for (int i = 0; i < 2; i++) {
+        if (!(x = json_object_get(o, old[i]))) continue;
+        loc_key(&fl, v, l, o, old[i]);
+        double d;
+        int rc = get_num(v, &fl, x, &pos_null, &d);
+        if (rc < 0) return -1;
+        if (rc == 0 && *olddst[i] < 0) *olddst[i] = d;
+    }
+    loc lmin = *l, lmax = *l, linit = *l;
+    if ((x = json_object_get(o, "min_replicas"))) {
+        loc_key(&lmin, v, l, o, "min_replicas");
+        if (replicas_field(v, &lmin, x, 0, 0, &a->min_replicas)) return -1;
+    }
+    if ((x = json_object_get(o, "max_replicas"))) {
+        loc_key(&lmax, v, l, o, "max_replicas");
+        if (replicas_field(v, &lmax, x, 1, 0, &a->max_replicas)) return -1;
+    }
+    if ((x = json_object_get(o, "initial_replicas"))) {
+        loc_key(&linit, v, l, o, "initial_replicas");
+        if (json_is_null(x)) a->initial_replicas = -1;
+        else if (replicas_field(v, &linit, x, 0, 0, &a->initial_replicas)) return -1;
+    }
+    if (a->min_replicas > a->max_replicas)
+        return v_fail(v, &lmax, "max_replicas (%d) must be >= min_replicas (%d)", a->max_replicas, a->min_replicas);
+    if (a->initial_replicas >= 0 && a->initial_replicas < a->min_replicas)
+        return v_fail(v, &linit, "initial_replicas (%d) must be >= min_replicas (%d)", a->initial_replicas,
+                      a->min_replicas);
+    if (a->initial_replicas > a->max_replicas)
+        return v_fail(v, &linit, "initial_replicas (%d) must be <= max_replicas (%d)", a->initial_replicas,
+                      a->max_replicas);
+    return 0;
+}
+
+static int parse_actor_options(const vctx *v, const loc *l, const json_t *o, cs_scfg_deployment *d) {
+    loc fl;
+    const json_t *x;
+    const nspec cpus = {0, SCFG_CPUS_MAX, 0, 1, 0, 1};
+    const nspec mem = {0, 1e18, 0, 1, 0, 1};
+    if ((x = json_object_get(o, "num_cpus"))) {
+        loc_key(&fl, v, l, o, "num_cpus");
+        if (get_num(v, &fl, x, &cpus, &d->num_cpus) < 0) return -1;
+    }
+    double tmp;
+    if ((x = json_object_get(o, "num_gpus"))) {
+        loc_key(&fl, v, l, o, "num_gpus");
+        if (get_num(v, &fl, x, &cpus, &tmp) < 0) return -1;
+    }
+    if ((x = json_object_get(o, "memory"))) {
+        loc_key(&fl, v, l, o, "memory");
+        if (get_num(v, &fl, x, &mem, &tmp) < 0) return -1;
+    }
+    static const char *objs[] = {"resources", "runtime_env"};
+    for (size_t i = 0; i < 2; i++) {
+        if (!(x = json_object_get(o, objs[i]))) continue;
+        loc_key(&fl, v, l, o, objs[i]);
+        if (want_object(v, &fl, x, 1) < 0) return -1;
+    }
+    return 0;
+}
+
+/* One entry of an application's deployments list (schema checks only). */
+static int parse_deployment(const vctx *v, const loc *l, const json_t *o, cs_scfg_deployment *d, int max_ongoing) {
+    loc fl, lnum = *l;
+    const json_t *x;
+    char got[96], name[CS_SCFG_MAX_NAME];
+    if (want_object(v, l, o, 0)) return -1;
+    loc_key(&fl, v, l, o, "name");
+    if (!(x = json_object_get(o, "name"))) return v_fail(v, &fl, "required field missing");
+    if (get_str(v, &fl, x, name, sizeof name)) return -1;
+    if (!name[0]) return v_fail(v, &fl, "deployment names must be non-empty");
+    dep_defaults(d, name, max_ongoing);
+    d->given = json_incref((json_t *)o);
+
+    int fixed = 0, autos = 0;
+    if ((x = json_object_get(o, "num_replicas")) && !json_is_null(x)) {
+        loc_key(&lnum, v, l, o, "num_replicas");
+        if (json_is_string(x)) {
+            if (strcmp(json_string_value(x), "auto"))
+                return v_fail(v, &lnum, "expected a positive integer or \"auto\", got %s", describe(got, sizeof got, x));
+            autos = 1;
+        } else if (is_num(x)) {
+            if (replicas_field(v, &lnum, x, 1, 0, &d->num_replicas)) return -1;
+            fixed = 1;
+        } else {
+            return v_fail(v, &lnum, "expected a positive integer or \"auto\", got %s", describe(got, sizeof got, x));
+        }
+    }
+    if (autos) { /* Ray's defaults for "auto", capped at what cserve can run */
+        d->autoscaling = 1;
+        d->as.min_replicas = 1;
+        d->as.max_replicas = SCFG_AUTO_MAX_REPLICAS < CS_SCFG_MAX_REPLICAS ? SCFG_AUTO_MAX_REPLICAS : CS_SCFG_MAX_REPLICAS;
+        d->as.target_ongoing_requests = 2;
+    }
+    if ((x = json_object_get(o, "autoscaling_config"))) {
+        loc_key(&fl, v, l, o, "autoscaling_config");
+        int rc = want_object(v, &fl, x, 1);
+        if (rc < 0) return -1;
+        if (rc == 0) {
+            if (fixed)
+                return v_fail(v, &lnum, "an integer num_replicas cannot be combined with autoscaling_config "
+                                        "(leave num_replicas out or set it to \"auto\")");
+            /* with "auto", the user's fields override auto's defaults already in d->as */
+            if (parse_autoscaling(v, &fl, x, &d->as)) return -1;
+            d->autoscaling = 1;
+        }
+    }
+    if ((x = json_object_get(o, "max_ongoing_requests"))) {
+        loc_key(&fl, v, l, o, "max_ongoing_requests");
+        nspec s = {0, SCFG_INT_MAX, 1, 0, 1, 0};
+        if (get_int(v, &fl, x, &s, &d->max_ongoing_requests)) return -1;
+    }
+    if ((x = json_object_get(o, "max_queued_requests"))) {
+        loc_key(&fl, v, l, o, "max_queued_requests");
+        if (!(is_num(x) && json_number_value(x) == -1)) {
+            double dv = is_num(x) ? json_number_value(x) : NAN;
+            if (!(isfinite(dv) && dv >= 1 && dv <= SCFG_INT_MAX && dv == floor(dv)))
+                return v_fail(v, &fl, "expected -1 (no limit) or an integer >= 1, got %s", describe(got, sizeof got, x));
+            d->max_queued_requests = (int)dv;
+        }
+    }
+    if ((x = json_object_get(o, "user_config"))) {
+        loc_key(&fl, v, l, o, "user_config");
+        int rc = want_object(v, &fl, x, 1);
+        if (rc < 0) return -1;
+        if (rc == 0) d->user_config = json_incref((json_t *)x);
+    }
+    const nspec nonneg = NUM(0, 0), pos = NUM(0, 1);
+    struct {
+        const char *key;
+        const nspec *spec;
+        double *dst;
+    } nums[] = {
+        {"graceful_shutdown_wait_loop_s", &nonneg, &d->graceful_shutdown_wait_loop_s},
+        {"graceful_shutdown_timeout_s", &nonneg, &d->graceful_shutdown_timeout_s},
+        {"health_check_period_s", &pos, &d->health_check_period_s},
+        {"health_check_timeout_s", &pos, &d->health_check_timeout_s},
+    };
+    for (size_t i = 0; i < sizeof nums / sizeof *nums; i++) {
+        if (!(x = json_object_get(o, nums[i].key))) continue;
+        loc_key(&fl, v, l, o, nums[i].key);
+        if (get_num(v, &fl, x, nums[i].spec, nums[i].dst)) return -1;
+    }
+    if ((x = json_object_get(o, "ray_actor_options"))) {
+        loc_key(&fl, v, l, o, "ray_actor_options");
+        int rc = want_object(v, &fl, x, 1);
+        if (rc < 0 || (rc == 0 && parse_actor_options(v, &fl, x, d))) return -1;
+    }
+    if ((x = json_object_get(o, "max_replicas_per_node"))) {
+        loc_key(&fl, v, l, o, "max_replicas_per_node");
+        nspec s = {1, 100, 0, 0, 1, 1};
+        double dv;
+        if (get_num(v, &fl, x, &s, &dv) < 0) return -1;
+    }
+    static const char *objs[] = {"request_router_config", "logging_config"};
+    for (size_t i = 0; i < 2; i++) {
+        if (!(x = json_object_get(o, objs[i]))) continue;
+        loc_key(&fl, v, l, o, objs[i]);
+        if (want_object(v, &fl, x, 1) < 0) return -1;
+    }
+    if ((x = json_object_get(o, "placement_group_bundles")) && !json_is_null(x) && !json_is_array(x)) {
+        loc_key(&fl, v, l, o, "placement_group_bundles");
+        return v_fail(v, &fl, "expected a list or null, got %s", describe(got, sizeof got, x));
+    }
+    if ((x = json_object_get(o, "placement_group_strategy")) && !json_is_null(x) && !json_is_string(x)) {
+        loc_key(&fl, v, l, o, "placement_group_strategy");
+        return v_fail(v, &fl, "expected a string or null, got %s", describe(got, sizeof got, x));
+    }
+    return 0;
+}
+
+/* ----------------------------------------------- application errors */
+
+__attribute__((format(printf, 4, 5))) static void app_fail(cs_scfg_app *a, const vctx *v, const loc *l,
+                                                          const char *fmt, ...) {
+    if (a->error[0]) return; /* the first reason is the one to fix first */
+    char msg[CS_ERR_MAX], w[CS_ERR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    loc nl = *l;
+    nl.path[0] = 0; /* app errors are read per application: the field is named in msg */
+    where(w, sizeof w, v, &nl);
+    fmtcut(a->error, sizeof a->error, "%s%s", w, msg);
+}
+
+/* Runs a schema-style check into the application's error instead of the parse error. */
+typedef struct appv {
+    vctx v;
+    cs_err err;
+    cs_scfg_app *a;
+} appv;
+
+static void appv_init(appv *av, const vctx *v, cs_scfg_app *a) {
+    av->v = *v;
+    av->v.origin = v->origin;
+    av->v.err = &av->err;
+    av->err.msg[0] = 0;
+    av->a = a;
+}
+
+static void appv_take(appv *av) {
+    if (!av->a->error[0]) snprintf(av->a->error, sizeof av->a->error, "%s", av->err.msg);
+}
+
+static const char *short_path(const char *full) {
+    const char *p = strstr(full, "].");
+    return p ? p + 2 : full; /* "applications[0].args.x" -> "args.x" */
+}
+
+static void check_textgen_args(const vctx *v, const loc *l, const json_t *args, cs_scfg_app *a) {
+    appv av;
+    appv_init(&av, v, a);
+    const char *key;
+    json_t *x;
+    json_object_foreach((json_t *)args, key, x) {
+        loc fl;
+        loc_key(&fl, v, l, args, key);
+        snprintf(fl.path, sizeof fl.path, "%s", short_path(fl.path));
+        if (!strcmp(key, "model")) {
+            if (get_str(&av.v, &fl, x, a->textgen.model, sizeof a->textgen.model) == 0 && !a->textgen.model[0])
+                v_fail(&av.v, &fl, "the model must be non-empty");
+        } else if (!strcmp(key, "dtype")) {
+            char dt[16] = "";
+            if (get_str(&av.v, &fl, x, dt, sizeof dt) == 0 && strcmp(dt, "fp32") && strcmp(dt, "bf16") &&
+                strcmp(dt, "int8")) {
+                char got[96];
+                v_fail(&av.v, &fl, "expected one of fp32, bf16, int8, got %s", describe(got, sizeof got, x));
+            } else if (!av.err.msg[0]) {
+                fmtcut(a->textgen.dtype, sizeof a->textgen.dtype, "%s", dt);
+            }
+        } else {
+            v_fail(&av.v, &fl, "unknown argument of %s (it takes: model, dtype)", a->import_path);
+        }
+        if (av.err.msg[0]) break;
+    }
+    if (av.err.msg[0]) appv_take(&av);
+}
+
+/* TextGenService's user_config: generation defaults of the replica. */
+static void check_textgen_user_config(const vctx *v, const loc *l, const json_t *uc, cs_scfg_app *a) {
+    appv av;
+    appv_init(&av, v, a);
+    static const struct {
+        const char *key;
+        nspec spec; /* is_int == 2: a boolean */
+    } k[] = {
+        {"max_new_tokens", {1, SCFG_INT_MAX, 0, 1, 1, 0}}, {"max_length", {1, SCFG_INT_MAX, 0, 1, 1, 0}},
+        {"do_sample", {0, 0, 0, 0, 2, 0}},                 {"temperature", {0, 1e6, 1, 1, 0, 0}},
+        {"top_k", {0, SCFG_INT_MAX, 0, 1, 1, 0}},          {"top_p", {0, 1, 1, 0, 0, 0}},
+        {"repetition_penalty", {0, 1e6, 1, 1, 0, 0}},
+    };
+    const char *key;
+    json_t *x;
+    json_object_foreach((json_t *)uc, key, x) {
+        loc fl;
+        loc_key(&fl, v, l, uc, key);
+        snprintf(fl.path, sizeof fl.path, "%s", short_path(fl.path));
+        size_t i = 0;
+        while (i < sizeof k / sizeof *k && strcmp(k[i].key, key)) i++;
+        if (i == sizeof k / sizeof *k) {
+            v_fail(&av.v, &fl, "unknown generation parameter (known: max_new_tokens, max_length, do_sample, "
+                               "temperature, top_k, top_p, repetition_penalty)");
+        } else if (k[i].spec.is_int == 2) {
+            char got[96];
+            if (!json_is_boolean(x)) v_fail(&av.v, &fl, "expected true or false, got %s", describe(got, sizeof got, x));
+        } else {
+            double d;
+            get_num(&av.v, &fl, x, &k[i].spec, &d);
+        }
+        if (av.err.msg[0]) break;
+    }
+    if (av.err.msg[0]) appv_take(&av);
+}
+
+/* ----------------------------------------------------- applications */
+
+/* mod:attr with one colon, or mod.attr; the names Ray's import_attr accepts. */
+static const char *import_path_problem(const char *s) {
+    const char *colon = strchr(s, ':');
+    size_t n = strlen(s);
+    if (!n) return "must be non-empty";
+    if (colon) {
+        if (strchr(colon + 1, ':')) return "may have at most one colon";
+        if (colon == s || colon == s + n - 1) return "may not start or end with a colon";
+    } else {
+        if (!strchr(s, '.'))
+            return "must be MODULE:ATTRIBUTE or MODULE.ATTRIBUTE (a dot or colon separates the module from the "
+                   "application)";
+    }
+    if (s[0] == '.' || s[n - 1] == '.') return "may not start or end with a dot";
+    return NULL;
+}
+
+static cs_scfg_app_kind builtin_kind(const char *ip) {
+    static const char *names[] = {"cserve.apps:text_generation", "cserve.apps.text_generation",
+                                  "serve_app:deployment_graph", "serve_app.deployment_graph"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        if (!strcmp(ip, names[i])) return CS_APP_TEXT_GENERATION;
+    return CS_APP_UNKNOWN;
+}
+
+static int parse_app(const vctx *v, const loc *l, const json_t *o, cs_scfg_app *a) {
+    loc fl;
+    const json_t *x;
+    char got[96];
+    if (want_object(v, l, o, 0)) return -1;
+    a->given = json_incref((json_t *)o);
+    static const char *banned[] = {"host", "port"};
+    for (int i = 0; i < 2; i++)
+        if (json_object_get(o, banned[i])) {
+            loc_key(&fl, v, l, o, banned[i]);
+            return v_fail(v, &fl, "host and port can only be set in http_options, not in an application");
+        }
+    snprintf(a->name, sizeof a->name, "default");
+    if ((x = json_object_get(o, "name"))) {
+        loc_key(&fl, v, l, o, "name");
+        if (get_str(v, &fl, x, a->name, sizeof a->name)) return -1;
+        if (!a->name[0]) return v_fail(v, &fl, "application names must be non-empty");
+    }
+    snprintf(a->route_prefix, sizeof a->route_prefix, "/");
+    loc lprefix = *l;
+    if ((x = json_object_get(o, "route_prefix"))) {
+        loc_key(&lprefix, v, l, o, "route_prefix");
+        if (json_is_null(x)) a->route_prefix[0] = 0;
+        else if (get_str(v, &lprefix, x, a->route_prefix, sizeof a->route_prefix)) return -1;
+    }
+    loc limport;
+    loc_key(&limport, v, l, o, "import_path");
+    if (!(x = json_object_get(o, "import_path")))
+        return v_fail(v, &limport, "required field missing (e.g. cserve.apps:text_generation)");
+    if (get_str(v, &limport, x, a->import_path, sizeof a->import_path)) return -1;
+    const char *prob = import_path_problem(a->import_path);
+    if (prob) return v_fail(v, &limport, "invalid import path %s: %s", describe(got, sizeof got, x), prob);
+    a->kind = builtin_kind(a->import_path);
+    loc largs = *l;
+    if ((x = json_object_get(o, "args"))) {
+        loc_key(&largs, v, l, o, "args");
+        if (want_object(v, &largs, x, 1) < 0) return -1;
+    }
+    a->args = json_is_object(x) ? json_incref((json_t *)x) : json_object();
+    if (!a->args) return v_fail(v, l, "out of memory");
+    static const char *objs[] = {"runtime_env", "logging_config"};
+    for (size_t i = 0; i < 2; i++) {
+        if (!(x = json_object_get(o, objs[i]))) continue;
+        loc_key(&fl, v, l, o, objs[i]);
+        if (want_object(v, &fl, x, 1) < 0) return -1;
+    }
+
+    /* deployments: every entry validated; a text_generation app has exactly TextGenService */
+    const json_t *deps = json_object_get(o, "deployments");
+    loc ldeps = *l;
+    size_t nd = 0;
+    if (deps) {
+        loc_key(&ldeps, v, l, o, "deployments");
+        if (!json_is_null(deps) && !json_is_array(deps))
+            return v_fail(v, &ldeps, "expected a list, got %s", describe(got, sizeof got, deps));
+        nd = json_array_size(deps);
+        if (nd > CS_SCFG_MAX_DEPLOYMENTS)
+            return v_fail(v, &ldeps, "%zu deployments, at most %d per application (CS_SCFG_MAX_DEPLOYMENTS)", nd,
+                          CS_SCFG_MAX_DEPLOYMENTS);
+    }
+    size_t cap = nd > 0 ? nd : 1;
+    if (!(a->deps = calloc(cap, sizeof *a->deps))) return v_fail(v, l, "out of memory");
+    int textgen = a->kind == CS_APP_TEXT_GENERATION;
+    if (textgen) {
+        dep_defaults(&a->deps[0], k_textgen_dep, CS_SCFG_TEXTGEN_MAX_ONGOING);
+        a->n_deps = 1;
+    }
+    for (size_t i = 0; i < nd; i++) {
+        loc dl;
+        loc_idx(&dl, v, &ldeps, deps, i);
+        cs_scfg_deployment d;
+        const json_t *dn = json_object_get(json_array_get(deps, i), "name");
+        int is_tgs = textgen && json_is_string(dn) && !strcmp(json_string_value(dn), k_textgen_dep);
+        memset(&d, 0, sizeof d);
+        if (parse_deployment(v, &dl, json_array_get(deps, i), &d, is_tgs ? CS_SCFG_TEXTGEN_MAX_ONGOING : 5)) {
+            dep_release(&d);
+            return -1;
+        }
+        for (size_t j = 0; j < i; j++) {
+            const json_t *pn = json_object_get(json_array_get(deps, j), "name");
+            if (!strcmp(json_string_value(pn), d.name)) {
+                loc nl;
+                loc_key(&nl, v, &dl, json_array_get(deps, i), "name");
+                dep_release(&d);
+                return v_fail(v, &nl, "duplicate deployment name '%s' (deployments[%zu] has it too)", d.name, j);
+            }
+        }
+        if (is_tgs) {
+            a->deps[0] = d;
+        } else if (textgen) {
+            app_fail(a, v, &dl, "deployment '%s' not found in application '%s' (it has: %s)", d.name, a->name,
+                     k_textgen_dep);
+            dep_release(&d);
+        } else {
+            a->deps[a->n_deps++] = d;
+        }
+    }
+
+    /* application errors, the first one found is kept */
+    if (a->kind == CS_APP_UNKNOWN)
+        app_fail(a, v, &limport, "import_path '%s' is not a built-in application (built in: %s)", a->import_path,
+                 k_builtin_list);
+    if (a->route_prefix[0]) {
+        if (a->route_prefix[0] != '/')
+            app_fail(a, v, &lprefix, "invalid route_prefix \"%s\": must start with \"/\"", a->route_prefix);
+        else if (strlen(a->route_prefix) > 1 && a->route_prefix[strlen(a->route_prefix) - 1] == '/')
+            app_fail(a, v, &lprefix, "invalid route_prefix \"%s\": cannot end with \"/\" unless it is \"/\"",
+                     a->route_prefix);
+        else if (strpbrk(a->route_prefix, "{}"))
+            app_fail(a, v, &lprefix, "invalid route_prefix \"%s\": may not contain wildcards ('{' or '}')",
+                     a->route_prefix);
+    }
+    if (textgen) {
+        snprintf(a->textgen.model, sizeof a->textgen.model, "%s", k_default_model);
+        snprintf(a->textgen.dtype, sizeof a->textgen.dtype, "fp32");
+        check_textgen_args(v, &largs, a->args, a);
+        if (a->deps[0].user_config) {
+            loc ul;
+            const json_t *g = a->deps[0].given;
+            size_t gi = 0;
+            while (gi < nd && json_array_get(deps, gi) != g) gi++;
+            loc dl;
+            loc_idx(&dl, v, &ldeps, deps, gi);
+            loc_key(&ul, v, &dl, g, "user_config");
+            check_textgen_user_config(v, &ul, a->deps[0].user_config, a);
+        }
+    }
+    return 0;
+}
+
+static int parse_http_options(const vctx *v, const loc *l, const json_t *o, cs_scfg *c) {
+    loc fl;
+    const json_t *x;
+    char got[96];
+    if ((x = json_object_get(o, "host"))) {
+        loc_key(&fl, v, l, o, "host");
+        if (get_str(v, &fl, x, c->host, sizeof c->host)) return -1;
+        if (!c->host[0]) return v_fail(v, &fl, "the host must be non-empty");
+    }
+    if ((x = json_object_get(o, "port"))) {
+        loc_key(&fl, v, l, o, "port");
+        nspec s = {0, 65535, 0, 0, 1, 0};
+        if (get_int(v, &fl, x, &s, &c->port)) return -1;
+    }
+    if ((x = json_object_get(o, "root_path"))) {
+        loc_key(&fl, v, l, o, "root_path");
+        if (get_str(v, &fl, x, c->root_path, sizeof c->root_path)) return -1;
+    }
+    if ((x = json_object_get(o, "request_timeout_s"))) {
+        loc_key(&fl, v, l, o, "request_timeout_s");
+        nspec s = NUM_OR_NULL(0, 1);
+        if (get_num(v, &fl, x, &s, &c->request_timeout_s) < 0) return -1;
+    }
+    if ((x = json_object_get(o, "keep_alive_timeout_s"))) {
+        loc_key(&fl, v, l, o, "keep_alive_timeout_s");
+        nspec s = NUM(0, 1);
+        if (get_num(v, &fl, x, &s, &c->keep_alive_timeout_s)) return -1;
+    }
+    static const char *ssl[] = {"ssl_keyfile", "ssl_certfile", "ssl_keyfile_password", "ssl_ca_certs"};
+    for (size_t i = 0; i < sizeof ssl / sizeof *ssl; i++)
+        if ((x = json_object_get(o, ssl[i])) && !json_is_null(x) && !json_is_string(x)) {
+            loc_key(&fl, v, l, o, ssl[i]);
+            return v_fail(v, &fl, "expected a string or null, got %s", describe(got, sizeof got, x));
+        }
+    return 0;
+}
+
+static int validate(const vctx *v, const json_t *root, cs_scfg *c) {
+    loc l, fl;
+    const json_t *x;
+    char got[96];
+    loc_root(&l, v, root);
+    snprintf(c->proxy_location, sizeof c->proxy_location, "EveryNode");
+    snprintf(c->host, sizeof c->host, "0.0.0.0");
+    c->port = 8000;
+    c->keep_alive_timeout_s = 90;
+    c->target_capacity = -1;
+    if (!json_is_object(root))
+        return v_fail(v, &l, "expected a mapping (a Serve config with applications), got %s",
+                      describe(got, sizeof got, root));
+    if ((x = json_object_get(root, "proxy_location"))) {
+        loc_key(&fl, v, &l, root, "proxy_location");
+        const char *s = json_string_value(x);
+        if (!s || (strcmp(s, "EveryNode") && strcmp(s, "HeadOnly") && strcmp(s, "Disabled")))
+            return v_fail(v, &fl, "expected one of EveryNode, HeadOnly, Disabled, got %s",
+                          describe(got, sizeof got, x));
+        snprintf(c->proxy_location, sizeof c->proxy_location, "%s", s);
+    }
+    if ((x = json_object_get(root, "http_options"))) {
+        loc_key(&fl, v, &l, root, "http_options");
+        int rc = want_object(v, &fl, x, 1);
+        if (rc < 0 || (rc == 0 && parse_http_options(v, &fl, x, c))) return -1;
+    }
+    static const char *objs[] = {"grpc_options", "logging_config"};
+    for (size_t i = 0; i < 2; i++) {
+        if (!(x = json_object_get(root, objs[i]))) continue;
+        loc_key(&fl, v, &l, root, objs[i]);
+        if (want_object(v, &fl, x, 1) < 0) return -1;
+    }
+    if ((x = json_object_get(root, "target_capacity"))) {
+        loc_key(&fl, v, &l, root, "target_capacity");
+        nspec s = {0, 100, 0, 0, 0, 1};
+        if (get_num(v, &fl, x, &s, &c->target_capacity) < 0) return -1;
+    }
+    const json_t *apps = json_object_get(root, "applications");
+    loc lapps;
+    loc_key(&lapps, v, &l, root, "applications");
+    if (!apps) {
+        if (json_object_get(root, "import_path"))
+            return v_fail(v, &lapps, "required field missing (a single-application config with a top-level "
+                                     "import_path is not supported: list it under applications)");
+        return v_fail(v, &lapps, "required field missing");
+    }
+    if (!json_is_array(apps)) return v_fail(v, &lapps, "expected a list, got %s", describe(got, sizeof got, apps));
+    size_t na = json_array_size(apps);
+    if (na > CS_SCFG_MAX_APPS)
+        return v_fail(v, &lapps, "%zu applications, at most %d (CS_SCFG_MAX_APPS)", na, CS_SCFG_MAX_APPS);
+    if (na && !(c->apps = calloc(na, sizeof *c->apps))) return v_fail(v, &lapps, "out of memory");
+    for (size_t i = 0; i < na; i++) {
+        loc al;
+        loc_idx(&al, v, &lapps, apps, i);
+        c->n_apps = i + 1;
+        if (parse_app(v, &al, json_array_get(apps, i), &c->apps[i])) return -1;
+        const json_t *ao = json_array_get(apps, i);
+        for (size_t j = 0; j < i; j++) {
+            if (!strcmp(c->apps[j].name, c->apps[i].name)) {
+                loc_key(&fl, v, &al, ao, "name");
+                return v_fail(v, &fl, "duplicate application name '%s' (applications[%zu] has it too)",
+                              c->apps[i].name, j);
+            }
+            if (c->apps[i].route_prefix[0] && !strcmp(c->apps[j].route_prefix, c->apps[i].route_prefix)) {
+                loc_key(&fl, v, &al, ao, "route_prefix");
+                return v_fail(v, &fl, "duplicate route prefix '%s' (applications[%zu] has it too)",
+                              c->apps[i].route_prefix, j);
+            }
+        }
+    }
+    return 0;
+}
+
+/* ============================================================ entry points */
+
+void cs_scfg_free(cs_scfg *c) {
+    if (!c) return;
+    for (size_t i = 0; i < c->n_apps; i++) {
+        cs_scfg_app *a = &c->apps[i];
+        for (size_t j = 0; j < a->n_deps; j++) dep_release(&a->deps[j]);
+        free(a->deps);
+        json_decref(a->args);
+        json_decref(a->given);
+    }
+    free(c->apps);
+    json_decref(c->doc);
+    free(c);
+}
+
+/* A RayService manifest holds the config as a string in spec.serveConfigV2.
+ * Returns 0 with *inner (new reference, or NULL when root is a plain config). */
+static int rayservice_config(const vctx *v, const json_t *root, json_t **inner, postab *ipos, const char *origin,
+                             char *iorigin, size_t iocap) {
+    *inner = NULL;
+    if (!json_is_object(root)) return 0;
+    const json_t *kind = json_object_get(root, "kind");
+    const json_t *spec = json_object_get(root, "spec");
+    const json_t *sc = json_is_object(spec) ? json_object_get(spec, "serveConfigV2") : NULL;
+    int is_rs = json_is_string(kind) && !strcmp(json_string_value(kind), "RayService");
+    loc l;
+    loc_root(&l, v, root);
+    if (!is_rs && !sc) {
+        if (json_is_string(kind) && !json_object_get(root, "applications")) {
+            char cb[64];
+            loc kl;
+            loc_key(&kl, v, &l, root, "kind");
+            return v_fail(v, &kl, "a manifest of kind '%s' holds no Serve config (expected kind: RayService with "
+                                  "spec.serveConfigV2, or a Serve config with applications)",
+                          clip(cb, sizeof cb, json_string_value(kind), 40));
+        }
+        return 0;
+    }
+    if (!sc) return v_fail(v, &l, "a RayService without spec.serveConfigV2 (the Serve config) has nothing to serve");
+    loc sl, scl;
+    loc_key(&sl, v, &l, root, "spec");
+    loc_key(&scl, v, &sl, spec, "serveConfigV2");
+    if (json_is_object(sc)) {
+        *inner = json_incref((json_t *)sc);
+        return 0;
+    }
+    if (!json_is_string(sc)) {
+        char got[96];
+        return v_fail(v, &scl, "expected a string holding the Serve config (YAML), got %s", describe(got, sizeof got, sc));
+    }
+    snprintf(iorigin, iocap, "%s%sspec.serveConfigV2", origin ? origin : "", origin ? ": " : "");
+    return yaml_to_json(json_string_value(sc), json_string_length(sc), iorigin, inner, ipos, v->err);
+}
+
+/* root: the parsed document (reference kept by the result); pos: its positions. */
+static int build(cs_scfg **out, json_t *root, const postab *pos, const char *origin, cs_err *err) {
+    vctx v = {origin, pos, err};
+    json_t *inner = NULL;
+    postab ipos = {0};
+    char iorigin[SCFG_MAX_PATH + 32];
+    if (rayservice_config(&v, root, &inner, &ipos, origin, iorigin, sizeof iorigin)) {
+        pos_free(&ipos);
+        return -1;
+    }
+    vctx vi = v;
+    if (inner && ipos.cap) {
+        vi.origin = iorigin;
+        vi.pos = &ipos;
+    }
+    json_t *doc = inner ? inner : json_incref(root);
+    cs_scfg *c = calloc(1, sizeof *c);
+    int rc = -1;
+    if (!c) {
+        cs_err_set(err, "%s: out of memory", origin ? origin : "config");
+    } else {
+        c->doc = doc;
+        doc = NULL;
+        rc = validate(&vi, c->doc, c);
+    }
+    json_decref(doc);
+    pos_free(&ipos);
+    if (rc) {
+        cs_scfg_free(c);
+        return -1;
+    }
+    *out = c;
+    return 0;
+}
+
+int cs_scfg_parse(cs_scfg **out, const char *text, size_t len, const char *origin, cs_err *err) {
+    *out = NULL;
+    if (!origin || !*origin) origin = "config";
+    if (len > CS_SCFG_MAX_BYTES)
+        return cs_err_set(err, "%s: the config is larger than 1 MiB (%zu bytes; CS_SCFG_MAX_BYTES)", origin, len);
+    if (!text && len) return cs_err_set(err, "%s: no text", origin);
+    postab pos = {0};
+    json_t *root = NULL;
+    int rc = yaml_to_json(text ? text : "", len, origin, &root, &pos, err);
+    if (!rc) rc = build(out, root, &pos, origin, err);
+    json_decref(root);
+    pos_free(&pos);
+    return rc;
+}
+
+int cs_scfg_load_file(cs_scfg **out, const char *path, cs_err *err) {
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return cs_err_set(err, "%s: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        close(fd);
+        return cs_err_set(err, "%s: is a directory", path);
+    }
+    size_t cap = CS_SCFG_MAX_BYTES + 1, n = 0;
+    char *buf = malloc(cap);
+    if (!buf) {
+        close(fd);
+        return cs_err_set(err, "%s: out of memory", path);
+    }
+    while (n < cap) { /* never trust st_size: pipes and /proc files have none */
+        ssize_t r = read(fd, buf + n, cap - n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) {
+            int e = errno;
+            free(buf);
+            close(fd);
+            return cs_err_set(err, "%s: %s", path, strerror(e));
+        }
+        if (r == 0) break;
+        n += (size_t)r;
+    }
+    close(fd);
+    int rc;
+    if (n > CS_SCFG_MAX_BYTES) {
+        size_t total = sb.st_size > 0 && (size_t)sb.st_size > n ? (size_t)sb.st_size : n;
+        rc = cs_err_set(err, "%s: the config is larger than 1 MiB (%s%zu bytes; CS_SCFG_MAX_BYTES)", path,
+                        total > n ? "" : "over ", total);
+    } else {
+        rc = cs_scfg_parse(out, buf, n, path, err);
+    }
+    free(buf);
+    return rc;
+}
+
+/* Depth of a json_t tree, stopping at limit (a document from outside may be deep). */
+static int json_depth_over(const json_t *x, int depth, int limit) {
+    if (!json_is_object(x) && !json_is_array(x)) return 0;
+    if (depth >= limit) return 1;
+    if (json_is_array(x)) {
+        for (size_t i = 0; i < json_array_size(x); i++)
+            if (json_depth_over(json_array_get(x, i), depth + 1, limit)) return 1;
+        return 0;
+    }
+    const char *k;
+    json_t *val;
+    json_object_foreach((json_t *)x, k, val) if (json_depth_over(val, depth + 1, limit)) return 1;
+    return 0;
+}
+
+int cs_scfg_from_json(cs_scfg **out, const json_t *doc, cs_err *err) {
+    *out = NULL;
+    if (!doc) return cs_err_set(err, "no config document");
+    if (json_depth_over(doc, 0, CS_SCFG_MAX_DEPTH))
+        return cs_err_set(err, "nesting deeper than %d levels (CS_SCFG_MAX_DEPTH)", CS_SCFG_MAX_DEPTH);
+    json_t *copy = json_deep_copy(doc);
+    if (!copy) return cs_err_set(err, "out of memory");
+    int rc = build(out, copy, NULL, NULL, err);
+    json_decref(copy);
+    return rc;
+}
+
+const cs_scfg_deployment *cs_scfg_find_deployment(const cs_scfg_app *a, const char *name) {
+    if (!a || !name) return NULL;
+    for (size_t i = 0; i < a->n_deps; i++)
+        if (!strcmp(a->deps[i].name, name)) return &a->deps[i];
+    return NULL;
+}
+
+static json_t *real_or_null(double d) { return d < 0 ? json_null() : json_real(d); }
+
+json_t *cs_scfg_deployment_config_json(const cs_scfg_deployment *d) {
+    if (!d) return NULL;
+    json_t *o = json_object();
+    if (!o) return NULL;
+    int bad = 0;
+    bad |= json_object_set_new(o, "name", json_string(d->name));
+    if (!d->autoscaling) bad |= json_object_set_new(o, "num_replicas", json_integer(d->num_replicas));
+    bad |= json_object_set_new(o, "max_ongoing_requests", json_integer(d->max_ongoing_requests));
+    bad |= json_object_set_new(o, "max_queued_requests", json_integer(d->max_queued_requests));
+    bad |= json_object_set_new(o, "user_config", d->user_config ? json_deep_copy(d->user_config) : json_null());
+    if (d->autoscaling) {
+        const cs_scfg_autoscaling *a = &d->as;
+        json_t *as = json_object();
+        bad |= json_object_set_new(o, "autoscaling_config", as);
+        if (as) {
+            bad |= json_object_set_new(as, "min_replicas", json_integer(a->min_replicas));
+            bad |= json_object_set_new(as, "initial_replicas",
+                                       a->initial_replicas < 0 ? json_null() : json_integer(a->initial_replicas));
+            bad |= json_object_set_new(as, "max_replicas", json_integer(a->max_replicas));
+            bad |= json_object_set_new(as, "target_ongoing_requests", json_real(a->target_ongoing_requests));
+            bad |= json_object_set_new(as, "metrics_interval_s", json_real(a->metrics_interval_s));
+            bad |= json_object_set_new(as, "look_back_period_s", json_real(a->look_back_period_s));
+            bad |= json_object_set_new(as, "smoothing_factor", json_real(a->smoothing_factor));
+            bad |= json_object_set_new(as, "upscale_smoothing_factor", json_null());
+            bad |= json_object_set_new(as, "downscale_smoothing_factor", json_null());
+            bad |= json_object_set_new(as, "upscaling_factor", real_or_null(a->upscaling_factor));
+            bad |= json_object_set_new(as, "downscaling_factor", real_or_null(a->downscaling_factor));
+            bad |= json_object_set_new(as, "downscale_delay_s", json_real(a->downscale_delay_s));
+            bad |= json_object_set_new(as, "downscale_to_zero_delay_s", real_or_null(a->downscale_to_zero_delay_s));
+            bad |= json_object_set_new(as, "upscale_delay_s", json_real(a->upscale_delay_s));
+            bad |= json_object_set_new(as, "policy", json_pack("{s:s}", "name",
+                                                               "ray.serve.autoscaling_policy:default_autoscaling_policy"));
+        }
+    }
+    bad |= json_object_set_new(o, "graceful_shutdown_wait_loop_s", json_real(d->graceful_shutdown_wait_loop_s));
+    bad |= json_object_set_new(o, "graceful_shutdown_timeout_s", json_real(d->graceful_shutdown_timeout_s));
+    bad |= json_object_set_new(o, "health_check_period_s", json_real(d->health_check_period_s));
+    bad |= json_object_set_new(o, "health_check_timeout_s", json_real(d->health_check_timeout_s));
+    json_t *rao = json_pack("{s:{s:{}}}", "runtime_env", "env_vars");
+    const json_t *given_rao = d->given ? json_object_get(d->given, "ray_actor_options") : NULL;
+    const json_t *given_cpus = json_is_object(given_rao) ? json_object_get(given_rao, "num_cpus") : NULL;
+    if (rao && (is_num(given_cpus) || d->num_cpus > 0))
+        bad |= json_object_set_new(rao, "num_cpus", json_real(d->num_cpus));
+    bad |= json_object_set_new(o, "ray_actor_options", rao);
+    bad |= json_object_set_new(
+        o, "request_router_config",
+        json_pack("{s:s,s:{},s:f,s:f}", "request_router_class",
+                  "ray.serve._private.request_router:PowerOfTwoChoicesRequestRouter", "request_router_kwargs",
+                  "request_routing_stats_period_s", 10.0, "request_routing_stats_timeout_s", 30.0));
+    if (bad) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+int cs_scfg_apply_capacity(int n, double capacity) {
+    if (capacity < 0 || capacity == 100 || isnan(capacity)) return n;
+    if (capacity == 0 || n == 0) return 0;
+    /* round half up of p/100 decided exactly: r = p - 100*k is exact (Sterbenz) for k >= 1 */
+    double p = (double)n * capacity;
+    if (!isfinite(p) || p > 1e15) return n;
+    double k = floor(p / 100);
+    double r = p - 100 * k;
+    while (r < 0) k -= 1, r = p - 100 * k;
+    while (r >= 100) k += 1, r = p - 100 * k;
+    if (r >= 50) k += 1;
+    return k < 1 ? 1 : k > INT_MAX ? INT_MAX : (int)k;
+}

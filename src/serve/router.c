@@ -1,0 +1,770 @@
+/* The proxy part of the control plane: route a request to an application
+ * (longest route prefix; at the root, /v1 by the request's "model"), pick a
+ * replica (power of two choices on ongoing requests, at most
+ * max_ongoing_requests each), queue in FIFO order up to max_queued_requests,
+ * forward over the replica's Unix socket with libcurl and stream the answer
+ * back; retry a request whose replica failed before answering. Also the
+ * proxy's own routes (/-/healthz, /-/routes, /metrics) and Ray Serve's
+ * metric series. Runs on the control-loop thread (see controller.h). */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "serve/cp_internal.h"
+
+const double cp_lat_bounds[CP_LAT_BUCKETS] = {1,   2,   5,    10,   20,   50,    100,    200,    300,   400,
+                                              500, 1000, 2000, 5000, 10000, 60000, 120000, 300000, 600000};
+
+/* ------------------------------------------------------------ responses */
+
+void cp_respond_json(cs_http_req *r, int status, json_t *o) {
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    if (s) cs_http_respond(r, status, "application/json", s, strlen(s), NULL, 0);
+    else cs_http_respond(r, 500, "application/json", "{\"error\":{\"type\":\"internal_error\"}}", 34, NULL, 0);
+    free(s);
+    json_decref(o);
+}
+
+void cp_respond_error(cs_http_req *r, int status, const char *type, const char *msg) {
+    const cs_http_header ra = {"Retry-After", "1"};
+    json_t *o = json_pack("{s:{s:s, s:s}}", "error", "type", type, "message", msg);
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    if (s) cs_http_respond(r, status, "application/json", s, strlen(s), status == 503 ? &ra : NULL, status == 503);
+    free(s);
+    json_decref(o);
+}
+
+/* ------------------------------------------------------------ requests */
+
+static void fwd_free(void *p) {
+    cp_fwd *f = p;
+    if (!f) return;
+    if (f->hdrs) curl_slist_free_all(f->hdrs);
+    free(f->url_path);
+    free(f->buf);
+    free(f);
+}
+
+static int valid_request_id(const char *s) {
+    if (!s || !*s || strlen(s) > 128) return 0;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              strchr("._:-", *s)))
+            return 0;
+    return 1;
+}
+
+static void finish(cs_ctl *c, cp_fwd *f) {
+    if (f->finished) return;
+    f->finished = 1;
+    c->n_fwd--;
+    cs_http_req_unref(f->http); /* may free f */
+}
+
+static const char *route_label(const char *rel) {
+    if (!strcmp(rel, "/text/simple-gen")) return "/text/simple-gen";
+    if (!strcmp(rel, "/v1/completions")) return "/v1/completions";
+    if (!strcmp(rel, "/v1/models")) return "/v1/models";
+    if (!strncmp(rel, "/v1/models/", 11)) return "/v1/models/{id}";
+    return "other";
+}
+
+static void record(cs_ctl *c, cp_fwd *f, int status) {
+    cp_series_add(c, f->app_label, f->route_label, f->method, status, (cp_now() - f->t0) * 1e3);
+}
+
+static void fail(cs_ctl *c, cp_fwd *f, int status, const char *type, const char *msg) {
+    record(c, f, status);
+    cp_respond_error(f->http, status, type, msg);
+    finish(c, f);
+}
+
+static cp_replica *pick(cp_dep *d) {
+    cp_replica *cand[2] = {0};
+    int n = 0;
+    unsigned seen = 0;
+    /* reservoir-sample two replicas with room */
+    for (size_t i = 0; i < d->n_reps; i++) {
+        cp_replica *r = d->reps[i];
+        if (r->state != RS_RUNNING || r->exited || r->unhealthy || r->ongoing >= d->cfg.max_ongoing_requests) continue;
+        seen++;
+        if (n < 2) {
+            cand[n++] = r;
+        } else {
+            unsigned x;
+            if (getrandom(&x, sizeof x, 0) != sizeof x) x = (unsigned)rand();
+            unsigned k = x % seen;
+            if (k < 2) cand[k] = r;
+        }
+    }
+    if (n == 0) return NULL;
+    if (n == 1) return cand[0];
+    return cand[1]->ongoing < cand[0]->ongoing ? cand[1] : cand[0];
+}
+
+static size_t on_header(char *p, size_t sz, size_t n, void *ud) {
+    cp_fwd *f = ud;
+    size_t len = sz * n;
+    struct {
+        const char *name;
+        char *dst;
+        size_t cap;
+    } want[] = {{"content-type:", f->ctype, sizeof f->ctype},
+                {"retry-after:", f->retry_after, sizeof f->retry_after},
+                {"allow:", f->allow, sizeof f->allow}};
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++) {
+        size_t nl = strlen(want[i].name);
+        if (len > nl && !strncasecmp(p, want[i].name, nl)) {
+            const char *v = p + nl, *e = p + len;
+            while (v < e && (*v == ' ' || *v == '\t')) v++;
+            while (e > v && (e[-1] == '\r' || e[-1] == '\n' || e[-1] == ' ')) e--;
+            snprintf(want[i].dst, want[i].cap, "%.*s", (int)(e - v), v);
+        }
+    }
+    return len;
+}
+
+static size_t resp_headers(cp_fwd *f, cs_http_header *h) {
+    size_t n = 0;
+    h[n++] = (cs_http_header){"X-Request-Id", f->request_id};
+    if (f->retry_after[0]) h[n++] = (cs_http_header){"Retry-After", f->retry_after};
+    if (f->allow[0]) h[n++] = (cs_http_header){"Allow", f->allow};
+    return n;
+}
+
+static size_t on_body(char *p, size_t sz, size_t n, void *ud) {
+    cp_fwd *f = ud;
+    size_t len = sz * n;
+    if (f->gone) return 0;
+    if (!f->status) {
+        long st = 0;
+        curl_easy_getinfo(f->easy, CURLINFO_RESPONSE_CODE, &st);
+        f->status = (int)st;
+        f->streaming = !strncasecmp(f->ctype, "text/event-stream", 17);
+    }
+    if (f->streaming) {
+        if (!f->sent) {
+            cs_http_header h[4];
+            size_t nh = resp_headers(f, h);
+            if (cs_http_stream_begin(f->http, f->status, f->ctype, h, nh) != 0) {
+                f->gone = 1;
+                return 0;
+            }
+            f->sent = 1;
+        }
+        if (cs_http_stream_write(f->http, p, len) != 0) {
+            f->gone = 1;
+            return 0;
+        }
+        return len;
+    }
+    if (f->len + len > CP_MAX_RESP_BYTES) return 0;
+    if (f->len + len > f->cap) {
+        size_t nc = f->cap ? f->cap : 4096;
+        while (nc < f->len + len) nc *= 2;
+        char *nb = realloc(f->buf, nc);
+        if (!nb) return 0;
+        f->buf = nb;
+        f->cap = nc;
+    }
+    memcpy(f->buf + f->len, p, len);
+    f->len += len;
+    return len;
+}
+
+static void send_to(cs_ctl *c, cp_fwd *f, cp_replica *r) {
+    CURL *e = curl_easy_init();
+    if (!e) {
+        fail(c, f, 503, "unavailable", "out of memory");
+        return;
+    }
+    f->easy = e;
+    f->rep = r;
+    f->status = 0;
+    f->len = 0;
+    f->ctype[0] = f->retry_after[0] = f->allow[0] = 0;
+    f->t_rep = cp_now();
+    f->tries++;
+    r->ongoing++;
+    r->dep->router_requests++;
+    char url[4200];
+    snprintf(url, sizeof url, "http://replica%s", f->url_path);
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, r->sock);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)f);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, f);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, f);
+    curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);
+    if (!f->hdrs) {
+        char h[300];
+        snprintf(h, sizeof h, "X-Request-Id: %s", f->request_id);
+        f->hdrs = curl_slist_append(f->hdrs, h);
+        f->hdrs = curl_slist_append(f->hdrs, "Expect:");
+        if (f->ctype_in[0]) {
+            snprintf(h, sizeof h, "Content-Type: %s", f->ctype_in);
+            f->hdrs = curl_slist_append(f->hdrs, h);
+        }
+    }
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, f->hdrs);
+    size_t blen = 0;
+    const char *body = cs_http_req_body(f->http, &blen);
+    if (!strcmp(f->method, "GET")) {
+        curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+    } else if (!strcmp(f->method, "HEAD")) {
+        curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    } else {
+        curl_easy_setopt(e, CURLOPT_POST, 1L);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, body ? body : "");
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
+        if (strcmp(f->method, "POST") != 0) curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, f->method);
+    }
+    curl_multi_add_handle(c->multi, e);
+}
+
+static void enqueue(cp_dep *d, cp_fwd *f, int front) {
+    f->queued = 1;
+    f->next = NULL;
+    if (front) {
+        f->next = d->q_head;
+        d->q_head = f;
+        if (!d->q_tail) d->q_tail = f;
+    } else {
+        if (d->q_tail) d->q_tail->next = f;
+        else d->q_head = f;
+        d->q_tail = f;
+    }
+    d->n_queued++;
+}
+
+static void unqueue(cp_dep *d, cp_fwd *f) {
+    cp_fwd **pp = &d->q_head, *prev = NULL;
+    while (*pp && *pp != f) prev = *pp, pp = &(*pp)->next;
+    if (!*pp) return;
+    *pp = f->next;
+    if (d->q_tail == f) d->q_tail = prev;
+    f->queued = 0;
+    f->next = NULL;
+    d->n_queued--;
+}
+
+/* Whether requests can still be served by d at some point. */
+static int servable(const cp_dep *d) {
+    if (d->deleting) return 0;
+    for (size_t i = 0; i < d->n_reps; i++)
+        if (!d->reps[i]->exited && d->reps[i]->state != RS_STOPPING) return 1;
+    return d->target > 0 && d->failed_version != d->version;
+}
+
+static void route_to(cs_ctl *c, cp_fwd *f, cp_dep *d, int front) {
+    f->dep = d;
+    cp_replica *r = front ? NULL : pick(d);
+    if (r && !d->q_head) {
+        send_to(c, f, r);
+        return;
+    }
+    if (!servable(d)) {
+        char m[1024];
+        snprintf(m, sizeof m, "deployment %.128s of application %.128s has no replicas%s%.300s", d->name, d->app->name,
+                 d->message[0] ? ": " : "", d->message);
+        fail(c, f, 503, "unavailable", m);
+        return;
+    }
+    const int mq = d->cfg.max_queued_requests;
+    if (!front && mq >= 0 && d->n_queued >= mq) {
+        char m[200];
+        snprintf(m, sizeof m,
+                 "Request dropped due to backpressure (num_queued_requests=%d, max_queued_requests=%d).",
+                 d->n_queued, mq);
+        record(c, f, 503);
+        const cs_http_header ra = {"Retry-After", "1"};
+        cs_http_respond(f->http, 503, "text/plain; charset=utf-8", m, strlen(m), &ra, 1);
+        finish(c, f);
+        return;
+    }
+    enqueue(d, f, front);
+    cp_dispatch(c, d);
+}
+
+void cp_dispatch(cs_ctl *c, cp_dep *d) {
+    while (d->q_head) {
+        cp_replica *r = pick(d);
+        if (!r) break;
+        cp_fwd *f = d->q_head;
+        unqueue(d, f);
+        send_to(c, f, r);
+    }
+    if (d->q_head && !servable(d)) cp_fail_queue(c, d, 503, d->message[0] ? d->message : "no replicas");
+}
+
+void cp_fail_queue(cs_ctl *c, cp_dep *d, int status, const char *msg) {
+    while (d->q_head) {
+        cp_fwd *f = d->q_head;
+        unqueue(d, f);
+        fail(c, f, status, "unavailable", msg);
+    }
+}
+
+static int is_transport_error(CURLcode res) {
+    return res == CURLE_COULDNT_CONNECT || res == CURLE_GOT_NOTHING || res == CURLE_RECV_ERROR ||
+           res == CURLE_SEND_ERROR || res == CURLE_PARTIAL_FILE || res == CURLE_OPERATION_TIMEDOUT;
+}
+
+static void lat_add(uint64_t *counts, double *sum, double ms) {
+    size_t b = 0;
+    while (b < CP_LAT_BUCKETS && ms > cp_lat_bounds[b]) b++;
+    counts[b]++;
+    *sum += ms;
+}
+
+void cp_fwd_finished(cs_ctl *c, CURL *e, CURLcode res) {
+    cp_fwd *f = NULL;
+    curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&f);
+    curl_multi_remove_handle(c->multi, e);
+    if (!f->status) {
+        long st = 0;
+        curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &st);
+        f->status = (int)st;
+    }
+    curl_easy_cleanup(e);
+    f->easy = NULL;
+    cp_replica *r = f->rep;
+    f->rep = NULL;
+    const double ms = (cp_now() - f->t_rep) * 1e3;
+    r->n_requests++;
+    lat_add(r->lat_counts, &r->lat_sum, ms);
+    const int failed = res != CURLE_OK && !f->gone;
+    if (failed || f->status >= 500) r->n_errors++, r->dep->errors++;
+    if (failed && is_transport_error(res) && !f->sent) {
+        /* the replica died or is stuck: nothing reached the client, try another one */
+        cp_log("warn", "request %s: replica %s failed (%s)%s", f->request_id, r->id, curl_easy_strerror(res),
+               f->tries < CP_MAX_RETRIES ? "; retrying on another replica" : "");
+        if (!r->exited) {
+            r->unhealthy = 1;
+            r->next_check = cp_now();
+        }
+        cp_dep *d = r->dep;
+        cp_replica_done_request(c, r);
+        if (f->tries < CP_MAX_RETRIES) route_to(c, f, d, 1);
+        else fail(c, f, 502, "bad_gateway", "the replica failed while handling the request");
+        return;
+    }
+    if (f->gone) {
+        record(c, f, 499);
+    } else if (f->streaming && f->sent) {
+        if (failed) {
+            char ev[300];
+            int n = snprintf(ev, sizeof ev,
+                             "data: {\"error\":{\"type\":\"replica_failed\",\"message\":\"the replica failed "
+                             "while streaming: %s\"}}\n\n",
+                             curl_easy_strerror(res));
+            cs_http_stream_write(f->http, ev, (size_t)n);
+        }
+        cs_http_stream_end(f->http, 0);
+        record(c, f, f->status);
+    } else if (failed) {
+        fail(c, f, 502, "bad_gateway", curl_easy_strerror(res));
+        cp_replica_done_request(c, r);
+        return;
+    } else {
+        cs_http_header h[4];
+        size_t nh = resp_headers(f, h);
+        record(c, f, f->status);
+        cs_http_respond(f->http, f->status ? f->status : 502, f->ctype[0] ? f->ctype : "application/octet-stream",
+                        f->buf ? f->buf : "", f->len, h, nh);
+    }
+    finish(c, f);
+    cp_replica_done_request(c, r);
+}
+
+void cp_proxy_abort(cs_ctl *c, cs_http_req *r, int why) {
+    (void)why;
+    cp_fwd *f = cs_http_req_app(r);
+    if (!f || f->finished) return;
+    f->gone = 1;
+    if (f->queued) {
+        unqueue(f->dep, f);
+        record(c, f, why == CS_HTTP_ABORT_TIMEOUT ? 408 : 499);
+        finish(c, f);
+    } else if (f->easy) {
+        CURL *e = f->easy;
+        cp_replica *rep = f->rep;
+        curl_multi_remove_handle(c->multi, e);
+        curl_easy_cleanup(e);
+        f->easy = NULL;
+        f->rep = NULL;
+        record(c, f, why == CS_HTTP_ABORT_TIMEOUT ? 408 : 499);
+        finish(c, f);
+        cp_replica_done_request(c, rep);
+    }
+}
+
+/* ------------------------------------------------------------ routing */
+
+static int routable(const cp_app *a) { return !a->deleting && a->prefix[0] && a->n_deps > 0; }
+
+static cp_app *match_prefix(cs_ctl *c, const char *path, const char **rel) {
+    cp_app *best = NULL;
+    size_t best_len = 0;
+    for (size_t i = 0; i < c->n_apps; i++) {
+        cp_app *a = c->apps[i];
+        if (a->deleting || !a->prefix[0]) continue;
+        size_t pl = strcmp(a->prefix, "/") ? strlen(a->prefix) : 0;
+        if (strncmp(path, a->prefix, pl) != 0 || (path[pl] != '/' && path[pl] != 0)) continue;
+        if (!best || pl + 1 > best_len) best = a, best_len = pl + 1;
+    }
+    if (best) *rel = path + (best_len - 1);
+    return best;
+}
+
+static cp_app *app_by_model(cs_ctl *c, const char *model) {
+    for (size_t i = 0; i < c->n_apps; i++)
+        if (routable(c->apps[i]) && !strcmp(c->apps[i]->model_id, model)) return c->apps[i];
+    for (size_t i = 0; i < c->n_apps; i++)
+        if (routable(c->apps[i]) && !strcmp(c->apps[i]->name, model)) return c->apps[i];
+    return NULL;
+}
+
+static void openai_error(cs_http_req *r, int status, const char *param, const char *code, const char *msg) {
+    cp_respond_json(r, status,
+                    json_pack("{s:{s:s, s:s, s:s?, s:s?}}", "error", "message", msg, "type", "invalid_request_error",
+                              "param", param, "code", code));
+}
+
+static void models_list(cs_ctl *c, cs_http_req *r) {
+    json_t *data = json_array();
+    for (size_t i = 0; i < c->n_apps; i++) {
+        cp_app *a = c->apps[i];
+        if (!routable(a)) continue;
+        json_array_append_new(data, json_pack("{s:s, s:s, s:I, s:s, s:s}", "id", a->model_id, "object", "model",
+                                              "created", (json_int_t)a->last_deployed, "owned_by", "cserve",
+                                              "root", a->name));
+    }
+    cp_respond_json(r, 200, json_pack("{s:s, s:o}", "object", "list", "data", data));
+}
+
+static void healthz(cs_ctl *c, cs_http_req *r) {
+    int n = 0, ok = 1;
+    for (size_t i = 0; i < c->n_apps; i++) {
+        cp_app *a = c->apps[i];
+        if (!routable(a)) continue;
+        n++;
+        int run = 0;
+        for (size_t j = 0; j < a->n_deps; j++) run += cp_running(a->deps[j]) > 0 || a->deps[j]->target == 0;
+        ok &= run == (int)a->n_deps;
+    }
+    const char *msg = atomic_load(&c->draining) ? "draining" : !n ? "no applications" : !ok ? "replicas starting" : NULL;
+    if (msg) cs_http_respond(r, 503, "text/plain; charset=utf-8", msg, strlen(msg), NULL, 0);
+    else cs_http_respond(r, 200, "text/plain; charset=utf-8", "success", 7, NULL, 0);
+}
+
+void cp_proxy_request(cs_ctl *c, cs_http_req *r) {
+    const char *path = cs_http_req_path(r), *method = cs_http_req_method(r);
+    cp_fwd *f = cs_http_req_app(r);
+    const char *emsg;
+    int es = cs_http_req_error(r, &emsg);
+    if (!f) {
+        cp_respond_error(r, 503, "unavailable", "out of memory");
+        return;
+    }
+    if (es) {
+        cp_respond_error(r, es, es == 413 ? "payload_too_large" : "bad_request", emsg);
+        return;
+    }
+    const int get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
+    if (!strcmp(path, "/-/healthz")) {
+        healthz(c, r);
+        return;
+    }
+    if (!f->authorized) {
+        cp_respond_error(r, 401, "invalid_api_key", "missing or invalid API key (send 'Authorization: Bearer KEY')");
+        return;
+    }
+    if (!strcmp(path, "/-/routes")) {
+        json_t *o = json_object();
+        for (size_t i = 0; i < c->n_apps; i++)
+            if (routable(c->apps[i])) json_object_set_new(o, c->apps[i]->prefix, json_string(c->apps[i]->name));
+        cp_respond_json(r, 200, o);
+        return;
+    }
+    if (!strcmp(path, "/metrics")) {
+        char *out = NULL;
+        size_t len = 0;
+        if (cp_render_metrics(c, &out, &len) == 0)
+            cs_http_respond(r, 200, "text/plain; version=0.0.4; charset=utf-8", out, len, NULL, 0);
+        else cp_respond_error(r, 500, "internal_error", "out of memory");
+        free(out);
+        return;
+    }
+    if (atomic_load(&c->draining)) {
+        cp_respond_error(r, 503, "draining", "the server is shutting down");
+        return;
+    }
+    const char *rel = NULL;
+    cp_app *a = match_prefix(c, path, &rel);
+    const int root_v1 = (!a || !strcmp(a->prefix, "/")) && !strncmp(path, "/v1/", 4);
+    int has_root = 0;
+    for (size_t i = 0; i < c->n_apps; i++) has_root |= routable(c->apps[i]) && !strcmp(c->apps[i]->prefix, "/");
+    if (root_v1 && !has_root) {
+        if (!strcmp(path, "/v1/models")) {
+            if (!get) cp_respond_error(r, 405, "method_not_allowed", "use GET");
+            else models_list(c, r);
+            return;
+        }
+        const char *model = NULL;
+        json_t *body = NULL;
+        if (!strncmp(path, "/v1/models/", 11)) {
+            model = path + 11;
+        } else {
+            size_t bl = 0;
+            const char *b = cs_http_req_body(r, &bl);
+            body = json_loadb(b ? b : "", bl, 0, NULL);
+            model = body ? json_string_value(json_object_get(body, "model")) : NULL;
+        }
+        a = model ? app_by_model(c, model) : NULL;
+        if (!a && !model) {
+            int n = 0;
+            for (size_t i = 0; i < c->n_apps; i++)
+                if (routable(c->apps[i])) n++, a = c->apps[i];
+            if (n != 1) a = NULL;
+        }
+        if (!a) {
+            char m[600];
+            snprintf(m, sizeof m, "The model '%.256s' does not exist", model ? model : "");
+            if (!model) snprintf(m, sizeof m, "several applications serve models: name one in the 'model' field "
+                                              "(GET /v1/models lists them)");
+            json_decref(body);
+            openai_error(r, model ? 404 : 400, "model", model ? "model_not_found" : "model_required", m);
+            return;
+        }
+        json_decref(body);
+        rel = path;
+    }
+    if (!a) {
+        char m[600];
+        snprintf(m, sizeof m, "Path '%.512s' not found. Ping http://.../-/routes for available routes.", path);
+        cp_respond_error(r, 404, "not_found", m);
+        return;
+    }
+    if (!a->n_deps) {
+        char m[CS_ERR_MAX + 200];
+        snprintf(m, sizeof m, "application %s is not running: %s", a->name, a->error[0] ? a->error : "no deployments");
+        cp_respond_error(r, 503, "unavailable", m);
+        return;
+    }
+    snprintf(f->app_label, sizeof f->app_label, "%s", a->name);
+    snprintf(f->route_label, sizeof f->route_label, "%s", route_label(rel[0] ? rel : "/"));
+    f->url_path = strdup(rel[0] ? rel : "/");
+    if (!f->url_path) {
+        cp_respond_error(r, 503, "unavailable", "out of memory");
+        return;
+    }
+    cs_http_req_ref(r);
+    f->http = r;
+    f->t0 = cp_now();
+    c->n_fwd++;
+    route_to(c, f, a->deps[0], 0);
+}
+
+/* Called on the HTTP thread (headers are readable only there). */
+cp_fwd *cp_fwd_new(cs_ctl *c, cs_http_req *r) {
+    cp_fwd *f = calloc(1, sizeof *f);
+    if (!f) return NULL;
+    f->c = c;
+    snprintf(f->method, sizeof f->method, "%s", cs_http_req_method(r));
+    const char *rid = cs_http_req_header(r, "X-Request-Id");
+    if (valid_request_id(rid)) {
+        snprintf(f->request_id, sizeof f->request_id, "%s", rid);
+    } else {
+        uint64_t x[2];
+        if (getrandom(x, sizeof x, 0) != sizeof x) x[0] = (uint64_t)rand(), x[1] = (uint64_t)time(NULL);
+        snprintf(f->request_id, sizeof f->request_id, "%016llx%016llx", (unsigned long long)x[0],
+                 (unsigned long long)x[1]);
+    }
+    const char *ct = cs_http_req_header(r, "Content-Type");
+    if (ct) snprintf(f->ctype_in, sizeof f->ctype_in, "%s", ct);
+    f->authorized = cp_authorized(c, r);
+    cs_http_req_set_app(r, f, fwd_free);
+    return f;
+}
+
+/* ------------------------------------------------------------ metrics */
+
+void cp_series_add(cs_ctl *c, const char *app, const char *route, const char *method, int status, double ms) {
+    cp_series *s = NULL;
+    for (size_t i = 0; i < c->n_series && !s; i++) {
+        cp_series *x = &c->series[i];
+        if (x->status == status && !strcmp(x->app, app) && !strcmp(x->route, route) && !strcmp(x->method, method))
+            s = x;
+    }
+    if (!s) {
+        if (c->n_series == CP_MAX_SERIES) return;
+        s = &c->series[c->n_series++];
+        snprintf(s->app, sizeof s->app, "%s", app);
+        snprintf(s->route, sizeof s->route, "%s", route);
+        snprintf(s->method, sizeof s->method, "%s", method);
+        s->status = status;
+    }
+    s->n++;
+    lat_add(s->lat_counts, &s->lat_sum, ms);
+}
+
+typedef struct mbuf {
+    char *p;
+    size_t n, cap;
+    int oom;
+} mbuf;
+
+static void mb_printf(mbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void mb_printf(mbuf *b, const char *fmt, ...) {
+    if (b->oom) return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int k = vsnprintf(b->p ? b->p + b->n : NULL, b->p ? b->cap - b->n : 0, fmt, ap);
+        va_end(ap);
+        if (k < 0) return;
+        if (b->p && b->n + (size_t)k < b->cap) {
+            b->n += (size_t)k;
+            return;
+        }
+        size_t nc = b->cap ? b->cap * 2 : 16384;
+        while (nc < b->n + (size_t)k + 1) nc *= 2;
+        char *np = realloc(b->p, nc);
+        if (!np) {
+            b->oom = 1;
+            return;
+        }
+        b->p = np;
+        b->cap = nc;
+    }
+}
+
+/* A label value with \, " and newlines escaped (into a static-sized buffer). */
+static const char *esc(const char *s, char *out, size_t cap) {
+    size_t j = 0;
+    for (; *s && j + 3 < cap; s++) {
+        if (*s == '\\' || *s == '"') out[j++] = '\\', out[j++] = *s;
+        else if (*s == '\n') out[j++] = '\\', out[j++] = 'n';
+        else out[j++] = *s;
+    }
+    out[j] = 0;
+    return out;
+}
+
+static void hist(mbuf *b, const char *name, const char *labels, const uint64_t *counts, double sum) {
+    uint64_t cum = 0;
+    for (size_t i = 0; i < CP_LAT_BUCKETS; i++) {
+        cum += counts[i];
+        mb_printf(b, "%s_bucket{%s,le=\"%g\"} %llu\n", name, labels, cp_lat_bounds[i], (unsigned long long)cum);
+    }
+    cum += counts[CP_LAT_BUCKETS];
+    mb_printf(b, "%s_bucket{%s,le=\"+Inf\"} %llu\n%s_sum{%s} %.3f\n%s_count{%s} %llu\n", name, labels,
+              (unsigned long long)cum, name, labels, sum, name, labels, (unsigned long long)cum);
+}
+
+int cp_render_metrics(cs_ctl *c, char **out, size_t *len) {
+    mbuf b = {0};
+    char *base = NULL;
+    size_t blen = 0;
+    int ongoing = 0, queued = 0, running = 0;
+    for (size_t i = 0; i < c->n_apps; i++)
+        for (size_t j = 0; j < c->apps[i]->n_deps; j++) {
+            cp_dep *d = c->apps[i]->deps[j];
+            queued += d->n_queued;
+            for (size_t k = 0; k < d->n_reps; k++) ongoing += d->reps[k]->ongoing, running += d->reps[k]->st_running;
+        }
+    cs_metrics_gauges g = {.ready = !atomic_load(&c->draining), .queued = queued, .running = running};
+    if (cs_metrics_render(c->metrics, &g, &base, &blen) == 0) mb_printf(&b, "%s", base);
+    free(base);
+    char e1[300], e2[300], e3[300], lab[1200];
+    mb_printf(&b, "# HELP ray_serve_num_http_requests_total HTTP requests processed by the proxy.\n"
+                  "# TYPE ray_serve_num_http_requests_total counter\n");
+    for (size_t i = 0; i < c->n_series; i++) {
+        cp_series *s = &c->series[i];
+        mb_printf(&b, "ray_serve_num_http_requests_total{route=\"%s\",method=\"%s\",application=\"%s\",status_code=\"%d\"} %llu\n",
+                  esc(s->route, e1, sizeof e1), esc(s->method, e2, sizeof e2), esc(s->app, e3, sizeof e3), s->status,
+                  (unsigned long long)s->n);
+    }
+    mb_printf(&b, "# HELP ray_serve_num_http_error_requests_total HTTP requests answered with an error.\n"
+                  "# TYPE ray_serve_num_http_error_requests_total counter\n");
+    for (size_t i = 0; i < c->n_series; i++) {
+        cp_series *s = &c->series[i];
+        if (s->status < 400) continue;
+        mb_printf(&b, "ray_serve_num_http_error_requests_total{route=\"%s\",error_code=\"%d\",method=\"%s\",application=\"%s\"} %llu\n",
+                  esc(s->route, e1, sizeof e1), s->status, esc(s->method, e2, sizeof e2), esc(s->app, e3, sizeof e3),
+                  (unsigned long long)s->n);
+    }
+    mb_printf(&b, "# HELP ray_serve_http_request_latency_ms End-to-end latency of HTTP requests (ms).\n"
+                  "# TYPE ray_serve_http_request_latency_ms histogram\n");
+    for (size_t i = 0; i < c->n_series; i++) {
+        cp_series *s = &c->series[i];
+        snprintf(lab, sizeof lab, "route=\"%s\",method=\"%s\",application=\"%s\",status_code=\"%d\"",
+                 esc(s->route, e1, sizeof e1), esc(s->method, e2, sizeof e2), esc(s->app, e3, sizeof e3), s->status);
+        hist(&b, "ray_serve_http_request_latency_ms", lab, s->lat_counts, s->lat_sum);
+    }
+    mb_printf(&b, "# HELP ray_serve_num_ongoing_http_requests Requests the proxy is handling.\n"
+                  "# TYPE ray_serve_num_ongoing_http_requests gauge\nray_serve_num_ongoing_http_requests %d\n",
+              c->n_fwd);
+
+    static const char *const per_dep[][3] = {
+        {"ray_serve_deployment_replica_starts_total", "counter", "Replica starts."},
+        {"ray_serve_num_router_requests_total", "counter", "Requests the router sent to replicas."},
+        {"ray_serve_deployment_queued_queries", "gauge", "Requests waiting for a replica."},
+        {"ray_serve_num_ongoing_requests_at_replicas", "gauge", "Requests being handled by replicas."},
+    };
+    for (size_t m = 0; m < sizeof per_dep / sizeof *per_dep; m++) {
+        mb_printf(&b, "# HELP %s %s\n# TYPE %s %s\n", per_dep[m][0], per_dep[m][2], per_dep[m][0], per_dep[m][1]);
+        for (size_t i = 0; i < c->n_apps; i++)
+            for (size_t j = 0; j < c->apps[i]->n_deps; j++) {
+                cp_dep *d = c->apps[i]->deps[j];
+                int on = 0;
+                for (size_t k = 0; k < d->n_reps; k++) on += d->reps[k]->ongoing;
+                double v = m == 0 ? (double)d->starts : m == 1 ? (double)d->router_requests : m == 2 ? d->n_queued : on;
+                mb_printf(&b, "%s{deployment=\"%s\",application=\"%s\"} %.0f\n", per_dep[m][0],
+                          esc(d->name, e1, sizeof e1), esc(d->app->name, e2, sizeof e2), v);
+            }
+    }
+    static const char *const per_rep[][3] = {
+        {"ray_serve_deployment_request_counter_total", "counter", "Requests processed by the replica."},
+        {"ray_serve_deployment_error_counter_total", "counter", "Requests that failed in the replica."},
+        {"ray_serve_replica_processing_queries", "gauge", "Requests the replica is processing."},
+        {"ray_serve_deployment_replica_healthy", "gauge", "1 when the replica is healthy."},
+    };
+    for (size_t m = 0; m < sizeof per_rep / sizeof *per_rep + 1; m++) {
+        const int h = m == sizeof per_rep / sizeof *per_rep;
+        if (h) mb_printf(&b, "# HELP ray_serve_deployment_processing_latency_ms Latency of requests in the replica "
+                             "(ms).\n# TYPE ray_serve_deployment_processing_latency_ms histogram\n");
+        else mb_printf(&b, "# HELP %s %s\n# TYPE %s %s\n", per_rep[m][0], per_rep[m][2], per_rep[m][0], per_rep[m][1]);
+        for (size_t i = 0; i < c->n_apps; i++)
+            for (size_t j = 0; j < c->apps[i]->n_deps; j++) {
+                cp_dep *d = c->apps[i]->deps[j];
+                for (size_t k = 0; k < d->n_reps; k++) {
+                    cp_replica *r = d->reps[k];
+                    snprintf(lab, sizeof lab, "deployment=\"%s\",replica=\"%s\",application=\"%s\"",
+                             esc(d->name, e1, sizeof e1), r->id, esc(d->app->name, e2, sizeof e2));
+                    if (h) {
+                        hist(&b, "ray_serve_deployment_processing_latency_ms", lab, r->lat_counts, r->lat_sum);
+                        continue;
+                    }
+                    double v = m == 0 ? (double)r->n_requests : m == 1 ? (double)r->n_errors : m == 2 ? r->ongoing
+                               : (r->state == RS_RUNNING && !r->exited && !r->unhealthy);
+                    mb_printf(&b, "%s{%s} %.0f\n", per_rep[m][0], lab, v);
+                }
+            }
+    }
+    if (b.oom) {
+        free(b.p);
+        return -1;
+    }
+    *out = b.p;
+    *len = b.n;
+    return 0;
+}
