@@ -24,13 +24,13 @@
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
-#include <yaml.h>
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -236,7 +236,7 @@ static int ctl_get_details(const ctl_client *c, json_t **out) {
         return rc;
     }
     json_error_t je;
-    json_t *j = resp.p ? json_loadb(resp.p, resp.n, 0, &je) : NULL;
+    json_t *j = resp.p ? json_loadb(resp.p, resp.n, JSON_ALLOW_NUL, &je) : NULL;
     if (!json_is_object(j)) {
         fprintf(stderr, "cserve %s: the admin API at %s did not answer a JSON object: %s\n", c->cmd, c->address,
                 j ? "another JSON value" : resp.p ? je.text : "empty answer");
@@ -313,130 +313,463 @@ static int ctl_client_init(ctl_client *c, const char *cmd, const char *address) 
 
 /* ------------------------------------------------------------------ YAML output
  *
- * PyYAML's SafeRepresenter + Serializer on top of libyaml's emitter: the
- * resolver regexps below are PyYAML's (YAML 1.1 implicit types). A string that
- * matches one of them cannot be written plain (it would read back as a
- * number, bool, null, timestamp, '<<' or '='), so it is quoted. */
-
+ * What PyYAML's yaml.safe_dump(..., sort_keys=False) writes, which is what
+ * Ray's CLI prints: block style, indent 2, lines folded at 80 columns,
+ * allow_unicode=False (non-ASCII escaped in double quotes). The representer
+ * rules come first (a string that would read back as another type is
+ * quoted; floats as Python's repr()), then the emitter's choice of scalar
+ * style and its writers, which follow PyYAML's emitter step by step:
+ * libyaml's emitter folds long double-quoted strings differently, and a
+ * traceback in a DEPLOY_FAILED message is exactly such a string.
+ *
+ * PyYAML's implicit resolvers (YAML 1.1): a plain scalar matching one of
+ * these reads back as bool, float, int, '<<', null, timestamp or '='. */
 static const char YAML_IMPLICIT_RE[] =
     "^(?:"
-    /* bool */
     "(?:yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)"
-    /* float */
     "|(?:[-+]?(?:[0-9][0-9_]*)\\.[0-9_]*(?:[eE][-+][0-9]+)?"
     "|\\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
     "|[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\\.[0-9_]*"
     "|[-+]?\\.(?:inf|Inf|INF)"
     "|\\.(?:nan|NaN|NAN))"
-    /* int */
     "|(?:[-+]?0b[0-1_]+"
     "|[-+]?0[0-7_]+"
     "|[-+]?(?:0|[1-9][0-9_]*)"
     "|[-+]?0x[0-9a-fA-F_]+"
     "|[-+]?[1-9][0-9_]*(?::[0-5]?[0-9])+)"
-    /* merge */
     "|(?:<<)"
-    /* null */
     "|(?:~|null|Null|NULL|)"
-    /* timestamp */
     "|(?:[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]"
     "|[0-9][0-9][0-9][0-9]-[0-9][0-9]?-[0-9][0-9]?"
     "(?:[Tt]|[ \\t]+)[0-9][0-9]?"
     ":[0-9][0-9]:[0-9][0-9](?:\\.[0-9]*)?"
     "(?:[ \\t]*(?:Z|[-+][0-9][0-9]?(?::[0-9][0-9])?))?)"
-    /* value */
     "|(?:=)"
     ")$";
 
-typedef struct ymit {
-    yaml_emitter_t em;
+#define Y_INDENT 2
+#define Y_WIDTH 80
+#define Y_SIMPLE_KEY_MAX 128 /* longer keys are written as '? key' */
+
+typedef struct yw {
     ctl_buf out;
     pcre2_code *re;
     pcre2_match_data *md;
-    int literal_multiline; /* `serve status`: multi-line strings as | blocks */
+    int literal_multiline; /* `serve status`: multi-line strings as | blocks (Ray's str_presenter) */
     int strip_ansi;        /* `serve status`: ANSI escapes removed from values */
     int failed;
-} ymit;
+    /* emitter state, as PyYAML's Emitter has it */
+    long indent; /* -1: none yet */
+    int flow_level;
+    size_t column;
+    int whitespace, indention, open_ended;
+    int root_context, mapping_context, simple_key_context;
+} yw;
 
-static int on_yaml_out(void *ud, unsigned char *d, size_t n) {
-    ymit *y = ud;
-    return buf_add(&y->out, d, n) == 0;
-}
+/* A scalar as code points, with PyYAML's analysis of it. */
+typedef struct yscalar {
+    uint32_t *s;
+    size_t n;
+    int plain_implicit; /* plain would read back as a string */
+    int literal;        /* '|' requested */
+    int empty, multiline, allow_flow_plain, allow_block_plain, allow_single_quoted, allow_block;
+} yscalar;
 
-static int y_init(ymit *y, int literal_multiline, int strip_ansi) {
+static int y_init(yw *y, int literal_multiline, int strip) {
     memset(y, 0, sizeof *y);
     int ec;
     PCRE2_SIZE eo;
     y->re = pcre2_compile((PCRE2_SPTR)YAML_IMPLICIT_RE, PCRE2_ZERO_TERMINATED, 0, &ec, &eo, NULL);
     if (!y->re) return -1;
-    y->md = pcre2_match_data_create_from_pattern(y->re, NULL);
-    if (!y->md || !yaml_emitter_initialize(&y->em)) {
-        pcre2_match_data_free(y->md);
+    if (!(y->md = pcre2_match_data_create_from_pattern(y->re, NULL))) {
         pcre2_code_free(y->re);
         return -1;
     }
-    yaml_emitter_set_output(&y->em, on_yaml_out, y);
-    yaml_emitter_set_unicode(&y->em, 0); /* PyYAML's allow_unicode=False: non-ASCII is escaped */
-    yaml_emitter_set_width(&y->em, 80);
-    yaml_emitter_set_indent(&y->em, 2);
     y->literal_multiline = literal_multiline;
-    y->strip_ansi = strip_ansi;
+    y->strip_ansi = strip;
     return 0;
 }
 
-static void y_free(ymit *y) {
-    yaml_emitter_delete(&y->em);
+static void y_free(yw *y) {
     pcre2_match_data_free(y->md);
     pcre2_code_free(y->re);
     buf_free(&y->out);
 }
 
-static int y_emit(ymit *y, yaml_event_t *ev, int made) {
-    if (!made) y->failed = 1;
-    if (y->failed) {
-        if (made) yaml_event_delete(ev);
-        return -1;
+static int is_break(uint32_t c) { return c == '\n' || c == 0x85 || c == 0x2028 || c == 0x2029; }
+static int is_blank_or_break(uint32_t c) { /* PyYAML's '\0 \t\r\n\x85\u2028\u2029' */
+    return c == 0 || c == ' ' || c == '\t' || c == '\r' || is_break(c);
+}
+
+static void put_cp(yw *y, uint32_t c) {
+    char b[4];
+    size_t n;
+    if (c < 0x80) b[0] = (char)c, n = 1;
+    else if (c < 0x800) b[0] = (char)(0xc0 | c >> 6), b[1] = (char)(0x80 | (c & 0x3f)), n = 2;
+    else if (c < 0x10000)
+        b[0] = (char)(0xe0 | c >> 12), b[1] = (char)(0x80 | ((c >> 6) & 0x3f)), b[2] = (char)(0x80 | (c & 0x3f)), n = 3;
+    else
+        b[0] = (char)(0xf0 | c >> 18), b[1] = (char)(0x80 | ((c >> 12) & 0x3f)), b[2] = (char)(0x80 | ((c >> 6) & 0x3f)),
+        b[3] = (char)(0x80 | (c & 0x3f)), n = 4;
+    buf_add(&y->out, b, n);
+}
+
+/* s[start, end) written as is; the column moves by the code points. */
+static void put_span(yw *y, const yscalar *sc, size_t start, size_t end) {
+    for (size_t i = start; i < end; i++) put_cp(y, sc->s[i]);
+    y->column += end - start;
+}
+
+static void w_indicator(yw *y, const char *ind, int need_ws, int ws, int indention) {
+    if (!y->whitespace && need_ws) {
+        buf_puts(&y->out, " ");
+        y->column++;
     }
-    if (!yaml_emitter_emit(&y->em, ev)) { /* the emitter frees the event either way */
-        y->failed = 1;
-        return -1;
+    buf_puts(&y->out, ind);
+    y->column += strlen(ind);
+    y->whitespace = ws;
+    y->indention = y->indention && indention;
+    y->open_ended = 0;
+}
+
+static void w_line_break(yw *y, uint32_t br) {
+    put_cp(y, br ? br : '\n');
+    y->whitespace = 1;
+    y->indention = 1;
+    y->column = 0;
+}
+
+static void w_indent(yw *y) {
+    size_t ind = y->indent < 0 ? 0 : (size_t)y->indent;
+    if (!y->indention || y->column > ind || (y->column == ind && !y->whitespace)) w_line_break(y, 0);
+    if (y->column < ind) {
+        y->whitespace = 1;
+        for (; y->column < ind; y->column++) buf_puts(&y->out, " ");
     }
+}
+
+/* PyYAML's Emitter.increase_indent; returns the indent to restore. */
+static long increase_indent(yw *y, int flow, int indentless) {
+    long saved = y->indent;
+    if (y->indent < 0) y->indent = flow ? Y_INDENT : 0;
+    else if (!indentless) y->indent += Y_INDENT;
+    return saved;
+}
+
+/* Decodes UTF-8 (valid: it came out of jansson) into sc->s. */
+static int decode_utf8(const char *p, size_t n, yscalar *sc) {
+    sc->s = malloc((n + 1) * sizeof *sc->s);
+    if (!sc->s) return -1;
+    size_t k = 0;
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)p[i];
+        uint32_t cp;
+        size_t w;
+        if (c < 0x80) cp = c, w = 1;
+        else if (c >> 5 == 6 && i + 1 < n) cp = (uint32_t)(c & 0x1f) << 6 | (p[i + 1] & 0x3f), w = 2;
+        else if (c >> 4 == 14 && i + 2 < n)
+            cp = (uint32_t)(c & 0x0f) << 12 | (uint32_t)(p[i + 1] & 0x3f) << 6 | (p[i + 2] & 0x3f), w = 3;
+        else if (c >> 3 == 30 && i + 3 < n)
+            cp = (uint32_t)(c & 0x07) << 18 | (uint32_t)(p[i + 1] & 0x3f) << 12 | (uint32_t)(p[i + 2] & 0x3f) << 6 |
+                 (p[i + 3] & 0x3f),
+            w = 4;
+        else cp = 0xfffd, w = 1;
+        sc->s[k++] = cp;
+        i += w;
+    }
+    sc->n = k;
     return 0;
+}
+
+/* PyYAML's Emitter.analyze_scalar (allow_unicode=False). */
+static void analyze(yscalar *sc) {
+    const uint32_t *s = sc->s;
+    size_t n = sc->n;
+    if (n == 0) {
+        sc->empty = 1;
+        sc->multiline = 0;
+        sc->allow_flow_plain = 0;
+        sc->allow_block_plain = 1;
+        sc->allow_single_quoted = 1;
+        sc->allow_block = 0;
+        return;
+    }
+    int block_ind = 0, flow_ind = 0, line_breaks = 0, special = 0;
+    int leading_space = 0, leading_break = 0, trailing_space = 0, trailing_break = 0, break_space = 0,
+        space_break = 0;
+    if (n >= 3 && ((s[0] == '-' && s[1] == '-' && s[2] == '-') || (s[0] == '.' && s[1] == '.' && s[2] == '.')))
+        block_ind = flow_ind = 1;
+    int preceded_ws = 1, followed_ws = n == 1 || is_blank_or_break(s[1]), prev_space = 0, prev_break = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t ch = s[i];
+        if (i == 0) {
+            if (ch < 0x80 && strchr("#,[]{}&*!|>'\"%@`", (int)ch) && ch) flow_ind = block_ind = 1;
+            if (ch == '?' || ch == ':') {
+                flow_ind = 1;
+                if (followed_ws) block_ind = 1;
+            }
+            if (ch == '-' && followed_ws) flow_ind = block_ind = 1;
+        } else {
+            if (ch < 0x80 && ch && strchr(",?[]{}", (int)ch)) flow_ind = 1;
+            if (ch == ':') {
+                flow_ind = 1;
+                if (followed_ws) block_ind = 1;
+            }
+            if (ch == '#' && preceded_ws) flow_ind = block_ind = 1;
+        }
+        if (is_break(ch)) line_breaks = 1;
+        if (!(ch == '\n' || (ch >= 0x20 && ch <= 0x7e))) special = 1; /* unicode too: allow_unicode=False */
+        if (ch == ' ') {
+            if (i == 0) leading_space = 1;
+            if (i == n - 1) trailing_space = 1;
+            if (prev_break) break_space = 1;
+            prev_space = 1;
+            prev_break = 0;
+        } else if (is_break(ch)) {
+            if (i == 0) leading_break = 1;
+            if (i == n - 1) trailing_break = 1;
+            if (prev_space) space_break = 1;
+            prev_space = 0;
+            prev_break = 1;
+        } else {
+            prev_space = prev_break = 0;
+        }
+        preceded_ws = is_blank_or_break(ch);
+        followed_ws = i + 2 >= n || is_blank_or_break(s[i + 2]);
+    }
+    int flow_plain = 1, block_plain = 1, single = 1, block = 1;
+    if (leading_space || leading_break || trailing_space || trailing_break) flow_plain = block_plain = 0;
+    if (trailing_space) block = 0;
+    if (break_space) flow_plain = block_plain = single = 0;
+    if (space_break || special) flow_plain = block_plain = single = block = 0;
+    if (line_breaks) flow_plain = block_plain = 0;
+    if (flow_ind) flow_plain = 0;
+    if (block_ind) block_plain = 0;
+    sc->empty = 0;
+    sc->multiline = line_breaks;
+    sc->allow_flow_plain = flow_plain;
+    sc->allow_block_plain = block_plain;
+    sc->allow_single_quoted = single;
+    sc->allow_block = block;
+}
+
+/* PyYAML's choose_scalar_style: 'p' plain, '|', '\'' or '"'. */
+static char choose_style(const yw *y, const yscalar *sc) {
+    if (!sc->literal && sc->plain_implicit) {
+        if (!(y->simple_key_context && (sc->empty || sc->multiline)) &&
+            ((y->flow_level && sc->allow_flow_plain) || (!y->flow_level && sc->allow_block_plain)))
+            return 'p';
+    }
+    if (sc->literal) {
+        if (!y->flow_level && !y->simple_key_context && sc->allow_block) return '|';
+        return '"';
+    }
+    if (sc->allow_single_quoted && !(y->simple_key_context && sc->multiline)) return '\'';
+    return '"';
+}
+
+static void w_plain(yw *y, const yscalar *sc, int split) {
+    if (y->root_context) y->open_ended = 1;
+    if (!sc->n) return;
+    if (!y->whitespace) {
+        buf_puts(&y->out, " ");
+        y->column++;
+    }
+    y->whitespace = y->indention = 0;
+    int spaces = 0, breaks = 0;
+    size_t start = 0;
+    for (size_t end = 0; end <= sc->n; end++) {
+        int none = end == sc->n;
+        uint32_t ch = none ? 0 : sc->s[end];
+        if (spaces) {
+            if (none || ch != ' ') {
+                if (start + 1 == end && y->column > Y_WIDTH && split) {
+                    w_indent(y);
+                    y->whitespace = y->indention = 0;
+                } else {
+                    put_span(y, sc, start, end);
+                }
+                start = end;
+            }
+        } else if (breaks) {
+            if (none || !is_break(ch)) {
+                if (sc->s[start] == '\n') w_line_break(y, 0);
+                for (size_t i = start; i < end; i++) w_line_break(y, sc->s[i] == '\n' ? 0 : sc->s[i]);
+                w_indent(y);
+                y->whitespace = y->indention = 0;
+                start = end;
+            }
+        } else if (none || ch == ' ' || is_break(ch)) {
+            put_span(y, sc, start, end);
+            start = end;
+        }
+        if (!none) {
+            spaces = ch == ' ';
+            breaks = is_break(ch);
+        }
+    }
+}
+
+static void w_single_quoted(yw *y, const yscalar *sc, int split) {
+    w_indicator(y, "'", 1, 0, 0);
+    int spaces = 0, breaks = 0;
+    size_t start = 0;
+    for (size_t end = 0; end <= sc->n; end++) {
+        int none = end == sc->n;
+        uint32_t ch = none ? 0 : sc->s[end];
+        if (spaces) {
+            if (none || ch != ' ') {
+                if (start + 1 == end && y->column > Y_WIDTH && split && start != 0 && end != sc->n) w_indent(y);
+                else put_span(y, sc, start, end);
+                start = end;
+            }
+        } else if (breaks) {
+            if (none || !is_break(ch)) {
+                if (sc->s[start] == '\n') w_line_break(y, 0);
+                for (size_t i = start; i < end; i++) w_line_break(y, sc->s[i] == '\n' ? 0 : sc->s[i]);
+                w_indent(y);
+                start = end;
+            }
+        } else if (none || ch == ' ' || is_break(ch) || ch == '\'') {
+            if (start < end) {
+                put_span(y, sc, start, end);
+                start = end;
+            }
+        }
+        if (!none && ch == '\'') {
+            buf_puts(&y->out, "''");
+            y->column += 2;
+            start = end + 1;
+        }
+        if (!none) {
+            spaces = ch == ' ';
+            breaks = is_break(ch);
+        }
+    }
+    w_indicator(y, "'", 0, 0, 0);
+}
+
+static void w_double_quoted(yw *y, const yscalar *sc, int split) {
+    w_indicator(y, "\"", 1, 0, 0);
+    size_t start = 0;
+    for (size_t end = 0; end <= sc->n; end++) {
+        int none = end == sc->n;
+        uint32_t ch = none ? 0 : sc->s[end];
+        if (none || ch == '"' || ch == '\\' || ch == 0x85 || ch == 0x2028 || ch == 0x2029 || ch == 0xfeff ||
+            !(ch >= 0x20 && ch <= 0x7e)) {
+            if (start < end) {
+                put_span(y, sc, start, end);
+                start = end;
+            }
+            if (!none) {
+                char e[16];
+                const char *rep = NULL;
+                switch (ch) {
+                case 0: rep = "0"; break;
+                case 0x07: rep = "a"; break;
+                case 0x08: rep = "b"; break;
+                case 0x09: rep = "t"; break;
+                case 0x0a: rep = "n"; break;
+                case 0x0b: rep = "v"; break;
+                case 0x0c: rep = "f"; break;
+                case 0x0d: rep = "r"; break;
+                case 0x1b: rep = "e"; break;
+                case '"': rep = "\""; break;
+                case '\\': rep = "\\"; break;
+                case 0x85: rep = "N"; break;
+                case 0xa0: rep = "_"; break;
+                case 0x2028: rep = "L"; break;
+                case 0x2029: rep = "P"; break;
+                }
+                if (rep) snprintf(e, sizeof e, "\\%s", rep);
+                else if (ch <= 0xff) snprintf(e, sizeof e, "\\x%02X", (unsigned)ch);
+                else if (ch <= 0xffff) snprintf(e, sizeof e, "\\u%04X", (unsigned)ch);
+                else snprintf(e, sizeof e, "\\U%08X", (unsigned)ch);
+                buf_puts(&y->out, e);
+                y->column += strlen(e);
+                start = end + 1;
+            }
+        }
+        if (end > 0 && end + 1 < sc->n && (ch == ' ' || start >= end) && y->column + (end - start) > Y_WIDTH &&
+            split) {
+            /* text[start:end] + '\\' (start may be past end right after an escape: nothing then) */
+            if (start < end) {
+                put_span(y, sc, start, end);
+                start = end;
+            }
+            buf_puts(&y->out, "\\");
+            y->column++;
+            w_indent(y);
+            y->whitespace = y->indention = 0;
+            if (sc->s[start] == ' ') {
+                buf_puts(&y->out, "\\");
+                y->column++;
+            }
+        }
+    }
+    w_indicator(y, "\"", 0, 0, 0);
+}
+
+static void w_literal(yw *y, const yscalar *sc) {
+    char hints[4] = "|";
+    size_t h = 1;
+    if (sc->n) {
+        uint32_t first = sc->s[0], last = sc->s[sc->n - 1];
+        if (first == ' ' || is_break(first)) hints[h++] = '0' + Y_INDENT;
+        if (!is_break(last)) hints[h++] = '-';
+        else if (sc->n == 1 || is_break(sc->s[sc->n - 2])) hints[h++] = '+';
+    }
+    hints[h] = 0;
+    w_indicator(y, hints, 1, 0, 0);
+    if (hints[h - 1] == '+') y->open_ended = 1;
+    w_line_break(y, 0);
+    int breaks = 1;
+    size_t start = 0;
+    for (size_t end = 0; end <= sc->n; end++) {
+        int none = end == sc->n;
+        uint32_t ch = none ? 0 : sc->s[end];
+        if (breaks) {
+            if (none || !is_break(ch)) {
+                for (size_t i = start; i < end; i++) w_line_break(y, sc->s[i] == '\n' ? 0 : sc->s[i]);
+                if (!none) w_indent(y);
+                start = end;
+            }
+        } else if (none || is_break(ch)) {
+            for (size_t i = start; i < end; i++) put_cp(y, sc->s[i]);
+            if (none) w_line_break(y, 0);
+            start = end;
+        }
+        if (!none) breaks = is_break(ch);
+    }
 }
 
 /* Python's str.splitlines() count > 1 (Ray's str_presenter test): line
  * boundaries are \n \r \r\n \v \f \x1c \x1d \x1e U+0085 U+2028 U+2029. */
-static int more_than_one_line(const char *s, size_t n) {
+static int more_than_one_line(const yscalar *sc) {
     size_t seps = 0;
     int text_after = 0;
-    for (size_t i = 0; i < n;) {
-        unsigned char c = (unsigned char)s[i];
-        size_t w = 0;
-        if (c == '\r') w = (i + 1 < n && s[i + 1] == '\n') ? 2 : 1;
-        else if (c == '\n' || c == '\v' || c == '\f' || (c >= 0x1c && c <= 0x1e)) w = 1;
-        else if (c == 0xc2 && i + 1 < n && (unsigned char)s[i + 1] == 0x85) w = 2;
-        else if (c == 0xe2 && i + 2 < n && (unsigned char)s[i + 1] == 0x80 &&
-                 ((unsigned char)s[i + 2] == 0xa8 || (unsigned char)s[i + 2] == 0xa9))
-            w = 3;
-        if (w) {
+    for (size_t i = 0; i < sc->n; i++) {
+        uint32_t c = sc->s[i];
+        if (c == '\r' && i + 1 < sc->n && sc->s[i + 1] == '\n') i++;
+        if (c == '\n' || c == '\r' || c == '\v' || c == '\f' || (c >= 0x1c && c <= 0x1e) || c == 0x85 || c == 0x2028 ||
+            c == 0x2029) {
             seps++;
             text_after = 0;
-            i += w;
         } else {
             text_after = 1;
-            i++;
         }
     }
     return seps + (size_t)text_after > 1;
 }
 
 /* Ray's remove_ansi_escape_sequences: ESC followed by one of @-Z \ ] ^ _, or
- * by a CSI sequence '[' [0-?]* [ -/]* [@-~]. In place; returns the new length. */
-static size_t strip_ansi(char *s, size_t n) {
-    size_t o = 0;
+ * by a CSI sequence '[' [0-?]* [ -/]* [@-~]. In place. */
+static void strip_ansi(yscalar *sc) {
+    uint32_t *s = sc->s;
+    size_t n = sc->n, o = 0;
     for (size_t i = 0; i < n;) {
         if (s[i] == 0x1b && i + 1 < n) {
-            unsigned char c = (unsigned char)s[i + 1];
+            uint32_t c = s[i + 1];
             if ((c >= '@' && c <= 'Z') || (c >= '\\' && c <= '_')) {
                 i += 2;
                 continue;
@@ -453,45 +786,11 @@ static size_t strip_ansi(char *s, size_t n) {
         }
         s[o++] = s[i++];
     }
-    return o;
+    sc->n = o;
 }
 
-static int y_plain_scalar(ymit *y, const char *text) {
-    yaml_event_t ev;
-    int made = yaml_scalar_event_initialize(&ev, NULL, NULL, (yaml_char_t *)text, (int)strlen(text), 1, 0,
-                                            YAML_PLAIN_SCALAR_STYLE);
-    return y_emit(y, &ev, made);
-}
-
-/* A string scalar; is_value: a mapping value or sequence item (ANSI escapes
- * are stripped from those, as Ray does, never from keys). */
-static int y_str(ymit *y, const char *s, size_t n, int is_value) {
-    char *tmp = NULL;
-    if (y->strip_ansi && is_value && memchr(s, 0x1b, n)) {
-        if (!(tmp = malloc(n + 1))) {
-            y->failed = 1;
-            return -1;
-        }
-        memcpy(tmp, s, n);
-        n = strip_ansi(tmp, n);
-        s = tmp;
-    }
-    int plain_ok = pcre2_match(y->re, (PCRE2_SPTR)s, n, 0, 0, y->md, NULL) < 0;
-    yaml_scalar_style_t style = YAML_ANY_SCALAR_STYLE;
-    if (y->literal_multiline && more_than_one_line(s, n)) style = YAML_LITERAL_SCALAR_STYLE;
-    if (n > INT_MAX) {
-        free(tmp);
-        y->failed = 1;
-        return -1;
-    }
-    yaml_event_t ev;
-    int made = yaml_scalar_event_initialize(&ev, NULL, NULL, (yaml_char_t *)s, (int)n, plain_ok, 1, style);
-    free(tmp);
-    return y_emit(y, &ev, made);
-}
-
-/* Python's repr(float), then PyYAML's represent_float (lower case, ".0"
- * before an exponent without a dot, .inf/.nan). */
+/* Python's repr(float), then PyYAML's represent_float (".0" before an
+ * exponent without a dot; .inf, -.inf, .nan). */
 static void py_float(double x, char *out, size_t cap) {
     if (isnan(x)) {
         snprintf(out, cap, ".nan");
@@ -506,8 +805,7 @@ static void py_float(double x, char *out, size_t cap) {
         snprintf(e, sizeof e, "%.*e", p, x);
         if (strtod(e, NULL) == x) break;
     }
-    /* e: [-]D[.DDD]e(+|-)XX */
-    const char *q = e;
+    const char *q = e; /* [-]D[.DDD]e(+|-)XX */
     int neg = *q == '-';
     if (neg) q++;
     char digits[24];
@@ -516,116 +814,171 @@ static void py_float(double x, char *out, size_t cap) {
         if (*q != '.' && nd < sizeof digits - 1) digits[nd++] = *q;
     while (nd > 1 && digits[nd - 1] == '0') nd--;
     digits[nd] = 0;
-    int exp10 = atoi(q + 1);
-    int decpt = exp10 + 1; /* digits d1 d2 ... mean 0.d1d2... * 10^decpt */
-    char *o = out;
-    size_t left = cap;
-#define OUT(...)                                                                                             \
-    do {                                                                                                     \
-        int w_ = snprintf(o, left, __VA_ARGS__);                                                             \
-        if (w_ < 0 || (size_t)w_ >= left) return;                                                            \
-        o += w_;                                                                                             \
-        left -= (size_t)w_;                                                                                  \
-    } while (0)
-    if (neg) OUT("-");
-    if (decpt > -4 && decpt <= 16) {
-        if (decpt <= 0) {
-            OUT("0.");
-            for (int i = 0; i < -decpt; i++) OUT("0");
-            OUT("%s", digits);
-        } else if ((size_t)decpt >= nd) {
-            OUT("%s", digits);
-            for (size_t i = nd; i < (size_t)decpt; i++) OUT("0");
-            OUT(".0");
-        } else {
-            OUT("%.*s.%s", decpt, digits, digits + decpt);
-        }
+    int exp10 = *q ? atoi(q + 1) : 0;
+    int decpt = exp10 + 1; /* x = 0.DIGITS * 10^decpt */
+    static const char zeros[] = "0000000000000000";
+    char fixed[64];
+    if (decpt > -4 && decpt <= 16) { /* Python's repr switches to an exponent outside this range */
+        if (decpt <= 0) snprintf(fixed, sizeof fixed, "0.%.*s%s", -decpt, zeros, digits);
+        else if ((size_t)decpt >= nd) snprintf(fixed, sizeof fixed, "%s%.*s.0", digits, decpt - (int)nd, zeros);
+        else snprintf(fixed, sizeof fixed, "%.*s.%s", decpt, digits, digits + decpt);
     } else {
-        /* Python writes 1e+16; PyYAML makes it 1.0e+16 */
-        OUT("%c.%s", digits[0], nd > 1 ? digits + 1 : "0");
-        OUT("e%c%02d", exp10 < 0 ? '-' : '+', abs(exp10));
+        snprintf(fixed, sizeof fixed, "%c.%se%c%02d", digits[0], nd > 1 ? digits + 1 : "0", exp10 < 0 ? '-' : '+',
+                 abs(exp10));
     }
-#undef OUT
+    snprintf(out, cap, "%s%s", neg ? "-" : "", fixed);
 }
 
-static int y_json(ymit *y, const json_t *v, int is_value);
+static void emit_node(yw *y, const json_t *v, int root, int mapping, int simple_key);
 
-static int y_mapping_start(ymit *y) {
-    yaml_event_t ev;
-    int made = yaml_mapping_start_event_initialize(&ev, NULL, NULL, 1, YAML_BLOCK_MAPPING_STYLE);
-    return y_emit(y, &ev, made);
+/* A scalar node: text with its representer facts. */
+static void emit_scalar(yw *y, yscalar *sc) {
+    analyze(sc);
+    char style = choose_style(y, sc);
+    long saved = increase_indent(y, 1, 0);
+    int split = !y->simple_key_context;
+    switch (style) {
+    case '"': w_double_quoted(y, sc, split); break;
+    case '\'': w_single_quoted(y, sc, split); break;
+    case '|': w_literal(y, sc); break;
+    default: w_plain(y, sc, split); break;
+    }
+    y->indent = saved;
 }
 
-static int y_mapping_end(ymit *y) {
-    yaml_event_t ev;
-    int made = yaml_mapping_end_event_initialize(&ev);
-    return y_emit(y, &ev, made);
+/* A JSON scalar as PyYAML represents it; is_value: not a mapping key. */
+static int make_scalar(yw *y, const json_t *v, const char *key, int is_value, yscalar *sc) {
+    memset(sc, 0, sizeof *sc);
+    char num[80];
+    const char *text;
+    size_t len;
+    int is_str = 0;
+    if (key) text = key, len = strlen(key), is_str = 1;
+    else switch (json_typeof(v)) {
+        case JSON_STRING: text = json_string_value(v), len = json_string_length(v), is_str = 1; break;
+        case JSON_INTEGER:
+            snprintf(num, sizeof num, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+            text = num, len = strlen(num);
+            break;
+        case JSON_REAL: py_float(json_real_value(v), num, sizeof num), text = num, len = strlen(num); break;
+        case JSON_TRUE: text = "true", len = 4; break;
+        case JSON_FALSE: text = "false", len = 5; break;
+        default: text = "null", len = 4; break;
+        }
+    if (decode_utf8(text, len, sc)) return -1;
+    if (!is_str) {
+        sc->plain_implicit = 1; /* int/float/bool/null read back as themselves */
+        return 0;
+    }
+    if (y->strip_ansi && is_value) strip_ansi(sc);
+    /* the resolver sees the (stripped) text: re-encode for the match */
+    yw tmp = {.out = {0}};
+    for (size_t i = 0; i < sc->n; i++) put_cp(&tmp, sc->s[i]);
+    const char *t = tmp.out.p ? tmp.out.p : "";
+    sc->plain_implicit = pcre2_match(y->re, (PCRE2_SPTR)t, tmp.out.n, 0, 0, y->md, NULL) < 0;
+    buf_free(&tmp.out);
+    if (y->literal_multiline && more_than_one_line(sc)) sc->literal = 1;
+    return 0;
 }
 
-static int y_json(ymit *y, const json_t *v, int is_value) {
-    char num[64];
-    yaml_event_t ev;
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: {
+static void emit_node(yw *y, const json_t *v, int root, int mapping, int simple_key) {
+    if (y->failed) return;
+    y->root_context = root;
+    y->mapping_context = mapping;
+    y->simple_key_context = simple_key;
+    if (json_is_object(v) || json_is_array(v)) {
+        int obj = json_is_object(v);
+        size_t size = obj ? json_object_size(v) : json_array_size(v);
+        if (size == 0) { /* PyYAML writes empty collections in flow style */
+            w_indicator(y, obj ? "{" : "[", 1, 1, 0);
+            y->flow_level++;
+            long saved = increase_indent(y, 1, 0);
+            y->indent = saved;
+            y->flow_level--;
+            w_indicator(y, obj ? "}" : "]", 0, 0, 0);
+            return;
+        }
+        if (!obj) {
+            long saved = increase_indent(y, 0, y->mapping_context && !y->indention);
+            size_t i;
+            json_t *x;
+            json_array_foreach(v, i, x) {
+                w_indent(y);
+                w_indicator(y, "-", 1, 0, 1);
+                emit_node(y, x, 0, 0, 0);
+            }
+            y->indent = saved;
+            return;
+        }
+        long saved = increase_indent(y, 0, 0);
         const char *k;
         json_t *x;
-        y_mapping_start(y);
         json_object_foreach((json_t *)v, k, x) {
-            y_str(y, k, strlen(k), 0);
-            y_json(y, x, 1);
+            w_indent(y);
+            yscalar key;
+            if (make_scalar(y, NULL, k, 0, &key)) {
+                y->failed = 1;
+                return;
+            }
+            analyze(&key);
+            int simple = key.n < Y_SIMPLE_KEY_MAX && !key.empty && !key.multiline;
+            if (simple) {
+                y->root_context = 0;
+                y->mapping_context = 1;
+                y->simple_key_context = 1;
+                emit_scalar(y, &key);
+                free(key.s);
+                w_indicator(y, ":", 0, 0, 0);
+            } else {
+                w_indicator(y, "?", 1, 0, 1);
+                y->root_context = 0;
+                y->mapping_context = 1;
+                y->simple_key_context = 0;
+                emit_scalar(y, &key);
+                free(key.s);
+                w_indent(y);
+                w_indicator(y, ":", 1, 0, 1);
+            }
+            emit_node(y, x, 0, 1, 0);
         }
-        return y_mapping_end(y);
+        y->indent = saved;
+        return;
     }
-    case JSON_ARRAY: {
-        size_t i;
-        json_t *x;
-        int made = yaml_sequence_start_event_initialize(&ev, NULL, NULL, 1, YAML_BLOCK_SEQUENCE_STYLE);
-        y_emit(y, &ev, made);
-        json_array_foreach(v, i, x) y_json(y, x, 1);
-        made = yaml_sequence_end_event_initialize(&ev);
-        return y_emit(y, &ev, made);
+    yscalar sc;
+    if (make_scalar(y, v, NULL, 1, &sc)) {
+        y->failed = 1;
+        return;
     }
-    case JSON_STRING: return y_str(y, json_string_value(v), json_string_length(v), is_value);
-    case JSON_INTEGER:
-        snprintf(num, sizeof num, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
-        return y_plain_scalar(y, num);
-    case JSON_REAL:
-        py_float(json_real_value(v), num, sizeof num);
-        return y_plain_scalar(y, num);
-    case JSON_TRUE: return y_plain_scalar(y, "true");
-    case JSON_FALSE: return y_plain_scalar(y, "false");
-    case JSON_NULL: return y_plain_scalar(y, "null");
-    }
-    y->failed = 1;
-    return -1;
+    emit_scalar(y, &sc);
+    free(sc.s);
 }
 
 /* One YAML document (PyYAML's safe_dump of v) appended to y->out. */
-static int y_document(ymit *y, const json_t *v) {
-    yaml_event_t ev;
-    int made = yaml_stream_start_event_initialize(&ev, YAML_UTF8_ENCODING);
-    y_emit(y, &ev, made);
-    made = yaml_document_start_event_initialize(&ev, NULL, NULL, NULL, 1);
-    y_emit(y, &ev, made);
-    y_json(y, v, 1);
-    made = yaml_document_end_event_initialize(&ev, 1);
-    y_emit(y, &ev, made);
-    made = yaml_stream_end_event_initialize(&ev);
-    y_emit(y, &ev, made);
-    if (!y->failed && !yaml_emitter_flush(&y->em)) y->failed = 1;
+static int y_document(yw *y, const json_t *v) {
+    y->indent = -1;
+    y->flow_level = 0;
+    y->column = 0;
+    y->whitespace = y->indention = 1;
+    y->open_ended = 0;
+    emit_node(y, v, 1, 0, 0);
+    w_indent(y); /* document end */
+    if (y->open_ended) { /* stream end after an open-ended scalar */
+        w_indicator(y, "...", 1, 0, 0);
+        w_indent(y);
+    }
     return y->failed || y->out.failed ? -1 : 0;
 }
 
 /* v as YAML on stdout. Returns 0 or 1. */
 static int print_yaml(const char *cmd, const json_t *v, int status_style) {
-    ymit y;
+    yw y;
     if (y_init(&y, status_style, status_style)) {
         fprintf(stderr, "cserve %s: out of memory\n", cmd);
         return 1;
     }
     int rc = 0;
     if (y_document(&y, v)) {
-        fprintf(stderr, "cserve %s: cannot write YAML: %s\n", cmd, y.em.problem ? y.em.problem : "out of memory");
+        fprintf(stderr, "cserve %s: out of memory while writing YAML\n", cmd);
         rc = 1;
     } else {
         fwrite(y.out.p, 1, y.out.n, stdout);
@@ -676,7 +1029,7 @@ static int parse_opts(int argc, char **argv, const char *shortopts, ctl_opts *o,
 
 int cs_cmd_deploy(int argc, char **argv) {
     ctl_opts o;
-    int rc = parse_opts(argc, argv, "+a:h", &o, usage_deploy);
+    int rc = parse_opts(argc, argv, "a:h", &o, usage_deploy);
     if (rc >= 0) return rc;
     if (optind != argc - 1) {
         fprintf(stderr, "cserve deploy: exactly one FILE is required\n");
@@ -734,10 +1087,16 @@ typedef struct shape_err {
 } shape_err;
 
 /* Field `key` of obj as a string/number; on a wrong shape records where. */
-static const char *need_str(const json_t *obj, const char *key, const char *ctx, shape_err *se) {
-    const char *s = json_string_value(json_object_get(obj, key));
-    if (!s && !se->where[0]) snprintf(se->where, sizeof se->where, "%s.%s: expected a string", ctx, key);
-    return s;
+static json_t *need_str(const json_t *obj, const char *key, const char *ctx, shape_err *se) {
+    json_t *s = json_object_get(obj, key);
+    if (json_is_string(s)) return s;
+    if (!se->where[0]) snprintf(se->where, sizeof se->where, "%s.%s: expected a string", ctx, key);
+    return NULL;
+}
+
+/* dst[key] = s (a string of the answer), "" when missing (an error is recorded then). */
+static void put_str(json_t *dst, const char *key, json_t *s) {
+    json_object_set_new(dst, key, s ? json_incref(s) : json_string(""));
 }
 
 static json_t *need_real(const json_t *obj, const char *key, const char *ctx, shape_err *se) {
@@ -765,12 +1124,11 @@ static json_t *status_doc(const json_t *d, shape_err *se) {
     const json_t *jp = need_obj(d, "proxies", "answer", se), *ja = need_obj(d, "applications", "answer", se);
     if (jp) json_object_foreach((json_t *)jp, k, x) {
             snprintf(ctx, sizeof ctx, "proxies[%.64s]", k);
-            const char *st = need_str(x, "status", ctx, se);
-            if (st) json_object_set_new(proxies, k, json_string(st));
+            put_str(proxies, k, need_str(x, "status", ctx, se));
         }
     if (ja) json_object_foreach((json_t *)ja, k, x) {
             snprintf(ctx, sizeof ctx, "applications[%.64s]", k);
-            const char *st = need_str(x, "status", ctx, se), *msg = need_str(x, "message", ctx, se);
+            json_t *st = need_str(x, "status", ctx, se), *msg = need_str(x, "message", ctx, se);
             json_t *t = need_real(x, "last_deployed_time_s", ctx, se), *deps = json_object();
             const json_t *jd = need_obj(x, "deployments", ctx, se);
             const char *dk;
@@ -778,28 +1136,28 @@ static json_t *status_doc(const json_t *d, shape_err *se) {
             if (jd) json_object_foreach((json_t *)jd, dk, dx) {
                     char dctx[400];
                     snprintf(dctx, sizeof dctx, "%s.deployments[%.64s]", ctx, dk);
-                    const char *ds = need_str(dx, "status", dctx, se), *dt = need_str(dx, "status_trigger", dctx, se),
-                               *dm = need_str(dx, "message", dctx, se);
+                    json_t *ds = need_str(dx, "status", dctx, se), *dt = need_str(dx, "status_trigger", dctx, se),
+                           *dm = need_str(dx, "message", dctx, se);
                     json_t *states = json_object(), *reps = json_object_get(dx, "replicas"), *r;
                     size_t i;
                     if (!json_is_array(reps) && !se->where[0])
                         snprintf(se->where, sizeof se->where, "%s.replicas: expected an array", dctx);
                     json_array_foreach(reps, i, r) { /* Counter(state) in first-seen order */
-                        const char *rs = need_str(r, "state", dctx, se);
+                        const char *rs = json_string_value(need_str(r, "state", dctx, se));
                         if (!rs) continue;
                         json_t *n = json_object_get(states, rs);
                         json_object_set_new(states, rs, json_integer(n ? json_integer_value(n) + 1 : 1));
                     }
                     json_t *dep = json_object();
-                    json_object_set_new(dep, "status", json_string(ds ? ds : ""));
-                    json_object_set_new(dep, "status_trigger", json_string(dt ? dt : ""));
+                    put_str(dep, "status", ds);
+                    put_str(dep, "status_trigger", dt);
                     json_object_set_new(dep, "replica_states", states);
-                    json_object_set_new(dep, "message", json_string(dm ? dm : ""));
+                    put_str(dep, "message", dm);
                     json_object_set_new(deps, dk, dep);
                 }
             json_t *app = json_object();
-            json_object_set_new(app, "status", json_string(st ? st : ""));
-            json_object_set_new(app, "message", json_string(msg ? msg : ""));
+            put_str(app, "status", st);
+            put_str(app, "message", msg);
             json_object_set_new(app, "last_deployed_time_s", t ? t : json_null());
             json_object_set_new(app, "deployments", deps);
             json_object_set_new(apps, k, app);
@@ -817,7 +1175,7 @@ static json_t *status_doc(const json_t *d, shape_err *se) {
 
 int cs_cmd_status(int argc, char **argv) {
     ctl_opts o;
-    int rc = parse_opts(argc, argv, "+a:n:h", &o, usage_status);
+    int rc = parse_opts(argc, argv, "a:n:h", &o, usage_status);
     if (rc >= 0) return rc;
     if (optind != argc) {
         fprintf(stderr, "cserve status: unexpected argument '%s'\n", argv[optind]);
@@ -953,7 +1311,7 @@ static json_t *fix_app_field(const char *k, json_t *v) {
 /* One application's config as a YAML document appended to out. */
 static int config_yaml(const json_t *cfg, ctl_buf *out) {
     json_t *norm = reorder(cfg, APP_FIELDS, NULL, fix_app_field);
-    ymit y;
+    yw y;
     int rc = -1;
     if (!y_init(&y, 0, 0)) {
         if (y_document(&y, norm) == 0 && buf_add(out, y.out.p, y.out.n) == 0) rc = 0;
@@ -965,7 +1323,7 @@ static int config_yaml(const json_t *cfg, ctl_buf *out) {
 
 int cs_cmd_config(int argc, char **argv) {
     ctl_opts o;
-    int rc = parse_opts(argc, argv, "+a:n:h", &o, usage_config);
+    int rc = parse_opts(argc, argv, "a:n:h", &o, usage_config);
     if (rc >= 0) return rc;
     if (optind != argc) {
         fprintf(stderr, "cserve config: unexpected argument '%s'\n", argv[optind]);
@@ -1045,7 +1403,7 @@ static int confirm(const char *question) {
 
 int cs_cmd_shutdown(int argc, char **argv) {
     ctl_opts o;
-    int rc = parse_opts(argc, argv, "+a:yh", &o, usage_shutdown);
+    int rc = parse_opts(argc, argv, "a:yh", &o, usage_shutdown);
     if (rc >= 0) return rc;
     if (optind != argc) {
         fprintf(stderr, "cserve shutdown: unexpected argument '%s'\n", argv[optind]);

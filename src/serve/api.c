@@ -234,7 +234,8 @@ static void on_request(void *ud, cs_http_req *r) {
         return;
     }
     if (route != R_HEALTH && !authorized(a, r)) {
-        api_send_error(q, 401, NULL, "invalid_api_key", NULL, "missing or invalid API key (send 'Authorization: Bearer KEY')");
+        api_send_error(q, 401, NULL, "invalid_api_key", NULL,
+                       "missing or invalid API key (send 'Authorization: Bearer KEY')");
         return;
     }
     const int post = route == R_SIMPLE || route == R_COMPL;
@@ -244,7 +245,7 @@ static void on_request(void *ud, cs_http_req *r) {
     }
     if (post ? strcmp(method, "POST") != 0 : !is_get(method)) {
         api_send_error(q, 405, NULL, "method_not_allowed", post ? "POST" : "GET, HEAD", "method %s not allowed for %s",
-                   method, path);
+                       method, path);
         return;
     }
     switch (route) {
@@ -266,7 +267,7 @@ static void on_request(void *ud, cs_http_req *r) {
     if (!a->s || state != ST_READY) {
         pthread_rwlock_unlock(&a->lock);
         api_send_error(q, 503, NULL, state == ST_LOADING ? "loading" : "draining", NULL,
-                   state == ST_LOADING ? "the model is loading; retry shortly" : "the server is shutting down");
+                       state == ST_LOADING ? "the model is loading; retry shortly" : "the server is shutting down");
         return;
     }
     q->tok = a->m->tok;
@@ -316,7 +317,7 @@ static void on_done(void *ud, cs_http_req *r, int status, double latency_s, int 
     size_t ml;
     char *cm = cs_utf8_repair(m, strlen(m), &ml);
     cs_log_json(json_pack("{s:s, s:s, s:s%, s:s%, s:i, s:f, s:I, s:I, s:s}", "ts", ts, "level", "info", "method",
-                       cm ? cm : "", cm ? ml : 0, "path", cpath ? cpath : "", cpath ? pl : 0, "status", status,
+                          cm ? cm : "", cm ? ml : 0, "path", cpath ? cpath : "", cpath ? pl : 0, "status", status,
                        "latency_ms", round(latency_s * 1e6) / 1e3, "prompt_tokens", (json_int_t)pt,
                        "completion_tokens", (json_int_t)ct, "request_id", rid));
     free(cpath);
@@ -332,7 +333,8 @@ static void on_log(void *ud, const char *msg) {
 
 int cs_api_create(cs_api **out, const cs_api_opts *o, cs_metrics *metrics, cs_err *err) {
     *out = NULL;
-    if (o->n_api_keys > CS_API_MAX_KEYS) return cs_err_set(err, "%zu API keys, at most %d", o->n_api_keys, CS_API_MAX_KEYS);
+    if (o->n_api_keys > CS_API_MAX_KEYS)
+        return cs_err_set(err, "%zu API keys, at most %d", o->n_api_keys, CS_API_MAX_KEYS);
     cs_api *a = calloc(1, sizeof *a);
     if (!a) return cs_err_set(err, "out of memory");
     pthread_rwlock_init(&a->lock, NULL);

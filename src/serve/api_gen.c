@@ -47,15 +47,16 @@ int api_opt_int(const json_t *o, const char *key, long long lo, long long hi, lo
     if (json_is_integer(v)) {
         long long x = json_integer_value(v);
         if (x < lo || x > hi)
-            return api_vfail(e, 422, key, "invalid_value", "%s: must be an integer in [%lld, %lld], got %lld", key, lo, hi,
-                         x);
+            return api_vfail(e, 422, key, "invalid_value", "%s: must be an integer in [%lld, %lld], got %lld", key,
+                             lo, hi, x);
         *out = x;
         return 1;
     }
     if (json_is_real(v)) d = json_real_value(v);
     if (json_is_real(v) && d == floor(d)) {
         if (!(d >= (double)lo && d <= (double)hi))
-            return api_vfail(e, 422, key, "invalid_value", "%s: must be an integer in [%lld, %lld], got %g", key, lo, hi, d);
+            return api_vfail(e, 422, key, "invalid_value", "%s: must be an integer in [%lld, %lld], got %g", key,
+                             lo, hi, d);
         *out = (long long)d;
         return 1;
     }
@@ -65,13 +66,14 @@ int api_opt_int(const json_t *o, const char *key, long long lo, long long hi, lo
 int api_opt_num(const json_t *o, const char *key, double lo, double hi, int lo_open, double *out, verr *e) {
     json_t *v = json_object_get(o, key);
     if (!v || json_is_null(v)) return 0;
-    if (!json_is_number(v)) return api_vfail(e, 422, key, "invalid_type", "%s: expected a number, got %s", key, api_json_kind(v));
+    if (!json_is_number(v))
+        return api_vfail(e, 422, key, "invalid_type", "%s: expected a number, got %s", key, api_json_kind(v));
     double d = json_number_value(v);
     /* The engine takes floats: check the value it will see (1e-50 is positive but becomes 0). */
     double f = (float)d;
     if (!(lo_open ? f > lo : f >= lo) || !(f <= hi))
-        return api_vfail(e, 422, key, "invalid_value", "%s: must be in %c%g, %g]%s, got %g", key, lo_open ? '(' : '[', lo,
-                     hi, f != d && f == 0 ? " and not below the smallest float" : "", d);
+        return api_vfail(e, 422, key, "invalid_value", "%s: must be in %c%g, %g]%s, got %g", key,
+                         lo_open ? '(' : '[', lo, hi, f != d && f == 0 ? " and not below the smallest float" : "", d);
     *out = f;
     return 1;
 }
@@ -79,7 +81,8 @@ int api_opt_num(const json_t *o, const char *key, double lo, double hi, int lo_o
 int api_opt_bool(const json_t *o, const char *key, int *out, verr *e) {
     json_t *v = json_object_get(o, key);
     if (!v || json_is_null(v)) return 0;
-    if (!json_is_boolean(v)) return api_vfail(e, 422, key, "invalid_type", "%s: expected a boolean, got %s", key, api_json_kind(v));
+    if (!json_is_boolean(v))
+        return api_vfail(e, 422, key, "invalid_type", "%s: expected a boolean, got %s", key, api_json_kind(v));
     *out = json_is_true(v);
     return 1;
 }
@@ -112,7 +115,7 @@ json_t *api_parse_body(areq *q) {
     }
     if (json_depth_over(body, len, CS_API_MAX_JSON_DEPTH)) {
         api_send_error(q, 422, NULL, "invalid_value", NULL, "JSON nesting too deep: more than %d levels (limit %d)",
-                   CS_API_MAX_JSON_DEPTH, CS_API_MAX_JSON_DEPTH);
+                       CS_API_MAX_JSON_DEPTH, CS_API_MAX_JSON_DEPTH);
         return NULL;
     }
     /* Invalid UTF-8 is replaced (U+FFFD per maximal invalid subsequence). */
@@ -130,7 +133,7 @@ json_t *api_parse_body(areq *q) {
     free(fixed);
     if (!root) {
         api_send_error(q, 400, NULL, "invalid_json", NULL, "invalid JSON at line %d, column %d: %s", je.line, je.column,
-                   je.text);
+                       je.text);
         return NULL;
     }
     if (!json_is_object(root)) {
@@ -329,7 +332,7 @@ static void finalize(areq *q) {
         return;
     }
     api_reply_json(q, 200,
-               json_pack("{s:s, s:s, s:I, s:s, s:o, s:o}", "id", q->id, "object", "text_completion", "created",
+                   json_pack("{s:s, s:s, s:I, s:s, s:o, s:o}", "id", q->id, "object", "text_completion", "created",
                          (json_int_t)q->created, "model", a->model_name, "choices", choices, "usage", usage_json(q)));
 }
 
@@ -472,18 +475,19 @@ void api_submit_all(areq *q, cs_sched *s, const cs_gen_params *gen, uint64_t see
 }
 
 int api_tokenize(cs_api *a, const char *field, const char *text, size_t len, prompt_in *p, verr *e) {
-    if (len == 0) return api_vfail(e, 422, field, "invalid_value", "%s: empty prompt (at least one token is needed)", field);
+    if (len == 0)
+        return api_vfail(e, 422, field, "invalid_value", "%s: empty prompt (at least one token is needed)", field);
     /* every token is at most max_tok_bytes long, so longer text cannot fit */
     if (len > (size_t)a->n_ctx * a->max_tok_bytes)
         return api_vfail(e, 422, field, "context_length_exceeded",
-                     "%s: %zu bytes cannot fit in the model's context of %d tokens", field, len, a->n_ctx);
+                         "%s: %zu bytes cannot fit in the model's context of %d tokens", field, len, a->n_ctx);
     cs_err err = {{0}};
     if (cs_tok_encode(a->m->tok, text, len, 1, &p->ids, &p->n, &err))
         return api_vfail(e, 422, field, "invalid_value", "%s: %s", field, err.msg);
     if (p->n == 0) return api_vfail(e, 422, field, "invalid_value", "%s: empty prompt (no tokens)", field);
     if (p->n > (size_t)a->n_ctx)
         return api_vfail(e, 422, field, "context_length_exceeded",
-                     "%s: %zu tokens, more than the model's context of %d tokens", field, p->n, a->n_ctx);
+                         "%s: %zu tokens, more than the model's context of %d tokens", field, p->n, a->n_ctx);
     p->text = malloc(len + 1);
     if (!p->text) return api_vfail(e, 500, NULL, NULL, "out of memory");
     memcpy(p->text, text, len);
@@ -496,8 +500,8 @@ int api_check_lengths(cs_api *a, const cs_gen_params *g, const prompt_in *p, con
     long want = g->max_new_tokens >= 0 ? g->max_new_tokens : (long)g->max_length - (long)p->n;
     if ((long)p->n + want > a->n_ctx)
         return api_vfail(e, 422, field, "context_length_exceeded",
-                     "%s: the prompt's %zu tokens + %ld new tokens exceed the model's context of %d tokens (at most "
-                     "%ld new tokens for this prompt)",
+                         "%s: the prompt's %zu tokens + %ld new tokens exceed the model's context of %d tokens "
+                         "(at most %ld new tokens for this prompt)",
                      field, p->n, want, a->n_ctx, (long)a->n_ctx - (long)p->n);
     return 0;
 }

@@ -129,7 +129,6 @@ void api_send_error(areq *q, int status, const char *param, const char *code, co
     __attribute__((format(printf, 6, 7)));
 /* 200 (or status) with obj as the body; takes obj (NULL: 500 out of memory). */
 void api_reply_json(areq *q, int status, json_t *obj);
-uint64_t api_random_u64(void);
 
 /* ------------------------------------- option readers (api_gen.c) */
 
@@ -165,6 +164,7 @@ typedef struct prompt_in {
 } prompt_in;
 
 void api_prompts_free(prompt_in *p, int n);
+uint64_t api_random_u64(void); /* a sampling seed or id base (getrandom, else the clock) */
 /* Tokenizes text into p; errors name field. Caller holds a->lock (read). */
 int api_tokenize(cs_api *a, const char *field, const char *text, size_t len, prompt_in *p, verr *e);
 /* Checks the length settings against the context; errors name field. */

@@ -21,14 +21,15 @@ static int read_prompts(cs_api *a, json_t *root, prompt_in *pr, int *n_pr, verr 
     }
     if (!json_is_array(p))
         return api_vfail(e, 422, "prompt", "invalid_type",
-                     "prompt: expected a string, a list of strings or a list of token ids, got %s", api_json_kind(p));
+                         "prompt: expected a string, a list of strings or a list of token ids, got %s",
+                         api_json_kind(p));
     size_t n = json_array_size(p);
     if (n == 0) return api_vfail(e, 422, "prompt", "invalid_value", "prompt: empty list");
     json_t *first = json_array_get(p, 0);
     const int ids_one = json_is_integer(first); /* [1, 2, 3]: one prompt of token ids */
     if (!ids_one && n > CS_API_MAX_PROMPTS)
         return api_vfail(e, 422, "prompt", "invalid_value", "prompt: %zu prompts, at most %d in one request", n,
-                     CS_API_MAX_PROMPTS);
+                         CS_API_MAX_PROMPTS);
     const size_t n_prompts = ids_one ? 1 : n;
     for (size_t i = 0; i < n_prompts; i++) {
         json_t *item = ids_one ? p : json_array_get(p, i);
@@ -38,13 +39,13 @@ static int read_prompts(cs_api *a, json_t *root, prompt_in *pr, int *n_pr, verr 
             continue;
         }
         if (!json_is_array(item))
-            return api_vfail(e, 422, "prompt", "invalid_type", "prompt[%zu]: expected a string or a list of token ids, got %s",
-                         i, api_json_kind(item));
+            return api_vfail(e, 422, "prompt", "invalid_type",
+                             "prompt[%zu]: expected a string or a list of token ids, got %s", i, api_json_kind(item));
         size_t k = json_array_size(item);
         if (k == 0) return api_vfail(e, 422, "prompt", "invalid_value", "prompt: empty list of token ids");
         if (k > (size_t)a->n_ctx)
             return api_vfail(e, 422, "prompt", "context_length_exceeded",
-                         "prompt: %zu tokens, more than the model's context of %d tokens", k, a->n_ctx);
+                             "prompt: %zu tokens, more than the model's context of %d tokens", k, a->n_ctx);
         pr[i].ids = malloc(k * sizeof *pr[i].ids);
         if (!pr[i].ids) return api_vfail(e, 500, NULL, NULL, "out of memory");
         const int32_t V = cs_tok_vocab_size(a->m->tok);
@@ -78,17 +79,18 @@ static int read_stops(areq *q, json_t *root, verr *e) {
             return api_vfail(e, 422, "stop", "invalid_value", "stop: %zu strings, at most %d", n, CS_API_MAX_STOP);
     } else if (!json_is_string(st)) {
         return api_vfail(e, 422, "stop", "invalid_type", "stop: expected a string or a list of strings, got %s",
-                     api_json_kind(st));
+                         api_json_kind(st));
     }
     for (size_t i = 0; i < n; i++) {
         json_t *s = json_is_array(st) ? json_array_get(st, i) : one[0];
         if (!json_is_string(s))
-            return api_vfail(e, 422, "stop", "invalid_type", "stop[%zu]: expected a string, got %s", i, api_json_kind(s));
+            return api_vfail(e, 422, "stop", "invalid_type", "stop[%zu]: expected a string, got %s", i,
+                             api_json_kind(s));
         size_t len = json_string_length(s);
         if (len == 0) return api_vfail(e, 422, "stop", "invalid_value", "stop[%zu]: empty string", i);
         if (len > CS_API_MAX_STOP_BYTES)
             return api_vfail(e, 422, "stop", "invalid_value", "stop[%zu]: %zu bytes, at most %d", i, len,
-                         CS_API_MAX_STOP_BYTES);
+                             CS_API_MAX_STOP_BYTES);
         q->stops[q->n_stop] = malloc(len);
         if (!q->stops[q->n_stop]) return api_vfail(e, 500, NULL, NULL, "out of memory");
         memcpy(q->stops[q->n_stop], json_string_value(s), len);
@@ -129,8 +131,8 @@ void api_completions(areq *q, cs_sched *s) {
         }
         const char *mn = json_string_value(model);
         if (strcmp(mn, a->model_name) && strcmp(mn, a->model_arg)) {
-            api_vfail(&e, 404, "model", "model_not_found", "The model '%s' does not exist (this server serves '%s')", mn,
-                  a->model_name);
+            api_vfail(&e, 404, "model", "model_not_found", "The model '%s' does not exist (this server serves '%s')",
+                      mn, a->model_name);
             goto fail;
         }
     }
@@ -160,7 +162,7 @@ void api_completions(areq *q, cs_sched *s) {
     if (so && !json_is_null(so)) {
         if (!json_is_object(so)) {
             api_vfail(&e, 422, "stream_options", "invalid_type", "stream_options: expected an object, got %s",
-                  api_json_kind(so));
+                      api_json_kind(so));
             goto fail;
         }
         if (api_opt_bool(so, "include_usage", &q->include_usage, &e) < 0) goto fail;

@@ -101,7 +101,8 @@ static int user_config_read(const json_t *uc, int n_ctx, api_ucfg *c, cs_err *er
                               key);
     }
     verr e = {0};
-    if (gen_keys_read(uc, n_ctx > 0 ? n_ctx : CS_API_MAX_GEN_TOKENS, c, &e)) return cs_err_set(err, "user_config.%s", e.msg);
+    if (gen_keys_read(uc, n_ctx > 0 ? n_ctx : CS_API_MAX_GEN_TOKENS, c, &e))
+        return cs_err_set(err, "user_config.%s", e.msg);
     return 0;
 }
 

@@ -908,7 +908,7 @@ static int parse_deployment(const vctx *v, const loc *l, const json_t *o, cs_scf
     }
     if ((x = json_object_get(o, "max_ongoing_requests"))) {
         loc_key(&fl, v, l, o, "max_ongoing_requests");
-        nspec s = {0, SCFG_INT_MAX, 1, 0, 1, 0};
+        nspec s = {0, SCFG_INT_MAX, 1, 1, 1, 0};
         if (get_int(v, &fl, x, &s, &d->max_ongoing_requests)) return -1;
     }
     if ((x = json_object_get(o, "max_queued_requests"))) {
@@ -1204,7 +1204,7 @@ static int parse_app(const vctx *v, const loc *l, const json_t *o, cs_scfg_app *
     if (a->kind == CS_APP_UNKNOWN)
         app_fail(a, v, &limport, "import_path '%s' is not a built-in application (built in: %s)", a->import_path,
                  k_builtin_list);
-    if (a->route_prefix[0]) {
+    if (a->route_prefix[0] || json_is_string(json_object_get(o, "route_prefix"))) {
         if (a->route_prefix[0] != '/')
             app_fail(a, v, &lprefix, "invalid route_prefix \"%s\": must start with \"/\"", a->route_prefix);
         else if (strlen(a->route_prefix) > 1 && a->route_prefix[strlen(a->route_prefix) - 1] == '/')
@@ -1432,6 +1432,21 @@ static int build(cs_scfg **out, json_t *root, const postab *pos, const char *ori
     return 0;
 }
 
+/* Depth of a json_t tree, stopping at limit (a document from outside may be deep). */
+static int json_depth_over(const json_t *x, int depth, int limit) {
+    if (!json_is_object(x) && !json_is_array(x)) return 0;
+    if (depth >= limit) return 1;
+    if (json_is_array(x)) {
+        for (size_t i = 0; i < json_array_size(x); i++)
+            if (json_depth_over(json_array_get(x, i), depth + 1, limit)) return 1;
+        return 0;
+    }
+    const char *k;
+    json_t *val;
+    json_object_foreach((json_t *)x, k, val) if (json_depth_over(val, depth + 1, limit)) return 1;
+    return 0;
+}
+
 int cs_scfg_parse(cs_scfg **out, const char *text, size_t len, const char *origin, cs_err *err) {
     *out = NULL;
     if (!origin || !*origin) origin = "config";
@@ -1441,6 +1456,16 @@ int cs_scfg_parse(cs_scfg **out, const char *text, size_t len, const char *origi
     postab pos = {0};
     json_t *root = NULL;
     int rc = yaml_to_json(text ? text : "", len, origin, &root, &pos, err);
+    if (rc && text && len) {
+        /* JSON that YAML cannot read (surrogate-pair escapes): jansson, without positions */
+        size_t i = 0;
+        while (i < len && (text[i] == ' ' || text[i] == '\t' || text[i] == '\r' || text[i] == '\n')) i++;
+        if (i < len && text[i] == '{' && (root = json_loadb(text, len, JSON_REJECT_DUPLICATES, NULL)) &&
+            !json_depth_over(root, 0, CS_SCFG_MAX_DEPTH)) {
+            pos_free(&pos);
+            rc = 0;
+        }
+    }
     if (!rc) rc = build(out, root, &pos, origin, err);
     json_decref(root);
     pos_free(&pos);
@@ -1485,21 +1510,6 @@ int cs_scfg_load_file(cs_scfg **out, const char *path, cs_err *err) {
     }
     free(buf);
     return rc;
-}
-
-/* Depth of a json_t tree, stopping at limit (a document from outside may be deep). */
-static int json_depth_over(const json_t *x, int depth, int limit) {
-    if (!json_is_object(x) && !json_is_array(x)) return 0;
-    if (depth >= limit) return 1;
-    if (json_is_array(x)) {
-        for (size_t i = 0; i < json_array_size(x); i++)
-            if (json_depth_over(json_array_get(x, i), depth + 1, limit)) return 1;
-        return 0;
-    }
-    const char *k;
-    json_t *val;
-    json_object_foreach((json_t *)x, k, val) if (json_depth_over(val, depth + 1, limit)) return 1;
-    return 0;
 }
 
 int cs_scfg_from_json(cs_scfg **out, const json_t *doc, cs_err *err) {

@@ -20,7 +20,9 @@
 #include <unistd.h>
 
 #include "engine/threadpool.h"
+#include "engine/utf8.h"
 #include "serve/api.h"
+#include "serve/log.h"
 #include "serve/cp_internal.h"
 
 #define CP_MAX_WAITFDS 256
@@ -43,7 +45,7 @@ void cp_log(const char *level, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    cs_api_log(level, "%s", msg);
+    cs_log(level, "%s", msg);
 }
 
 static void set_str(char *dst, size_t cap, const char *s) { snprintf(dst, cap, "%s", s ? s : ""); }
@@ -309,6 +311,7 @@ void cp_check_done(cs_ctl *c, cp_replica *r, CURLcode res, long status) {
         return;
     }
     r->health_fails++;
+    r->unhealthy = 1; /* no new requests until a check succeeds */
     cp_log("warn", "replica %s#%s#%s: health check failed (%d of %d): %s", d->app->name, d->name, r->id,
            r->health_fails, CP_HEALTH_FAILS, res != CURLE_OK ? curl_easy_strerror(res) : "not ready");
     if (r->health_fails >= CP_HEALTH_FAILS && r->pid > 0) {
@@ -738,21 +741,17 @@ static void on_proxy_done(void *ud, cs_http_req *r, int status, double latency_s
     const char *route = f && f->route_label[0] ? f->route_label : "unmatched";
     cs_metrics_request(c->metrics, route, cs_http_req_method(r), status, latency_s);
     if (!c->o.access_log) return;
-    json_t *j = json_pack("{s:s, s:s, s:s, s:i, s:f, s:s, s:s}", "level", "info", "method", cs_http_req_method(r),
-                          "path", cs_http_req_path(r), "status", status, "latency_ms",
-                          round(latency_s * 1e6) / 1e3, "application", f ? f->app_label : "", "request_id",
-                          f ? f->request_id : "");
-    char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
-    if (s) {
-        char ts[40];
-        time_t t = time(NULL);
-        struct tm tm;
-        gmtime_r(&t, &tm);
-        strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
-        fprintf(stderr, "{\"ts\":\"%s\",%s\n", ts, s + 1);
-    }
-    free(s);
-    json_decref(j);
+    char ts[32];
+    cs_log_ts(ts, sizeof ts);
+    const char *path = cs_http_req_path(r), *m = cs_http_req_method(r);
+    size_t pl, ml;
+    char *cpath = cs_utf8_repair(path, strlen(path), &pl), *cm = cs_utf8_repair(m, strlen(m), &ml);
+    cs_log_json(json_pack("{s:s, s:s, s:s%, s:s%, s:i, s:f, s:s, s:s, s:s}", "ts", ts, "level", "info", "method",
+                          cm ? cm : "", cm ? ml : 0, "path", cpath ? cpath : "", cpath ? pl : 0, "status", status,
+                          "latency_ms", round(latency_s * 1e6) / 1e3, "application", f ? f->app_label : "",
+                          "replica", f ? f->rep_label : "", "request_id", f ? f->request_id : ""));
+    free(cpath);
+    free(cm);
 }
 
 static void on_log(void *ud, const char *msg) {

@@ -109,7 +109,7 @@ struct cp_fwd {
     char method[16];
     char request_id[136];
     char ctype_in[128];
-    char app_label[CS_SCFG_MAX_NAME], route_label[48];
+    char app_label[CS_SCFG_MAX_NAME], route_label[48], rep_label[16];
     CURL *easy;
     struct curl_slist *hdrs;
     int status, tries, queued, streaming, sent, finished, gone, authorized;

@@ -185,6 +185,7 @@ static void send_to(cs_ctl *c, cp_fwd *f, cp_replica *r) {
     }
     f->easy = e;
     f->rep = r;
+    snprintf(f->rep_label, sizeof f->rep_label, "%s", r->id);
     f->status = 0;
     f->len = 0;
     f->ctype[0] = f->retry_after[0] = f->allow[0] = 0;
