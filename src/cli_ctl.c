@@ -8,13 +8,21 @@
  *   config        GET    /api/serve/applications/   each deployed_app_config, as `serve config`
  *   shutdown      GET, then DELETE /api/serve/applications/
  *
- * Output format: the YAML that Ray's CLI writes with PyYAML's safe_dump, byte
- * for byte where it matters (scripts that grep or parse it keep working):
- * libyaml's emitter (PyYAML's emitter is a port of it) with PyYAML's
- * representer rules on top: a string that would read back as another type
- * (null, true, 1.5, 2024-01-01, ...) is quoted, floats are written as
- * Python's repr() writes them, and `status` writes multi-line strings as
- * literal blocks (Ray's str_presenter) after stripping ANSI escapes.
+ * Output format: what Ray's CLI prints (PyYAML's safe_dump), byte for byte,
+ * so scripts that grep or parse `serve status` keep working: PyYAML's
+ * representer rules (a string that would read back as another type, like
+ * null, true, 1.5 or 2024-01-01, is quoted; floats as Python's repr()) and
+ * its emitter's choice of scalar style, line folding at 80 columns and
+ * escapes, reproduced below. `status` also writes multi-line strings as
+ * literal blocks and strips ANSI escapes, as Ray's str_presenter and
+ * process_dict_for_yaml_dump do; `config` orders each deployed_app_config
+ * by the schema's fields, as pydantic's .dict() does.
+ *
+ * Where cserve differs on purpose: a missing application (status/config
+ * --name) is an error on stderr with exit status 1 (Ray prints and exits 0);
+ * shutdown without -y and without a terminal refuses (exit 2) instead of
+ * failing on the prompt; config keeps fields the Ray schema does not know
+ * (cserve's extensions), after the known ones.
  *
  * Exit status: 0 ok, 1 the server refused or could not be reached,
  * 2 a usage error or a bad config file (reported before anything is sent). */
@@ -25,7 +33,6 @@
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -165,9 +172,9 @@ static int ctl_http(const ctl_client *c, const char *method, const char *path, c
         cs_err_set(err, "the answer of the admin API at %s is larger than %zu bytes", c->address,
                    (size_t)CTL_MAX_ANSWER);
     } else if (cc == CURLE_OPERATION_TIMEDOUT) {
-        curl_off_t connected = 0;
+        curl_off_t connected = 0; /* microseconds until connected; 0: never */
         curl_easy_getinfo(h, CURLINFO_CONNECT_TIME_T, &connected);
-        if (connected > 0)
+        if (connected > 0 || !strstr(why, "onnect"))
             cs_err_set(err, "the admin API at %s did not answer within %ld s (%s)", c->address, c->timeout_s, why);
         else
             cs_err_set(err, "cannot reach the admin API at %s: %s", c->address, why);

@@ -581,7 +581,7 @@ int cs_yd_parse(const char *text, size_t len, const char *origin, const cs_yd_li
     }
     yaml_parser_delete(&p);
     y_cleanup(b);
-    if (!rc && !b->root) rc = cs_err_set(err, "%s: the config is empty", origin);
+    if (!rc && !b->root) rc = cs_err_set(err, "%s: the document is empty", origin);
     if (rc) {
         json_decref(b->root);
         cs_yd_pos_free(pos);

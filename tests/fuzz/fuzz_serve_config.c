@@ -70,7 +70,8 @@ static void check_deployment(const cs_scfg_deployment *d, double capacity) {
     int targets[2] = {d->num_replicas, d->as.max_replicas};
     for (int i = 0; i < 2; i++) {
         int n = cs_scfg_apply_capacity(targets[i], capacity);
-        if (n < 0 || n > targets[i] || (capacity > 0 && n == 0)) fz_fail("capacity %g of %d: %d", capacity, targets[i], n);
+        if (n < 0 || n > targets[i] || (capacity > 0 && n == 0))
+            fz_fail("capacity %g of %d: %d", capacity, targets[i], n);
     }
 }
 
@@ -106,8 +107,9 @@ static void check_config(const cs_scfg *c) {
         if (a->kind == CS_APP_TEXT_GENERATION) {
             if (a->n_deps != 1 || strcmp(a->deps[0].name, "TextGenService")) fz_fail("text_generation deployments");
             check_str(a->textgen.model, sizeof a->textgen.model, 1, "model");
-            if (strcmp(a->textgen.dtype, "fp32") && strcmp(a->textgen.dtype, "bf16") && strcmp(a->textgen.dtype, "int8"))
-                fz_fail("dtype %s", a->textgen.dtype);
+            const char *dt = a->textgen.dtype;
+            if (strcmp(dt, "fp32") && strcmp(dt, "bf16") && strcmp(dt, "int8"))
+                fz_fail("dtype %s", dt);
         } else if (a->n_deps > CS_SCFG_MAX_DEPLOYMENTS) {
             fz_fail("%zu deployments", a->n_deps);
         }

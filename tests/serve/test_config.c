@@ -204,7 +204,8 @@ static void test_json_input(void **state) {
     assert_true(json_real_value(json_object_get(a->deps[0].user_config, "temperature")) == 0.5);
     cs_scfg_free(c);
     /* errors in JSON text carry line:col too */
-    bad("{\"applications\": [\n  {\"import_path\": \"x:y\",\n   \"deployments\": [{\"name\": \"D\", \"num_replicas\": 0}]}]}",
+    bad("{\"applications\": [\n  {\"import_path\": \"x:y\",\n"
+        "   \"deployments\": [{\"name\": \"D\", \"num_replicas\": 0}]}]}",
         "t.yaml:3:50: applications[0].deployments[0].num_replicas: expected an integer >= 1, got 0");
     bad("{\"applications\": [}", "t.yaml:1:19: invalid YAML");
     /* JSON escapes YAML lacks (surrogate pairs) still read, then without positions */
@@ -290,8 +291,8 @@ static void test_yaml_scalars(void **state) {
     cs_scfg_free(c);
     bad("applications: *nope\n", "t.yaml:1:15: unknown alias *nope");
     bad("applications: []\n---\napplications: []\n", "t.yaml:2:1: more than one YAML document");
-    bad("", "t.yaml: the config is empty");
-    bad("# nothing\n", "t.yaml: the config is empty");
+    bad("", "t.yaml: the document is empty");
+    bad("# nothing\n", "t.yaml: the document is empty");
     bad("applications: []\n\tx: 1\n", "t.yaml:2:");
     bad_text("applications: []\nx: \"a\0b\"\n", 26, "t.yaml:2:");
     bad("? [a]\n: 1\napplications: []\n", "t.yaml:1:3: a mapping key must be a scalar");
@@ -409,7 +410,8 @@ static void test_autoscaling(void **state) {
     assert_int_equal(d->as.max_replicas, 100 < CS_SCFG_MAX_REPLICAS ? 100 : CS_SCFG_MAX_REPLICAS);
     assert_true(d->as.target_ongoing_requests == 2);
     cs_scfg_free(c);
-    c = ok(DEP_HDR "        num_replicas: auto\n        autoscaling_config: {max_replicas: 5, target_ongoing_requests: 8}\n");
+    c = ok(DEP_HDR "        num_replicas: auto\n"
+                   "        autoscaling_config: {max_replicas: 5, target_ongoing_requests: 8}\n");
     d = &c->apps[0].deps[0];
     assert_int_equal(d->as.min_replicas, 1);
     assert_int_equal(d->as.max_replicas, 5);
@@ -671,6 +673,8 @@ static void test_app_errors(void **state) {
     app_bad(DEP_HDR "        user_config: {top_k: -1}\n", "deployments[0].user_config.top_k: expected an integer >= 0");
     /* the first problem is the one reported */
     app_bad("applications:\n  - import_path: foo.bar\n    route_prefix: x\n", "import_path 'foo.bar'");
+    app_bad(APP_HDR "    route_prefix: x\n    deployments: [{name: Model}]\n", "invalid route_prefix \"x\"");
+    app_bad(APP_HDR "    args: {dtype: x}\n    deployments: [{name: Model}]\n", "args.dtype");
     /* a json_t document: no position */
     json_t *doc = json_pack("{s:[{s:s,s:s}]}", "applications", "import_path", "cserve.apps:text_generation",
                             "route_prefix", "abc");
