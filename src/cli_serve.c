@@ -181,8 +181,7 @@ static int serve_config(const cp_serve_opts *so) {
     int bad = 0;
     for (size_t i = 0; i < cfg->n_apps; i++)
         if (cfg->apps[i].error[0]) {
-            fprintf(stderr, "cserve serve: %s: application '%s': %s\n", so->config, cfg->apps[i].name,
-                    cfg->apps[i].error);
+            fprintf(stderr, "cserve serve: application '%s': %s\n", cfg->apps[i].name, cfg->apps[i].error);
             bad = 1;
         }
     if (bad) {
