@@ -187,6 +187,10 @@ cp_fwd *cp_fwd_new(cs_ctl *c, cs_http_req *r); /* HTTP thread: captures headers 
 void cp_proxy_request(cs_ctl *c, cs_http_req *r);
 void cp_proxy_abort(cs_ctl *c, cs_http_req *r, int why);
 void cp_fwd_finished(cs_ctl *c, CURL *e, CURLcode res);
+/* Power of two choices: two random replicas among the RUNNING, healthy ones
+ * below max_ongoing_requests, the one with fewer ongoing requests; NULL when
+ * none has room. A pure function of d (and the random draw). */
+cp_replica *cp_pick(const cp_dep *d);
 void cp_dispatch(cs_ctl *c, cp_dep *d);          /* queued requests -> free replicas */
 void cp_fail_queue(cs_ctl *c, cp_dep *d, int status, const char *msg);
 void cp_respond_json(cs_http_req *r, int status, json_t *o); /* takes o */

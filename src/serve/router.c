@@ -84,7 +84,7 @@ static void fail(cs_ctl *c, cp_fwd *f, int status, const char *type, const char 
     finish(c, f);
 }
 
-static cp_replica *pick(cp_dep *d) {
+cp_replica *cp_pick(const cp_dep *d) {
     cp_replica *cand[2] = {0};
     int n = 0;
     unsigned seen = 0;
@@ -104,7 +104,10 @@ static cp_replica *pick(cp_dep *d) {
     }
     if (n == 0) return NULL;
     if (n == 1) return cand[0];
-    return cand[1]->ongoing < cand[0]->ongoing ? cand[1] : cand[0];
+    if (cand[0]->ongoing != cand[1]->ongoing) return cand[1]->ongoing < cand[0]->ongoing ? cand[1] : cand[0];
+    unsigned char coin;
+    if (getrandom(&coin, 1, 0) != 1) coin = (unsigned char)rand();
+    return cand[coin & 1]; /* a tie: either, so that equal replicas share the load evenly */
 }
 
 static size_t on_header(char *p, size_t sz, size_t n, void *ud) {
@@ -266,7 +269,7 @@ static int servable(const cp_dep *d) {
 
 static void route_to(cs_ctl *c, cp_fwd *f, cp_dep *d, int front) {
     f->dep = d;
-    cp_replica *r = front ? NULL : pick(d);
+    cp_replica *r = front ? NULL : cp_pick(d);
     if (r && !d->q_head) {
         send_to(c, f, r);
         return;
@@ -296,7 +299,7 @@ static void route_to(cs_ctl *c, cp_fwd *f, cp_dep *d, int front) {
 
 void cp_dispatch(cs_ctl *c, cp_dep *d) {
     while (d->q_head) {
-        cp_replica *r = pick(d);
+        cp_replica *r = cp_pick(d);
         if (!r) break;
         cp_fwd *f = d->q_head;
         unqueue(d, f);
