@@ -130,6 +130,11 @@ const char *cs_http_req_header(const cs_http_req *r, const char *name) {
     return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
 }
 
+const char *cs_http_req_query(const cs_http_req *r, const char *name) {
+    if (!r->conn) return NULL;
+    return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
 /* Resumes r's connection if it is suspended. Caller holds r->mu. */
 static void wake_locked(cs_http_req *r) {
     if (!r->suspended) return;

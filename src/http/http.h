@@ -128,6 +128,9 @@ int cs_http_req_error(const cs_http_req *r, const char **msg);
 /* A request header (case-insensitive name), or NULL. Only during the
  * request callback. */
 const char *cs_http_req_header(const cs_http_req *r, const char *name);
+/* A query-string argument (percent-decoded), or NULL; "" for a name without
+ * a value. Only during the request callback. */
+const char *cs_http_req_query(const cs_http_req *r, const char *name);
 
 /* A whole response; body is copied. Returns 0, or -1 when the request
  * already has a response or is over. */

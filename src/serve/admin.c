@@ -82,9 +82,10 @@ static json_t *app_json(const cs_ctl *c, const cp_app *a) {
     return o;
 }
 
-json_t *cp_status_json(cs_ctl *c) {
+json_t *cp_status_json(cs_ctl *c, int api_type) {
     json_t *apps = json_object();
-    for (size_t i = 0; i < c->n_apps; i++) json_object_set_new(apps, c->apps[i]->name, app_json(c, c->apps[i]));
+    for (size_t i = 0; i < c->n_apps && api_type != CP_API_IMPERATIVE; i++)
+        json_object_set_new(apps, c->apps[i]->name, app_json(c, c->apps[i]));
     char pname[128];
     snprintf(pname, sizeof pname, "SERVE_PROXY_ACTOR-%s", node_id());
     json_t *proxy = actor(c, pname);
@@ -184,7 +185,7 @@ static void h_scale(cs_ctl *c, cs_http_req *r, const char *rest) {
                                       "target_num_replicas", target));
 }
 
-void cp_admin_request(cs_ctl *c, cs_http_req *r) {
+void cp_admin_request(cs_ctl *c, cs_http_req *r, int api_type) {
     const char *path = cs_http_req_path(r), *m = cs_http_req_method(r);
     const char *emsg;
     int es = cs_http_req_error(r, &emsg);
@@ -203,7 +204,7 @@ void cp_admin_request(cs_ctl *c, cs_http_req *r) {
         return;
     }
     if (!strcmp(path, "/api/serve/applications/") || !strcmp(path, "/api/serve/applications")) {
-        if (get) cp_respond_json(r, 200, cp_status_json(c));
+        if (get) cp_respond_json(r, 200, cp_status_json(c, api_type));
         else if (!strcmp(m, "PUT")) h_put(c, r);
         else if (!strcmp(m, "DELETE")) {
             cp_log("info", "admin: deleting every application");

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/stat.h>
@@ -652,7 +653,7 @@ int cp_apply(cs_ctl *c, cs_scfg *cfg, cs_err *err) {
             /* the old version (if any) keeps serving */
             set_str(a->error, sizeof a->error, na->error);
             cp_log("warn", "application %s: cannot deploy: %s", a->name, na->error);
-            if (!a->n_deps) set_str(a->prefix, sizeof a->prefix, na->route_prefix);
+            if (!a->n_deps) a->prefix[0] = 0; /* no route until it deploys (Ray shows null) */
             continue;
         }
         a->error[0] = 0;
@@ -731,7 +732,20 @@ static void on_admin_request(void *ud, cs_http_req *r) {
         cp_respond_error(r, 401, "invalid_api_key", "missing or invalid API key (send 'Authorization: Bearer KEY')");
         return;
     }
-    post(ud, CP_M_ADMIN, r, 0);
+    /* ?api_type= of GET /api/serve/applications/ (query arguments are readable only here) */
+    int why = CP_API_ANY;
+    const char *t = cs_http_req_query(r, "api_type");
+    if (t) {
+        if (!strcasecmp(t, "declarative")) why = CP_API_DECLARATIVE;
+        else if (!strcasecmp(t, "imperative")) why = CP_API_IMPERATIVE;
+        else {
+            char m[300];
+            snprintf(m, sizeof m, "Invalid 'api_type' value: '%.200s'. Must be one of: imperative, declarative", t);
+            cs_http_respond(r, 400, "text/plain; charset=utf-8", m, strlen(m), NULL, 0);
+            return;
+        }
+    }
+    post(ud, CP_M_ADMIN, r, why);
 }
 
 static void on_proxy_done(void *ud, cs_http_req *r, int status, double latency_s, int ok) {
@@ -768,7 +782,7 @@ static void handle_inbox(cs_ctl *c) {
         cp_msg *next = m->next;
         if (m->kind == CP_M_PROXY) cp_proxy_request(c, m->r);
         else if (m->kind == CP_M_ABORT) cp_proxy_abort(c, m->r, m->why);
-        else if (m->kind == CP_M_ADMIN) cp_admin_request(c, m->r);
+        else if (m->kind == CP_M_ADMIN) cp_admin_request(c, m->r, m->why);
         cs_http_req_unref(m->r);
         free(m);
         m = next;

@@ -200,7 +200,10 @@ void cp_series_add(cs_ctl *c, const char *app, const char *route, const char *me
 extern const double cp_lat_bounds[CP_LAT_BUCKETS];
 
 /* admin.c */
-void cp_admin_request(cs_ctl *c, cs_http_req *r);
-json_t *cp_status_json(cs_ctl *c);
+enum { CP_API_ANY, CP_API_DECLARATIVE, CP_API_IMPERATIVE }; /* ?api_type= */
+void cp_admin_request(cs_ctl *c, cs_http_req *r, int api_type);
+/* ServeInstanceDetails; api_type CP_API_IMPERATIVE lists no application (every
+ * application here comes from a config: "declarative"). */
+json_t *cp_status_json(cs_ctl *c, int api_type);
 
 #endif

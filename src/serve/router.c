@@ -23,7 +23,7 @@ const double cp_lat_bounds[CP_LAT_BUCKETS] = {1,   2,   5,    10,   20,   50,   
 /* ------------------------------------------------------------ responses */
 
 void cp_respond_json(cs_http_req *r, int status, json_t *o) {
-    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    char *s = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
     if (s) cs_http_respond(r, status, "application/json", s, strlen(s), NULL, 0);
     else cs_http_respond(r, 500, "application/json", "{\"error\":{\"type\":\"internal_error\"}}", 34, NULL, 0);
     free(s);

@@ -533,8 +533,12 @@ def test_admin_api_shape(two_apps):
     status = ray_validate(st)  # Ray's own schema, as the `serve` CLI parses it
     assert status["applications"]["small"]["deployments"][DEP]["replica_states"] == {"RUNNING": 2}
     assert status["applications"]["text"]["status"] == "RUNNING"
-    assert requests.get(s.admin("/api/serve/applications/?api_type=declarative"), timeout=T).status_code == 200
-    assert requests.get(s.admin("/api/serve/applications/?api_type=bogus"), timeout=T).status_code == 400
+    # KubeRay polls ?api_type=declarative; Ray filters by the applications' source, case-insensitively
+    for q, want in (("declarative", {"text", "small"}), ("DECLARATIVE", {"text", "small"}), ("imperative", set())):
+        r = requests.get(s.admin("/api/serve/applications/?api_type=" + q), timeout=T)
+        assert r.status_code == 200 and set(r.json()["applications"]) == want, (q, r.status_code, r.text[:300])
+    r = requests.get(s.admin("/api/serve/applications/?api_type=bogus"), timeout=T)
+    assert r.status_code == 400 and "api_type" in r.text, (r.status_code, r.text[:300])
 
 
 def test_stream_through_proxy(two_apps):
