@@ -8,7 +8,8 @@ turns them into bench/serving/RESULTS.md and results.png). Run with the serving 
 (bench/serving/run.sh does all of it).
 
 Environment (all optional):
-  BENCH_SERVING_SYSTEMS      default seed,seed-batch,cserve,cserve-int8
+  BENCH_SERVING_SYSTEMS      default seed,seed-batch,cserve,cserve-proxy,cserve-int8,
+                             cserve-replicas,cserve-replicas-int8
   BENCH_SERVING_THREADS      CPUs given to each system (default: CPUs in the affinity mask)
   BENCH_SERVING_CONCURRENCY  default 1,8,32,128
   BENCH_SERVING_DURATION     seconds of load per level (default 20)
@@ -22,6 +23,12 @@ Environment (all optional):
                              CPUs), while less than 60% of the budget is spent (default 1)
   BENCH_SERVING_MAX_S        overall budget: later levels are skipped past it (default 1350)
   BENCH_MODEL                model directory (default build/models/distil)
+  BENCH_SERVING_CSERVE       the cserve binary (default build/cserve)
+
+Systems: seed, seed-batch (Ray Serve); cserve[-DTYPE] (`cserve serve --model`, one process);
+cserve-proxy[-DTYPE] (`cserve serve --config`: controller + proxy, one replica child process);
+cserve-replicas[-DTYPE] (replica memory with 1, 2, 3 replicas and replica cold start, no load
+levels: bench/serving/replicas.py).
 """
 import datetime
 import http.client
@@ -54,8 +61,10 @@ def env_float(name, default):
     return float(v) if v else default
 
 
+DEFAULT_SYSTEMS = ("seed,seed-batch,cserve,cserve-proxy,cserve-int8,cserve-replicas,"
+                   "cserve-replicas-int8")
 SYSTEMS = [s.strip() for s in (os.environ.get("BENCH_SERVING_SYSTEMS")
-                               or "seed,seed-batch,cserve,cserve-int8").split(",") if s.strip()]
+                               or DEFAULT_SYSTEMS).split(",") if s.strip()]
 THREADS = env_int("BENCH_SERVING_THREADS", len(os.sched_getaffinity(0)))
 LEVELS = [int(x) for x in (os.environ.get("BENCH_SERVING_CONCURRENCY") or "1,8,32,128").split(",")]
 DURATION = env_float("BENCH_SERVING_DURATION", 20)
@@ -69,7 +78,8 @@ RETRIES = env_int("BENCH_SERVING_RETRIES", 1)
 BUSY_LIMIT = 0.25   # other processes' share of all CPUs above which a level counts as disturbed
 MAX_S = env_float("BENCH_SERVING_MAX_S", 1350)
 MODEL = os.path.abspath(os.environ.get("BENCH_MODEL") or os.path.join(ROOT, "build/models/distil"))
-CSERVE = os.path.join(ROOT, "build", "cserve")
+CSERVE = os.path.abspath(os.environ.get("BENCH_SERVING_CSERVE")
+                         or os.path.join(ROOT, "build", "cserve"))
 VENV_BIN = os.path.dirname(sys.executable)
 HOST = "127.0.0.1"
 PROMPT = loadgen.PROMPT
@@ -266,10 +276,11 @@ def pick_port(preferred):
         return s.getsockname()[1]
 
 
-def first_response(port, t0, deadline, alive):
-    """Polls POST /text/simple-gen until it succeeds; returns seconds since t0, or raises."""
+def first_response(port, t0, deadline, alive, interval=0.25):
+    """Polls POST /text/simple-gen every interval s until it succeeds; returns seconds since t0,
+    or raises."""
     attempts = 0
-    while time.time() < deadline and attempts < 5000:
+    while time.time() < deadline and attempts < max(5000, int((deadline - t0) / interval) + 1):
         attempts += 1
         if not alive():
             raise RuntimeError("server process exited before answering")
@@ -283,7 +294,7 @@ def first_response(port, t0, deadline, alive):
                 return time.time() - t0
         except (OSError, http.client.HTTPException):
             pass
-        time.sleep(0.25)
+        time.sleep(interval)
     raise RuntimeError(f"no successful response within {deadline - t0:.0f} s")
 
 
@@ -318,13 +329,26 @@ def wait_quiet(procs):
 # ---------------------------------------------------------------- measurement
 
 _tok = None
+TOKEN_COUNTER = None   # which tokenizer counted the tokens (written to results.json)
 
 
 def tokenizer():
-    global _tok
+    """A function text -> number of GPT-2 tokens: the model directory's tokenizer through
+    transformers when it is installed (the seed's venv), else bench/serving/gpt2tok.py (the same
+    vocab/merges and algorithm, stdlib only), so that the cserve systems run without the venv."""
+    global _tok, TOKEN_COUNTER
     if _tok is None:
-        from transformers import AutoTokenizer
-        _tok = AutoTokenizer.from_pretrained(MODEL)
+        try:
+            from transformers import AutoTokenizer
+            hf = AutoTokenizer.from_pretrained(MODEL)
+            _tok = lambda t: len(hf(t)["input_ids"])  # noqa: E731
+            TOKEN_COUNTER = "transformers AutoTokenizer"
+        except ImportError:
+            import gpt2tok
+            g = gpt2tok.Gpt2Counter(MODEL)
+            _tok = g.count
+            TOKEN_COUNTER = ("bench/serving/gpt2tok.py (" + ("exact pattern, `regex` module"
+                             if g.exact else "approximate pattern, `re` module") + ")")
     return _tok
 
 
@@ -332,11 +356,11 @@ def count_new_tokens(texts):
     """Continuation tokens per response: GPT-2 tokens of the full text minus those of the
     prompt (the same count for every system; re-tokenizing random text can differ from the
     sampled ids by a token or two)."""
-    tok = tokenizer()
-    n_prompt = len(tok(PROMPT)["input_ids"])
+    count = tokenizer()
+    n_prompt = count(PROMPT)
     out = []
     for t in texts:
-        n = len(tok(t)["input_ids"])
+        n = count(t)
         out.append(max(0, n - n_prompt) if t.startswith(PROMPT) else n)
     return out
 
@@ -620,64 +644,158 @@ def git_state():
         return {}
 
 
-def run_cserve(name, dtype, save):
-    doc = {"system": name, "levels": [], "dtype": dtype,
-           "how": f"`build/cserve serve --model DIR --threads {THREADS} --dtype {dtype}` "
-                  "(defaults otherwise: max_ongoing_requests 32, max_queued_requests 256)",
-           "version": cserve_version(), "git": git_state()}
+def cserve_usable(doc, name, need=("--port",)):
+    """Checks that CSERVE exists and that its `serve --help` names every flag in need; else
+    fills doc["error"] and returns False."""
     if not os.access(CSERVE, os.X_OK):
         doc["error"] = f"{CSERVE} not built"
         say(f"{name}: n/a ({doc['error']})")
-        return doc
+        return False
     h = subprocess.run([CSERVE, "serve", "--help"], text=True, capture_output=True, timeout=10)
-    if h.returncode != 0 or "--port" not in (h.stdout + h.stderr):
+    missing = [f for f in need if f not in (h.stdout + h.stderr)]
+    if h.returncode != 0 or missing:
         last = ((h.stdout + h.stderr).strip().splitlines() or [""])[-1][:200]
-        doc["error"] = f"this build of cserve has no working `serve` command ({last})"
+        doc["error"] = (f"this build of cserve has no working `serve` command with "
+                        f"{', '.join(need)} ({last})")
         say(f"{name}: n/a ({doc['error']})")
-        return doc
-    port = pick_port(PORT)
+        return False
+    return True
+
+
+def cserve_config(port, dtype, num_replicas=1):
+    """The Serve config of the control-plane systems: one application at "/" (the seed's route
+    /text/simple-gen is forwarded as it is), TextGenService with the in-process server's
+    max_ongoing_requests (32) and THREADS CPUs per replica (ray_actor_options.num_cpus, which
+    cserve turns into the replica's --threads)."""
+    args = {"model": MODEL}
+    if dtype != "fp32":
+        args["dtype"] = dtype
+    return {"http_options": {"host": HOST, "port": port},
+            "applications": [{"name": "default", "route_prefix": "/",
+                              "import_path": "cserve.apps:text_generation", "args": args,
+                              "deployments": [{"name": "TextGenService",
+                                               "num_replicas": num_replicas,
+                                               "max_ongoing_requests": 32,
+                                               "ray_actor_options": {"num_cpus": THREADS}}]}]}
+
+
+def packed_cache(dtype):
+    """(cache directory, whether a packed file of this dtype is already there)."""
     cache = os.path.join(OUT, "pack-cache")
     os.makedirs(cache, exist_ok=True)
-    doc["packed_cache_before_start"] = "present" if any(
-        dtype in f for f in os.listdir(cache)) else "absent (this start packs the weights)"
-    os.makedirs(os.path.join(OUT, "logs"), exist_ok=True)
-    logf = open(os.path.join(OUT, "logs", f"{name}.log"), "w")
-    env = dict(os.environ, CS_CACHE_DIR=cache)
-    procs = ProcSet()
-    p = None
+    return cache, any(dtype in f for f in os.listdir(cache))
+
+
+class CserveProc:
+    """One `cserve serve` process of the benchmark (with --config: plus its replica children),
+    logging to build/bench-serving/logs/NAME.log, packed weights in build/bench-serving/pack-cache."""
+
+    def __init__(self, name, dtype, config=None):
+        self.name, self.dtype = name, dtype
+        self.port = pick_port(PORT)
+        self.admin_port = None
+        self.cache, self.cache_present = packed_cache(dtype)
+        os.makedirs(os.path.join(OUT, "logs"), exist_ok=True)
+        self.log_path = os.path.join(OUT, "logs", f"{name}.log")
+        self.logf = open(self.log_path, "w")
+        self.procs = ProcSet()
+        self.p = None
+        self.t0 = None
+        if config is None:
+            self.argv = [CSERVE, "serve", "--model", MODEL, "--host", HOST, "--port",
+                         str(self.port), "--threads", str(THREADS), "--dtype", dtype]
+        else:
+            self.admin_port = pick_port(8265)
+            self.config_path = os.path.join(OUT, f"{name}-config.json")
+            with open(self.config_path, "w") as f:
+                json.dump(config(self.port), f, indent=1)   # JSON is valid YAML
+            self.argv = [CSERVE, "serve", "--config", self.config_path,
+                         "--admin-port", str(self.admin_port)]
+
+    def start(self):
+        self.t0 = time.time()
+        self.p = subprocess.Popen(self.argv, env=dict(os.environ, CS_CACHE_DIR=self.cache),
+                                  stdout=self.logf, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        self.procs.roots.add(self.p.pid)
+        return self.t0
+
+    def alive(self):
+        return self.p is not None and self.p.poll() is None
+
+    def stop(self):
+        """SIGTERM (graceful drain), then whatever of its processes is left is killed."""
+        if self.p is not None:
+            left = self.procs.pids()
+            if self.p.poll() is None:
+                self.p.send_signal(signal.SIGTERM)
+                try:
+                    self.p.wait(30)
+                except subprocess.TimeoutExpired:
+                    self.p.kill()
+                    self.p.wait()
+            time.sleep(0.2)
+            for pid in left & all_pids():
+                if pid != self.p.pid and "cserve" in cmdline(pid):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+        self.logf.close()
+
+
+def run_cserve(name, dtype, save, proxy=False):
+    doc = {"system": name, "levels": [], "dtype": dtype,
+           "version": cserve_version(), "git": git_state()}
+    if proxy:
+        doc["how"] = (f"`build/cserve serve --config FILE`: controller + HTTP proxy + admin API in "
+                      f"one process, one application at \"/\" (cserve.apps:text_generation, dtype "
+                      f"{dtype}), TextGenService num_replicas 1, max_ongoing_requests 32, "
+                      f"ray_actor_options.num_cpus {THREADS} (the replica runs {THREADS} threads); "
+                      f"the replica is a child process behind a Unix socket")
+    else:
+        doc["how"] = (f"`build/cserve serve --model DIR --threads {THREADS} --dtype {dtype}` "
+                      "(defaults otherwise: max_ongoing_requests 32, max_queued_requests 256)")
+    if not cserve_usable(doc, name, ("--port", "--config", "--admin-port") if proxy
+                         else ("--port",)):
+        return doc
+    cs = CserveProc(name, dtype, (lambda port: cserve_config(port, dtype)) if proxy else None)
+    doc["packed_cache_before_start"] = ("present" if cs.cache_present
+                                        else "absent (this start packs the weights)")
     try:
-        say(f"{name}: cserve serve --dtype {dtype} --threads {THREADS} (port {port}) ...")
-        t0 = time.time()
-        p = subprocess.Popen([CSERVE, "serve", "--model", MODEL, "--host", HOST, "--port",
-                              str(port), "--threads", str(THREADS), "--dtype", dtype],
-                             env=env, stdout=logf, stderr=subprocess.STDOUT,
-                             start_new_session=True)
-        procs.roots.add(p.pid)
+        say(f"{name}: {' '.join(os.path.basename(a) for a in cs.argv[:3])} ... "
+            f"--dtype {dtype} --threads {THREADS} (port {cs.port}) ...")
+        t0 = cs.start()
         doc["start_to_first_response_s"] = round(first_response(
-            port, t0, t0 + min(START_TIMEOUT, 180), lambda: p.poll() is None), 2)
+            cs.port, t0, t0 + min(START_TIMEOUT, 180), cs.alive), 2)
         say(f"{name}: first response {doc['start_to_first_response_s']} s after launch")
         save()
-        measure(name, port, procs, lambda: p.poll() is None, doc, save)
-        if p.poll() is not None:
-            doc["error_after"] = f"cserve exited with {p.returncode} during the run"
+        measure(name, cs.port, cs.procs, cs.alive, doc, save)
+        if not cs.alive():
+            doc["error_after"] = f"cserve exited with {cs.p.returncode} during the run"
     except Exception as e:  # noqa: BLE001
         doc["error"] = f"{type(e).__name__}: {e}"
-        if p is not None and p.poll() is not None:
-            doc["error"] += f" (exit {p.returncode}; see build/bench-serving/logs/{name}.log)"
+        if cs.p is not None and cs.p.poll() is not None:
+            doc["error"] += f" (exit {cs.p.returncode}; see build/bench-serving/logs/{name}.log)"
         say(f"{name}: n/a ({doc['error']})")
     finally:
-        if p is not None and p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        logf.close()
+        cs.stop()
     return doc
 
 
 # ---------------------------------------------------------------- machine, main
+
+def cserve_system(s):
+    """'cserve-proxy-int8' -> ('proxy', 'int8'); 'cserve' -> ('serve', 'fp32'); unknown: None."""
+    parts = s.split("-")[1:]
+    kind = "serve"
+    if parts and parts[0] in ("proxy", "replicas"):
+        kind = parts.pop(0)
+    dtype = parts.pop(0) if parts else "fp32"
+    if parts or dtype not in ("fp32", "int8", "bf16"):
+        return None, None
+    return kind, dtype
+
 
 def machine():
     m = {"cpu": platform.machine(), "cpus_online": os.cpu_count(),
@@ -716,14 +834,22 @@ def main():
         os.replace(path + ".tmp", path)
 
     tokenizer()   # loaded before any server runs, so its import does not disturb a level
+    doc["config"]["token_counter"] = TOKEN_COUNTER
     for s in SYSTEMS:
         if s == "seed":
             doc["runs"].append(run_seed(s, False, save))
         elif s == "seed-batch":
             doc["runs"].append(run_seed(s, True, save))
         elif s.startswith("cserve"):
-            dtype = s.split("-", 1)[1] if "-" in s else "fp32"
-            doc["runs"].append(run_cserve(s, dtype, save))
+            kind, dtype = cserve_system(s)
+            if kind is None:
+                say(f"unknown system {s!r} in BENCH_SERVING_SYSTEMS")
+                continue
+            if kind == "replicas":
+                import replicas
+                doc["runs"].append(replicas.run(sys.modules[__name__], s, dtype, save))
+            else:
+                doc["runs"].append(run_cserve(s, dtype, save, proxy=kind == "proxy"))
         else:
             say(f"unknown system {s!r} in BENCH_SERVING_SYSTEMS")
             continue
@@ -735,4 +861,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--list-systems"]:   # for run.sh: does this run need the seed's venv?
+        print(",".join(SYSTEMS))
+    else:
+        main()

@@ -728,7 +728,7 @@ static void on_proxy_request(void *ud, cs_http_req *r) {
 }
 static void on_proxy_abort(void *ud, cs_http_req *r, cs_http_abort why) { post(ud, CP_M_ABORT, r, (int)why); }
 static void on_admin_request(void *ud, cs_http_req *r) {
-    if (!cp_authorized(ud, r)) {
+    if (strcmp(cs_http_req_path(r), "/-/healthz") != 0 && !cp_authorized(ud, r)) { /* probes need no key */
         cp_respond_error(r, 401, "invalid_api_key", "missing or invalid API key (send 'Authorization: Bearer KEY')");
         return;
     }
