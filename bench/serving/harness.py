@@ -21,7 +21,10 @@ Environment (all optional):
   BENCH_SERVING_BATCH        @serve.batch max_batch_size of seed-batch (default 16)
   BENCH_SERVING_RETRIES      reruns of a level that other processes disturbed (> 25% of the
                              CPUs), while less than 60% of the budget is spent (default 1)
-  BENCH_SERVING_MAX_S        overall budget: later levels are skipped past it (default 1350)
+  BENCH_SERVING_MAX_S        overall budget: later levels are skipped past it (default 1800)
+  BENCH_SERVING_AB_PAIRS     cserve-proxy: interleaved in-process/proxy pairs (default 3; 0: none)
+  BENCH_SERVING_AB_CONCURRENCY  their concurrency (default 32)
+  BENCH_SERVING_AB_DURATION  seconds of load of each of them (default 20)
   BENCH_MODEL                model directory (default build/models/distil)
   BENCH_SERVING_CSERVE       the cserve binary (default build/cserve)
 
@@ -38,6 +41,7 @@ import platform
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -76,7 +80,10 @@ WAIT_IDLE_S = env_float("BENCH_SERVING_WAIT_IDLE_S", 30)
 BATCH = env_int("BENCH_SERVING_BATCH", 16)
 RETRIES = env_int("BENCH_SERVING_RETRIES", 1)
 BUSY_LIMIT = 0.25   # other processes' share of all CPUs above which a level counts as disturbed
-MAX_S = env_float("BENCH_SERVING_MAX_S", 1350)
+MAX_S = env_float("BENCH_SERVING_MAX_S", 1800)
+AB_PAIRS = env_int("BENCH_SERVING_AB_PAIRS", 3)
+AB_CONCURRENCY = env_int("BENCH_SERVING_AB_CONCURRENCY", 32)
+AB_DURATION = env_float("BENCH_SERVING_AB_DURATION", 20)
 MODEL = os.path.abspath(os.environ.get("BENCH_MODEL") or os.path.join(ROOT, "build/models/distil"))
 CSERVE = os.path.abspath(os.environ.get("BENCH_SERVING_CSERVE")
                          or os.path.join(ROOT, "build", "cserve"))
@@ -414,15 +421,16 @@ def summarize(level, res):
             "mean_ok_s": round(sum(r[1] - r[0] for r in ok) / len(ok), 3) if ok else None}
 
 
-def run_one_level(name, c, port, procs):
+def run_one_level(name, c, port, procs, duration=None):
+    duration = duration or DURATION
     w1 = wait_system_idle(procs)
     w2 = wait_quiet(procs)
     if w1 + w2 > 3:
         say(f"{name}: waited {w1:.0f} s for the server to go idle, {w2:.0f} s for "
             f"other processes")
-    say(f"{name}: concurrency {c}, {DURATION:.0f} s ...")
+    say(f"{name}: concurrency {c}, {duration:.0f} s ...")
     b0, p0, o0, s0 = cpu_busy_s(), procs.cpu_s(), self_cpu_s(), time.time()
-    res = loadgen.run_level(HOST, port, c, DURATION, MAX_REQUESTS, TIMEOUT)
+    res = loadgen.run_level(HOST, port, c, duration, MAX_REQUESTS, TIMEOUT)
     b1, p1, o1, s1 = cpu_busy_s(), procs.cpu_s(), self_cpu_s(), time.time()
     lv = summarize(c, res)
     if b0 is not None:
@@ -744,6 +752,55 @@ class CserveProc:
         self.logf.close()
 
 
+def ab_compare(name, dtype, proxy_cs, save):
+    """The proxy's cost, measured so that the machine's drift cancels: an in-process `cserve
+    serve --model` next to the running `serve --config` one (each idle while the other is
+    measured), then AB_PAIRS pairs of AB_CONCURRENCY-client levels, in-process and proxy
+    alternately (ABBA order), AB_DURATION s each."""
+    ab = {"concurrency": AB_CONCURRENCY, "duration_s": AB_DURATION, "pairs": []}
+    inproc = CserveProc(f"{name}-ab-inprocess", dtype)
+    inproc.port = pick_port(proxy_cs.port + 1)
+    inproc.argv[inproc.argv.index("--port") + 1] = str(inproc.port)
+    try:
+        t0 = inproc.start()
+        first_response(inproc.port, t0, t0 + min(START_TIMEOUT, 180), inproc.alive)
+        first_response(inproc.port, time.time(), time.time() + TIMEOUT, inproc.alive)
+        sides = {"inprocess": inproc, "proxy": proxy_cs}
+        for i in range(AB_PAIRS):
+            pair = {}
+            for side in (("inprocess", "proxy") if i % 2 == 0 else ("proxy", "inprocess")):
+                cs = sides[side]
+                if not cs.alive():
+                    raise RuntimeError(f"the {side} server exited")
+                lv = run_one_level(f"{name} A/B {i + 1} {side}", AB_CONCURRENCY, cs.port,
+                                   cs.procs, AB_DURATION)
+                pair[side] = {k: lv.get(k) for k in ("req_per_s", "tok_per_s", "p50_s", "p99_s",
+                                                     "p50_failed", "p99_failed", "ok", "sent",
+                                                     "errors", "server_cpu", "other_cpu")}
+            pin, ppx = pair["inprocess"]["req_per_s"], pair["proxy"]["req_per_s"]
+            pair["ratio_req_per_s"] = round(ppx / pin, 3) if pin else None
+            ab["pairs"].append(pair)
+            save()
+        rs = sorted(p["ratio_req_per_s"] for p in ab["pairs"] if p["ratio_req_per_s"])
+        tot = {s: sum(p[s]["req_per_s"] or 0 for p in ab["pairs"]) for s in sides}
+        ab["median_ratio_req_per_s"] = round(statistics.median(rs), 3) if rs else None
+        ab["ratio_of_means_req_per_s"] = round(tot["proxy"] / tot["inprocess"], 3) \
+            if tot["inprocess"] else None
+        for k in ("p50_s", "p99_s"):
+            a = [p["inprocess"][k] for p in ab["pairs"] if p["inprocess"][k] is not None]
+            b = [p["proxy"][k] for p in ab["pairs"] if p["proxy"][k] is not None]
+            if a and b and len(a) == len(b):
+                ab[f"ratio_of_means_{k}"] = round(sum(b) / sum(a), 3)
+        say(f"{name}: A/B at c={AB_CONCURRENCY}: proxy/in-process req/s per pair {rs}, "
+            f"ratio of means {ab['ratio_of_means_req_per_s']}")
+    except Exception as e:  # noqa: BLE001
+        ab["error"] = f"{type(e).__name__}: {e}"
+        say(f"{name}: A/B n/a ({ab['error']})")
+    finally:
+        inproc.stop()
+    return ab
+
+
 def run_cserve(name, dtype, save, proxy=False):
     doc = {"system": name, "levels": [], "dtype": dtype,
            "version": cserve_version(), "git": git_state()}
@@ -771,6 +828,11 @@ def run_cserve(name, dtype, save, proxy=False):
         say(f"{name}: first response {doc['start_to_first_response_s']} s after launch")
         save()
         measure(name, cs.port, cs.procs, cs.alive, doc, save)
+        if proxy and AB_PAIRS > 0 and cs.alive():
+            if time.time() - T_START > MAX_S:
+                doc["ab"] = {"skipped": f"overall budget BENCH_SERVING_MAX_S={MAX_S:.0f} s spent"}
+            else:
+                doc["ab"] = ab_compare(name, dtype, cs, save)
         if not cs.alive():
             doc["error_after"] = f"cserve exited with {cs.p.returncode} during the run"
     except Exception as e:  # noqa: BLE001

@@ -11,12 +11,18 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-ORDER = ["seed", "seed-batch", "cserve", "cserve-int8", "cserve-bf16"]
+ORDER = ["seed", "seed-batch", "cserve", "cserve-proxy", "cserve-int8", "cserve-proxy-int8",
+         "cserve-bf16", "cserve-proxy-bf16", "cserve-replicas", "cserve-replicas-int8",
+         "cserve-replicas-bf16"]
 LABEL = {"seed": "seed (Ray Serve + FastAPI + pipeline)",
          "seed-batch": "seed + @serve.batch",
          "cserve": "cserve serve (fp32)",
          "cserve-int8": "cserve serve (int8)",
          "cserve-bf16": "cserve serve (bf16)"}
+for _d in ("fp32", "int8", "bf16"):
+    _sfx = "" if _d == "fp32" else "-" + _d
+    LABEL["cserve-proxy" + _sfx] = f"cserve serve --config, proxy + 1 replica ({_d})"
+    LABEL["cserve-replicas" + _sfx] = f"cserve serve --config, replicas ({_d})"
 
 
 def f(x, nd=1, unit=""):
@@ -54,8 +60,10 @@ def main():
     out_png = sys.argv[3] if len(sys.argv) > 3 else os.path.join(HERE, "results.png")
     with open(src) as fh:
         doc = json.load(fh)
-    runs = sort_runs(doc["runs"])
-    by = {r["system"]: r for r in runs}
+    allruns = sort_runs(doc["runs"])
+    by = {r["system"]: r for r in allruns}
+    # The replica runs have no load levels: they get their own section.
+    runs = [r for r in allruns if r.get("kind") != "replicas"]
     cfg, m = doc["config"], doc["machine"]
     L = []
     w = L.append
@@ -92,6 +100,8 @@ def main():
                else "FastAPI/uvicorn from the same venv")
         w(f"- **seed stack**: ray {v['ray']} (Serve), transformers {v['transformers']}, torch "
           f"{v['torch']} (PyPI build, CPU kernels), {web}")
+    if cfg.get("token_counter"):
+        w(f"- **tokens counted by**: {cfg['token_counter']}")
     w(f"- **whole run**: {doc.get('duration_s', 0):.0f} s\n")
 
     # ---- main table
@@ -179,9 +189,11 @@ def main():
               + f" | {st} | {pss} | {rss} |")
         w("")
 
+    control_plane(w, by, cfg)
+
     # ---- details
     w("## Systems\n")
-    for r in runs:
+    for r in allruns:
         name = LABEL.get(r["system"], r["system"])
         w(f"- **{name}**: {r.get('how', '')}")
         if r.get("error"):
@@ -210,7 +222,207 @@ def main():
     w("Raw numbers: `build/bench-serving/results.json`; server logs: `build/bench-serving/logs/`.")
     with open(out_md, "w") as fh:
         fh.write("\n".join(L) + "\n")
-    plot(runs, cfg, out_png)
+    if not plot(runs, cfg, out_png):
+        with open(out_md, "a") as fh:
+            fh.write("\n(matplotlib is not installed: results.png was not redrawn by this run.)\n")
+
+
+def pct_s(x):
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def secs(x, nd=2):
+    return "n/a" if x is None else f"{x:.{nd}f}"
+
+
+def other_s(lv):
+    o = lv.get("other_cpu")
+    return "n/a" if o is None else f"{100 * o:.0f}%" + (" (!)" if o > 0.25 else "")
+
+
+def lat_pair(a, b, key):
+    """'in-process / proxy' latency cell."""
+    return f"{lat(a, key)} / {lat(b, key)}"
+
+
+def control_plane(w, by, cfg):
+    """The control-plane section: proxy vs in-process, replica memory, replica cold start."""
+    dtypes = [d for d in ("fp32", "int8", "bf16")
+              if any(by.get(f"cserve-{k}{'' if d == 'fp32' else '-' + d}")
+                     for k in ("proxy", "replicas"))]
+    if not dtypes:
+        return
+    w("## Control plane: `cserve serve --config`\n")
+    w("`cserve serve --config FILE` runs the controller, the HTTP proxy and the admin API in one "
+      "process and each replica as a child process (`cserve replica`) behind a Unix socket; the "
+      "config has one application at `/` (`cserve.apps:text_generation`), TextGenService with "
+      f"max_ongoing_requests 32 and `ray_actor_options.num_cpus: {cfg['threads']}` (the replica's "
+      "threads). The request and the load generator are the same as above.\n")
+    for d in dtypes:
+        sfx = "" if d == "fp32" else "-" + d
+        inp, px = by.get("cserve" + sfx), by.get("cserve-proxy" + sfx)
+        if not px:
+            continue
+        w(f"### Proxy vs in-process ({d})\n")
+        if px.get("error"):
+            w(f"n/a: {px['error']}\n")
+            continue
+        if not inp or inp.get("error"):
+            w(f"Levels side by side: n/a ({(inp or {}).get('error') or 'cserve' + sfx + ' not run'})"
+              "\n")
+        else:
+            levels_side_by_side(w, inp, px, cfg)
+        ab = px.get("ab") or {}
+        if ab.get("pairs"):
+            ab_table(w, ab)
+        elif ab.get("error") or ab.get("skipped"):
+            w(f"Interleaved A/B: n/a ({ab.get('error') or ab.get('skipped')})\n")
+    reps = [by[k] for k in (f"cserve-replicas{'' if d == 'fp32' else '-' + d}" for d in dtypes)
+            if k in by]
+    if reps:
+        replica_tables(w, reps)
+
+
+def levels_side_by_side(w, inp, px, cfg):
+    w("The levels of the table above, side by side (the two systems ran one after the other, "
+      "minutes apart): proxy / in-process for throughput (1.00 = the same; the issue's target "
+      "is >= 0.95 at 32 clients), latencies as in-process / proxy.\n")
+    w("| concurrency | in-process req/s | proxy req/s | proxy / in-process | p50 s in / proxy | "
+      "p99 s in / proxy | other in / proxy |")
+    w("|---:|---:|---:|---:|---:|---:|---:|")
+    a_lv, b_lv = levels(inp), levels(px)
+    for c in cfg["concurrency"]:
+        a, b = a_lv.get(c), b_lv.get(c)
+        if not a or not b or a.get("skipped") or b.get("skipped"):
+            w(f"| {c} | n/a | n/a | n/a | | | |")
+            continue
+        w(f"| {c} | {f(a['req_per_s'], 2)} | {f(b['req_per_s'], 2)} | "
+          f"{ratio(b['req_per_s'], a['req_per_s'], 3)} | {lat_pair(a, b, 'p50_s')} | "
+          f"{lat_pair(a, b, 'p99_s')} | {other_s(a)} / {other_s(b)} |")
+    w("")
+
+
+def ab_table(w, ab):
+    w(f"Interleaved A/B at {ab['concurrency']} clients, the number to judge the target "
+      "by: an in-process `cserve serve --model` started next to the `--config` one "
+      "(each idle while the other is measured), then pairs of "
+      f"{ab['duration_s']:.0f}-second levels alternately in ABBA order, so that a change "
+      "in what else the machine runs hits both sides alike.\n")
+    w("| pair | in-process req/s | proxy req/s | proxy / in-process | p50 s in / proxy | "
+      "p99 s in / proxy | other in / proxy |")
+    w("|---:|---:|---:|---:|---:|---:|---:|")
+    for i, p in enumerate(ab["pairs"], 1):
+        a, b = p["inprocess"], p["proxy"]
+        w(f"| {i} | {f(a['req_per_s'], 2)} | {f(b['req_per_s'], 2)} | "
+          f"{secs(p.get('ratio_req_per_s'), 3)} | {lat_pair(a, b, 'p50_s')} | "
+          f"{lat_pair(a, b, 'p99_s')} | {other_s(a)} / {other_s(b)} |")
+    r = ab.get("ratio_of_means_req_per_s")
+    verdict = "n/a" if r is None else ("met" if r >= 0.95 else "not met")
+    w("")
+    w(f"**proxy / in-process at {ab['concurrency']} clients**: {secs(r, 3)} (mean req/s "
+      f"over the pairs; median of the pairs {secs(ab.get('median_ratio_req_per_s'), 3)}); "
+      f"p50 {secs(ab.get('ratio_of_means_p50_s'), 3)}x, p99 "
+      f"{secs(ab.get('ratio_of_means_p99_s'), 3)}x the in-process latency. Target "
+      f"(within 5%, >= 0.95): **{verdict}**.\n")
+
+
+def replica_tables(w, reps):
+    w("### Replica memory\n")
+    w("After a few rounds of 4 concurrent seed requests per replica (until every replica has "
+      "answered at least 4, so that its KV cache slots and activations are allocated as in use), "
+      "1 s of quiet: PSS of the controller (`cserve serve --config`: controller + proxy + admin "
+      "API) and of each replica, oldest first. PSS splits shared pages (the packed weights, "
+      "mmapped from one cache file by every replica) between the processes that map them, so a "
+      "replica's own PSS falls as replicas are added while the total grows by what a replica "
+      "really adds: **+ per extra replica** = growth of the total PSS, as a share of the PSS of "
+      "the only replica with 1 replica (the goal: < 15%); USS = the newest replica's private "
+      "pages (memory no other process shares).\n")
+    w("| dtype | replicas | controller PSS MB | replica PSS MB | total PSS MB | total RSS MB | "
+      "+ per extra replica | newest replica USS MB |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in reps:
+        if r.get("error") and not r.get("memory"):
+            w(f"| {r['dtype']} | n/a ({r['error'][:120]}) | | | | | | |")
+            continue
+        extra = {e["n"]: e for e in (r.get("summary") or {}).get("extra", [])}
+        for m in r.get("memory", []):
+            e = extra.get(m["replicas"])
+            add = "" if not e else (f"+{e['marginal_pss_mb']:.1f} MB "
+                                    f"({pct_s(e['marginal_fraction'])})")
+            newest = m["replica"][-1]["uss_mb"] if m["replica"] else None
+            if e:
+                newest_s = f"{newest:.1f} ({pct_s(e['newest_uss_fraction'])})"
+            else:
+                newest_s = f(newest, 1)
+            per = " + ".join(f"{x['pss_mb']:.1f}" for x in m["replica"])
+            w(f"| {r['dtype']} | {m['replicas']} | {f((m.get('controller') or {}).get('pss_mb'), 1)}"
+              f" | {per} | {f(m['total']['pss_mb'], 1)} | {f(m['total']['rss_mb'], 1)} | {add} | "
+              f"{newest_s} |")
+    w("")
+    for r in reps:
+        sm = r.get("summary") or {}
+        ex = sm.get("extra") or []
+        if sm.get("first_replica_pss_mb") is not None and ex:
+            worst = max(e["marginal_fraction"] for e in ex)
+            w(f"- **{r['dtype']}**: first replica {sm['first_replica_pss_mb']:.1f} MB PSS "
+              f"(controller {f(sm.get('controller_pss_mb'), 1)} MB); each extra replica adds "
+              + ", ".join(f"{e['marginal_pss_mb']:.1f} MB ({pct_s(e['marginal_fraction'])})"
+                          for e in ex)
+              + f" of PSS: goal < 15% **{'met' if worst < 0.15 else 'not met'}**")
+    w("")
+    w("### Replica cold start (packed-weight cache present)\n")
+    w("Whole server: `cserve serve --config` launch to the admin API's first answer, to the "
+      "replica RUNNING in `GET /api/serve/applications/`, and to the first successful seed "
+      "request (sent every 20 ms from the launch; the proxy queues it until the replica runs; "
+      "includes its ~46-token generation). Scale: `POST /api/v1/applications/default/deployments/"
+      "TextGenService/scale` to the new replica's spawn (its start_time_s) and to it RUNNING in "
+      "the status JSON (polled every 20 ms); the controller's own spawn-to-RUNNING from its log "
+      "in brackets. Respawn: `kill -9` of the only replica, then at once a streaming `POST "
+      "/v1/completions` and a seed request, which wait in the proxy's queue for the replacement: "
+      "kill to spawn, spawn to the stream's first token, kill to first token, kill to the seed "
+      "request's answer (median of the repetitions, range in brackets; each answer checked in "
+      "the access log to come from the new replica).\n")
+    w("| dtype | launch to admin API s | launch to replica RUNNING s | launch to first response "
+      "s | scale 1->2: POST to spawn / RUNNING s | scale 2->3: POST to spawn / RUNNING s |")
+    w("|---|---:|---:|---:|---:|---:|")
+    for r in reps:
+        cs = r.get("cold_start") or {}
+        sc = {s["to"]: s for s in r.get("scale", [])}
+
+        def scl(n):
+            s = sc.get(n)
+            if not s:
+                return "n/a"
+            if s.get("error"):
+                return "error"
+            return (f"{secs(s.get('post_to_spawn_s'))} / {secs(s.get('post_to_running_s'))} "
+                    f"({secs(s.get('controller_running_after_spawn_s'))})")
+        w(f"| {r['dtype']} | {secs(cs.get('admin_api_s'), 3)} | "
+          f"{secs(cs.get('replica_running_s'), 3)} | {secs(cs.get('first_response_s'), 3)} | "
+          f"{scl(2)} | {scl(3)} |")
+    w("")
+    w("| dtype | respawns | kill to spawn s | spawn to first token s | kill to first token s | "
+      "kill to seed answer s | answered by the new replica |")
+    w("|---|---:|---:|---:|---:|---:|---|")
+    for r in reps:
+        rs = r.get("respawn") or []
+        good = [x for x in rs if "spawn_to_first_token_s" in x]
+
+        def med(k):
+            v = sorted(x[k] for x in good if x.get(k) is not None)
+            if not v:
+                return "n/a"
+            m = v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+            return f"{m:.3f} ({v[0]:.3f}-{v[-1]:.3f})" if len(v) > 1 else f"{m:.3f}"
+        errs = [x for x in rs if x not in good]
+        w(f"| {r['dtype']} | {len(good)}/{len(rs)} | {med('kill_to_spawn_s')} | "
+          f"{med('spawn_to_first_token_s')} | {med('kill_to_first_token_s')} | "
+          f"{med('kill_to_seed_answer_s')} | "
+          f"{sum(1 for x in good if x.get('answered_by_new'))}/{len(good)} |")
+        for x in errs:
+            w(f"|  | error: {x.get('error') or x.get('stream_error') or x.get('seed_error')} "
+              "| | | | | |")
+    w("")
 
 
 def plot(runs, cfg, out_png):
@@ -220,7 +432,7 @@ def plot(runs, cfg, out_png):
         import matplotlib.pyplot as plt
     except ImportError:
         print("report: matplotlib missing, no plot", file=sys.stderr)
-        return
+        return False
     fig, ax = plt.subplots(2, 2, figsize=(12, 8.5))
     ok = [r for r in runs if not r.get("error")]
     for r in ok:
@@ -263,6 +475,7 @@ def plot(runs, cfg, out_png):
                  f"{cfg['duration_s']:.0f} s per level")
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
+    return True
 
 
 if __name__ == "__main__":

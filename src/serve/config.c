@@ -208,7 +208,8 @@ static void dep_defaults(cs_scfg_deployment *d, const char *name, int max_ongoin
 static void dep_release(cs_scfg_deployment *d) {
     json_decref(d->user_config);
     json_decref(d->given);
-    d->user_config = d->given = NULL;
+    json_decref(d->clean_opts);
+    d->user_config = d->given = d->clean_opts = NULL;
 }
 
 static int replicas_field(const vctx *v, const loc *l, const json_t *x, int lo, int nullable, int *out) {
@@ -463,7 +464,87 @@ static const char *short_path(const char *full) {
     return p ? p + 2 : full; /* "applications[0].args.x" -> "args.x" */
 }
 
-static void check_textgen_args(const vctx *v, const loc *l, const json_t *args, cs_scfg_app *a) {
+#define SCFG_MAX_VERSIONS 8
+static const char k_pre_dep[] = "Preprocessor";
+
+/* What a text_generation application's args add besides model/dtype (cserve's
+ * extensions); checked again once the deployments exist. */
+typedef struct tg_ext {
+    size_t n_versions;
+    char vname[SCFG_MAX_VERSIONS][CS_SCFG_MAX_NAME];
+    char vmodel[SCFG_MAX_VERSIONS][1024];
+    char vdtype[SCFG_MAX_VERSIONS][8];
+    const json_t *traffic, *fallback, *preprocess;
+    loc ltraffic, lfallback, lmirror;
+} tg_ext;
+
+static int dtype_arg(appv *av, const loc *fl, const json_t *x, char *out, size_t cap) {
+    char dt[16] = "";
+    if (get_str(&av->v, fl, x, dt, sizeof dt) != 0) return -1;
+    if (strcmp(dt, "fp32") && strcmp(dt, "bf16") && strcmp(dt, "int8")) {
+        char got[96];
+        return v_fail(&av->v, fl, "expected one of fp32, bf16, int8, got %s", describe(got, sizeof got, x));
+    }
+    fmtcut(out, cap, "%s", dt);
+    return 0;
+}
+
+static int header_name_ok(const char *s) {
+    if (!*s) return 0;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') || strchr("-_.!#$%&'*+^`|~", *s)))
+            return 0;
+    return 1;
+}
+
+static void check_versions(appv *av, const loc *l, const json_t *vs, tg_ext *ext) {
+    if (want_object(&av->v, l, vs, 0)) return;
+    if (json_object_size(vs) > SCFG_MAX_VERSIONS) {
+        v_fail(&av->v, l, "%zu versions, at most %d", json_object_size(vs), SCFG_MAX_VERSIONS);
+        return;
+    }
+    const char *name;
+    json_t *x;
+    json_object_foreach((json_t *)vs, name, x) {
+        loc fl;
+        loc_key(&fl, &av->v, l, vs, name);
+        snprintf(fl.path, sizeof fl.path, "%s", short_path(fl.path));
+        size_t k = ext->n_versions;
+        if (!*name || strlen(name) >= CS_SCFG_MAX_NAME || !strcmp(name, k_textgen_dep) || !strcmp(name, k_pre_dep)) {
+            v_fail(&av->v, &fl, "a version needs a name of 1..%d bytes other than %s and %s", CS_SCFG_MAX_NAME - 1,
+                   k_textgen_dep, k_pre_dep);
+            return;
+        }
+        if (want_object(&av->v, &fl, x, 0)) return;
+        snprintf(ext->vname[k], sizeof ext->vname[k], "%s", name);
+        snprintf(ext->vdtype[k], sizeof ext->vdtype[k], "fp32");
+        const char *key;
+        json_t *y;
+        int has_model = 0;
+        json_object_foreach(x, key, y) {
+            loc kl;
+            loc_key(&kl, &av->v, &fl, x, key);
+            snprintf(kl.path, sizeof kl.path, "%s", short_path(kl.path));
+            if (!strcmp(key, "model")) {
+                if (get_str(&av->v, &kl, y, ext->vmodel[k], sizeof ext->vmodel[k]) == 0 && !ext->vmodel[k][0])
+                    v_fail(&av->v, &kl, "the model must be non-empty");
+                has_model = 1;
+            } else if (!strcmp(key, "dtype")) {
+                dtype_arg(av, &kl, y, ext->vdtype[k], sizeof ext->vdtype[k]);
+            } else {
+                v_fail(&av->v, &kl, "unknown field of a version (it takes: model, dtype)");
+            }
+            if (av->err.msg[0]) return;
+        }
+        if (!has_model) {
+            v_fail(&av->v, &fl, "a version needs a model");
+            return;
+        }
+        ext->n_versions++;
+    }
+}
+
+static void check_textgen_args(const vctx *v, const loc *l, const json_t *args, cs_scfg_app *a, tg_ext *ext) {
     appv av;
     appv_init(&av, v, a);
     const char *key;
@@ -471,23 +552,109 @@ static void check_textgen_args(const vctx *v, const loc *l, const json_t *args, 
     json_object_foreach((json_t *)args, key, x) {
         loc fl;
         loc_key(&fl, v, l, args, key);
+        loc full = fl;
         snprintf(fl.path, sizeof fl.path, "%s", short_path(fl.path));
         if (!strcmp(key, "model")) {
             if (get_str(&av.v, &fl, x, a->textgen.model, sizeof a->textgen.model) == 0 && !a->textgen.model[0])
                 v_fail(&av.v, &fl, "the model must be non-empty");
         } else if (!strcmp(key, "dtype")) {
-            char dt[16] = "";
-            if (get_str(&av.v, &fl, x, dt, sizeof dt) == 0 && strcmp(dt, "fp32") && strcmp(dt, "bf16") &&
-                strcmp(dt, "int8")) {
-                char got[96];
-                v_fail(&av.v, &fl, "expected one of fp32, bf16, int8, got %s", describe(got, sizeof got, x));
-            } else if (!av.err.msg[0]) {
-                fmtcut(a->textgen.dtype, sizeof a->textgen.dtype, "%s", dt);
+            dtype_arg(&av, &fl, x, a->textgen.dtype, sizeof a->textgen.dtype);
+        } else if (!strcmp(key, "versions")) {
+            check_versions(&av, &full, x, ext);
+        } else if (!strcmp(key, "traffic")) {
+            if (!want_object(&av.v, &fl, x, 0)) ext->traffic = x, ext->ltraffic = full;
+        } else if (!strcmp(key, "fallback")) {
+            if (!want_object(&av.v, &fl, x, 0)) ext->fallback = x, ext->lfallback = full;
+        } else if (!strcmp(key, "preprocess")) {
+            if (!want_object(&av.v, &fl, x, 0)) {
+                ext->preprocess = x;
+                a->textgen.preprocess = 1;
+            }
+        } else if (!strcmp(key, "session_header")) {
+            char h[64];
+            if (get_str(&av.v, &fl, x, h, sizeof h) == 0) {
+                if (!header_name_ok(h)) v_fail(&av.v, &fl, "not an HTTP header name: \"%s\"", h);
+                else snprintf(a->textgen.session_header, sizeof a->textgen.session_header, "%s", h);
+            }
+        } else if (!strcmp(key, "mirror")) {
+            ext->lmirror = full;
+            if (!want_object(&av.v, &fl, x, 0)) {
+                const json_t *d = json_object_get(x, "deployment"), *pc = json_object_get(x, "percent");
+                loc dl, pl;
+                loc_key(&dl, v, &fl, x, "deployment");
+                loc_key(&pl, v, &fl, x, "percent");
+                nspec ps = {0, 100, 0, 0, 0, 0};
+                if (!d) v_fail(&av.v, &fl, "mirror needs a deployment");
+                else if (get_str(&av.v, &dl, d, a->textgen.mirror, sizeof a->textgen.mirror) == 0 && pc)
+                    get_num(&av.v, &pl, pc, &ps, &a->textgen.mirror_percent);
+                if (!pc && !av.err.msg[0]) a->textgen.mirror_percent = 100;
+                const char *mk;
+                json_t *mv;
+                json_object_foreach(x, mk, mv) if (strcmp(mk, "deployment") && strcmp(mk, "percent") && !av.err.msg[0])
+                    v_fail(&av.v, &fl, "unknown field '%s' of mirror (it takes: deployment, percent)", mk);
             }
         } else {
-            v_fail(&av.v, &fl, "unknown argument of %s (it takes: model, dtype)", a->import_path);
+            v_fail(&av.v, &fl,
+                   "unknown argument of %s (it takes: model, dtype, versions, traffic, session_header, mirror, "
+                   "fallback, preprocess)",
+                   a->import_path);
         }
         if (av.err.msg[0]) break;
+    }
+    if (av.err.msg[0]) appv_take(&av);
+}
+
+static cs_scfg_deployment *find_dep(cs_scfg_app *a, const char *name) {
+    for (size_t i = 0; i < a->n_deps; i++)
+        if (!strcmp(a->deps[i].name, name)) return &a->deps[i];
+    return NULL;
+}
+
+/* Weights, fallbacks and the mirror name, now that the deployments exist. */
+static void check_textgen_routing(const vctx *v, cs_scfg_app *a, tg_ext *ext) {
+    appv av;
+    appv_init(&av, v, a);
+    if (ext->traffic) {
+        a->deps[0].weight = 0;
+        double total = 0;
+        const char *key;
+        json_t *x;
+        json_object_foreach((json_t *)ext->traffic, key, x) {
+            loc fl;
+            loc_key(&fl, v, &ext->ltraffic, ext->traffic, key);
+            snprintf(fl.path, sizeof fl.path, "%s", short_path(fl.path));
+            cs_scfg_deployment *d = find_dep(a, key);
+            nspec ws = {0, 1e9, 0, 0, 0, 0};
+            if (!d || d->role != CS_DEP_GENERATOR) {
+                v_fail(&av.v, &fl, "'%s' is not a generator deployment of this application (TextGenService or a "
+                                   "name under versions)", key);
+            } else if (get_num(&av.v, &fl, x, &ws, &d->weight) == 0) {
+                total += d->weight;
+            }
+            if (av.err.msg[0]) break;
+        }
+        if (!av.err.msg[0] && !(total > 0)) v_fail(&av.v, &ext->ltraffic, "traffic: the weights add up to 0");
+    }
+    if (!av.err.msg[0] && ext->fallback) {
+        const char *key;
+        json_t *x;
+        json_object_foreach((json_t *)ext->fallback, key, x) {
+            loc fl;
+            loc_key(&fl, v, &ext->lfallback, ext->fallback, key);
+            snprintf(fl.path, sizeof fl.path, "%s", short_path(fl.path));
+            cs_scfg_deployment *from = find_dep(a, key), *to = json_is_string(x) ? find_dep(a, json_string_value(x)) : NULL;
+            if (!from || from->role != CS_DEP_GENERATOR || !to || to->role != CS_DEP_GENERATOR || from == to)
+                v_fail(&av.v, &fl, "fallback: expected GENERATOR: OTHER_GENERATOR (TextGenService or names under "
+                                   "versions)");
+            else snprintf(from->fallback, sizeof from->fallback, "%s", to->name);
+            if (av.err.msg[0]) break;
+        }
+    }
+    if (!av.err.msg[0] && a->textgen.mirror[0]) {
+        cs_scfg_deployment *m = find_dep(a, a->textgen.mirror);
+        if (!m || m->role != CS_DEP_GENERATOR)
+            v_fail(&av.v, &ext->lmirror, "mirror: '%s' is not a generator deployment of this application",
+                   a->textgen.mirror);
     }
     if (av.err.msg[0]) appv_take(&av);
 }
@@ -558,6 +725,8 @@ static cs_scfg_app_kind builtin_kind(const char *ip) {
     return CS_APP_UNKNOWN;
 }
 
+static int parse_app_deployments(const vctx *v, const loc *l, const json_t *o, cs_scfg_app *a, tg_ext *ext);
+
 static int parse_app(const vctx *v, const loc *l, const json_t *o, cs_scfg_app *a) {
     loc fl;
     const json_t *x;
@@ -621,11 +790,21 @@ static int parse_app(const vctx *v, const loc *l, const json_t *o, cs_scfg_app *
             app_fail(a, v, &lprefix, "invalid route_prefix \"%s\": may not contain wildcards ('{' or '}')",
                      a->route_prefix);
     }
+    tg_ext *ext = textgen ? calloc(1, sizeof *ext) : NULL;
+    if (textgen && !ext) return v_fail(v, l, "out of memory");
     if (textgen) {
         snprintf(a->textgen.model, sizeof a->textgen.model, "%s", k_default_model);
         snprintf(a->textgen.dtype, sizeof a->textgen.dtype, "fp32");
-        check_textgen_args(v, &largs, a->args, a);
+        check_textgen_args(v, &largs, a->args, a, ext);
     }
+    int rc = parse_app_deployments(v, l, o, a, ext);
+    free(ext);
+    return rc;
+}
+
+static int parse_app_deployments(const vctx *v, const loc *l, const json_t *o, cs_scfg_app *a, tg_ext *ext) {
+    const int textgen = a->kind == CS_APP_TEXT_GENERATION;
+    char got[96];
 
     /* deployments: every entry validated; a text_generation app has exactly TextGenService */
     const json_t *deps = json_object_get(o, "deployments");
@@ -640,20 +819,37 @@ static int parse_app(const vctx *v, const loc *l, const json_t *o, cs_scfg_app *
             return v_fail(v, &ldeps, "%zu deployments, at most %d per application (CS_SCFG_MAX_DEPLOYMENTS)", nd,
                           CS_SCFG_MAX_DEPLOYMENTS);
     }
-    size_t cap = nd > 0 ? nd : 1;
+    size_t cap = nd + (ext ? ext->n_versions + 2 : 1);
     if (!(a->deps = calloc(cap, sizeof *a->deps))) return v_fail(v, l, "out of memory");
     if (textgen) {
+        /* the application's deployments: TextGenService, the versions, the Preprocessor */
         dep_defaults(&a->deps[0], k_textgen_dep, CS_SCFG_TEXTGEN_MAX_ONGOING);
+        snprintf(a->deps[0].model, sizeof a->deps[0].model, "%s", a->textgen.model);
+        snprintf(a->deps[0].dtype, sizeof a->deps[0].dtype, "%s", a->textgen.dtype);
+        a->deps[0].weight = 1;
         a->n_deps = 1;
+        for (size_t k = 0; k < ext->n_versions; k++) {
+            cs_scfg_deployment *d = &a->deps[a->n_deps++];
+            dep_defaults(d, ext->vname[k], CS_SCFG_TEXTGEN_MAX_ONGOING);
+            snprintf(d->model, sizeof d->model, "%s", ext->vmodel[k]);
+            snprintf(d->dtype, sizeof d->dtype, "%s", ext->vdtype[k]);
+        }
+        if (ext->preprocess) {
+            cs_scfg_deployment *d = &a->deps[a->n_deps++];
+            dep_defaults(d, k_pre_dep, CS_SCFG_PRE_MAX_ONGOING);
+            d->role = CS_DEP_PREPROCESSOR;
+            d->clean_opts = json_incref((json_t *)ext->preprocess);
+        }
     }
     for (size_t i = 0; i < nd; i++) {
         loc dl;
         loc_idx(&dl, v, &ldeps, deps, i);
         cs_scfg_deployment d;
         const json_t *dn = json_object_get(json_array_get(deps, i), "name");
-        int is_tgs = textgen && json_is_string(dn) && !strcmp(json_string_value(dn), k_textgen_dep);
+        cs_scfg_deployment *known = textgen && json_is_string(dn) ? find_dep(a, json_string_value(dn)) : NULL;
         memset(&d, 0, sizeof d);
-        if (parse_deployment(v, &dl, json_array_get(deps, i), &d, is_tgs ? CS_SCFG_TEXTGEN_MAX_ONGOING : 5)) {
+        if (parse_deployment(v, &dl, json_array_get(deps, i), &d,
+                             known ? known->max_ongoing_requests : 5)) {
             dep_release(&d);
             return -1;
         }
@@ -666,13 +862,24 @@ static int parse_app(const vctx *v, const loc *l, const json_t *o, cs_scfg_app *
                 return v_fail(v, &nl, "duplicate deployment name '%s' (deployments[%zu] has it too)", d.name, j);
             }
         }
-        if (is_tgs) {
-            a->deps[0] = d;
+        if (known) {
+            /* the config's settings on top of what the application defines */
+            d.role = known->role;
+            d.weight = known->weight;
+            memcpy(d.model, known->model, sizeof d.model);
+            memcpy(d.dtype, known->dtype, sizeof d.dtype);
+            d.clean_opts = known->clean_opts;
+            known->clean_opts = NULL;
+            dep_release(known);
+            *known = d;
         } else if (textgen) {
-            app_fail(a, v, &dl, "deployment '%s' not found in application '%s' (it has: %s)", d.name, a->name,
-                     k_textgen_dep);
+            char names[CS_ERR_MAX] = "";
+            for (size_t k = 0; k < a->n_deps; k++)
+                fmtcut(names + strlen(names), sizeof names - strlen(names), "%s%s", k ? ", " : "", a->deps[k].name);
+            app_fail(a, v, &dl, "deployment '%s' not found in application '%s' (it has: %s)", d.name, a->name, names);
             dep_release(&d);
         } else {
+            d.role = CS_DEP_OTHER;
             a->deps[a->n_deps++] = d;
         }
     }
@@ -686,6 +893,7 @@ static int parse_app(const vctx *v, const loc *l, const json_t *o, cs_scfg_app *
         loc_key(&ul, v, &dl, g, "user_config");
         check_textgen_user_config(v, &ul, a->deps[0].user_config, a);
     }
+    if (textgen) check_textgen_routing(v, a, ext);
     return 0;
 }
 

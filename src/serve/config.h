@@ -22,9 +22,20 @@
  *
  * Built-in applications (import_path):
  *   cserve.apps:text_generation   the seed's /text/simple-gen route + the OpenAI API;
- *                                 one deployment, TextGenService;
- *                                 args: model (default "distilgpt2"), dtype
- *                                 (fp32|bf16|int8, default fp32)
+ *                                 deployment TextGenService; args: model (default
+ *                                 "distilgpt2"), dtype (fp32|bf16|int8, default fp32), and
+ *                                 cserve's extensions (all inside args, so Ray's schema
+ *                                 accepts the file):
+ *       versions: {NAME: {model, dtype}}   more generator deployments (A/B versions)
+ *       traffic: {DEPLOYMENT: weight, ...} how requests are split between generators
+ *                                          (default: all to TextGenService)
+ *       session_header: NAME               a request header whose value pins a client to
+ *                                          one side (by hash)
+ *       mirror: {deployment: NAME, percent: P}  a copy of P% of the requests goes to NAME;
+ *                                          its answers are discarded (shadow traffic)
+ *       fallback: {FROM: TO}               FROM overloaded or without replicas -> TO
+ *       preprocess: {...}                  a Preprocessor deployment (cserve.apps:clean_text)
+ *                                          cleans each request before the generator
  *   serve_app:deployment_graph    the seed's own import path: the same application
  *                                 with model distilgpt2
  *
@@ -52,6 +63,7 @@
 #define CS_SCFG_MAX_PREFIX 256     /* bytes of a route prefix */
 #define CS_SCFG_MAX_REPLICAS 64    /* num_replicas / max_replicas */
 #define CS_SCFG_TEXTGEN_MAX_ONGOING 32
+#define CS_SCFG_PRE_MAX_ONGOING 64 /* a Preprocessor replica: cheap requests */
 
 typedef enum cs_scfg_app_kind {
     CS_APP_UNKNOWN = 0,     /* import_path not built in (app->error says so) */
@@ -73,8 +85,21 @@ typedef struct cs_scfg_autoscaling {
     double downscale_to_zero_delay_s; /* -1: null */
 } cs_scfg_autoscaling;
 
+typedef enum cs_scfg_role {
+    CS_DEP_GENERATOR = 0, /* TextGenService or a version from args.versions: runs a model */
+    CS_DEP_PREPROCESSOR,  /* Preprocessor (cserve.apps:clean_text), from args.preprocess */
+    CS_DEP_OTHER          /* a deployment of an application that is not built in */
+} cs_scfg_role;
+
 typedef struct cs_scfg_deployment {
     char name[CS_SCFG_MAX_NAME];
+    cs_scfg_role role;
+    char model[1024];    /* generator: its model (directory or Hub name) */
+    char dtype[8];       /* generator: fp32 | bf16 | int8 */
+    double weight;       /* generator: its share of the application's traffic (args.traffic) */
+    char fallback[CS_SCFG_MAX_NAME]; /* args.fallback: where requests go when this one is
+                                        overloaded or has no replicas ("" none) */
+    json_t *clean_opts;  /* preprocessor: the args.preprocess object */
     int num_replicas;    /* fixed count (when !autoscaling); 1 */
     int autoscaling;     /* 1: autoscaling_config given, or num_replicas "auto" */
     cs_scfg_autoscaling as;
@@ -92,8 +117,12 @@ typedef struct cs_scfg_deployment {
 
 /* A built-in application's resolved args. */
 typedef struct cs_scfg_textgen {
-    char model[1024]; /* directory or Hub name */
+    char model[1024]; /* TextGenService's model: directory or Hub name */
     char dtype[8];    /* fp32 | bf16 | int8 */
+    char session_header[64];            /* args.session_header: pins a client to one version ("" none) */
+    char mirror[CS_SCFG_MAX_NAME];      /* args.mirror.deployment: shadow traffic target ("" none) */
+    double mirror_percent;              /* args.mirror.percent, 0..100 */
+    int preprocess;                     /* 1: a Preprocessor deployment runs before the generators */
 } cs_scfg_textgen;
 
 typedef struct cs_scfg_app {

@@ -130,24 +130,31 @@ static int spawn(cs_ctl *c, cp_dep *d) {
     snprintf(grace, sizeof grace, "%g", d->cfg.graceful_shutdown_timeout_s);
     snprintf(rid, sizeof rid, "%s#%s#%s", a->name, d->name, r->id);
     char *uc = d->cfg.user_config ? json_dumps(d->cfg.user_config, JSON_COMPACT) : NULL;
-    const char *argv[32];
+    char *co = d->cfg.clean_opts ? json_dumps(d->cfg.clean_opts, JSON_COMPACT) : NULL;
+    const char *argv[40];
     int n = 0;
     argv[n++] = c->exe;
     argv[n++] = "replica";
     argv[n++] = "--socket", argv[n++] = r->sock;
-    argv[n++] = "--model", argv[n++] = a->tg.model;
-    argv[n++] = "--model-name", argv[n++] = a->model_id;
+    if (d->cfg.role == CS_DEP_PREPROCESSOR) {
+        argv[n++] = "--app", argv[n++] = "clean_text";
+        if (co) argv[n++] = "--clean-opts", argv[n++] = co;
+    } else {
+        argv[n++] = "--model", argv[n++] = d->cfg.model[0] ? d->cfg.model : a->tg.model;
+        argv[n++] = "--model-name", argv[n++] = a->model_id;
+        argv[n++] = "--dtype", argv[n++] = d->cfg.dtype[0] ? d->cfg.dtype : "fp32";
+        if (uc) argv[n++] = "--user-config", argv[n++] = uc;
+    }
     argv[n++] = "--app-name", argv[n++] = a->name;
-    argv[n++] = "--dtype", argv[n++] = a->tg.dtype[0] ? a->tg.dtype : "fp32";
     argv[n++] = "--threads", argv[n++] = threads;
     argv[n++] = "--max-ongoing-requests", argv[n++] = ongoing;
     argv[n++] = "--graceful-shutdown-timeout-s", argv[n++] = grace;
     argv[n++] = "--replica-id", argv[n++] = rid;
-    if (uc) argv[n++] = "--user-config", argv[n++] = uc;
     argv[n] = NULL;
     int p[2];
     if (pipe2(p, O_CLOEXEC) != 0) {
         free(uc);
+        free(co);
         free(r);
         return -1;
     }
@@ -173,6 +180,7 @@ static int spawn(cs_ctl *c, cp_dep *d) {
     }
     close(p[1]);
     free(uc);
+    free(co);
     if (pid < 0) {
         close(p[0]);
         free(r);
@@ -369,6 +377,7 @@ static void reap(cs_ctl *c) {
 }
 
 static void replica_free(cp_replica *r) {
+    if (r->dep) r->dep->tokens_done += r->st_tokens;
     if (r->err_fd >= 0) close(r->err_fd);
     free(r);
 }
@@ -510,6 +519,7 @@ static void dep_free(cs_ctl *c, cp_dep *d) {
     free(d->reps);
     json_decref(d->cfg.user_config);
     json_decref(d->cfg.given);
+    json_decref(d->cfg.clean_opts);
     json_decref(d->dconf);
     free(d);
 }
@@ -556,11 +566,14 @@ static int initial_target(const cs_scfg_deployment *sd, double capacity) {
 static void dep_set_cfg(cp_dep *d, const cs_scfg_deployment *sd) {
     json_t *uc = sd->user_config ? json_incref(sd->user_config) : NULL;
     json_t *given = sd->given ? json_incref(sd->given) : NULL;
+    json_t *co = sd->clean_opts ? json_incref(sd->clean_opts) : NULL;
     json_decref(d->cfg.user_config);
     json_decref(d->cfg.given);
+    json_decref(d->cfg.clean_opts);
     d->cfg = *sd;
     d->cfg.user_config = uc;
     d->cfg.given = given;
+    d->cfg.clean_opts = co;
     json_decref(d->dconf);
     d->dconf = cs_scfg_deployment_config_json(sd);
 }
@@ -601,8 +614,10 @@ static void app_model_id(cp_app *a) {
 
 /* Whether a deployment must restart its replicas for the new config. */
 static int code_changed(const cp_app *a, const cs_scfg_app *na, const cp_dep *d, const cs_scfg_deployment *nd) {
-    return strcmp(a->import_path, na->import_path) != 0 || strcmp(a->tg.model, na->textgen.model) != 0 ||
-           strcmp(a->tg.dtype, na->textgen.dtype) != 0 || d->cfg.num_cpus != nd->num_cpus;
+    (void)a;
+    return strcmp(d->cfg.model, nd->model) != 0 || strcmp(d->cfg.dtype, nd->dtype) != 0 ||
+           d->cfg.role != nd->role || d->cfg.num_cpus != nd->num_cpus || strcmp(a->import_path, na->import_path) != 0 ||
+           !json_equal(d->cfg.clean_opts ? d->cfg.clean_opts : json_null(), nd->clean_opts ? nd->clean_opts : json_null());
 }
 
 static void dep_update(cp_dep *d, const cs_scfg_deployment *nd, int code, double capacity) {
@@ -674,6 +689,16 @@ int cp_apply(cs_ctl *c, cs_scfg *cfg, cs_err *err) {
         }
         cp_log("info", "application %s: deploying at route prefix %s", a->name, a->prefix[0] ? a->prefix : "(none)");
     }
+    /* the session headers the HTTP threads capture for pinning clients */
+    pthread_mutex_lock(&c->mu);
+    c->n_sess = 0;
+    for (size_t i = 0; i < c->n_apps; i++) {
+        const char *h = c->apps[i]->tg.session_header;
+        int seen = !h[0];
+        for (int k = 0; k < c->n_sess && !seen; k++) seen = !strcasecmp(c->sess_names[k], h);
+        if (!seen && c->n_sess < CP_MAX_SESSION_HEADERS) set_str(c->sess_names[c->n_sess++], 64, h);
+    }
+    pthread_mutex_unlock(&c->mu);
     c->target_capacity = capacity;
     json_decref(c->doc);
     c->doc = json_incref(cfg->doc);
@@ -880,6 +905,7 @@ int cs_ctl_start(cs_ctl **out, const cs_ctl_opts *o, cs_scfg *cfg, cs_err *err) 
         c->key_len[i] = c->keys[i] ? strlen(c->keys[i]) : 0;
     }
     getrandom(&c->rid_base, sizeof c->rid_base, 0);
+    getrandom(&c->rng, sizeof c->rng, 0);
     if (o->self_exe) set_str(c->exe, sizeof c->exe, o->self_exe);
     else {
         ssize_t n = readlink("/proc/self/exe", c->exe, sizeof c->exe - 1);

@@ -47,6 +47,7 @@ static void fwd_free(void *p) {
     if (f->hdrs) curl_slist_free_all(f->hdrs);
     free(f->url_path);
     free(f->buf);
+    free(f->body2);
     free(f);
 }
 
@@ -62,8 +63,30 @@ static int valid_request_id(const char *s) {
 static void finish(cs_ctl *c, cp_fwd *f) {
     if (f->finished) return;
     f->finished = 1;
+    if (f->shadow) {
+        c->n_shadow--;
+        fwd_free(f);
+        return;
+    }
     c->n_fwd--;
     cs_http_req_unref(f->http); /* may free f */
+}
+
+static uint64_t splitmix(uint64_t *s) {
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static double rnd01(cs_ctl *c) { return (double)(splitmix(&c->rng) >> 11) * 0x1.0p-53; }
+
+/* FNV-1a, then mixed: a header value's place in [0, 1) */
+static uint64_t hash_str(const char *s) {
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    uint64_t t = h;
+    return splitmix(&t);
 }
 
 static const char *route_label(const char *rel) {
@@ -75,12 +98,17 @@ static const char *route_label(const char *rel) {
 }
 
 static void record(cs_ctl *c, cp_fwd *f, int status) {
+    if (f->shadow) return;
     cp_series_add(c, f->app_label, f->route_label, f->method, status, (cp_now() - f->t0) * 1e3);
 }
 
 static void fail(cs_ctl *c, cp_fwd *f, int status, const char *type, const char *msg) {
     record(c, f, status);
-    cp_respond_error(f->http, status, type, msg);
+    if (f->shadow) {
+        if (f->dep) f->dep->shadow_dropped++;
+    } else {
+        cp_respond_error(f->http, status, type, msg);
+    }
     finish(c, f);
 }
 
@@ -148,8 +176,9 @@ static size_t on_body(char *p, size_t sz, size_t n, void *ud) {
         long st = 0;
         curl_easy_getinfo(f->easy, CURLINFO_RESPONSE_CODE, &st);
         f->status = (int)st;
-        f->streaming = !strncasecmp(f->ctype, "text/event-stream", 17);
+        f->streaming = !f->shadow && f->stage != CP_ST_PRE && !strncasecmp(f->ctype, "text/event-stream", 17);
     }
+    if (f->shadow) return len; /* discarded */
     if (f->streaming) {
         if (!f->sent) {
             cs_http_header h[4];
@@ -197,7 +226,7 @@ static void send_to(cs_ctl *c, cp_fwd *f, cp_replica *r) {
     r->ongoing++;
     r->dep->router_requests++;
     char url[4200];
-    snprintf(url, sizeof url, "http://replica%s", f->url_path);
+    snprintf(url, sizeof url, "http://replica%s", f->stage == CP_ST_PRE ? "/-/preprocess" : f->url_path);
     curl_easy_setopt(e, CURLOPT_URL, url);
     curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, r->sock);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
@@ -218,8 +247,8 @@ static void send_to(cs_ctl *c, cp_fwd *f, cp_replica *r) {
         }
     }
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, f->hdrs);
-    size_t blen = 0;
-    const char *body = cs_http_req_body(f->http, &blen);
+    size_t blen = f->body2_len;
+    const char *body = f->body2 ? f->body2 : cs_http_req_body(f->http, &blen);
     if (!strcmp(f->method, "GET")) {
         curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
     } else if (!strcmp(f->method, "HEAD")) {
@@ -274,6 +303,21 @@ static void route_to(cs_ctl *c, cp_fwd *f, cp_dep *d, int front) {
         send_to(c, f, r);
         return;
     }
+    const int mq = d->cfg.max_queued_requests;
+    const int full = !front && mq >= 0 && d->n_queued >= mq;
+    if ((full || !servable(d)) && d->cfg.fallback[0] && f->hops < CP_MAX_HOPS) {
+        cp_dep *fb = cp_find_dep(d->app, d->cfg.fallback);
+        if (fb) {
+            f->hops++;
+            d->fallbacks++;
+            route_to(c, f, fb, 0);
+            return;
+        }
+    }
+    if (f->shadow && (!servable(d) || d->n_queued >= d->cfg.max_ongoing_requests || full)) {
+        fail(c, f, 503, "unavailable", "shadow dropped"); /* never queue mirrored copies deeply */
+        return;
+    }
     if (!servable(d)) {
         char m[1024];
         snprintf(m, sizeof m, "deployment %.128s of application %.128s has no replicas%s%.300s", d->name, d->app->name,
@@ -281,8 +325,7 @@ static void route_to(cs_ctl *c, cp_fwd *f, cp_dep *d, int front) {
         fail(c, f, 503, "unavailable", m);
         return;
     }
-    const int mq = d->cfg.max_queued_requests;
-    if (!front && mq >= 0 && d->n_queued >= mq) {
+    if (full) {
         char m[200];
         snprintf(m, sizeof m,
                  "Request dropped due to backpressure (num_queued_requests=%d, max_queued_requests=%d).",
@@ -328,6 +371,15 @@ static void lat_add(uint64_t *counts, double *sum, double ms) {
     *sum += ms;
 }
 
+static void role_record(cp_fwd *f, cp_dep *d, int error, double ms) {
+    if (!d || d->cfg.role != CS_DEP_GENERATOR) return;
+    const int role = f->shadow ? 1 : 0;
+    d->role_n[role][error ? 1 : 0]++;
+    lat_add(d->role_lat[role], &d->role_lat_sum[role], ms);
+}
+
+static void start_generation(cs_ctl *c, cp_app *a, cp_fwd *f);
+
 void cp_fwd_finished(cs_ctl *c, CURL *e, CURLcode res) {
     cp_fwd *f = NULL;
     curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&f);
@@ -340,12 +392,13 @@ void cp_fwd_finished(cs_ctl *c, CURL *e, CURLcode res) {
     curl_easy_cleanup(e);
     f->easy = NULL;
     cp_replica *r = f->rep;
+    cp_dep *d = r->dep;
     f->rep = NULL;
     const double ms = (cp_now() - f->t_rep) * 1e3;
     r->n_requests++;
     lat_add(r->lat_counts, &r->lat_sum, ms);
     const int failed = res != CURLE_OK && !f->gone;
-    if (failed || f->status >= 500) r->n_errors++, r->dep->errors++;
+    if (failed || f->status >= 500) r->n_errors++, d->errors++;
     if (failed && is_transport_error(res) && !f->sent) {
         /* the replica died or is stuck: nothing reached the client, try another one */
         cp_log("warn", "request %s: replica %s failed (%s)%s", f->request_id, r->id, curl_easy_strerror(res),
@@ -354,10 +407,35 @@ void cp_fwd_finished(cs_ctl *c, CURL *e, CURLcode res) {
             r->unhealthy = 1;
             r->next_check = cp_now();
         }
-        cp_dep *d = r->dep;
         cp_replica_done_request(c, r);
-        if (f->tries < CP_MAX_RETRIES) route_to(c, f, d, 1);
-        else fail(c, f, 502, "bad_gateway", "the replica failed while handling the request");
+        if (f->tries < CP_MAX_RETRIES) {
+            route_to(c, f, d, 1);
+        } else {
+            role_record(f, d, 1, ms);
+            fail(c, f, 502, "bad_gateway", "the replica failed while handling the request");
+        }
+        return;
+    }
+    role_record(f, d, failed || f->status >= 500, ms);
+    if (f->shadow) {
+        finish(c, f);
+        cp_replica_done_request(c, r);
+        return;
+    }
+    if (f->stage == CP_ST_PRE && !f->gone && !failed && f->status == 200) {
+        /* the Preprocessor's answer is the request the generator gets */
+        free(f->body2);
+        f->body2 = f->buf ? f->buf : strdup("");
+        f->body2_len = f->len;
+        f->buf = NULL;
+        f->len = f->cap = 0;
+        f->stage = CP_ST_GEN;
+        f->tries = 0;
+        f->ctype[0] = 0;
+        cp_replica_done_request(c, r);
+        cp_app *a = cp_find_app(c, f->app_label);
+        if (!a || !f->body2) fail(c, f, 503, "unavailable", "the application was deleted");
+        else start_generation(c, a, f);
         return;
     }
     if (f->gone) {
@@ -386,6 +464,77 @@ void cp_fwd_finished(cs_ctl *c, CURL *e, CURLcode res) {
     }
     finish(c, f);
     cp_replica_done_request(c, r);
+}
+
+/* The generator for a request: by the weights of args.traffic, at the place a
+ * session header's hash gives (so a client stays on one side), else at random. */
+static cp_dep *choose_generator(cs_ctl *c, cp_app *a, const cp_fwd *f) {
+    double total = 0;
+    cp_dep *first = NULL;
+    for (size_t i = 0; i < a->n_deps; i++) {
+        cp_dep *d = a->deps[i];
+        if (d->deleting || d->cfg.role != CS_DEP_GENERATOR) continue;
+        if (!first) first = d;
+        total += d->cfg.weight;
+    }
+    if (!(total > 0)) return first;
+    double u = -1;
+    if (a->tg.session_header[0]) {
+        pthread_mutex_lock(&c->mu);
+        for (int k = 0; k < c->n_sess && u < 0; k++)
+            if (!strcasecmp(c->sess_names[k], a->tg.session_header) && f->sess_has[k])
+                u = (double)(f->sess_hash[k] >> 11) * 0x1.0p-53;
+        pthread_mutex_unlock(&c->mu);
+    }
+    if (u < 0) u = rnd01(c);
+    double x = u * total, acc = 0;
+    cp_dep *last = first;
+    for (size_t i = 0; i < a->n_deps; i++) {
+        cp_dep *d = a->deps[i];
+        if (d->deleting || d->cfg.role != CS_DEP_GENERATOR || !(d->cfg.weight > 0)) continue;
+        last = d;
+        acc += d->cfg.weight;
+        if (x < acc) return d;
+    }
+    return last;
+}
+
+/* A copy of f for the mirror deployment: its own body, no client. */
+static void mirror(cs_ctl *c, cp_app *a, const cp_fwd *f, cp_dep *primary) {
+    cp_dep *m = cp_find_dep(a, a->tg.mirror);
+    if (!m || m == primary || atomic_load(&c->draining)) return;
+    cp_fwd *s = calloc(1, sizeof *s);
+    size_t blen = f->body2_len;
+    const char *body = f->body2 ? f->body2 : cs_http_req_body(f->http, &blen);
+    if (!s || !(s->body2 = malloc(blen + 1)) || !(s->url_path = strdup(f->url_path))) {
+        if (s) fwd_free(s);
+        return;
+    }
+    memcpy(s->body2, body ? body : "", blen);
+    s->body2[blen] = 0;
+    s->body2_len = blen;
+    s->c = c;
+    s->shadow = 1;
+    s->stage = CP_ST_GEN;
+    memcpy(s->method, f->method, sizeof s->method);
+    memcpy(s->ctype_in, f->ctype_in, sizeof s->ctype_in);
+    snprintf(s->request_id, sizeof s->request_id, "%.100s-shadow", f->request_id);
+    memcpy(s->app_label, f->app_label, sizeof s->app_label);
+    memcpy(s->route_label, f->route_label, sizeof s->route_label);
+    s->t0 = cp_now();
+    c->n_shadow++;
+    s->hops = CP_MAX_HOPS; /* a mirrored copy takes no fallback */
+    route_to(c, s, m, 0);
+}
+
+static void start_generation(cs_ctl *c, cp_app *a, cp_fwd *f) {
+    cp_dep *d = choose_generator(c, a, f);
+    if (!d) {
+        fail(c, f, 503, "unavailable", "the application has no generator deployment");
+        return;
+    }
+    if (a->tg.mirror[0] && a->tg.mirror_percent > 0 && rnd01(c) * 100 < a->tg.mirror_percent) mirror(c, a, f, d);
+    route_to(c, f, d, 0);
 }
 
 void cp_proxy_abort(cs_ctl *c, cs_http_req *r, int why) {
@@ -574,7 +723,20 @@ void cp_proxy_request(cs_ctl *c, cs_http_req *r) {
     f->http = r;
     f->t0 = cp_now();
     c->n_fwd++;
-    route_to(c, f, a->deps[0], 0);
+    const int gen = !strcmp(method, "POST") && (!strcmp(f->url_path, "/text/simple-gen") ||
+                                                !strcmp(f->url_path, "/v1/completions"));
+    cp_dep *pre = NULL;
+    for (size_t i = 0; gen && a->tg.preprocess && i < a->n_deps; i++)
+        if (!a->deps[i]->deleting && a->deps[i]->cfg.role == CS_DEP_PREPROCESSOR) pre = a->deps[i];
+    if (pre) {
+        f->stage = CP_ST_PRE;
+        route_to(c, f, pre, 0);
+    } else if (gen) {
+        start_generation(c, a, f);
+    } else {
+        cp_dep *g = choose_generator(c, a, f); /* /v1/models: any generator answers */
+        route_to(c, f, g ? g : a->deps[0], 0);
+    }
 }
 
 /* Called on the HTTP thread (headers are readable only there). */
@@ -595,6 +757,12 @@ cp_fwd *cp_fwd_new(cs_ctl *c, cs_http_req *r) {
     const char *ct = cs_http_req_header(r, "Content-Type");
     if (ct) snprintf(f->ctype_in, sizeof f->ctype_in, "%s", ct);
     f->authorized = cp_authorized(c, r);
+    pthread_mutex_lock(&c->mu);
+    for (int k = 0; k < c->n_sess; k++) {
+        const char *v = cs_http_req_header(r, c->sess_names[k]);
+        if (v) f->sess_has[k] = 1, f->sess_hash[k] = hash_str(v);
+    }
+    pthread_mutex_unlock(&c->mu);
     cs_http_req_set_app(r, f, fwd_free);
     return f;
 }
@@ -764,6 +932,55 @@ int cp_render_metrics(cs_ctl *c, char **out, size_t *len) {
                 }
             }
     }
+    /* cserve's per-deployment series: primary vs shadow (mirror) traffic, fallbacks, tokens */
+    mb_printf(&b, "# HELP cserve_deployment_requests_total Requests answered by a deployment, by role (primary or "
+                  "shadow) and outcome.\n# TYPE cserve_deployment_requests_total counter\n");
+    static const char *const roles[2] = {"primary", "shadow"}, *const outs[2] = {"ok", "error"};
+    for (size_t i = 0; i < c->n_apps; i++)
+        for (size_t j = 0; j < c->apps[i]->n_deps; j++) {
+            cp_dep *d = c->apps[i]->deps[j];
+            if (d->cfg.role != CS_DEP_GENERATOR) continue;
+            for (int ro = 0; ro < 2; ro++)
+                for (int oc = 0; oc < 2; oc++)
+                    mb_printf(&b, "cserve_deployment_requests_total{application=\"%s\",deployment=\"%s\",role=\"%s\","
+                                  "outcome=\"%s\"} %llu\n", esc(d->app->name, e1, sizeof e1), esc(d->name, e2, sizeof e2),
+                              roles[ro], outs[oc], (unsigned long long)d->role_n[ro][oc]);
+            mb_printf(&b, "cserve_deployment_requests_total{application=\"%s\",deployment=\"%s\",role=\"shadow\","
+                          "outcome=\"dropped\"} %llu\n", e1, e2, (unsigned long long)d->shadow_dropped);
+        }
+    mb_printf(&b, "# HELP cserve_deployment_latency_ms Time a deployment's replica took to answer (ms), by role.\n"
+                  "# TYPE cserve_deployment_latency_ms histogram\n");
+    for (size_t i = 0; i < c->n_apps; i++)
+        for (size_t j = 0; j < c->apps[i]->n_deps; j++) {
+            cp_dep *d = c->apps[i]->deps[j];
+            if (d->cfg.role != CS_DEP_GENERATOR) continue;
+            for (int ro = 0; ro < 2; ro++) {
+                snprintf(lab, sizeof lab, "application=\"%s\",deployment=\"%s\",role=\"%s\"",
+                         esc(d->app->name, e1, sizeof e1), esc(d->name, e2, sizeof e2), roles[ro]);
+                hist(&b, "cserve_deployment_latency_ms", lab, d->role_lat[ro], d->role_lat_sum[ro]);
+            }
+        }
+    mb_printf(&b, "# HELP cserve_deployment_generated_tokens_total Tokens generated by a deployment's replicas.\n"
+                  "# TYPE cserve_deployment_generated_tokens_total counter\n");
+    for (size_t i = 0; i < c->n_apps; i++)
+        for (size_t j = 0; j < c->apps[i]->n_deps; j++) {
+            cp_dep *d = c->apps[i]->deps[j];
+            if (d->cfg.role != CS_DEP_GENERATOR) continue;
+            double t = d->tokens_done;
+            for (size_t k = 0; k < d->n_reps; k++) t += d->reps[k]->st_tokens;
+            mb_printf(&b, "cserve_deployment_generated_tokens_total{application=\"%s\",deployment=\"%s\"} %.0f\n",
+                      esc(d->app->name, e1, sizeof e1), esc(d->name, e2, sizeof e2), t);
+        }
+    mb_printf(&b, "# HELP cserve_deployment_fallbacks_total Requests sent on to the fallback deployment.\n"
+                  "# TYPE cserve_deployment_fallbacks_total counter\n");
+    for (size_t i = 0; i < c->n_apps; i++)
+        for (size_t j = 0; j < c->apps[i]->n_deps; j++) {
+            cp_dep *d = c->apps[i]->deps[j];
+            if (!d->cfg.fallback[0]) continue;
+            mb_printf(&b, "cserve_deployment_fallbacks_total{application=\"%s\",deployment=\"%s\",to=\"%s\"} %llu\n",
+                      esc(d->app->name, e1, sizeof e1), esc(d->name, e2, sizeof e2), esc(d->cfg.fallback, e3, sizeof e3),
+                      (unsigned long long)d->fallbacks);
+        }
     if (b.oom) {
         free(b.p);
         return -1;

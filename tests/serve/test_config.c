@@ -656,7 +656,7 @@ static void test_app_errors(void **state) {
     app_bad(APP_HDR "    deployments:\n      - name: Model\n",
             "t.yaml:5:9: deployment 'Model' not found in application 'a' (it has: TextGenService)");
     app_bad(APP_HDR "    args: {model: m, foo: 1}\n",
-            "t.yaml:4:27: args.foo: unknown argument of cserve.apps:text_generation (it takes: model, dtype)");
+            "t.yaml:4:27: args.foo: unknown argument of cserve.apps:text_generation (it takes: model, dtype, versions, traffic, session_header, mirror, fallback, preprocess)");
     app_bad(APP_HDR "    args: {dtype: fp16}\n", "args.dtype: expected one of fp32, bf16, int8, got \"fp16\"");
     app_bad(APP_HDR "    args: {model: 5}\n", "args.model: expected a string, got 5");
     app_bad(APP_HDR "    args: {model: \"\"}\n", "args.model: the model must be non-empty");
