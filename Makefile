@@ -12,9 +12,9 @@ CC       ?= cc
 OPT      ?= -O3 -g
 WARN     ?= -Wall -Wextra -Werror
 SAN      ?=
-PKGS     := jansson libpcre2-8 libcurl libmicrohttpd yaml-0.1
+PKGS     := jansson libpcre2-8 libcurl libmicrohttpd yaml-0.1 libutf8proc
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -ljansson -lpcre2-8 -lcurl -lmicrohttpd -lyaml)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -ljansson -lpcre2-8 -lcurl -lmicrohttpd -lyaml -lutf8proc)
 CFLAGS   += -std=c11 $(OPT) $(WARN) $(SAN) -D_GNU_SOURCE -Isrc $(PKG_CFLAGS) -MMD -MP
 LDFLAGS  += $(SAN)
 LDLIBS   += $(PKG_LIBS) -lm -lpthread
@@ -100,11 +100,11 @@ bench-serving: all models
 # Fails when any target finds a crash, leak, timeout or broken invariant (input in build/fuzz/artifacts-*/).
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 30
-FUZZ_TARGETS ?= safetensors tokenizer tok_load config api hub_ref sampler serve_config
+FUZZ_TARGETS ?= safetensors tokenizer tok_load config api hub_ref sampler serve_config clean
 FUZZ_DIR     := build/fuzz
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_CFLAGS  := -g -O1 -std=c11 -D_GNU_SOURCE -Isrc $(PKG_CFLAGS) -Wall -Wextra
-FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(wildcard src/engine/*.c src/hub/*.c) src/serve/api.c src/serve/api_gen.c src/serve/api_simple.c src/serve/api_openai.c src/serve/log.c src/serve/strbuf.c src/serve/metrics.c src/serve/config.c src/serve/yamldoc.c)
+FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(wildcard src/engine/*.c src/hub/*.c) src/serve/api.c src/serve/api_gen.c src/serve/api_simple.c src/serve/api_openai.c src/serve/log.c src/serve/strbuf.c src/serve/metrics.c src/serve/config.c src/serve/yamldoc.c src/serve/clean.c)
 FUZZ_BIN     := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
 fuzz:
 	@command -v $(FUZZ_CC) >/dev/null 2>&1 || { echo "make fuzz: $(FUZZ_CC) not found; libFuzzer needs clang:" \

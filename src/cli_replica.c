@@ -1,5 +1,6 @@
 /* cserve replica: one deployment replica (engine + scheduler + the
- * application's API) on a Unix socket or a TCP port. Started by `cserve serve
+ * application's API, or with --app clean_text the preprocessing deployment's
+ * text clean-up) on a Unix socket or a TCP port. Started by `cserve serve
  * --config` for each replica; on Kubernetes, the replica pods' command. */
 #include <errno.h>
 #include <getopt.h>
@@ -13,19 +14,29 @@ int cs_cmd_replica(int argc, char **argv);
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: cserve replica (--socket PATH | --port N [--host ADDR]) --model M [options]\n\n"
+            "usage: cserve replica (--socket PATH | --port N [--host ADDR]) --model M [options]\n"
+            "       cserve replica (--socket PATH | --port N [--host ADDR]) --app clean_text [--clean-opts JSON]\n\n"
             "One replica of a text-generation deployment: /text/simple-gen, /v1/completions,\n"
-            "/v1/models, /-/healthz, plus /-/replica/stats and /-/replica/user_config for the controller.\n\n"
+            "/v1/models, /-/healthz, plus /-/replica/stats and /-/replica/user_config for the controller.\n"
+            "With --app clean_text, one replica of the preprocessing deployment (no model): POST\n"
+            "/-/preprocess rewrites a generation request's body (Unicode normalization, control\n"
+            "characters, whitespace, length cap, prompt template).\n\n"
+            "  --app text_generation|clean_text what the replica serves (default text_generation)\n"
+            "  --clean-opts JSON                clean_text options: {\"normalize\": \"NFKC\"|\"NFC\"|\"none\",\n"
+            "                                   \"max_chars\": N|null, \"template\": \"...{input}...\"|null,\n"
+            "                                   \"collapse_whitespace\": bool, \"strip_control\": bool}\n"
             "  --socket PATH                    listen on a Unix socket\n"
             "  --host ADDR --port N             or on TCP (default host 0.0.0.0)\n"
             "  --model DIR|NAME                 model directory or Hub name\n"
             "  --model-name ID                  id in responses (default: derived from --model)\n"
             "  --app-name NAME                  application name (also accepted as \"model\")\n"
             "  --dtype fp32|bf16|int8           weight format (default fp32)\n"
-            "  --threads N                      compute threads (default: CPUs available)\n"
+            "  --threads N                      compute threads (default: CPUs available;\n"
+            "                                   clean_text: worker threads, default 1)\n"
             "  --max-ongoing-requests N         sequences decoded together (default 32)\n"
             "  --max-queued-requests N          waiting requests behind them (default 4096)\n"
-            "  --user-config JSON               generation defaults (Ray's user_config)\n"
+            "  --user-config JSON               generation defaults (Ray's user_config); clean_text:\n"
+            "                                   options merged over --clean-opts\n"
             "  --request-timeout-s S            (default 86400)\n"
             "  --graceful-shutdown-timeout-s S  on SIGTERM, time to finish requests (default 20)\n"
             "  --replica-id ID                  name in log lines\n"
@@ -46,7 +57,7 @@ static int num(const char *opt, const char *s, double lo, double hi, double *out
 
 int cs_cmd_replica(int argc, char **argv) {
     enum { O_SOCK = 256, O_HOST, O_PORT, O_NAME, O_APP, O_DTYPE, O_THREADS, O_ONGOING, O_QUEUED, O_UC, O_RTO,
-           O_GRACE, O_RID, O_LOG };
+           O_GRACE, O_RID, O_LOG, O_APPKIND, O_CLEAN };
     static const struct option opts[] = {
         {"socket", required_argument, 0, O_SOCK},
         {"host", required_argument, 0, O_HOST},
@@ -63,6 +74,8 @@ int cs_cmd_replica(int argc, char **argv) {
         {"graceful-shutdown-timeout-s", required_argument, 0, O_GRACE},
         {"replica-id", required_argument, 0, O_RID},
         {"access-log", no_argument, 0, O_LOG},
+        {"app", required_argument, 0, O_APPKIND},
+        {"clean-opts", required_argument, 0, O_CLEAN},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -89,14 +102,25 @@ int cs_cmd_replica(int argc, char **argv) {
         case O_GRACE: bad = num("--graceful-shutdown-timeout-s", optarg, 0, 86400, &o.graceful_shutdown_timeout_s); break;
         case O_RID: o.replica_id = optarg; break;
         case O_LOG: o.access_log = 1; break;
+        case O_APPKIND:
+            if (strcmp(optarg, "text_generation") != 0 && strcmp(optarg, "clean_text") != 0) {
+                fprintf(stderr, "cserve replica: --app: expected text_generation or clean_text, got '%s'\n", optarg);
+                bad = 1;
+            }
+            o.app = optarg;
+            break;
+        case O_CLEAN: o.clean_opts = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
         if (bad) return 2;
     }
-    if (optind != argc || !o.model || (!o.unix_path && port < 0)) {
+    const int clean = o.app && !strcmp(o.app, "clean_text");
+    if (optind != argc || (!o.model && !clean) || (!o.unix_path && port < 0) || (o.clean_opts && !clean)) {
         fprintf(stderr, "cserve replica: %s\n", optind != argc ? "unexpected argument" :
-                        !o.model ? "--model is required" : "--socket or --port is required");
+                        (!o.model && !clean) ? "--model is required" :
+                        (!o.unix_path && port < 0) ? "--socket or --port is required" :
+                        "--clean-opts needs --app clean_text");
         usage(stderr);
         return 2;
     }

@@ -2,7 +2,7 @@
 # Installs what building and testing cserve needs (Debian/Ubuntu packages).
 # Safe to run repeatedly; does nothing when everything is already present.
 set -e
-PKGS="build-essential pkg-config libjansson-dev libpcre2-dev libcmocka-dev libcurl4-openssl-dev libmicrohttpd-dev libyaml-dev python3 python3-venv"
+PKGS="build-essential pkg-config libjansson-dev libpcre2-dev libcmocka-dev libcurl4-openssl-dev libmicrohttpd-dev libyaml-dev libutf8proc-dev python3 python3-venv"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

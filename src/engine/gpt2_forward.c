@@ -89,17 +89,18 @@ typedef struct step_ctx {
     size_t lrows;
 } step_ctx;
 
-static void run(step_ctx *c, cs_pool_fn fn) {
-    if (c->ws->pool) cs_pool_run(c->ws->pool, fn, c);
-    else fn(c, 0, 1);
+/* Runs fn over items [0, n) on the pool (chunks handed out dynamically, at
+ * least `grain` items each), or on this thread alone. Every output is computed
+ * whole by one call, so the split never changes the arithmetic. */
+static void run(step_ctx *c, size_t n, size_t grain, cs_pool_range_fn fn) {
+    if (c->ws->pool) cs_pool_for(c->ws->pool, n, grain, fn, c);
+    else fn(c, 0, 0, n);
 }
 
-/* Splits the panels in groups of 4 (the widest register tile). */
-static void job_matmul(void *vc, int tid, int n) {
+/* Items are groups of 4 panels (the widest register tile). */
+static void job_matmul(void *vc, int tid, size_t g0, size_t g1) {
     step_ctx *c = vc;
-    const size_t groups = (c->mat->n_panels + 3) / 4;
-    size_t g0, g1;
-    cs_split(groups, tid, n, &g0, &g1);
+    (void)tid;
     size_t p0 = g0 * 4, p1 = g1 * 4 < c->mat->n_panels ? g1 * 4 : c->mat->n_panels;
     if (p0 < p1) c->m->kern->matmul(c->mat, c->mx, c->mldx, c->mT, c->my, c->mldy, p0, p1);
 }
@@ -111,14 +112,13 @@ static void matmul(step_ctx *c, const cs_pmat *w, const float *x, size_t ldx, si
     c->mT = T;
     c->my = y;
     c->mldy = ldy;
-    run(c, job_matmul);
+    run(c, (w->n_panels + 3) / 4, 1, job_matmul);
 }
 
-static void job_layernorm(void *vc, int tid, int n) {
+static void job_layernorm(void *vc, int tid, size_t r0, size_t r1) {
     step_ctx *c = vc;
+    (void)tid;
     const size_t C = (size_t)c->m->cfg.n_embd;
-    size_t r0, r1;
-    cs_split(c->lrows, tid, n, &r0, &r1);
     for (size_t r = r0; r < r1; r++)
         c->m->kern->layernorm(c->ly + r * C, c->lx + r * C, c->lw, c->lb, C, c->m->cfg.layer_norm_epsilon);
 }
@@ -129,8 +129,8 @@ static void layernorm(step_ctx *c, float *y, const float *x, const float *w, con
     c->lw = w;
     c->lb = b;
     c->lrows = rows;
-    if (rows * (size_t)c->m->cfg.n_embd < 16384) job_layernorm(c, 0, 1); /* too small to share */
-    else run(c, job_layernorm);
+    if (rows * (size_t)c->m->cfg.n_embd < 16384) job_layernorm(c, 0, 0, rows); /* too small to share */
+    else run(c, rows, 1, job_layernorm);
 }
 
 static void act_other(float *x, size_t n, cs_act act) {
@@ -151,29 +151,27 @@ static void act_other(float *x, size_t n, cs_act act) {
     }
 }
 
-static void job_act(void *vc, int tid, int n) {
+/* Items are 16-element blocks (they keep vectors whole); the last one may be short. */
+static void job_act(void *vc, int tid, size_t b, size_t e) {
     step_ctx *c = vc;
+    (void)tid;
     const size_t total = c->T * (size_t)c->m->cfg.n_inner;
-    size_t b, e;
-    cs_split(total / 16, tid, n, &b, &e); /* 16-element blocks keep vectors whole */
     b *= 16;
-    e = tid == n - 1 ? total : e * 16;
+    e = e * 16 < total ? e * 16 : total;
     if (c->m->cfg.act == CS_ACT_GELU_TANH) c->m->kern->gelu_tanh(c->ws->ff + b, e - b);
     else act_other(c->ws->ff + b, e - b, c->m->cfg.act);
 }
 
 /* Attention: one work item per (row, head). q from qkv, keys/values from each
  * row's own sequence cache (already holding this step's tokens). */
-static void job_attention(void *vc, int tid, int n) {
+static void job_attention(void *vc, int tid, size_t i0, size_t i1) {
     step_ctx *c = vc;
     const cs_gpt2 *m = c->m;
     cs_gpt2_ws *ws = c->ws;
     const size_t C = (size_t)m->cfg.n_embd, H = (size_t)m->cfg.n_head, hd = C / H;
     float scale = m->cfg.scale_attn_weights ? 1.0f / sqrtf((float)hd) : 1.0f;
     if (m->cfg.scale_attn_by_inverse_layer_idx) scale /= (float)(c->layer + 1);
-    float *att = ws->att + (size_t)tid * (size_t)m->cfg.n_positions;
-    size_t i0, i1;
-    cs_split(c->T * H, tid, n, &i0, &i1);
+    float *att = ws->att + (size_t)tid * (size_t)m->cfg.n_positions; /* this thread's scratch */
     for (size_t it = i0; it < i1; it++) {
         const size_t r = it / H, h = it % H;
         const cs_gpt2_kv *kv = c->seqs[ws->row_seq[r]].kv;
@@ -237,12 +235,12 @@ int cs_gpt2_step(const cs_gpt2 *m, cs_gpt2_ws *ws, cs_gpt2_seq *seqs, int n_seqs
             memcpy(kv->k + off, qkv + i * 3 * C + C, C * sizeof(float));
             memcpy(kv->v + off, qkv + i * 3 * C + 2 * C, C * sizeof(float));
         }
-        run(&c, job_attention);
+        run(&c, T * (size_t)cf->n_head, 1, job_attention);
         matmul(&c, &ly->proj, h, C, T, qkv, C); /* q/k/v consumed: reuse as scratch */
         for (size_t i = 0; i < T * C; i++) x[i] += qkv[i];
         layernorm(&c, h, x, ly->ln2_w, ly->ln2_b, T);
         matmul(&c, &ly->fc, h, C, T, ff, F);
-        run(&c, job_act);
+        run(&c, (T * F + 15) / 16, 64, job_act);
         matmul(&c, &ly->fcproj, ff, F, T, h, C);
         for (size_t i = 0; i < T * C; i++) x[i] += h[i];
     }

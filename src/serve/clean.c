@@ -200,9 +200,14 @@ static char *strip_controls(const char *s, size_t n, size_t *out_len) {
     const unsigned char *u = (const unsigned char *)s;
     size_t w = 0;
     for (size_t i = 0; i < n;) {
-        if (u[i] == '\r') {
+        if (u[i] == '\r' || u[i] == '\v' || u[i] == '\f') {
             o[w++] = '\n';
-            i += i + 1 < n && u[i + 1] == '\n' ? 2 : 1;
+            i += u[i] == '\r' && i + 1 < n && u[i + 1] == '\n' ? 2 : 1;
+            continue;
+        }
+        if (u[i] == 0xC2 && i + 1 < n && u[i + 1] == 0x85) { /* NEL */
+            o[w++] = '\n';
+            i += 2;
             continue;
         }
         int32_t c;

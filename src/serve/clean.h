@@ -6,10 +6,10 @@
  * cs_clean_text applies, in this order:
  *   1. invalid UTF-8 repaired: each maximal invalid subsequence becomes one
  *      U+FFFD (cs_utf8_repair, as Python's decode(errors="replace"));
- *   2. strip_control: line endings normalized (CR LF and a lone CR become LF),
- *      then removed:
+ *   2. strip_control: line breaks normalized (CR LF, and a lone CR, VT, FF
+ *      or NEL U+0085, become LF: words they separate stay apart), then removed:
  *        - C0 controls U+0000-001F except TAB and LF, DEL U+007F, and C1
- *          controls U+0080-009F (NEL U+0085 included);
+ *          controls U+0080-009F;
  *        - U+FEFF (byte order mark / zero width no-break space), U+200B
  *          (zero width space), U+2060 (word joiner);
  *        - the bidirectional embeddings/overrides U+202A-202E and isolates

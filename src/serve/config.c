@@ -4,6 +4,7 @@
 #include "serve/config.h"
 
 #include "serve/api.h"
+#include "serve/clean.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -567,8 +568,14 @@ static void check_textgen_args(const vctx *v, const loc *l, const json_t *args, 
             if (!want_object(&av.v, &fl, x, 0)) ext->fallback = x, ext->lfallback = full;
         } else if (!strcmp(key, "preprocess")) {
             if (!want_object(&av.v, &fl, x, 0)) {
-                ext->preprocess = x;
-                a->textgen.preprocess = 1;
+                cs_clean_opts co;
+                cs_err ce = {{0}};
+                if (cs_clean_opts_from_json(&co, x, &ce)) {
+                    v_fail(&av.v, &fl, "%s", ce.msg);
+                } else {
+                    ext->preprocess = x;
+                    a->textgen.preprocess = 1;
+                }
             }
         } else if (!strcmp(key, "session_header")) {
             char h[64];

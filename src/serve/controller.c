@@ -139,6 +139,7 @@ static int spawn(cs_ctl *c, cp_dep *d) {
     if (d->cfg.role == CS_DEP_PREPROCESSOR) {
         argv[n++] = "--app", argv[n++] = "clean_text";
         if (co) argv[n++] = "--clean-opts", argv[n++] = co;
+        if (uc) argv[n++] = "--user-config", argv[n++] = uc;
     } else {
         argv[n++] = "--model", argv[n++] = d->cfg.model[0] ? d->cfg.model : a->tg.model;
         argv[n++] = "--model-name", argv[n++] = a->model_id;

@@ -13,7 +13,27 @@
  * Life cycle (cs_replica_run): listen (stats "ready": false, healthz 503) ->
  * resolve and load the model -> ready -> SIGTERM/SIGINT: drain running and
  * queued requests (up to graceful_shutdown_timeout_s) -> return 0. A model
- * that cannot be loaded: one error line on stderr, return 1. */
+ * that cannot be loaded: one error line on stderr, return 1.
+ *
+ * app "clean_text" (`cserve.apps:clean_text`, the preprocessing deployment of a
+ * composed application; no model, see serve/clean.h) serves instead:
+ *   POST /-/preprocess          a generation request's JSON body -> 200 with the
+ *                               body rewritten ("input"/"prompt" cleaned; the
+ *                               original bytes when nothing changed);
+ *                               400 {"error": {"type": "bad_request", "message"}}
+ *                               when the body is not JSON; 413 over
+ *                               CS_HTTP_MAX_BODY; 503 when its queue is full
+ *   GET /-/replica/stats        the same keys as above ("running": requests being
+ *                               cleaned, "queued": waiting for a worker thread,
+ *                               engine counters 0) plus "app": "clean_text",
+ *                               "requests_failed" and "preprocess" (the options
+ *                               in force)
+ *   PUT /-/replica/user_config  clean options (cs_clean_opts_merge_json keys)
+ *                               applied over clean_opts to requests that start
+ *                               from now on; null: back to clean_opts; 400 when bad
+ *   GET /-/healthz              200 "success" while ready, 503 "draining" after SIGTERM
+ * Ready as soon as it listens; SIGTERM/SIGINT: finishes what it accepted (up to
+ * graceful_shutdown_timeout_s), returns 0. Bad options: one error line, 1. */
 #ifndef CS_SERVE_REPLICA_H
 #define CS_SERVE_REPLICA_H
 
@@ -27,12 +47,15 @@ typedef struct cs_replica_opts {
     const char *dtype;       /* fp32 | bf16 | int8 (NULL: fp32) */
     const char *user_config; /* JSON object text or NULL */
     const char *replica_id;  /* for log lines */
-    int threads;             /* 0: all CPUs the process may use */
+    int threads;             /* 0: all CPUs the process may use (clean_text: 1 worker) */
     int max_running;         /* scheduler sequences (max_ongoing_requests) */
     int max_queued;          /* scheduler queue behind them */
     double request_timeout_s;
     double graceful_shutdown_timeout_s;
     int access_log;
+    const char *app;         /* "text_generation" (NULL: the same) | "clean_text" */
+    const char *clean_opts;  /* clean_text: args.preprocess as JSON text (NULL: defaults);
+                                user_config (JSON) is then merged over it */
 } cs_replica_opts;
 
 /* Runs the replica until SIGTERM/SIGINT; returns the process exit status. */

@@ -422,19 +422,27 @@ void cp_fwd_finished(cs_ctl *c, CURL *e, CURLcode res) {
         cp_replica_done_request(c, r);
         return;
     }
-    if (f->stage == CP_ST_PRE && !f->gone && !failed && f->status == 200) {
-        /* the Preprocessor's answer is the request the generator gets */
+    if (f->stage == CP_ST_PRE && !f->gone && !failed && (f->status == 200 || f->status == 400)) {
+        /* The Preprocessor's answer is the request the generator gets. A body it cannot read
+         * (400) goes on as it is, so that the generator's API reports it in its own shape. */
         free(f->body2);
-        f->body2 = f->buf ? f->buf : strdup("");
-        f->body2_len = f->len;
+        f->body2 = NULL;
+        f->body2_len = 0;
+        if (f->status == 200) {
+            f->body2 = f->buf ? f->buf : strdup("");
+            f->body2_len = f->len;
+            f->buf = NULL;
+        }
+        free(f->buf);
         f->buf = NULL;
         f->len = f->cap = 0;
         f->stage = CP_ST_GEN;
         f->tries = 0;
         f->ctype[0] = 0;
         cp_replica_done_request(c, r);
+        f->status = 0;
         cp_app *a = cp_find_app(c, f->app_label);
-        if (!a || !f->body2) fail(c, f, 503, "unavailable", "the application was deleted");
+        if (!a) fail(c, f, 503, "unavailable", "the application was deleted");
         else start_generation(c, a, f);
         return;
     }
