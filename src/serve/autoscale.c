@@ -29,7 +29,7 @@ cs_as_dir cs_as_next_direction(int had_prev, double prev_capacity, double next_c
 }
 
 int cs_as_lower_bound(const cs_scfg_autoscaling *cfg, double capacity, cs_as_dir dir) {
-    if (cfg->initial_replicas >= 0 && dir == CS_AS_DIR_UP && 0)
+    if (cfg->initial_replicas >= 0 && dir == CS_AS_DIR_UP)
         return cs_scfg_apply_capacity(cfg->initial_replicas, capacity);
     return cs_scfg_apply_capacity(cfg->min_replicas, capacity);
 }
