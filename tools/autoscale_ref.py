@@ -148,7 +148,6 @@ def simulate(name, desc, cfg_kw, load, duration_s, capacity=None, direction=None
     replicas = []  # [id, ready_at]: starting and running
     next_id = 0
     prev_running_ids = None
-    prev_n = 0
     cap_events = {round(t / 0.1): c for t, c in capacity_events}
     cur_cap, cur_dir = capacity, direction
 
@@ -165,7 +164,6 @@ def simulate(name, desc, cfg_kw, load, duration_s, capacity=None, direction=None
                 NS(target_capacity=cur_cap, applications=[NS(name="app")]),
                 NS(target_capacity=new_cap, applications=[NS(name="app")]), cur_dir)
             cur_cap, cur_dir = new_cap, new_dir
-            before = target
             target = state.register(info(cur_cap, cur_dir, False), target)
             events.append([step, cur_cap, direction_name(cur_dir), target])
             # a new target from register is applied like an autoscaling decision
@@ -174,7 +172,6 @@ def simulate(name, desc, cfg_kw, load, duration_s, capacity=None, direction=None
                 next_id += 1
             while len(replicas) > target:
                 replicas.pop(max(range(len(replicas)), key=lambda i: (replicas[i][1], replicas[i][0])))
-            assert before is not None
         # 1. the router's state
         running = sorted(r[0] for r in replicas if r[1] <= t + 1e-9)
         if running != prev_running_ids:
@@ -234,8 +231,6 @@ def simulate(name, desc, cfg_kw, load, duration_s, capacity=None, direction=None
             replicas.pop(max(range(len(replicas)), key=lambda i: (replicas[i][1], replicas[i][0])))
         # STEP 7 of Ray's loop: the autoscaler learns the replicas running now
         state.update_running_replica_ids([RID(r[0]) for r in sorted(replicas) if r[1] <= t + 1e-9])
-        prev_n = n
-    del prev_n
 
     return {
         "name": name,
@@ -296,7 +291,7 @@ def decay_then_burst(t):
 
 def random_load(seed, duration_s, hi):
     rng = random.Random(seed)
-    pts, t, v = {}, 0.0, rng.randint(0, hi)
+    pts, v = {}, rng.randint(0, hi)
     steps = round(duration_s / 0.1)
     for s in range(steps):
         if rng.random() < 0.03:

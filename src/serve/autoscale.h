@@ -39,6 +39,13 @@
  *   - A new deployment without initial_replicas starts at the lower bound: min_replicas 0
  *     deploys with no replica at all (the first request cold-starts one).
  *
+ * Ray's defaults are the ones reproduced: metrics collected at the handle
+ * (RAY_SERVE_COLLECT_AUTOSCALING_METRICS_ON_HANDLE=1), aggregated at the handle
+ * (RAY_SERVE_AGGREGATE_METRICS_AT_CONTROLLER=0), one router (the proxy's) per deployment.
+ * Not reproduced: Ray drops a handle's report when no push came for max(2 *
+ * metrics_interval_s, 10 s) (a router that keeps pushing never hits it), and custom
+ * policies.
+ *
  * How the controller uses it, per autoscaling deployment:
  *
  *     cs_as_state st;  cs_as_load *load;  cs_as_report rep = {0};
@@ -77,7 +84,7 @@
 
 #define CS_AS_CONTROL_LOOP_S 0.1       /* Ray's CONTROL_LOOP_INTERVAL_S: one decision each */
 #define CS_AS_RECORD_INTERVAL_S 0.5    /* RAY_SERVE_HANDLE_AUTOSCALING_METRIC_RECORD_INTERVAL_S */
-#define CS_AS_MAX_WINDOW 65536         /* samples one window may hold (look-back / interval) */
+#define CS_AS_MAX_WINDOW 16384 /* samples per window; one holds 2 * look_back / interval + 8 */
 #define CS_AS_MAX_SERIES 128           /* replicas one router tracks at once */
 #define CS_AS_MAX_REPORT CS_AS_MAX_SERIES
 
@@ -124,7 +131,8 @@ typedef struct cs_as_ctx {
     double capacity;     /* target_capacity, 0..100; < 0: null */
     cs_as_dir direction; /* of target_capacity */
     int current_target;  /* the deployment's target now */
-    int running;         /* replicas RUNNING now (what the autoscaler was last told) */
+    int running;         /* replicas RUNNING (Ray: RUNNING or PENDING_MIGRATION, as the
+                            autoscaler learnt them at the end of the previous period) */
     double total_requests; /* cs_as_report_total() */
 } cs_as_ctx;
 

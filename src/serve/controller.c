@@ -121,6 +121,7 @@ static int spawn(cs_ctl *c, cp_dep *d) {
     if (!r) return -1;
     r->dep = d;
     r->err_fd = -1;
+    r->num = (int)(++c->rep_ctr & 0x3fffffff);
     random_id(r->id, 8);
     snprintf(r->sock, sizeof r->sock, "%s/%s.sock", c->sock_dir, r->id);
     char threads[16], ongoing[16], grace[32], rid[CS_SCFG_MAX_NAME * 2 + 32];
@@ -481,7 +482,7 @@ static void reconcile_dep(cs_ctl *c, cp_dep *d, double now) {
         if (d->scaling) {
             char m[128];
             snprintf(m, sizeof m, "%s from %d to %d replicas.", d->scaling > 0 ? "Upscaling" : "Downscaling",
-                     new_run, target);
+                     d->scale_from, target);
             set_status(d, d->scaling > 0 ? "UPSCALING" : "DOWNSCALING", "AUTOSCALING", m);
         } else if (!strcmp(d->trigger, "CONFIG_UPDATE_STARTED") || !strcmp(d->status, "UPDATING")) {
             set_status(d, "UPDATING", "CONFIG_UPDATE_STARTED", "");
@@ -494,6 +495,14 @@ static void reconcile_dep(cs_ctl *c, cp_dep *d, double now) {
         if (d->scaling) set_status(d, "HEALTHY", d->scaling > 0 ? "UPSCALE_COMPLETED" : "DOWNSCALE_COMPLETED", "");
         else if (strcmp(d->status, "HEALTHY") != 0) set_status(d, "HEALTHY", "CONFIG_UPDATE_COMPLETED", "");
         d->scaling = 0;
+        if (d->cpu_limited) {
+            char m[200];
+            snprintf(m, sizeof m, "Limited to %d replicas: %g CPUs per replica, %d CPUs available to the server.",
+                     target, d->cfg.num_cpus > 0 ? d->cfg.num_cpus : 1.0, cs_cpu_count());
+            set_str(d->message, sizeof d->message, m);
+        } else if (!strncmp(d->message, "Limited to", 10)) {
+            d->message[0] = 0;
+        }
     }
 }
 
@@ -522,11 +531,71 @@ static void dep_free(cs_ctl *c, cp_dep *d) {
     json_decref(d->cfg.given);
     json_decref(d->cfg.clean_opts);
     json_decref(d->dconf);
+    cs_as_load_free(d->as_load);
     free(d);
+}
+
+/* Replica CPUs of the other deployments (their targets), for the autoscaler's cap. */
+static double cpus_of(const cp_dep *d) { return d->cfg.num_cpus > 0 ? d->cfg.num_cpus : 1.0; }
+
+static double cpus_of_others(cs_ctl *c, const cp_dep *self) {
+    double t = 0;
+    for (size_t i = 0; i < c->n_apps; i++)
+        for (size_t j = 0; j < c->apps[i]->n_deps; j++) {
+            const cp_dep *d = c->apps[i]->deps[j];
+            if (d != self && !d->deleting) t += d->target * cpus_of(d);
+        }
+    return t;
+}
+
+/* One 0.1 s period of Ray's autoscaler for d (see autoscale.h for the order of steps). */
+static void autoscale_dep(cs_ctl *c, cp_dep *d, double now) {
+    if (!d->cfg.autoscaling || d->deleting || !d->as_load) return;
+    cs_as_replica_load reps[CS_AS_MAX_SERIES];
+    int running_ids[CS_AS_MAX_SERIES];
+    size_t n = 0, nr = 0;
+    for (size_t i = 0; i < d->n_reps; i++) {
+        const cp_replica *r = d->reps[i];
+        if (r->exited) continue;
+        const int run = r->state == RS_RUNNING;
+        if (run && nr < CS_AS_MAX_SERIES) running_ids[nr++] = r->num;
+        if ((run || r->ongoing > 0) && (r->n_requests > 0 || r->ongoing > 0) && n < CS_AS_MAX_SERIES)
+            reps[n++] = (cs_as_replica_load){.id = r->num, .ongoing = r->ongoing};
+    }
+    const double si = cs_as_sample_interval(&d->cfg.as);
+    cs_err err = {{0}};
+    if (d->as_cold && nr == 0) cs_as_load_push(d->as_load, now, d->n_queued, reps, n, &d->as_rep);
+    d->as_cold = 0;
+    if (now >= d->as_next_sample) {
+        if (cs_as_load_sample(d->as_load, now, d->n_queued, reps, n, &err)) cp_log("warn", "autoscaling: %s", err.msg);
+        d->as_next_sample += si;
+        if (d->as_next_sample < now) d->as_next_sample = now + si;
+    }
+    if (now >= d->as_next_push) {
+        cs_as_load_push(d->as_load, now, d->n_queued, reps, n, &d->as_rep);
+        d->as_next_push += d->cfg.as.metrics_interval_s;
+        if (d->as_next_push < now) d->as_next_push = now + d->cfg.as.metrics_interval_s;
+    }
+    cs_as_ctx ctx = {.cfg = &d->cfg.as, .capacity = c->target_capacity, .direction = c->cap_dir,
+                     .current_target = d->target, .running = (int)nr,
+                     .total_requests = cs_as_report_total(&d->as_rep, running_ids, nr)};
+    int t = cs_as_decide(&d->as_st, &ctx);
+    int limited = 0;
+    t = cs_as_cap_cpus(t, cpus_of(d), (double)cs_cpu_count(), cpus_of_others(c, d), &limited);
+    d->cpu_limited = limited;
+    if (t != d->target) {
+        cp_log("info", "deployment %s/%s: %s from %d to %d replicas", d->app->name, d->name,
+               t > d->target ? "upscaling" : "downscaling", d->target, t);
+        d->scaling = t > d->target ? 1 : -1;
+        d->scale_from = (int)nr;
+        d->target = t;
+    }
 }
 
 static void reconcile(cs_ctl *c) {
     const double now = cp_now();
+    for (size_t i = 0; i < c->n_apps; i++)
+        for (size_t j = 0; j < c->apps[i]->n_deps; j++) autoscale_dep(c, c->apps[i]->deps[j], now);
     for (size_t i = 0; i < c->n_apps; i++) {
         cp_app *a = c->apps[i];
         size_t w = 0;
@@ -555,13 +624,19 @@ static void reconcile(cs_ctl *c) {
 
 /* ------------------------------------------------------------ config */
 
-static int initial_target(const cs_scfg_deployment *sd, double capacity) {
-    int n = sd->num_replicas;
-    if (sd->autoscaling) {
-        n = sd->as.initial_replicas >= 0 ? sd->as.initial_replicas : sd->as.min_replicas;
-        if (n < 1 && sd->as.max_replicas >= 1) n = 1; /* no autoscaler yet: keep one replica */
+/* The target at deploy time: num_replicas, or Ray's AutoscalingState.register. */
+static int initial_target(cs_ctl *c, cp_dep *d, const cs_scfg_deployment *sd, double capacity, int use_initial,
+                          int curr) {
+    if (!sd->autoscaling) return cs_scfg_apply_capacity(sd->num_replicas, capacity);
+    cs_err err = {{0}};
+    const double si = cs_as_sample_interval(&sd->as);
+    if (!d->as_load) {
+        if (cs_as_load_new(&d->as_load, sd->as.look_back_period_s, si, &err)) cp_log("error", "autoscaling: %s", err.msg);
+        d->as_next_sample = d->as_next_push = cp_now();
+    } else if (cs_as_load_configure(d->as_load, sd->as.look_back_period_s, si, &err)) {
+        cp_log("error", "autoscaling: %s", err.msg);
     }
-    return cs_scfg_apply_capacity(n, capacity);
+    return cs_as_register(&d->as_st, &sd->as, capacity, c->cap_dir, use_initial, curr);
 }
 
 static void dep_set_cfg(cp_dep *d, const cs_scfg_deployment *sd) {
@@ -579,13 +654,13 @@ static void dep_set_cfg(cp_dep *d, const cs_scfg_deployment *sd) {
     d->dconf = cs_scfg_deployment_config_json(sd);
 }
 
-static cp_dep *dep_new(cp_app *a, const cs_scfg_deployment *sd, double capacity) {
+static cp_dep *dep_new(cs_ctl *c, cp_app *a, const cs_scfg_deployment *sd, double capacity) {
     cp_dep *d = calloc(1, sizeof *d);
     if (!d) return NULL;
     d->app = a;
     set_str(d->name, sizeof d->name, sd->name);
     dep_set_cfg(d, sd);
-    d->target = initial_target(sd, capacity);
+    d->target = initial_target(c, d, sd, capacity, 1, -1);
     d->failed_version = -1;
     set_status(d, "UPDATING", "CONFIG_UPDATE_STARTED", "");
     return d;
@@ -621,11 +696,13 @@ static int code_changed(const cp_app *a, const cs_scfg_app *na, const cp_dep *d,
            !json_equal(d->cfg.clean_opts ? d->cfg.clean_opts : json_null(), nd->clean_opts ? nd->clean_opts : json_null());
 }
 
-static void dep_update(cp_dep *d, const cs_scfg_deployment *nd, int code, double capacity) {
+static void dep_update(cs_ctl *c, cp_dep *d, const cs_scfg_deployment *nd, int code, double capacity) {
     const int uc_changed = !json_equal(d->cfg.user_config, nd->user_config) &&
                            !(d->cfg.user_config == NULL && nd->user_config == NULL);
+    const int as_changed = nd->autoscaling != d->cfg.autoscaling || memcmp(&nd->as, &d->cfg.as, sizeof nd->as) != 0;
+    const int was_auto = d->cfg.autoscaling;
     dep_set_cfg(d, nd);
-    d->target = initial_target(nd, capacity);
+    d->target = initial_target(c, d, nd, capacity, as_changed || !was_auto, was_auto ? d->target : -1);
     d->scaling = 0;
     if (code) {
         d->version++;
@@ -641,6 +718,13 @@ static void dep_update(cp_dep *d, const cs_scfg_deployment *nd, int code, double
 int cp_apply(cs_ctl *c, cs_scfg *cfg, cs_err *err) {
     (void)err;
     const double capacity = cfg->target_capacity;
+    int same_apps = c->n_apps > 0;
+    for (size_t i = 0; i < cfg->n_apps && same_apps; i++) same_apps = cp_find_app(c, cfg->apps[i].name) != NULL;
+    size_t live = 0;
+    for (size_t i = 0; i < c->n_apps; i++) live += !c->apps[i]->deleting;
+    same_apps = same_apps && live == cfg->n_apps;
+    c->cap_dir = cs_as_next_direction(c->had_config, c->target_capacity, capacity, c->cap_dir, same_apps);
+    c->had_config = 1;
     /* applications left out are deleted */
     for (size_t i = 0; i < c->n_apps; i++) {
         cp_app *a = c->apps[i];
@@ -678,14 +762,14 @@ int cp_apply(cs_ctl *c, cs_scfg *cfg, cs_err *err) {
             cp_dep *d = a->deps[j];
             const cs_scfg_deployment *nd = cs_scfg_find_deployment(na, d->name);
             if (!nd) d->deleting = 1;
-            else dep_update(d, nd, code_changed(a, na, d, nd), capacity);
+            else dep_update(c, d, nd, code_changed(a, na, d, nd), capacity);
         }
         set_str(a->import_path, sizeof a->import_path, na->import_path);
         a->tg = na->textgen;
         app_model_id(a);
         for (size_t j = 0; j < na->n_deps; j++) {
             if (cp_find_dep(a, na->deps[j].name)) continue;
-            cp_dep *d = dep_new(a, &na->deps[j], capacity);
+            cp_dep *d = dep_new(c, a, &na->deps[j], capacity);
             if (!d || app_add_dep(a, d)) return cs_err_set(err, "out of memory");
         }
         cp_log("info", "application %s: deploying at route prefix %s", a->name, a->prefix[0] ? a->prefix : "(none)");
@@ -724,6 +808,7 @@ void cp_scale(cs_ctl *c, cp_dep *d, int n) {
     (void)c;
     const int cur = cp_running(d);
     d->target = n;
+    d->scale_from = cur;
     d->scaling = n > cur ? 1 : n < cur ? -1 : 0;
     if (!d->scaling) set_status(d, "UPDATING", "CONFIG_UPDATE_STARTED", "");
 }

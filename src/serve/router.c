@@ -293,7 +293,9 @@ static int servable(const cp_dep *d) {
     if (d->deleting) return 0;
     for (size_t i = 0; i < d->n_reps; i++)
         if (!d->reps[i]->exited && d->reps[i]->state != RS_STOPPING) return 1;
-    return d->target > 0 && d->failed_version != d->version;
+    if (d->failed_version == d->version) return 0;
+    /* an autoscaled deployment at zero starts a replica for the request that waits */
+    return d->target > 0 || (d->cfg.autoscaling && d->cfg.as.max_replicas > 0);
 }
 
 static void route_to(cs_ctl *c, cp_fwd *f, cp_dep *d, int front) {
@@ -337,6 +339,7 @@ static void route_to(cs_ctl *c, cp_fwd *f, cp_dep *d, int front) {
         return;
     }
     enqueue(d, f, front);
+    if (d->cfg.autoscaling && cp_running(d) == 0) d->as_cold = 1;
     cp_dispatch(c, d);
 }
 

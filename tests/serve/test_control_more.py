@@ -110,6 +110,14 @@ def replica_procs(server_pid):
     return found
 
 
+def resume(pid):
+    """SIGCONT to a replica frozen by the test, if it still exists."""
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+
+
 def stream_completion(s, path, prompt, n):
     """A streamed completion: (status, data events)."""
     with requests.post(s.url(path), json={"prompt": prompt, "max_tokens": n, "temperature": 0, "ignore_eos": True,
@@ -371,7 +379,7 @@ def test_delete_app_while_request_in_flight():
             assert r.status_code == 404, (r.status_code, r.text)
             assert not plain.done() and not streamed.done()
             assert alive(frozen)
-            os.kill(frozen, signal.SIGCONT)
+            resume(frozen)
             frozen = None
             r = plain.result(timeout=120)
             status, events = streamed.result(timeout=120)
@@ -389,7 +397,7 @@ def test_delete_app_while_request_in_flight():
         assert completion(s, "/keep/v1/completions")["choices"][0]["text"] == cli_greedy(PROMPT, 4)
     finally:
         if frozen:
-            os.kill(frozen, signal.SIGCONT)
+            resume(frozen)
         stop_clean(s)
 
 
@@ -440,7 +448,7 @@ def test_sigterm_during_streams():
             r = post(s, "/v1/completions", {"prompt": "too late", "max_tokens": 2})
             assert r.status_code == 503, (r.status_code, r.text)
             assert s.proc.poll() is None and not any(f.done() for f in futs)
-            os.kill(frozen, signal.SIGCONT)
+            resume(frozen)
             frozen = None
             results = [f.result(timeout=120) for f in futs]
         for p, (status, events) in zip(prompts, results):
@@ -452,7 +460,7 @@ def test_sigterm_during_streams():
         assert not any(alive(p) for p in pids)
     finally:
         if frozen:
-            os.kill(frozen, signal.SIGCONT)
+            resume(frozen)
         stop_clean(s)
 
 
