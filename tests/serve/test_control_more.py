@@ -118,6 +118,24 @@ def resume(pid):
         pass
 
 
+class Frozen:
+    """SIGSTOP of a replica for the time of a with block (or until resume()): the requests sent to
+    it stay in flight."""
+
+    def __init__(self, pid):
+        self.pid = pid
+
+    def __enter__(self):
+        os.kill(self.pid, signal.SIGSTOP)
+        return self
+
+    def resume(self):
+        resume(self.pid)
+
+    def __exit__(self, *exc):
+        self.resume()
+
+
 def stream_completion(s, path, prompt, n):
     """A streamed completion: (status, data events)."""
     with requests.post(s.url(path), json={"prompt": prompt, "max_tokens": n, "temperature": 0, "ignore_eos": True,
@@ -358,14 +376,10 @@ def test_root_openai_picks_app_by_model(tmp_path):
 
 def test_delete_app_while_request_in_flight():
     s = ControlServer(config(app_cfg("keep", "/keep", **FAST), app_cfg("gone", "/gone", **QUIET)))
-    frozen = None
     try:
         keep = s.wait_app("keep", 1)
         gone = s.wait_app("gone", 1)
-        # freeze the replica: the requests sent to it stay in flight until it continues
-        frozen = gone[0]
-        os.kill(frozen, signal.SIGSTOP)
-        with cf.ThreadPoolExecutor(2) as ex:
+        with cf.ThreadPoolExecutor(2) as ex, Frozen(gone[0]) as frozen:
             plain = ex.submit(post, s, "/gone/v1/completions", {"prompt": "in flight", "max_tokens": 40,
                                                                 "ignore_eos": True, "temperature": 0}, timeout=120)
             streamed = ex.submit(stream_completion, s, "/gone/v1/completions", "streamed in flight", 40)
@@ -378,9 +392,8 @@ def test_delete_app_while_request_in_flight():
             r = post(s, "/gone/v1/completions", {"prompt": "new", "max_tokens": 2})
             assert r.status_code == 404, (r.status_code, r.text)
             assert not plain.done() and not streamed.done()
-            assert alive(frozen)
-            resume(frozen)
-            frozen = None
+            assert alive(gone[0])
+            frozen.resume()
             r = plain.result(timeout=120)
             status, events = streamed.result(timeout=120)
         assert r.status_code == 200, r.text
@@ -396,8 +409,6 @@ def test_delete_app_while_request_in_flight():
         assert s.wait_app("keep", 1) == keep
         assert completion(s, "/keep/v1/completions")["choices"][0]["text"] == cli_greedy(PROMPT, 4)
     finally:
-        if frozen:
-            resume(frozen)
         stop_clean(s)
 
 
@@ -432,14 +443,11 @@ def test_serve_shutdown_then_deploy(tmp_path):
 
 def test_sigterm_during_streams():
     s = ControlServer(config(app_cfg(**QUIET)))
-    frozen = None
     try:
         pids = s.wait_app("tiny", 1)
         assert replica_procs(s.proc.pid) == pids
-        frozen = pids[0]
-        os.kill(frozen, signal.SIGSTOP)  # the streams stay open until it continues
         prompts = [f"stream {i} at shutdown" for i in range(3)]
-        with cf.ThreadPoolExecutor(len(prompts)) as ex:
+        with cf.ThreadPoolExecutor(len(prompts)) as ex, Frozen(pids[0]) as frozen:
             futs = [ex.submit(stream_completion, s, "/v1/completions", p, 30) for p in prompts]
             wait_for(lambda: processing(s, "tiny") == len(prompts), "the streams at the replica", timeout=30)
             s.proc.send_signal(signal.SIGTERM)
@@ -448,8 +456,7 @@ def test_sigterm_during_streams():
             r = post(s, "/v1/completions", {"prompt": "too late", "max_tokens": 2})
             assert r.status_code == 503, (r.status_code, r.text)
             assert s.proc.poll() is None and not any(f.done() for f in futs)
-            resume(frozen)
-            frozen = None
+            frozen.resume()
             results = [f.result(timeout=120) for f in futs]
         for p, (status, events) in zip(prompts, results):
             assert status == 200, (p, events)
@@ -459,8 +466,6 @@ def test_sigterm_during_streams():
         assert replica_procs(s.proc.pid) == [], "replica processes left after the server exited"
         assert not any(alive(p) for p in pids)
     finally:
-        if frozen:
-            resume(frozen)
         stop_clean(s)
 
 
