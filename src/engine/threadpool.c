@@ -30,6 +30,7 @@ typedef struct worker {
     _Alignas(64) _Atomic uint32_t go; /* futex word: sequence of the last job posted to this worker */
     _Atomic uint32_t sleeping;        /* 1 while in (or about to enter) futex_wait on go */
     _Atomic uint64_t chunks;          /* chunks this worker ran */
+    uint32_t rng;                     /* jitter_us's random state */
     struct cs_pool *p;
     pthread_t th;
     int tid;
@@ -130,6 +131,10 @@ static void work(cs_pool *p, worker *w, uint32_t s) {
         if (!atomic_compare_exchange_weak_explicit(&p->claim, &c, c + 1, memory_order_acq_rel,
                                                    memory_order_relaxed))
             continue;
+        if (p->o.jitter_us > 0) {
+            w->rng ^= w->rng << 13, w->rng ^= w->rng >> 17, w->rng ^= w->rng << 5;
+            usleep(w->rng % (uint32_t)p->o.jitter_us);
+        }
         exec_chunk(&j, w->tid, (uint32_t)c, p->n);
         atomic_fetch_add_explicit(&w->chunks, 1, memory_order_relaxed);
         /* seq_cst pairs with the caller's store to caller_sleeping: either it
@@ -249,6 +254,7 @@ int cs_pool_create_opts(cs_pool **out, int n, const cs_pool_opts *opts, cs_err *
     p->o = opts ? *opts : cs_pool_default_opts();
     if (p->o.spin_us < 0) p->o.spin_us = 0;
     if (p->o.chunks < 1 || p->o.chunks > MAX_CHUNKS_PER_THREAD) p->o.chunks = 4;
+    if (p->o.jitter_us < 0) p->o.jitter_us = 0;
     p->n = 1; /* threads started so far, for cs_pool_free on failure */
     p->width = p->cap = n;
     p->backoff_ns = BACKOFF_MIN_NS;
@@ -261,6 +267,7 @@ int cs_pool_create_opts(cs_pool **out, int n, const cs_pool_opts *opts, cs_err *
     for (int i = 1; i < n; i++) {
         p->w[i].p = p;
         p->w[i].tid = i;
+        p->w[i].rng = 2463534242u + (uint32_t)i * 7919u;
         if (pthread_create(&p->w[i].th, NULL, worker_main, &p->w[i]) != 0) {
             cs_pool_free(p);
             return cs_err_set(err, "cannot start thread %d of %d", i, n);
@@ -272,8 +279,16 @@ int cs_pool_create_opts(cs_pool **out, int n, const cs_pool_opts *opts, cs_err *
     return 0;
 }
 
+#include <stdio.h> /* TEMP */
 void cs_pool_free(cs_pool *p) {
     if (!p) return;
+    if (getenv("CS_POOL_STATS")) { /* TEMP */
+        cs_pool_stats s;
+        cs_pool_get_stats(p, &s);
+        fprintf(stderr, "pool: jobs %lu narrow %lu chunks %lu worker %lu sleeps %lu narrowings %lu wait %.3f s job %.3f s\n",
+                (unsigned long)s.jobs, (unsigned long)s.narrow_jobs, (unsigned long)s.chunks, (unsigned long)s.worker_chunks,
+                (unsigned long)s.caller_sleeps, (unsigned long)s.narrowings, s.wait_ns / 1e9, s.job_ns / 1e9);
+    }
     atomic_store_explicit(&p->stop, 1, memory_order_seq_cst);
     for (int i = 1; i < p->n; i++) {
         atomic_fetch_add_explicit(&p->w[i].go, 1, memory_order_seq_cst);

@@ -48,6 +48,7 @@ typedef struct cs_pool_opts {
     int adapt;          /* 1: adaptive width (default); 0: always all threads */
     int spin_us;        /* idle workers poll this long before sleeping (default 50) */
     int chunks;         /* chunks per thread and job (default 4) */
+    int jitter_us;      /* test aid: workers sleep a random 0..jitter_us before each chunk (0: off) */
 } cs_pool_opts;
 
 /* Defaults, overridden by CS_POOL_ADAPT, CS_POOL_SPIN_US, CS_POOL_CHUNKS in the

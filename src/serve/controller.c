@@ -143,7 +143,7 @@ static int spawn(cs_ctl *c, cp_dep *d) {
         if (uc) argv[n++] = "--user-config", argv[n++] = uc;
     } else {
         argv[n++] = "--model", argv[n++] = d->cfg.model[0] ? d->cfg.model : a->tg.model;
-        argv[n++] = "--model-name", argv[n++] = a->model_id;
+        argv[n++] = "--model-name", argv[n++] = a->next_model_id;
         argv[n++] = "--dtype", argv[n++] = d->cfg.dtype[0] ? d->cfg.dtype : "fp32";
         if (uc) argv[n++] = "--user-config", argv[n++] = uc;
     }
@@ -506,6 +506,19 @@ static void reconcile_dep(cs_ctl *c, cp_dep *d, double now) {
     }
 }
 
+/* The application's model id follows its new version once no old generator replica is left. */
+static void app_model_switch(cp_app *a) {
+    if (!strcmp(a->model_id, a->next_model_id)) return;
+    for (size_t i = 0; i < a->n_deps; i++) {
+        const cp_dep *d = a->deps[i];
+        if (d->cfg.role != CS_DEP_GENERATOR || d->deleting) continue;
+        if (d->failed_version == d->version) return;
+        for (size_t k = 0; k < d->n_reps; k++)
+            if (!d->reps[k]->exited && d->reps[k]->version != d->version) return;
+    }
+    memcpy(a->model_id, a->next_model_id, sizeof a->model_id);
+}
+
 static void app_status(cp_app *a) {
     const char *st = "RUNNING";
     if (a->deleting) st = "DELETING";
@@ -606,6 +619,7 @@ static void reconcile(cs_ctl *c) {
             else a->deps[w++] = d;
         }
         a->n_deps = w;
+        app_model_switch(a);
         app_status(a);
     }
     size_t w = 0;
@@ -682,10 +696,11 @@ static void app_model_id(cp_app *a) {
         while (n > 1 && m[n - 1] == '/') n--;
         size_t b = n;
         while (b > 0 && m[b - 1] != '/') b--;
-        snprintf(a->model_id, sizeof a->model_id, "%.*s", (int)(n - b), m + b);
+        snprintf(a->next_model_id, sizeof a->next_model_id, "%.*s", (int)(n - b), m + b);
     } else {
-        set_str(a->model_id, sizeof a->model_id, m);
+        set_str(a->next_model_id, sizeof a->next_model_id, m);
     }
+    if (!a->model_id[0] || !a->n_deps) memcpy(a->model_id, a->next_model_id, sizeof a->model_id);
 }
 
 /* Whether a deployment must restart its replicas for the new config. */
@@ -802,6 +817,7 @@ void cp_delete_all(cs_ctl *c) {
     c->doc = NULL;
     cs_scfg_free(c->cfg);
     c->cfg = NULL;
+    reconcile(c); /* the status says DELETING at once */
 }
 
 void cp_scale(cs_ctl *c, cp_dep *d, int n) {

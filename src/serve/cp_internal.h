@@ -105,7 +105,8 @@ struct cp_app {
     char prefix[CS_SCFG_MAX_PREFIX]; /* "" : no HTTP route */
     char import_path[1024];
     cs_scfg_textgen tg;
-    char model_id[256];      /* id clients see in /v1/models */
+    char model_id[256];      /* id clients see in /v1/models (the version that serves) */
+    char next_model_id[256]; /* the id of the version being deployed */
     json_t *given;           /* deployed_app_config */
     cp_dep **deps;
     size_t n_deps;

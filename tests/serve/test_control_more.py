@@ -10,6 +10,8 @@ checks are spaced out so that nobody replaces them meanwhile): a test never depe
 being slower than something else.
 
 Run: CSERVE_BIN=build/cserve build/venv-test/bin/python -m pytest -q tests/serve/test_control_more.py
+(test_serve_shutdown_then_deploy needs the Ray venv, as in test_control.py; the other tests only the
+binary and build/models/tiny, test_request_timeout_408 also build/models/distil.)
 """
 import concurrent.futures as cf
 import json
@@ -19,7 +21,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -391,6 +392,8 @@ def test_delete_app_while_request_in_flight():
                      "/-/routes without /gone", timeout=30)
             r = post(s, "/gone/v1/completions", {"prompt": "new", "max_tokens": 2})
             assert r.status_code == 404, (r.status_code, r.text)
+            s.wait_until(lambda st: st["applications"].get("gone", {}).get("status") == "DELETING",
+                         "application 'gone' DELETING while its requests run", timeout=30)
             assert not plain.done() and not streamed.done()
             assert alive(gone[0])
             frozen.resume()
@@ -506,6 +509,21 @@ def test_replica_cannot_start(tmp_path):
         running = [r["pid"] for r in s.replicas("v", st=st) if r["state"] == "RUNNING"]
         assert running == vp, (vp, s.replicas("v", st=st))
         assert s.wait_app("keep", 1) == kp
+    finally:
+        stop_clean(s)
+
+
+def test_failed_update_keeps_model_id(tmp_path):
+    empty = tmp_path / "no-model-here"
+    empty.mkdir()
+    s = ControlServer(config(app_cfg("v", "/v")))
+    try:
+        s.wait_app("v", 1)
+        r = s.put(config(app_cfg("v", "/v", str(empty))))
+        assert r.status_code == 200, r.text
+        s.wait_until(lambda st: st["applications"]["v"]["status"] == "DEPLOY_FAILED", "'v' DEPLOY_FAILED", timeout=90)
+        assert completion(s, "/v/v1/completions")["model"] == "tiny"  # the old replica serves tiny
+        assert [m["id"] for m in requests.get(s.url("/v1/models"), timeout=T).json()["data"]] == ["tiny"]
     finally:
         stop_clean(s)
 
