@@ -89,6 +89,12 @@ reference:
 bench: all models
 	sh bench/run.sh
 
+# Decode tok/s with 1 and N threads, each alone and next to a busy loop pinned to one CPU (a noisy
+# neighbour): the Contention section of bench/RESULTS.md (see bench/README.md). No venv needed.
+.PHONY: bench-contention
+bench-contention: all models
+	BENCH_CSERVE=$${BENCH_CSERVE:-$(BUILD)/cserve} python3 bench/contention.py
+
 # The seed's serving stack (Ray Serve + FastAPI + transformers pipeline) against `cserve serve` over
 # HTTP: writes bench/serving/RESULTS.md and bench/serving/results.png (see bench/serving/README.md).
 bench-serving: all models

@@ -244,6 +244,8 @@ def main():
         if text:
             with open(sys.argv[2], "w") as f:
                 f.write(text)
+        elif os.path.exists(sys.argv[2]):
+            os.remove(sys.argv[2])
         return 0
     if len(sys.argv) == 3 and sys.argv[1] == "--insert":
         if os.path.exists(sys.argv[2]) and results != "-":

@@ -30,7 +30,14 @@ if [ ! -x "$OUT/roofline" ] || [ bench/roofline.c -nt "$OUT/roofline" ]; then
 fi
 
 "$VENV/bin/python" bench/harness.py
+"$VENV/bin/python" bench/contention.py --save-section "$OUT/contention-section.md" # report.py rewrites the file
 "$VENV/bin/python" bench/report.py "$OUT/results.json" bench/RESULTS.md bench/results.png
+# The noisy-neighbour table (bench/contention.py); BENCH_CONTENTION=0 keeps the previous one.
+if [ "${BENCH_CONTENTION:-1}" = 0 ]; then
+    "$VENV/bin/python" bench/contention.py --insert "$OUT/contention-section.md"
+else
+    "$VENV/bin/python" bench/contention.py
+fi
 t2=$(date +%s)
 
 # The tables, on the terminal too.

@@ -134,6 +134,27 @@ static int keys_load_file(keys *k, const char *path) {
     return rc;
 }
 
+/* --api-key-file, then CSERVE_API_KEYS. */
+static int keys_load(keys *k, const char *key_file) {
+    if (key_file && keys_load_file(k, key_file)) return -1;
+    const char *env_keys = getenv("CSERVE_API_KEYS");
+    if (env_keys && keys_add(k, env_keys, ",", "CSERVE_API_KEYS")) {
+        keys_free(k);
+        return -1;
+    }
+    return 0;
+}
+
+/* Only the main thread takes SIGINT/SIGTERM (sigwait); every thread started
+ * after this inherits the blocked mask. */
+static void block_signals(sigset_t *sigs) {
+    sigemptyset(sigs);
+    sigaddset(sigs, SIGINT);
+    sigaddset(sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
 /* The name /v1/models reports: the argument, or a directory's base name. */
 static void model_name(const char *arg, int is_dir, char *out, size_t cap) {
     size_t n = strlen(arg);
@@ -189,22 +210,12 @@ static int serve_config(const cp_serve_opts *so) {
         return 2;
     }
     keys k = {0};
-    if (so->key_file && keys_load_file(&k, so->key_file)) {
-        cs_scfg_free(cfg);
-        return 2;
-    }
-    const char *env_keys = getenv("CSERVE_API_KEYS");
-    if (env_keys && keys_add(&k, env_keys, ",", "CSERVE_API_KEYS")) {
-        keys_free(&k);
+    if (keys_load(&k, so->key_file)) {
         cs_scfg_free(cfg);
         return 2;
     }
     sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    block_signals(&sigs);
     raise_nofile();
     cs_ctl_opts co = {.host = so->host, .port = so->port, .admin_host = so->admin_host, .admin_port = so->admin_port,
                       .api_keys = (const char *const *)k.v, .n_api_keys = k.n, .access_log = so->access_log};
@@ -304,21 +315,9 @@ int cs_cmd_serve(int argc, char **argv) {
         return 2;
     }
     keys k = {0};
-    if (key_file && keys_load_file(&k, key_file)) return 2;
-    const char *env_keys = getenv("CSERVE_API_KEYS");
-    if (env_keys && keys_add(&k, env_keys, ",", "CSERVE_API_KEYS")) {
-        keys_free(&k);
-        return 2;
-    }
-
-    /* Signals: only the main thread takes SIGINT/SIGTERM (sigwait); every
-     * thread started from here on inherits the blocked mask. */
+    if (keys_load(&k, key_file)) return 2;
     sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    block_signals(&sigs);
 
     int rc = 1;
     cs_err err = {{0}};

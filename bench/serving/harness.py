@@ -27,6 +27,7 @@ Environment (all optional):
   BENCH_SERVING_AB_DURATION  seconds of load of each of them (default 20)
   BENCH_MODEL                model directory (default build/models/distil)
   BENCH_SERVING_CSERVE       the cserve binary (default build/cserve)
+  BENCH_SERVING_KEEP=1       keep the previous results.json's runs of the systems not run now
 
 Systems: seed, seed-batch (Ray Serve); cserve[-DTYPE] (`cserve serve --model`, one process);
 cserve-proxy[-DTYPE] (`cserve serve --config`: controller + proxy, one replica child process);
@@ -876,6 +877,32 @@ def machine():
     return m
 
 
+def kept_runs(path, cfg):
+    """BENCH_SERVING_KEEP=1: the runs of the previous results.json whose system is not measured
+    again now (e.g. the seed's, when only the cserve systems are rerun after a disturbed run),
+    provided it was measured with the same load settings; each is marked with its run's date."""
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        say("BENCH_SERVING_KEEP=1: no previous results.json, nothing kept")
+        return []
+    same = ("threads", "concurrency", "duration_s", "max_requests", "timeout_s", "prompt", "model")
+    if any(old.get("config", {}).get(k) != cfg[k] for k in same):
+        say("BENCH_SERVING_KEEP=1: the previous results.json had other settings, nothing kept")
+        return []
+    kept = []
+    for r in old.get("runs", []):
+        if r.get("system") not in SYSTEMS:
+            r.setdefault("earlier_run", {"date": old.get("machine", {}).get("date"),
+                                         "loadavg_start": old.get("machine", {})
+                                         .get("loadavg_start")})
+            kept.append(r)
+    say(f"BENCH_SERVING_KEEP=1: kept {', '.join(r['system'] for r in kept) or 'nothing'} from "
+        f"the previous results.json")
+    return kept
+
+
 def main():
     for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
         os.environ[k] = "1"   # a local model directory only: nothing is fetched
@@ -895,6 +922,8 @@ def main():
             json.dump(doc, f, indent=1)
         os.replace(path + ".tmp", path)
 
+    if os.environ.get("BENCH_SERVING_KEEP", "").strip() == "1":
+        doc["runs"] = kept_runs(path, doc["config"])
     tokenizer()   # loaded before any server runs, so its import does not disturb a level
     doc["config"]["token_counter"] = TOKEN_COUNTER
     for s in SYSTEMS:

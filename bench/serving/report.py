@@ -100,6 +100,12 @@ def main():
                else "FastAPI/uvicorn from the same venv")
         w(f"- **seed stack**: ray {v['ray']} (Serve), transformers {v['transformers']}, torch "
           f"{v['torch']} (PyPI build, CPU kernels), {web}")
+    earlier = [r for r in allruns if r.get("earlier_run")]
+    if earlier:
+        dates = sorted({str(r["earlier_run"].get("date")) for r in earlier})
+        w(f"- **kept from an earlier run** (`BENCH_SERVING_KEEP=1`, same machine and settings): "
+          f"{', '.join(LABEL.get(r['system'], r['system']) for r in earlier)}, measured "
+          f"{', '.join(dates)}; the other systems were measured {m.get('date')}")
     if cfg.get("token_counter"):
         w(f"- **tokens counted by**: {cfg['token_counter']}")
     w(f"- **whole run**: {doc.get('duration_s', 0):.0f} s\n")
@@ -196,6 +202,9 @@ def main():
     for r in allruns:
         name = LABEL.get(r["system"], r["system"])
         w(f"- **{name}**: {r.get('how', '')}")
+        if r.get("earlier_run"):
+            w(f"  - measured in an earlier run ({r['earlier_run'].get('date')}, load average at "
+              f"its start {' '.join(r['earlier_run'].get('loadavg_start') or [])})")
         if r.get("error"):
             w(f"  - **n/a**: {r['error']}")
         if r.get("error_after"):
