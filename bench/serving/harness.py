@@ -697,7 +697,8 @@ def packed_cache(dtype):
 
 class CserveProc:
     """One `cserve serve` process of the benchmark (with --config: plus its replica children),
-    logging to build/bench-serving/logs/NAME.log, packed weights in build/bench-serving/pack-cache."""
+    logging to build/bench-serving/logs/NAME.log, packed weights in
+    build/bench-serving/pack-cache."""
 
     def __init__(self, name, dtype, config=None):
         self.name, self.dtype = name, dtype

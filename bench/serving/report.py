@@ -277,8 +277,8 @@ def control_plane(w, by, cfg):
             w(f"n/a: {px['error']}\n")
             continue
         if not inp or inp.get("error"):
-            w(f"Levels side by side: n/a ({(inp or {}).get('error') or 'cserve' + sfx + ' not run'})"
-              "\n")
+            why = (inp or {}).get("error") or f"cserve{sfx} not run"
+            w(f"Levels side by side: n/a ({why})\n")
         else:
             levels_side_by_side(w, inp, px, cfg)
         ab = px.get("ab") or {}
@@ -364,8 +364,8 @@ def replica_tables(w, reps):
             else:
                 newest_s = f(newest, 1)
             per = " + ".join(f"{x['pss_mb']:.1f}" for x in m["replica"])
-            w(f"| {r['dtype']} | {m['replicas']} | {f((m.get('controller') or {}).get('pss_mb'), 1)}"
-              f" | {per} | {f(m['total']['pss_mb'], 1)} | {f(m['total']['rss_mb'], 1)} | {add} | "
+            ctl = f((m.get("controller") or {}).get("pss_mb"), 1)
+            w(f"| {r['dtype']} | {m['replicas']} | {ctl} | {per} | {f(m['total']['pss_mb'], 1)} | {f(m['total']['rss_mb'], 1)} | {add} | "
               f"{newest_s} |")
     w("")
     for r in reps:
@@ -463,7 +463,9 @@ def plot(runs, cfg, out_png):
     ax[0][0].legend(fontsize=7, loc="upper left")
     ax[0][1].legend(fontsize=7, loc="lower right")
     ax[0][1].set_yscale("log")
-    names = [LABEL.get(r["system"], r["system"]).replace(" (", "\n(") for r in ok]
+    names = [(f"cserve --config\n({r.get('dtype', 'fp32')}, proxy)"
+              if r["system"].startswith("cserve-proxy")
+              else LABEL.get(r["system"], r["system"]).replace(" (", "\n(")) for r in ok]
     starts = [r.get("start_to_first_response_s") or 0 for r in ok]
     ax[1][0].bar(names, starts, color="tab:blue")
     ax[1][0].set_title("launch to first response (s)")

@@ -70,6 +70,7 @@ struct cs_pool {
     int probing;
     int64_t cap_checked_ns, probe_at_ns, backoff_ns;
     int64_t win_start_ns, win_job_ns, win_wait_ns;
+    int64_t caller_spin_ns; /* TEMP */
     int win_jobs;
     cs_pool_stats st; /* caller's counters; worker_chunks summed from the workers on demand */
 };
@@ -258,6 +259,7 @@ int cs_pool_create_opts(cs_pool **out, int n, const cs_pool_opts *opts, cs_err *
     p->n = 1; /* threads started so far, for cs_pool_free on failure */
     p->width = p->cap = n;
     p->backoff_ns = BACKOFF_MIN_NS;
+    p->caller_spin_ns = env_int("CS_POOL_CALLER_SPIN_US", 0, 100000, 30) * 1000LL; /* TEMP */
     p->w = aligned_alloc(64, (size_t)n * sizeof *p->w);
     if (!p->w) {
         free(p);
@@ -352,6 +354,7 @@ static void account(cs_pool *p, int64_t t0, int64_t t_own, int64_t t1) {
         p->probe_at_ns = t1 + p->backoff_ns;
     } else if (p->probing) {
         p->backoff_ns = BACKOFF_MIN_NS;
+    p->caller_spin_ns = env_int("CS_POOL_CALLER_SPIN_US", 0, 100000, 30) * 1000LL; /* TEMP */
     }
     p->probing = 0;
     p->win_jobs = 0;
@@ -389,7 +392,7 @@ static void run_job(cs_pool *p, int width, int64_t t0, int kind, cs_pool_fn run_
         int64_t t = t_own;
         for (unsigned it = 1; atomic_load_explicit(&p->left, memory_order_acquire) != 0; it++) {
             cpu_relax();
-            if ((it & 63) == 0 && (t = now_ns()) - t_own > CALLER_SPIN_NS) {
+            if ((it & 63) == 0 && (t = now_ns()) - t_own > p->caller_spin_ns) {
                 /* A worker is off its CPU mid-chunk: sleep rather than hold a CPU it may need. */
                 for (;;) {
                     atomic_store_explicit(&p->caller_sleeping, 1, memory_order_seq_cst);

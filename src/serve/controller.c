@@ -364,11 +364,12 @@ static void on_exit_status(cs_ctl *c, cp_replica *r, int wst) {
     unlink(r->sock);
 }
 
-static void reap(cs_ctl *c) {
-    for (;;) {
+/* Returns the number of replica processes that ended. */
+static int reap(cs_ctl *c) {
+    for (int n = 0;; n++) {
         int wst;
         pid_t pid = waitpid(-1, &wst, WNOHANG);
-        if (pid <= 0) return;
+        if (pid <= 0) return n;
         for (size_t i = 0; i < c->n_apps; i++)
             for (size_t j = 0; j < c->apps[i]->n_deps; j++) {
                 cp_dep *d = c->apps[i]->deps[j];
@@ -605,10 +606,20 @@ static void autoscale_dep(cs_ctl *c, cp_dep *d, double now) {
     }
 }
 
-static void reconcile(cs_ctl *c) {
+/* The autoscaler's periods: every CS_AS_CONTROL_LOOP_S exactly, as Ray counts its delays
+ * in periods. cold_only: an extra call for deployments with a request waiting and no
+ * replica (Ray decides those at once and leaves its counter alone). */
+static void autoscale_all(cs_ctl *c, int cold_only) {
     const double now = cp_now();
     for (size_t i = 0; i < c->n_apps; i++)
-        for (size_t j = 0; j < c->apps[i]->n_deps; j++) autoscale_dep(c, c->apps[i]->deps[j], now);
+        for (size_t j = 0; j < c->apps[i]->n_deps; j++) {
+            cp_dep *d = c->apps[i]->deps[j];
+            if (!cold_only || (d->as_cold && cp_running(d) == 0)) autoscale_dep(c, d, now);
+        }
+}
+
+static void reconcile(cs_ctl *c) {
+    const double now = cp_now();
     for (size_t i = 0; i < c->n_apps; i++) {
         cp_app *a = c->apps[i];
         size_t w = 0;
@@ -821,12 +832,12 @@ void cp_delete_all(cs_ctl *c) {
 }
 
 void cp_scale(cs_ctl *c, cp_dep *d, int n) {
-    (void)c;
     const int cur = cp_running(d);
     d->target = n;
     d->scale_from = cur;
     d->scaling = n > cur ? 1 : n < cur ? -1 : 0;
     if (!d->scaling) set_status(d, "UPDATING", "CONFIG_UPDATE_STARTED", "");
+    reconcile(c);
 }
 
 /* ------------------------------------------------------------ loop */
@@ -954,7 +965,7 @@ static void *loop_main(void *arg) {
     cs_ctl *c = arg;
     struct curl_waitfd w[CP_MAX_WAITFDS];
     cp_replica *who[CP_MAX_WAITFDS];
-    double next_tick = 0;
+    double next_tick = 0, next_as = cp_now();
     int shutting = 0;
     while (!c->stopped) {
         size_t n = collect_fds(c, w, who, CP_MAX_WAITFDS);
@@ -963,8 +974,16 @@ static void *loop_main(void *arg) {
             if (w[i].revents && who[i]->err_fd >= 0) read_stderr(who[i]);
         handle_inbox(c);
         handle_curl(c);
-        reap(c);
+        const int ended = reap(c);
         const double now = cp_now();
+        if (c->tick_now) autoscale_all(c, 1);
+        if (ended || c->tick_now) next_tick = 0; /* replace them, or cold-start, now */
+        c->tick_now = 0;
+        if (now >= next_as) {
+            next_as += CS_AS_CONTROL_LOOP_S;
+            if (next_as < now) next_as = now + CS_AS_CONTROL_LOOP_S;
+            autoscale_all(c, 0);
+        }
         if (atomic_load(&c->stop)) {
             if (!shutting) {
                 shutting = 1;

@@ -19,7 +19,7 @@
 
 #define CP_TICK_S 0.1               /* reconcile period */
 #define CP_STARTUP_TIMEOUT_S 600.0  /* a replica that is not ready by then is replaced */
-#define CP_STARTUP_POLL_S 0.05      /* readiness poll while a replica starts */
+#define CP_STARTUP_POLL_S 0.02      /* readiness poll while a replica starts */
 #define CP_HEALTH_FAILS 3           /* consecutive failed checks that replace a replica (Ray's threshold) */
 #define CP_MAX_START_FAILS 3        /* consecutive failed starts: DEPLOY_FAILED */
 #define CP_MAX_RETRIES 3            /* a request is tried on at most this many replicas */
@@ -199,6 +199,7 @@ struct cs_ctl {
     cp_series series[CP_MAX_SERIES];
     size_t n_series;
     int stopped;             /* shutdown complete: the loop may exit */
+    int tick_now;            /* run the next reconcile/autoscale period at once */
 };
 
 /* controller.c */

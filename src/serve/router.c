@@ -339,7 +339,7 @@ static void route_to(cs_ctl *c, cp_fwd *f, cp_dep *d, int front) {
         return;
     }
     enqueue(d, f, front);
-    if (d->cfg.autoscaling && cp_running(d) == 0) d->as_cold = 1;
+    if (d->cfg.autoscaling && cp_running(d) == 0) d->as_cold = 1, c->tick_now = 1; /* cold start: now */
     cp_dispatch(c, d);
 }
 
