@@ -1,6 +1,6 @@
 """Tests of cserve's admin client (`cserve deploy | status | config | shutdown`, src/cli_ctl.c)
 against a stub admin API: an http.server in a thread that records every request and answers
-canned Ray-shaped JSON (real Ray 2.50.1 answers from ../shared/ref/ray-serve/).
+canned Ray-shaped JSON (real Ray 2.50.1 answers, copied into tests/data/ray/).
 
 The expected output of `status` and `config` is computed here the way Ray's own CLI computes it
 (ray/serve/scripts.py: yaml.safe_dump of ServeInstanceDetails._get_status(), with Ray's
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = os.environ.get("CSERVE_BIN", str(ROOT / "build" / "cserve"))
 if not os.path.isabs(BIN):
     BIN = str(ROOT / BIN)
-REF = Path(os.environ.get("CSERVE_RAY_REF", ROOT.parent / "shared" / "ref" / "ray-serve"))
+REF = Path(os.environ.get("CSERVE_RAY_REF", ROOT / "tests" / "data" / "ray"))
 T = 60  # subprocess timeout (s): a hang is a failure, never a wait
 
 pytestmark = pytest.mark.skipif(not os.path.exists(BIN), reason="needs the cserve binary")
