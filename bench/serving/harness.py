@@ -9,7 +9,7 @@ turns them into bench/serving/RESULTS.md and results.png). Run with the serving 
 
 Environment (all optional):
   BENCH_SERVING_SYSTEMS      default seed,seed-batch,cserve,cserve-proxy,cserve-int8,
-                             cserve-replicas,cserve-replicas-int8
+                             cserve-replicas,cserve-replicas-int8,cserve-platform
   BENCH_SERVING_THREADS      CPUs given to each system (default: CPUs in the affinity mask)
   BENCH_SERVING_CONCURRENCY  default 1,8,32,128
   BENCH_SERVING_DURATION     seconds of load per level (default 20)
@@ -32,7 +32,8 @@ Environment (all optional):
 Systems: seed, seed-batch (Ray Serve); cserve[-DTYPE] (`cserve serve --model`, one process);
 cserve-proxy[-DTYPE] (`cserve serve --config`: controller + proxy, one replica child process);
 cserve-replicas[-DTYPE] (replica memory with 1, 2, 3 replicas and replica cold start, no load
-levels: bench/serving/replicas.py).
+levels: bench/serving/replicas.py); cserve-platform (mirror overhead and scale to zero and back:
+bench/serving/mirror_zero.py; its own settings are listed there and in README.md).
 """
 import datetime
 import http.client
@@ -67,7 +68,7 @@ def env_float(name, default):
 
 
 DEFAULT_SYSTEMS = ("seed,seed-batch,cserve,cserve-proxy,cserve-int8,cserve-replicas,"
-                   "cserve-replicas-int8")
+                   "cserve-replicas-int8,cserve-platform")
 SYSTEMS = [s.strip() for s in (os.environ.get("BENCH_SERVING_SYSTEMS")
                                or DEFAULT_SYSTEMS).split(",") if s.strip()]
 THREADS = env_int("BENCH_SERVING_THREADS", len(os.sched_getaffinity(0)))
@@ -853,7 +854,7 @@ def cserve_system(s):
     """'cserve-proxy-int8' -> ('proxy', 'int8'); 'cserve' -> ('serve', 'fp32'); unknown: None."""
     parts = s.split("-")[1:]
     kind = "serve"
-    if parts and parts[0] in ("proxy", "replicas"):
+    if parts and parts[0] in ("proxy", "replicas", "platform"):
         kind = parts.pop(0)
     dtype = parts.pop(0) if parts else "fp32"
     if parts or dtype not in ("fp32", "int8", "bf16"):
@@ -940,6 +941,9 @@ def main():
             if kind == "replicas":
                 import replicas
                 doc["runs"].append(replicas.run(sys.modules[__name__], s, dtype, save))
+            elif kind == "platform":
+                import mirror_zero
+                doc["runs"].append(mirror_zero.run(sys.modules[__name__], s, save))
             else:
                 doc["runs"].append(run_cserve(s, dtype, save, proxy=kind == "proxy"))
         else:

@@ -13,12 +13,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 ORDER = ["seed", "seed-batch", "cserve", "cserve-proxy", "cserve-int8", "cserve-proxy-int8",
          "cserve-bf16", "cserve-proxy-bf16", "cserve-replicas", "cserve-replicas-int8",
-         "cserve-replicas-bf16"]
+         "cserve-replicas-bf16", "cserve-platform"]
 LABEL = {"seed": "seed (Ray Serve + FastAPI + pipeline)",
          "seed-batch": "seed + @serve.batch",
          "cserve": "cserve serve (fp32)",
          "cserve-int8": "cserve serve (int8)",
-         "cserve-bf16": "cserve serve (bf16)"}
+         "cserve-bf16": "cserve serve (bf16)",
+         "cserve-platform": "cserve serve --config, mirror and scale to zero"}
 for _d in ("fp32", "int8", "bf16"):
     _sfx = "" if _d == "fp32" else "-" + _d
     LABEL["cserve-proxy" + _sfx] = f"cserve serve --config, proxy + 1 replica ({_d})"
@@ -63,7 +64,7 @@ def main():
     allruns = sort_runs(doc["runs"])
     by = {r["system"]: r for r in allruns}
     # The replica runs have no load levels: they get their own section.
-    runs = [r for r in allruns if r.get("kind") != "replicas"]
+    runs = [r for r in allruns if r.get("kind") not in ("replicas", "platform")]
     cfg, m = doc["config"], doc["machine"]
     L = []
     w = L.append
@@ -196,6 +197,7 @@ def main():
         w("")
 
     control_plane(w, by, cfg)
+    platform_section(w, by)
 
     # ---- details
     w("## Systems\n")
@@ -431,6 +433,122 @@ def replica_tables(w, reps):
         for x in errs:
             w(f"|  | error: {x.get('error') or x.get('stream_error') or x.get('seed_error')} "
               "| | | | | |")
+    w("")
+
+
+def platform_section(w, by):
+    """Mirror overhead and scale to zero (system cserve-platform, bench/serving/mirror_zero.py)."""
+    r = by.get("cserve-platform")
+    if not r:
+        return
+    w("## Shadow traffic and scale to zero: `cserve serve --config`\n")
+    g = r.get("git") or {}
+    when = (r.get("earlier_run") or {}).get("date")
+    w(f"Measured with {r.get('version') or 'build/cserve'}, commit `{g.get('commit')}`"
+      + (f" + {g['src_uncommitted_files']} uncommitted file(s) under src/"
+         if g.get("src_uncommitted_files") else ", src/ clean")
+      + f"; binary built {g.get('binary_mtime')}" + (f"; run of {when}" if when else "") + ".\n")
+    if r.get("error"):
+        w(f"n/a: {r['error']}\n")
+        return
+    mirror_tables(w, r.get("mirror") or {})
+    zero_tables(w, r.get("zero") or [])
+
+
+def mirror_tables(w, mi):
+    w(f"### Mirror at {mi.get('percent', 10):g}%: cost to the primary\n")
+    w("One server, one application at `/`: TextGenService and a version `cand` (the same model, "
+      "fp32), `ray_actor_options.num_cpus: 1` each (one thread per replica, one core each on "
+      "this machine). The application's `args.mirror` is switched on "
+      f"(`{{deployment: cand, percent: {mi.get('percent', 10):g}}}`) and off with `PUT "
+      "/api/serve/applications/` (the same replicas on both sides: their ids are checked), then "
+      f"closed-loop seed requests for {mi.get('duration_s', 0):.0f} s per side, pairs in ABBA "
+      "order. p50 / p99 / mean: client-side latency of the primary's answers; shadow copies: "
+      "`cserve_deployment_requests_total{deployment=\"cand\",role=\"shadow\"}` over the side "
+      "(ok / error / dropped) against the primary's answers; CPUs: CPU seconds / wall seconds of "
+      "the whole server, of the primary's replica and of the mirror's replica (the mirror's "
+      "copies run on the core the primary does not use, but the proxy, the load generator and "
+      "the copies share the machine's 2 cores).\n")
+    if mi.get("error") and not mi.get("levels"):
+        w(f"n/a: {mi['error']}\n")
+        return
+    w("| clients | pair | side | p50 s | p99 s | mean s | req/s | shadow ok / error / dropped "
+      "of primary | CPUs server / primary / mirror | other | replicas kept |")
+    w("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for lvl in mi.get("levels", []):
+        for i, p in enumerate(lvl.get("pairs", []), 1):
+            order = ("without", "with") if i % 2 else ("with", "without")
+            for side in order:
+                x = p.get(side) or {}
+                w(f"| {lvl['concurrency']} | {i} | {side} mirror | {lat(x, 'p50_s')} | "
+                  f"{lat(x, 'p99_s')} | {secs(x.get('mean_ok_s'), 3)} | "
+                  f"{f(x.get('req_per_s'), 2)} | {x.get('shadow_ok', 0)} / "
+                  f"{x.get('shadow_error', 0)} / {x.get('shadow_dropped', 0)} of "
+                  f"{x.get('primary_ok', 0)} | {f(x.get('server_cpu'), 2)} / "
+                  f"{f(x.get('primary_replica_cpu'), 2)} / {f(x.get('mirror_replica_cpu'), 2)} | "
+                  f"{other_s(x)} | {'yes' if x.get('replicas_kept') else 'NO'} |")
+    w("")
+    for lvl in mi.get("levels", []):
+        rr = lvl.get("ratio_of_means_p50_s")
+        verdict = "n/a" if rr is None else ("met" if rr < 1.02 else "not met")
+        pairs = ", ".join(secs(p.get("ratio_p50"), 3) for p in lvl.get("pairs", []))
+        w(f"- **{lvl['concurrency']} client(s)**: primary p50 with / without mirror "
+          f"**{secs(rr, 3)}** (mean p50 over the pairs; per pair {pairs or 'n/a'}); mean latency "
+          f"{secs(lvl.get('ratio_of_means_mean_ok_s'), 3)}x, p99 "
+          f"{secs(lvl.get('ratio_of_means_p99_s'), 3)}x, req/s "
+          f"{secs(lvl.get('ratio_of_means_req_per_s'), 3)}x. Goal (< 2% added to p50): "
+          f"**{verdict}**" + (f" ({lvl['skipped']})" if lvl.get("skipped") else ""))
+    if mi.get("error"):
+        w(f"- stopped early: {mi['error']}")
+    w("")
+
+
+def zero_tables(w, zero):
+    if not zero:
+        return
+    a = zero[0].get("autoscaling_config") or {}
+    w("### Scale to zero and back (packed-weight cache present)\n")
+    w("TextGenService with `autoscaling_config: "
+      + ", ".join(f"{k} {v}" for k, v in a.items())
+      + f"`, `num_cpus: {zero[0].get('threads')}`. After a warm-up request (the first after the "
+      "launch, which also starts from no replica), each repetition waits until "
+      "`GET /api/serve/applications/` lists no replica at all for the deployment, then sends one "
+      "streaming `POST /v1/completions` (8 tokens): request to the new replica's spawn (its "
+      "start_time_s), spawn to first token, request to first token; then waits for zero again and "
+      "sends one seed request (`POST /text/simple-gen`, ~46 tokens): request to answer. Medians "
+      "of the repetitions (range in brackets); idle to zero = previous answer to no replica "
+      "listed (downscale_to_zero_delay_s plus the look-back window); each answer checked in the "
+      "access log to come from the replica started for it.\n")
+    w("| dtype | requests from zero | idle to zero s | request to spawn s | spawn to RUNNING s "
+      "(controller) | spawn to first token s | **request to first token s** | request to seed "
+      "answer s | answered by the new replica | server PSS at zero MB |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    for z in zero:
+        rows = z.get("reps") or []
+        if z.get("error") and not rows:
+            w(f"| {z['dtype']} | n/a ({z['error'][:120]}) | | | | | | | | |")
+            continue
+
+        def med(k):
+            v = sorted(x[k] for x in rows if x.get(k) is not None)
+            if not v:
+                return "n/a"
+            m = v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+            return f"{m:.3f} ({v[0]:.3f}-{v[-1]:.3f})" if len(v) > 1 else f"{m:.3f}"
+        sm = z.get("summary") or {}
+        w(f"| {z['dtype']} | {len(rows)} | {med('wait_zero_s')} | {med('request_to_spawn_s')} | "
+          f"{med('controller_running_after_spawn_s')} | {med('spawn_to_first_token_s')} | "
+          f"**{med('request_to_first_token_s')}** | {med('request_to_answer_s')} | "
+          f"{sm.get('answered_by_new', 0)}/{len(rows)} | "
+          f"{f(sm.get('server_pss_at_zero_mb'), 1)} |")
+    w("")
+    for z in zero:
+        sm = z.get("summary") or {}
+        t = sm.get("request_to_first_token_s")
+        verdict = "n/a" if t is None else ("met" if t < 0.5 else "not met")
+        w(f"- **{z['dtype']}**: request to first token from zero replicas, median "
+          f"{secs(t, 3)} s; goal (< 0.5 s with the cache present): **{verdict}**"
+          + (f"; {z['error']}" if z.get("error") else ""))
     w("")
 
 

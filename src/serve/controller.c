@@ -578,7 +578,12 @@ static void autoscale_dep(cs_ctl *c, cp_dep *d, double now) {
     }
     const double si = cs_as_sample_interval(&d->cfg.as);
     cs_err err = {{0}};
-    if (d->as_cold && nr == 0) cs_as_load_push(d->as_load, now, d->n_queued, reps, n, &d->as_rep);
+    if (d->as_cold && nr == 0) {
+        /* cold start: the waiting request is sampled before the push, so that the total is
+         * not an average of the idle samples before it (which would wait for the next sample) */
+        if (cs_as_load_sample(d->as_load, now, d->n_queued, reps, n, &err)) cp_log("warn", "autoscaling: %s", err.msg);
+        cs_as_load_push(d->as_load, now, d->n_queued, reps, n, &d->as_rep);
+    }
     d->as_cold = 0;
     if (now >= d->as_next_sample) {
         if (cs_as_load_sample(d->as_load, now, d->n_queued, reps, n, &err)) cp_log("warn", "autoscaling: %s", err.msg);
