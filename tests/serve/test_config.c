@@ -663,7 +663,7 @@ static void test_app_errors(void **state) {
     app_bad(DEP_HDR "        user_config: {beams: 4}\n",
             "t.yaml:6:30: deployments[0].user_config.beams: unknown generation parameter (known: max_new_tokens");
     app_bad(DEP_HDR "        user_config: {temperature: 0}\n",
-            "deployments[0].user_config.temperature: expected a number > 0, got 0");
+            "deployments[0].user_config.temperature: expected a number > 0 and <= 100, got 0");
     app_bad(DEP_HDR "        user_config: {top_p: 1.5}\n",
             "deployments[0].user_config.top_p: expected a number > 0 and <= 1, got 1.5");
     app_bad(DEP_HDR "        user_config: {do_sample: 1}\n",
