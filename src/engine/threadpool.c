@@ -17,20 +17,31 @@
 #include <unistd.h>
 
 #define CALLER_SPIN_NS 30000LL         /* caller polls this long for the last chunks, then sleeps */
-#define WIN_MIN_JOBS 32                /* a width decision needs this many multi-threaded jobs */
-#define WIN_MIN_NS 10000000LL          /* ... spread over at least 10 ms */
-#define BACKOFF_MIN_NS 50000000LL      /* first re-probe of the full width after 50 ms */
-#define BACKOFF_MAX_NS 2000000000LL    /* failed probes double the wait, up to 2 s */
+#define CALLER_SPIN_BUSY_NS 5000LL     /* ... while the CPUs are contended */
+#define DELAY_SAMPLE_NS 10000000LL     /* each thread reads its run-queue delay every 10 ms */
+#define DELAY_BUSY_FRAC 0.10           /* waiting for a CPU > 10% of the time: contended */
+#define BUSY_HOLD_NS 100000000LL       /* a contended sample holds for 100 ms */
+#define WIN_MIN_JOBS 64                /* a width decision needs this many multi-threaded jobs */
+#define WIN_MIN_NS 100000000LL         /* ... over at least 100 ms (tens of scheduler slices) */
+#define BACKOFF_MIN_NS 200000000LL     /* first re-probe of the full width after 200 ms */
+#define BACKOFF_MAX_NS 3200000000LL    /* failed probes double the wait, up to 3.2 s */
 #define CAP_RECHECK_NS 1000000000LL    /* affinity mask and cgroup quota re-read every second */
 #define MAX_CHUNKS_PER_THREAD 64
 
 enum { JOB_FOR, JOB_RUN };
+
+/* Run-queue delay of one thread (/proc/thread-self/schedstat, second field:
+ * ns spent runnable but waiting for a CPU), sampled every DELAY_SAMPLE_NS. */
+typedef struct delay_probe {
+    int64_t t_ns, delay_ns;
+} delay_probe;
 
 typedef struct worker {
     _Alignas(64) _Atomic uint32_t go; /* futex word: sequence of the last job posted to this worker */
     _Atomic uint32_t sleeping;        /* 1 while in (or about to enter) futex_wait on go */
     _Atomic uint64_t chunks;          /* chunks this worker ran */
     uint32_t rng;                     /* jitter_us's random state */
+    delay_probe probe;
     struct cs_pool *p;
     pthread_t th;
     int tid;
@@ -64,15 +75,17 @@ struct cs_pool {
     _Alignas(64) _Atomic uint32_t left;  /* chunks of the job not finished; futex word of the caller */
     _Atomic uint32_t caller_sleeping;
     _Atomic int stop;
+    _Atomic int64_t busy_until_ns; /* CPUs contended until then: no polling */
     /* Caller-only state. */
     _Alignas(64) uint32_t seq;
     int width, cap;
     int probing;
     int64_t cap_checked_ns, probe_at_ns, backoff_ns;
-    int64_t win_start_ns, win_job_ns, win_wait_ns;
-    int64_t caller_spin_ns; /* TEMP */
+    int64_t win_start_ns, win_help_ns, win_wait_ns;
+    delay_probe probe;
     int win_jobs;
     cs_pool_stats st; /* caller's counters; worker_chunks summed from the workers on demand */
+    _Atomic uint64_t busy_samples;
 };
 
 static void futex_wait(_Atomic uint32_t *addr, uint32_t val) {
@@ -94,6 +107,44 @@ static int64_t now_ns(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
+
+/* Reads a small file into buf without allocating (this runs between jobs). */
+static int read_small(const char *path, char *buf, size_t cap) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t r = read(fd, buf, cap - 1);
+    close(fd);
+    if (r < 0) return -1;
+    buf[r] = 0;
+    return 0;
+}
+
+/* Samples the calling thread's run-queue delay at most every DELAY_SAMPLE_NS;
+ * when it waited for a CPU more than DELAY_BUSY_FRAC of the time since the last
+ * sample, another process competes for its CPU: marks the pool contended for
+ * BUSY_HOLD_NS. Whether this thread or another one sees it, every thread then
+ * stops polling: a polling thread would hold a CPU that a preempted one of
+ * ours (or the neighbour) could use. Without /proc the pool never marks itself. */
+static void sample_delay(cs_pool *p, delay_probe *pr, int64_t t) {
+    if (t - pr->t_ns < DELAY_SAMPLE_NS) return;
+    char buf[128];
+    long long run = 0, delay = -1;
+    if (read_small("/proc/thread-self/schedstat", buf, sizeof buf) == 0) {
+        char *end;
+        run = strtoll(buf, &end, 10);
+        delay = strtoll(end, NULL, 10);
+    }
+    (void)run;
+    if (pr->t_ns > 0 && delay >= pr->delay_ns && pr->delay_ns >= 0 &&
+        (double)(delay - pr->delay_ns) > DELAY_BUSY_FRAC * (double)(t - pr->t_ns)) {
+        atomic_store_explicit(&p->busy_until_ns, t + BUSY_HOLD_NS, memory_order_relaxed);
+        atomic_fetch_add_explicit(&p->busy_samples, 1, memory_order_relaxed);
+    }
+    pr->t_ns = t;
+    pr->delay_ns = delay;
+}
+
+static int busy(cs_pool *p, int64_t t) { return t < atomic_load_explicit(&p->busy_until_ns, memory_order_relaxed); }
 
 /* ------------------------------------------------------------------ workers */
 
@@ -146,12 +197,14 @@ static void work(cs_pool *p, worker *w, uint32_t s) {
     }
 }
 
-/* Waits for a job other than `seen`: polls for spin_ns, then sleeps. */
-static uint32_t wait_go(worker *w, uint32_t seen, int64_t spin_ns) {
+/* Waits for a job other than `seen`: polls for spin_ns (unless the CPUs are
+ * contended), then sleeps. */
+static uint32_t wait_go(cs_pool *p, worker *w, uint32_t seen, int64_t spin_ns) {
     uint32_t g = atomic_load_explicit(&w->go, memory_order_acquire);
     if (g != seen) return g;
-    if (spin_ns > 0) {
-        const int64_t t0 = now_ns();
+    const int64_t t0 = now_ns();
+    sample_delay(p, &w->probe, t0);
+    if (spin_ns > 0 && !busy(p, t0)) {
         for (unsigned it = 1;; it++) {
             cpu_relax();
             if ((g = atomic_load_explicit(&w->go, memory_order_acquire)) != seen) return g;
@@ -172,7 +225,7 @@ static void *worker_main(void *arg) {
     const int64_t spin_ns = (int64_t)p->o.spin_us * 1000;
     uint32_t seen = 0;
     for (;;) {
-        seen = wait_go(w, seen, spin_ns);
+        seen = wait_go(p, w, seen, spin_ns);
         if (atomic_load_explicit(&p->stop, memory_order_acquire)) break;
         work(p, w, seen);
     }
@@ -181,17 +234,6 @@ static void *worker_main(void *arg) {
 }
 
 /* -------------------------------------------------------------- CPU limits */
-
-/* Reads a small file into buf without allocating (this runs between jobs). */
-static int read_small(const char *path, char *buf, size_t cap) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    ssize_t r = read(fd, buf, cap - 1);
-    close(fd);
-    if (r < 0) return -1;
-    buf[r] = 0;
-    return 0;
-}
 
 /* ceil(quota / period) from cgroup v2 cpu.max or v1 cfs files; 0 if unlimited/unknown. */
 static int cgroup_cpus(void) {
@@ -259,7 +301,6 @@ int cs_pool_create_opts(cs_pool **out, int n, const cs_pool_opts *opts, cs_err *
     p->n = 1; /* threads started so far, for cs_pool_free on failure */
     p->width = p->cap = n;
     p->backoff_ns = BACKOFF_MIN_NS;
-    p->caller_spin_ns = env_int("CS_POOL_CALLER_SPIN_US", 0, 100000, 30) * 1000LL; /* TEMP */
     p->w = aligned_alloc(64, (size_t)n * sizeof *p->w);
     if (!p->w) {
         free(p);
@@ -281,16 +322,8 @@ int cs_pool_create_opts(cs_pool **out, int n, const cs_pool_opts *opts, cs_err *
     return 0;
 }
 
-#include <stdio.h> /* TEMP */
 void cs_pool_free(cs_pool *p) {
     if (!p) return;
-    if (getenv("CS_POOL_STATS")) { /* TEMP */
-        cs_pool_stats s;
-        cs_pool_get_stats(p, &s);
-        fprintf(stderr, "pool: jobs %lu narrow %lu chunks %lu worker %lu sleeps %lu narrowings %lu wait %.3f s job %.3f s\n",
-                (unsigned long)s.jobs, (unsigned long)s.narrow_jobs, (unsigned long)s.chunks, (unsigned long)s.worker_chunks,
-                (unsigned long)s.caller_sleeps, (unsigned long)s.narrowings, s.wait_ns / 1e9, s.job_ns / 1e9);
-    }
     atomic_store_explicit(&p->stop, 1, memory_order_seq_cst);
     for (int i = 1; i < p->n; i++) {
         atomic_fetch_add_explicit(&p->w[i].go, 1, memory_order_seq_cst);
@@ -310,11 +343,13 @@ void cs_pool_get_stats(const cs_pool *p, cs_pool_stats *out) {
     out->worker_chunks = 0;
     for (int i = 1; i < p->n; i++) out->worker_chunks += atomic_load_explicit(&p->w[i].chunks, memory_order_relaxed);
     out->chunks += out->worker_chunks;
+    out->busy_samples = atomic_load_explicit(&p->busy_samples, memory_order_relaxed);
 }
 
 /* Width for the next job: the CPU cap (re-read every second) and the probe schedule. */
 static int pick_width(cs_pool *p, int64_t t) {
     if (p->n == 1) return 1;
+    sample_delay(p, &p->probe, t);
     if (t - p->cap_checked_ns >= CAP_RECHECK_NS) {
         p->cap_checked_ns = t;
         int cap = p->n, a = affinity_cpus(), q = cgroup_cpus();
@@ -329,24 +364,27 @@ static int pick_width(cs_pool *p, int64_t t) {
         p->width = p->cap;
         p->probing = 1;
         p->win_jobs = 0;
-        p->win_job_ns = p->win_wait_ns = 0;
+        p->win_help_ns = p->win_wait_ns = 0;
         p->win_start_ns = t;
     }
     return p->width;
 }
 
-/* After a multi-threaded job: the window's verdict on the width. */
-static void account(cs_pool *p, int64_t t0, int64_t t_own, int64_t t1) {
-    const int64_t job_ns = t1 - t0, wait_ns = t1 - t_own;
-    p->st.job_ns += (uint64_t)job_ns;
+/* After a multi-threaded job (the caller ran `mine` of its n_chunks chunks
+ * from t0 to t_own, then waited until t1): the window's verdict on the width.
+ * The workers' help is what their chunks would have cost the caller, at its
+ * own time per chunk in the same job; when the caller spends longer than that
+ * waiting for them, fewer threads finish sooner. */
+static void account(cs_pool *p, int64_t t0, int64_t t_own, int64_t t1, uint32_t mine, uint32_t n_chunks) {
+    const int64_t wait_ns = t1 - t_own;
+    p->st.job_ns += (uint64_t)(t1 - t0);
     p->st.wait_ns += (uint64_t)wait_ns;
-    if (!p->o.adapt) return;
+    if (!p->o.adapt || mine == 0) return; /* no measure of a chunk's cost in this job */
     if (p->win_jobs++ == 0) p->win_start_ns = t0;
-    p->win_job_ns += job_ns;
+    p->win_help_ns += (t_own - t0) * (int64_t)(n_chunks - mine) / (int64_t)mine;
     p->win_wait_ns += wait_ns;
     if (p->win_jobs < WIN_MIN_JOBS || t1 - p->win_start_ns < WIN_MIN_NS) return;
-    if (p->win_wait_ns * 3 > p->win_job_ns) {
-        /* Workers late for a third of the time: one thread less does better. */
+    if (p->win_wait_ns > p->win_help_ns) {
         p->width--;
         p->st.narrowings++;
         p->backoff_ns = p->probing ? (p->backoff_ns * 2 < BACKOFF_MAX_NS ? p->backoff_ns * 2 : BACKOFF_MAX_NS)
@@ -354,11 +392,10 @@ static void account(cs_pool *p, int64_t t0, int64_t t_own, int64_t t1) {
         p->probe_at_ns = t1 + p->backoff_ns;
     } else if (p->probing) {
         p->backoff_ns = BACKOFF_MIN_NS;
-    p->caller_spin_ns = env_int("CS_POOL_CALLER_SPIN_US", 0, 100000, 30) * 1000LL; /* TEMP */
     }
     p->probing = 0;
     p->win_jobs = 0;
-    p->win_job_ns = p->win_wait_ns = 0;
+    p->win_help_ns = p->win_wait_ns = 0;
 }
 
 /* Posts a job to workers 1..width-1, takes chunks itself, waits for the rest. */
@@ -389,10 +426,11 @@ static void run_job(cs_pool *p, int width, int64_t t0, int kind, cs_pool_fn run_
     p->st.chunks += mine;
     const int64_t t_own = now_ns();
     if (atomic_fetch_sub_explicit(&p->left, mine, memory_order_acq_rel) != mine) {
+        const int64_t spin_ns = busy(p, t_own) ? CALLER_SPIN_BUSY_NS : CALLER_SPIN_NS;
         int64_t t = t_own;
         for (unsigned it = 1; atomic_load_explicit(&p->left, memory_order_acquire) != 0; it++) {
             cpu_relax();
-            if ((it & 63) == 0 && (t = now_ns()) - t_own > p->caller_spin_ns) {
+            if ((it & 63) == 0 && (t = now_ns()) - t_own > spin_ns) {
                 /* A worker is off its CPU mid-chunk: sleep rather than hold a CPU it may need. */
                 for (;;) {
                     atomic_store_explicit(&p->caller_sleeping, 1, memory_order_seq_cst);
@@ -406,9 +444,9 @@ static void run_job(cs_pool *p, int width, int64_t t0, int kind, cs_pool_fn run_
                 break;
             }
         }
-        account(p, t0, t_own, now_ns());
+        account(p, t0, t_own, now_ns(), mine, n_chunks);
     } else {
-        account(p, t0, t_own, t_own);
+        account(p, t0, t_own, t_own, mine, n_chunks);
     }
 }
 

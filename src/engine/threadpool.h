@@ -17,17 +17,27 @@
  * microseconds (a decode step issues dozens of short jobs), then sleep on a
  * futex, so an idle pool costs no CPU. The caller, once no chunk is left to
  * claim, polls briefly for the chunks still running elsewhere and then sleeps
- * until the last one wakes it: it never burns a CPU that a preempted worker
- * is waiting for.
+ * until the last one wakes it.
  *
- * Adaptive width: the pool measures, over windows of jobs, how much of the
- * caller's time goes into waiting for workers after its own chunks are done.
- * Above a third (workers run late: they share CPUs with other processes, the
- * cgroup is throttled), a job would finish sooner with fewer threads, so the
- * pool uses one thread less and probes the full width again after a back-off
- * (50 ms, doubling up to 2 s while the probes keep failing). The width is also
- * capped, re-read about once a second, by the CPUs in the caller's affinity
- * mask and the cgroup CPU quota. No allocation after cs_pool_create.
+ * Contended CPUs: every pool thread reads its own run-queue delay
+ * (/proc/thread-self/schedstat) every 10 ms. When one of them waited for a
+ * CPU more than 10% of that time, another process competes for the pool's
+ * CPUs, and for the next 100 ms nobody polls: workers sleep as soon as a job
+ * is done and the caller sleeps after 5 us. A polling thread would hold a CPU
+ * that a preempted thread of the pool needs, and it would spend the share of
+ * its CPU that the scheduler gives it against the neighbour, getting it
+ * preempted in the middle of its next chunk.
+ *
+ * Adaptive width: over windows of jobs (>= 64 jobs and 100 ms), the pool
+ * compares what the workers' chunks would have cost the caller (its own time
+ * per chunk, job by job) with the time it spent waiting for them once its own
+ * chunks were done. When the waiting costs more than that help (workers
+ * descheduled in the middle of their chunks again and again, a throttled
+ * cgroup), fewer threads finish sooner: the pool uses one thread less and
+ * probes the full width again after a back-off (200 ms, doubling up to 3.2 s
+ * while the probes keep failing). The width is also capped, re-read every second, by
+ * the CPUs in the caller's affinity mask and the cgroup CPU quota.
+ * No allocation after cs_pool_create.
  *
  * Threading: one job at a time per pool: cs_pool_for/run/width/stats are
  * called from one thread at a time (the caller serialises); fn must not start a
@@ -79,6 +89,7 @@ typedef struct cs_pool_stats {
     uint64_t narrowings;    /* times the width was lowered */
     uint64_t wait_ns;       /* caller time spent waiting for workers */
     uint64_t job_ns;        /* caller time in multi-threaded jobs */
+    uint64_t busy_samples;  /* run-queue delay samples that found the CPUs contended */
 } cs_pool_stats;
 void cs_pool_get_stats(const cs_pool *p, cs_pool_stats *out);
 

@@ -4,6 +4,8 @@
  * pass gives the same bits whatever the pool does (thread counts, chunk sizes,
  * late workers, narrowing in the middle of a step). */
 #include <math.h>
+#include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -184,6 +186,53 @@ static void test_width_follows_lateness(void **state) {
     cs_pool_free(p);
 }
 
+static _Atomic int hog_stop;
+
+static void *hog(void *arg) {
+    (void)arg;
+    while (!atomic_load_explicit(&hog_stop, memory_order_relaxed)) {
+    }
+    return NULL;
+}
+
+/* The pool, a worker and a busy thread on one CPU: each waits for that CPU
+ * most of the time, which the run-queue delay samples must report. */
+static void test_sees_contended_cpu(void **state) {
+    (void)state;
+    FILE *f = fopen("/proc/thread-self/schedstat", "r");
+    if (!f) {
+        printf("  /proc/thread-self/schedstat unreadable: skipped\n");
+        return;
+    }
+    fclose(f);
+    cpu_set_t old, one;
+    assert_int_equal(sched_getaffinity(0, sizeof old, &old), 0);
+    int cpu = 0;
+    while (!CPU_ISSET(cpu, &old)) cpu++;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    assert_int_equal(sched_setaffinity(0, sizeof one, &one), 0); /* threads created now inherit it */
+    cs_pool *p;
+    assert_int_equal(cs_pool_create(&p, 2, NULL), 0);
+    pthread_t th;
+    atomic_store(&hog_stop, 0);
+    assert_int_equal(pthread_create(&th, NULL, hog, NULL), 0);
+    late_ctx c = {0};
+    cs_pool_stats st = {0};
+    const double t0 = now_s();
+    while (st.busy_samples == 0 && now_s() - t0 < 10) {
+        cs_pool_for(p, 8, 1, job_late, &c);
+        cs_pool_get_stats(p, &st);
+    }
+    atomic_store(&hog_stop, 1);
+    pthread_join(th, NULL);
+    printf("  one CPU shared by 3 threads: contended after %.2f s (%llu samples)\n", now_s() - t0,
+           (unsigned long long)st.busy_samples);
+    cs_pool_free(p);
+    assert_int_equal(sched_setaffinity(0, sizeof old, &old), 0);
+    assert_true(st.busy_samples >= 1);
+}
+
 /* ------------------------------------------------ the forward pass, bitwise */
 
 static cs_gpt2 *load(const char *name, cs_wdtype dt) {
@@ -276,6 +325,7 @@ static void test_forward_bitwise_any_split(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_for_covers_once), cmocka_unit_test(test_run_each_index_once),
-        cmocka_unit_test(test_width_follows_lateness), cmocka_unit_test(test_forward_bitwise_any_split)};
+        cmocka_unit_test(test_width_follows_lateness), cmocka_unit_test(test_sees_contended_cpu),
+        cmocka_unit_test(test_forward_bitwise_any_split)};
     return cmocka_run_group_tests_name("threadpool", tests, NULL, NULL);
 }
