@@ -177,14 +177,20 @@ int cs_st_open(cs_st **out, const char *path, cs_err *err) {
         if (parse_entry(key, val, data_base, data_len, &st->tensors[st->n], err)) goto fail;
         st->n++;
     }
-    /* Overlap check: sort by start offset, each must end before the next starts. */
+    /* Overlap check: sort by start offset; each non-empty tensor must start at
+     * or after the end of the previous non-empty one. Empty tensors occupy no
+     * bytes and are skipped: comparing neighbours blindly would let an empty
+     * tensor sorted between two overlapping ones hide the overlap. */
     qsort(st->tensors, st->n, sizeof *st->tensors, cmp_by_offset);
-    for (size_t i = 1; i < st->n; i++) {
-        const cs_st_tensor *a = &st->tensors[i - 1], *b = &st->tensors[i];
-        if (a->nbytes && b->nbytes && (const char *)a->data + a->nbytes > (const char *)b->data) {
-            cs_err_set(err, "tensors %s and %s overlap", a->name, b->name);
+    const cs_st_tensor *prev = NULL;
+    for (size_t i = 0; i < st->n; i++) {
+        const cs_st_tensor *b = &st->tensors[i];
+        if (!b->nbytes) continue;
+        if (prev && (const char *)prev->data + prev->nbytes > (const char *)b->data) {
+            cs_err_set(err, "tensors %s and %s overlap", prev->name, b->name);
             goto fail;
         }
+        prev = b;
     }
     qsort(st->tensors, st->n, sizeof *st->tensors, cmp_by_name);
     json_decref(root);

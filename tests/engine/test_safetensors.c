@@ -83,6 +83,10 @@ static void test_broken_files(void **state) {
         {"offsets_short", "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0]}}", "tensor w", 0, 4},
         {"overlap", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
                     "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", "overlap", 0, 12},
+        /* an empty tensor between two overlapping ones must not hide the overlap */
+        {"overlap_past_empty", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+                               "\"z\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[2,2]},"
+                               "\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[2,6]}}", "overlap", 0, 8},
         {"entry_not_object", "{\"w\":[1,2]}", "tensor w", 0, 0},
         {"metadata_not_object", "{\"__metadata__\":3}", "__metadata__", 0, 0},
     };
