@@ -20,6 +20,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
@@ -32,12 +33,16 @@
 #define REF_FILE_MAX 256          /* bytes read from refs/REVISION */
 #define ERR_BODY_MAX 512          /* bytes kept of an error response body */
 #define HDR_SHORT_MAX 256         /* X-Error-Message and friends (truncated) */
-#define CONNECT_TIMEOUT_S 30L
 #define STALL_TIMEOUT_S 60L       /* abort a transfer slower than 1 byte/s for this long */
 #define HEAD_TIMEOUT_S 60L        /* whole HEAD request */
 #define BACKOFF_MAX_S 8
 #define LOCK_REOPEN_MAX 100       /* lock file replaced under us this many times: give up */
 #define PROGRESS_INTERVAL_S 0.1
+#define PROGRESS_MAX_COLS 512     /* widest progress line drawn, whatever the terminal says */
+#define PROGRESS_NAME_COLS 24     /* file name column (longer names are cut) */
+#define PROGRESS_BAR_MAX 40
+#define PROGRESS_BAR_MIN 5        /* narrower than this: no bar at all */
+#define PROGRESS_BAR_ALIGNED_MIN 16 /* aligned columns only when the bar keeps this much room */
 #define HASH_CHUNK (1 << 20)      /* bytes read at a time when hashing a partial download */
 #define SMALL_FILE_MAX (64 << 20) /* a file kept in git, not LFS (the Hub's own cap is 10 MB) */
 
@@ -221,6 +226,17 @@ int cs_hub_env_init(cs_hub_env *env, cs_err *err) {
     v = getenv_set("HF_HUB_OFFLINE");
     if (!v) v = getenv_set("TRANSFORMERS_OFFLINE");
     env->offline = env_true(v);
+
+    env->connect_timeout_s = CS_HUB_CONNECT_TIMEOUT_S;
+    if ((v = getenv_set("HF_HUB_ETAG_TIMEOUT"))) {
+        char *end;
+        errno = 0;
+        double t = strtod(v, &end);
+        if (errno || end == v || *end || !(t > 0 && t <= CS_HUB_CONNECT_TIMEOUT_MAX_S))
+            return cs_err_set(err, "HF_HUB_ETAG_TIMEOUT must be a number of seconds in (0, %g], got '%.40s'",
+                              CS_HUB_CONNECT_TIMEOUT_MAX_S, v);
+        env->connect_timeout_s = t;
+    }
 
     if ((v = getenv_set("HF_TOKEN")) || (v = getenv_set("HUGGING_FACE_HUB_TOKEN"))) {
         if (copy_str(env->token, sizeof env->token, v, err)) return cs_err_set(err, "HF_TOKEN is too long");
@@ -477,26 +493,64 @@ static void fmt_size(char *out, size_t cap, double bytes) {
     else snprintf(out, cap, "%.2f GB", bytes / 1e9);
 }
 
+/* Columns of the terminal on stderr: TIOCGWINSZ, else $COLUMNS, else 80. Asked at
+ * every redraw, so a resized window gets a line that fits. */
+static int term_width(void) {
+    struct winsize ws;
+    if (ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0) return ws.ws_col;
+    const char *c = getenv_set("COLUMNS");
+    long n = c ? strtol(c, NULL, 10) : 0;
+    return n > 0 && n < PROGRESS_MAX_COLS ? (int)n : 80;
+}
+
+/* One line, at most width-1 columns (a full-width line would wrap on some terminals and
+ * the next \r would then redraw only its second half, leaving fragments): name, percent,
+ * a bar as wide as the room left, sizes, rate. The first layout that fits wins: aligned
+ * columns, then unpadded, then without the bar, then without the rate, then cut. */
 static void progress_draw(dl *d, int final) {
     if (!d->bar) return;
     double t = now_s();
     if (!final && t - d->last < PROGRESS_INTERVAL_S) return;
     d->last = t;
     double rate = t > d->t0 ? (double)(d->have - d->have0) / (t - d->t0) / 1e6 : 0;
-    char bar[25];
-    int fill = d->expected > 0 ? (int)(24.0 * (double)d->have / (double)d->expected) : 0;
-    if (fill > 24) fill = 24;
-    memset(bar, '#', (size_t)fill);
-    memset(bar + fill, '-', (size_t)(24 - fill));
-    bar[24] = '\0';
-    char have[32], total[32];
+    int cols = term_width() - 1;
+    if (cols > PROGRESS_MAX_COLS) cols = PROGRESS_MAX_COLS;
+    if (cols < 1) cols = 1;
+    const int known = d->expected > 0;
+    char have[32], total[32], pct[8] = "";
     fmt_size(have, sizeof have, (double)d->have);
     fmt_size(total, sizeof total, (double)d->expected);
-    if (d->expected > 0)
-        fprintf(stderr, "\r%-24.24s %3d%% [%s] %10s / %-10s %7.1f MB/s\x1b[K", d->name,
-                (int)(100.0 * (double)d->have / (double)d->expected), bar, have, total, rate);
-    else
-        fprintf(stderr, "\r%-24.24s %10s %7.1f MB/s\x1b[K", d->name, have, rate);
+    if (known) snprintf(pct, sizeof pct, "%3d%%", (int)(100.0 * (double)d->have / (double)d->expected));
+    static const struct { int pad, bar_min, speed; } layouts[] = {
+        {1, PROGRESS_BAR_ALIGNED_MIN, 1}, {0, PROGRESS_BAR_MIN, 1}, {0, 0, 1}, {0, 0, 0}};
+    char line[PROGRESS_MAX_COLS + 160];
+    for (size_t i = 0; i < sizeof layouts / sizeof *layouts; i++) {
+        const int pad = layouts[i].pad;
+        char head[64], tail[96], sizes[72], bar[PROGRESS_BAR_MAX + 4] = "";
+        snprintf(head, sizeof head, "%-*.*s%s%s", pad ? PROGRESS_NAME_COLS : 0, PROGRESS_NAME_COLS, d->name,
+                 known ? " " : "", pct);
+        if (known) snprintf(sizes, sizeof sizes, pad ? "%10s / %-10s" : "%s / %s", have, total);
+        else snprintf(sizes, sizeof sizes, pad ? "%10s" : "%s", have);
+        if (layouts[i].speed) snprintf(tail, sizeof tail, pad ? "%s %7.1f MB/s" : "%s %.1f MB/s", sizes, rate);
+        else snprintf(tail, sizeof tail, "%s", sizes);
+        const int fixed = (int)strlen(head) + 1 + (int)strlen(tail);
+        int bar_w = layouts[i].bar_min && known ? cols - fixed - 3 : 0; /* " [" and "]" */
+        if (bar_w > PROGRESS_BAR_MAX) bar_w = PROGRESS_BAR_MAX;
+        if (layouts[i].bar_min && bar_w < layouts[i].bar_min) continue;
+        if (bar_w > 0) {
+            int fill = (int)((double)bar_w * (double)d->have / (double)d->expected);
+            if (fill > bar_w) fill = bar_w;
+            bar[0] = '[';
+            memset(bar + 1, '#', (size_t)fill);
+            memset(bar + 1 + fill, '-', (size_t)(bar_w - fill));
+            bar[bar_w + 1] = ']';
+            bar[bar_w + 2] = '\0';
+        }
+        snprintf(line, sizeof line, "%s%s%s %s", head, bar_w > 0 ? " " : "", bar, tail);
+        if ((int)strlen(line) <= cols) break;
+    }
+    if ((int)strlen(line) > cols) line[cols] = '\0'; /* narrower than the shortest layout */
+    fprintf(stderr, "\r%s\x1b[K", line);
     if (final) fputc('\n', stderr);
     fflush(stderr);
 }
@@ -637,7 +691,8 @@ static CURLcode request(xfer *x, const char *url0, int head, unsigned long long 
         curl_easy_setopt(c, CURLOPT_USERAGENT, HUB_USER_AGENT);
         curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
         curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
-        curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, CONNECT_TIMEOUT_S);
+        const double cto = x->env->connect_timeout_s > 0 ? x->env->connect_timeout_s : CS_HUB_CONNECT_TIMEOUT_S;
+        curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)(cto * 1000));
         curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
         curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, STALL_TIMEOUT_S);
 #if LIBCURL_VERSION_NUM >= 0x075500
@@ -689,9 +744,15 @@ static CURLcode request(xfer *x, const char *url0, int head, unsigned long long 
     }
 }
 
-/* Worth another try: a cut or stalled transfer, or the server asking us to come back. */
+/* Worth another try: a cut or stalled transfer, or the server asking us to come back.
+ * A connection that timed out before it was made is not: with no route to the Hub,
+ * retrying only multiplies the wait (the first `make run` offline took minutes). */
 static int transient(const xfer *x, CURLcode rc) {
     if (x->fail != FAIL_NONE) return 0;
+    if (rc == CURLE_OPERATION_TIMEDOUT) {
+        double connected = 0;
+        if (curl_easy_getinfo(x->curl, CURLINFO_CONNECT_TIME, &connected) != CURLE_OK || connected <= 0) return 0;
+    }
     if (rc == CURLE_OK) {
         long st = x->r.status;
         return st == 429 || st == 500 || st == 502 || st == 503 || st == 504;
@@ -809,8 +870,7 @@ static int fetch_meta(pull *p, const hub_file *f, const char *revision, int firs
     }
     if (rc != CURLE_OK) {
         p->unreachable = 1;
-        return cs_err_set(err, "cannot reach the Hub at %s: %s (set HF_HUB_OFFLINE=1 to use only the local cache)",
-                          p->env->endpoint, curl_detail(x, rc));
+        return cs_err_set(err, "cannot reach the Hub at %s: %s", p->env->endpoint, curl_detail(x, rc));
     }
     const resp *r = &x->r;
     if (r->overlong) return cs_err_set(err, "%s: the %s header is too long", url, r->overlong);
@@ -1168,6 +1228,12 @@ fail:
         if (cs_hub_find_cached(env, ref, dir_out, cap, &scratch) == 0) {
             if (env->progress) fprintf(stderr, "warning: %s; using the cached copy of %s\n", err ? err->msg : "", p->name);
             rc = 0;
+        } else if (err) { /* say what works without the Hub; HF_HUB_OFFLINE alone would not */
+            char why[CS_ERR_MAX];
+            snprintf(why, sizeof why, "%s", err->msg);
+            cs_err_set(err, "%s; model %s is not in the cache at %s: run `cserve pull %s` on a machine that can reach "
+                            "the Hub and copy that cache here (HF_HUB_OFFLINE=1 then skips the Hub), or use a local "
+                            "model directory", why, p->name, env->cache, p->name);
         }
     }
     if (p->x.curl) curl_easy_cleanup(p->x.curl);

@@ -22,6 +22,10 @@
  *                     to the CDN a download is redirected to; else the file $HF_TOKEN_PATH
  *                     or $HF_HOME/token that `huggingface-cli login` writes
  *   HF_HUB_OFFLINE    1/true/yes/on: never touch the network (TRANSFORMERS_OFFLINE too)
+ *   HF_HUB_ETAG_TIMEOUT  seconds allowed to connect to the Hub or its CDN (default
+ *                     CS_HUB_CONNECT_TIMEOUT_S; huggingface_hub's metadata timeout). A connection
+ *                     that could not be made at all is not retried: with no route to the Hub
+ *                     a command fails within this time instead of minutes.
  *
  * Files: config.json, model.safetensors, vocab.json, merges.txt (required) and
  * generation_config.json (optional: a 404 for it is recorded in .no_exist).
@@ -57,6 +61,8 @@
 #define CS_HUB_MAX_HEADER_BYTES (64 * 1024)  /* total response header bytes per response */
 #define CS_HUB_MAX_REDIRECTS 10
 #define CS_HUB_MAX_RETRIES 3       /* extra attempts after a cut transfer, 429 or 5xx */
+#define CS_HUB_CONNECT_TIMEOUT_S 10.0 /* default connect timeout (huggingface_hub's default too) */
+#define CS_HUB_CONNECT_TIMEOUT_MAX_S 600.0
 
 /* Where and how to reach the Hub. Plain value, owned by the caller. */
 typedef struct cs_hub_env {
@@ -66,11 +72,12 @@ typedef struct cs_hub_env {
     int offline;                   /* 1: cache only */
     int progress;                  /* 1: progress bar on stderr when it is a terminal, and one
                                       line per downloaded file when it is not; 0: silent */
+    double connect_timeout_s;      /* <= 0: CS_HUB_CONNECT_TIMEOUT_S */
 } cs_hub_env;
 
 /* Fills env from the environment (see above); progress defaults to 1. Fails on an
  * unusable value (no HOME and no cache variable, HF_ENDPOINT not http(s), a token with
- * spaces or control characters). */
+ * spaces or control characters, HF_HUB_ETAG_TIMEOUT not a number in (0, 600]). */
 int cs_hub_env_init(cs_hub_env *env, cs_err *err);
 
 /* A parsed model name. */
@@ -97,8 +104,9 @@ int cs_hub_find_cached(const cs_hub_env *env, const cs_hub_ref *ref, char *dir_o
  * always asks the Hub which commit REVISION is now (one HEAD request per file) and
  * downloads only blobs that are not cached yet; when the Hub cannot be reached at all
  * and the model is cached, it warns on stderr (if env->progress) and returns the cached
- * snapshot. Offline it is cs_hub_find_cached with the offline message below when the
- * model is missing. */
+ * snapshot; when it is not cached the message starts "cannot reach the Hub at URL" and
+ * says what works without the Hub. Offline it is cs_hub_find_cached with the offline
+ * message below when the model is missing. */
 int cs_hub_pull_env(const cs_hub_env *env, const cs_hub_ref *ref, char *dir_out, size_t cap, cs_err *err);
 
 /* Model name or directory -> a directory to load:

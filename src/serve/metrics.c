@@ -1,11 +1,16 @@
 #include "serve/metrics.h"
 
+#include <dirent.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#define PROC_STAT_MAX 1024 /* bytes of /proc/self/stat we read (the fields we need come first) */
 
 /* Seconds; the same buckets serve request latency and time to first token. */
 static const double BUCKETS[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120};
@@ -175,6 +180,75 @@ static void gauge(buf *b, const char *name, const char *help, double v) {
     bprintf(b, "# HELP %s %s\n# TYPE %s gauge\n%s %.9g\n", name, help, name, name, v);
 }
 
+/* A gauge with every digit: byte counts and epoch seconds exceed %.9g's precision. */
+static void gauge_exact(buf *b, const char *name, const char *help, double v) {
+    bprintf(b, "# HELP %s %s\n# TYPE %s gauge\n%s %.17g\n", name, help, name, name, v);
+}
+
+/* Seconds since the epoch at which the system booted (btime in /proc/stat), or -1. */
+static double boot_time(void) {
+    FILE *f = fopen("/proc/stat", "re");
+    if (!f) return -1;
+    char line[256];
+    double bt = -1;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "btime ", 6)) {
+            bt = strtod(line + 6, NULL);
+            break;
+        }
+    fclose(f);
+    return bt;
+}
+
+/* The process_* series of Prometheus client libraries, for this process (Linux /proc). */
+static void render_process(buf *b) {
+    char st[PROC_STAT_MAX];
+    FILE *f = fopen("/proc/self/stat", "re");
+    size_t n = f ? fread(st, 1, sizeof st - 1, f) : 0;
+    if (f) fclose(f);
+    st[n] = 0;
+    const char *p = strrchr(st, ')'); /* the command name may hold spaces and parentheses */
+    unsigned long long v[24] = {0};   /* v[i]: field i+3 of proc(5), from the state on */
+    int got = 0;
+    if (p) {
+        p++;
+        for (; got < 24 && *p; got++) {
+            while (*p == ' ') p++;
+            char *end;
+            v[got] = strtoull(p, &end, 10);
+            if (got == 0) end = (char *)p + 1; /* the state is a letter */
+            if (end == p) break;
+            p = end;
+        }
+    }
+    const double tck = (double)sysconf(_SC_CLK_TCK), page = (double)sysconf(_SC_PAGESIZE);
+    if (got >= 22 && tck > 0) {
+        /* utime 14, stime 15, starttime 22, vsize 23, rss 24 (pages) */
+        bprintf(b, "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"
+                   "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total %.2f\n",
+                (double)(v[11] + v[12]) / tck);
+        gauge_exact(b, "process_virtual_memory_bytes", "Virtual memory size in bytes.", (double)v[20]);
+        gauge_exact(b, "process_resident_memory_bytes", "Resident memory size in bytes.", (double)v[21] * page);
+        double bt = boot_time();
+        if (bt >= 0)
+            bprintf(b, "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n"
+                       "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds %.2f\n",
+                    bt + (double)v[19] / tck);
+    }
+    DIR *d = opendir("/proc/self/fd");
+    if (d) {
+        long fds = -1; /* the directory's own descriptor is not the process's */
+        for (struct dirent *e; (e = readdir(d));)
+            if (e->d_name[0] != '.') fds++;
+        closedir(d);
+        gauge_exact(b, "process_open_fds", "Number of open file descriptors.", (double)(fds < 0 ? 0 : fds));
+    }
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        gauge_exact(b, "process_max_fds", "Maximum number of open file descriptors.",
+              rl.rlim_cur == RLIM_INFINITY ? -1.0 : (double)rl.rlim_cur);
+}
+
 int cs_metrics_render(cs_metrics *m, const cs_metrics_gauges *g, char **out, size_t *len) {
     buf b = {.cap = 8192};
     b.p = malloc(b.cap);
@@ -216,6 +290,7 @@ int cs_metrics_render(cs_metrics *m, const cs_metrics_gauges *g, char **out, siz
                     "cserve_engine_steps_total %llu\n",
                 (unsigned long long)g->steps);
     }
+    render_process(&b);
     if (b.oom) {
         free(b.p);
         return -1;

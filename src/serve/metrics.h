@@ -7,6 +7,11 @@
  *   cserve_prompt_tokens_total, cserve_generation_tokens_total   counters
  *   cserve_requests_in_flight                            gauge (generation requests)
  *   cserve_scheduler_* / cserve_batch_size / cserve_ready  gauges passed in at render time
+ *   process_cpu_seconds_total, process_resident_memory_bytes,
+ *   process_virtual_memory_bytes, process_open_fds, process_max_fds,
+ *   process_start_time_seconds                           the rendering process, read from
+ *       /proc at render time, named as Prometheus client libraries name them (left
+ *       out where /proc is not readable)
  *
  * Label values come from a small fixed set chosen by the caller (route
  * patterns, not raw paths), so the number of series is bounded: at most

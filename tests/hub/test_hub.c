@@ -17,7 +17,7 @@
 
 static const char *ENV_VARS[] = {"HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME", "HF_ENDPOINT",
                                  "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HUB_OFFLINE",
-                                 "TRANSFORMERS_OFFLINE"};
+                                 "TRANSFORMERS_OFFLINE", "HF_HUB_ETAG_TIMEOUT"};
 
 static void clear_env(void) {
     for (size_t i = 0; i < sizeof ENV_VARS / sizeof *ENV_VARS; i++) unsetenv(ENV_VARS[i]);
@@ -101,6 +101,21 @@ static void test_env(void **state) {
     setenv("HF_HUB_OFFLINE", "0", 1); /* HF_HUB_OFFLINE wins when set */
     assert_int_equal(cs_hub_env_init(&env, &err), 0);
     assert_int_equal(env.offline, 0);
+
+    /* connect timeout: short by default (no retry loop against an unreachable Hub) */
+    unsetenv("HF_HUB_OFFLINE");
+    assert_int_equal(cs_hub_env_init(&env, &err), 0);
+    assert_true(env.connect_timeout_s == CS_HUB_CONNECT_TIMEOUT_S && CS_HUB_CONNECT_TIMEOUT_S <= 10);
+    setenv("HF_HUB_ETAG_TIMEOUT", "2.5", 1);
+    assert_int_equal(cs_hub_env_init(&env, &err), 0);
+    assert_true(env.connect_timeout_s == 2.5);
+    static const char *bad_timeouts[] = {"0", "-1", "abc", "1e9", "5s"};
+    for (size_t i = 0; i < sizeof bad_timeouts / sizeof *bad_timeouts; i++) {
+        setenv("HF_HUB_ETAG_TIMEOUT", bad_timeouts[i], 1);
+        assert_int_equal(cs_hub_env_init(&env, &err), -1);
+        assert_non_null(strstr(err.msg, "HF_HUB_ETAG_TIMEOUT"));
+    }
+    unsetenv("HF_HUB_ETAG_TIMEOUT");
 
     setenv("HF_TOKEN", " hf_abc \n", 1);
     assert_int_equal(cs_hub_env_init(&env, &err), 0);

@@ -540,3 +540,78 @@ def test_progress_output(hub, cache, tmp_path):
     assert b"\r" in tty and b"model.safetensors" in tty and b"100%" in tty, tty[-500:]
     r = run(["pull", "--help"])
     assert r.returncode == 0 and "HF_HUB_OFFLINE" in r.stdout and "HF_TOKEN" in r.stdout and "HF_ENDPOINT" in r.stdout
+
+
+def screen(data, cols):
+    """Replays terminal output on a `cols`-wide screen with automatic margins (a character
+    written past the last column goes to the next row). Returns (rows, wrapped)."""
+    rows, row, col, wrapped = [[]], 0, 0, False
+    text = data.decode("utf-8", "replace")
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if text.startswith("\x1b[K", i):
+            del rows[row][col:]
+            i += 3
+            continue
+        if ch == "\r":
+            col = 0
+        elif ch == "\n":
+            row += 1
+            col = 0
+            if row == len(rows):
+                rows.append([])
+        else:
+            if col == cols:  # auto-wrap: the line did not fit
+                wrapped = True
+                row, col = row + 1, 0
+                if row == len(rows):
+                    rows.append([])
+            line = rows[row]
+            line.extend(" " * (col + 1 - len(line)))
+            line[col] = ch
+            col += 1
+        i += 1
+    return ["".join(r).rstrip() for r in rows], wrapped
+
+
+def pull_on_pty(hub, cache, cols, env=None):
+    """`cserve pull org/tiny` with stderr on a pseudo-terminal `cols` wide (0: size unset)."""
+    import fcntl
+    import struct
+    import termios
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, cols, 0, 0))
+    e = environment(hub, cache, env)
+    if "COLUMNS" not in (env or {}):
+        e.pop("COLUMNS", None)
+    p = subprocess.Popen([BIN, "pull", "org/tiny"], env=e, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    tty = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        tty += chunk
+    os.close(master)
+    assert p.wait(timeout=120) == 0, tty[-2000:]
+    return tty
+
+
+@pytest.mark.parametrize("cols,env", [(60, None), (100, None), (0, {"COLUMNS": "40"})])
+def test_progress_bar_fits_the_terminal(hub, tmp_path, cols, env):
+    hub.slow = 0.01  # several redraws of the bar, not only the last one
+    tty = pull_on_pty(hub, tmp_path / "cache", cols, env)
+    width = cols or 40
+    rows, wrapped = screen(tty, width)
+    assert b"\r" in tty and b"model.safetensors" in tty, tty[-500:]
+    assert not wrapped, "a progress line wider than %d columns:\n%s" % (width, "\n".join(rows))
+    bars = [r for r in rows if r]
+    # no fragments: every row left on the screen is one whole, final progress line
+    assert bars and all(r.split()[0] in FILES for r in bars), "\n".join(rows)
+    assert any(r.startswith("model.safetensors") and "100%" in r for r in bars), "\n".join(rows)
+    if width >= 60:
+        assert any("[" in r and "#" in r for r in bars), "\n".join(rows)  # room for a bar: drawn
