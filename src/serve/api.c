@@ -19,6 +19,7 @@
 #include "engine/utf8.h"
 #include "serve/api_internal.h"
 #include "serve/log.h"
+#include "serve/openapi.h"
 
 static char *xstrdup(const char *s) { return s ? strdup(s) : NULL; }
 
@@ -72,7 +73,7 @@ static const char *error_type(int kind, int status) {
 }
 
 int api_reply(areq *q, int status, const char *ctype, const char *body, size_t len, const char *allow) {
-    cs_http_header h[5];
+    cs_http_header h[6];
     size_t n = 0;
     char retry[16];
     h[n++] = (cs_http_header){"X-Request-Id", q->request_id};
@@ -80,6 +81,9 @@ int api_reply(areq *q, int status, const char *ctype, const char *body, size_t l
         snprintf(retry, sizeof retry, "%d", CS_API_RETRY_AFTER_S);
         h[n++] = (cs_http_header){"Retry-After", retry};
     }
+    /* The official OpenAI clients retry a 408 twice: a generation that used up
+     * the whole request timeout would run three times. They honour this header. */
+    if (status == 408) h[n++] = (cs_http_header){"x-should-retry", "false"};
     if (status == 401) h[n++] = (cs_http_header){"WWW-Authenticate", "Bearer"};
     if (allow) h[n++] = (cs_http_header){"Allow", allow};
     if (q->draining) h[n++] = (cs_http_header){"Connection", "close"};
@@ -94,6 +98,10 @@ void api_send_error(areq *q, int status, const char *param, const char *code, co
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    /* Under /v1 a request that does not validate is a 400, as OpenAI and vLLM
+     * answer it (the official client's BadRequestError); the seed's route keeps
+     * FastAPI's 422. */
+    if (q->kind == K_V1 && status == 422) status = 400;
     size_t ml;
     char *clean = cs_utf8_repair(msg, strlen(msg), &ml);
     json_t *err;
@@ -148,6 +156,27 @@ static void h_metrics(areq *q) {
     }
     api_reply(q, 200, "text/plain; version=0.0.4; charset=utf-8", out, len, NULL);
     free(out);
+}
+
+static void h_openapi(areq *q) {
+    cs_api *a = q->api;
+    const char *prefix = a->prefix;
+    cs_openapi_opts o = {.prefixes = &prefix, .n_prefixes = 1, .auth = a->n_keys > 0};
+    pthread_rwlock_rdlock(&a->lock);
+    if (a->m) { /* attached: the model's own limits */
+        o.n_ctx = a->n_ctx;
+        o.n_vocab = cs_tok_vocab_size(a->m->tok);
+    }
+    pthread_rwlock_unlock(&a->lock);
+    char *doc = NULL;
+    size_t len = 0;
+    cs_err err = {{0}};
+    if (cs_openapi_render(&o, &doc, &len, &err)) {
+        api_send_error(q, 500, NULL, NULL, NULL, "%s", err.msg);
+        return;
+    }
+    api_reply(q, 200, "application/json", doc, len, NULL);
+    free(doc);
 }
 
 /* Constant-time comparison (time depends on the lengths only). */
@@ -212,7 +241,7 @@ static void on_request(void *ud, cs_http_req *r) {
     q->draining = state == ST_DRAINING;
 
     const char *path = cs_http_req_path(r), *method = cs_http_req_method(r);
-    enum { R_NONE, R_HEALTH, R_ROUTES, R_METRICS, R_SIMPLE, R_COMPL, R_MODELS, R_MODEL } route = R_NONE;
+    enum { R_NONE, R_HEALTH, R_ROUTES, R_METRICS, R_SIMPLE, R_COMPL, R_MODELS, R_MODEL, R_SPEC, R_DOCS } route = R_NONE;
     if (!strcmp(path, "/-/healthz")) route = R_HEALTH, q->route = "/-/healthz";
     else if (!strcmp(path, "/-/routes")) route = R_ROUTES, q->route = "/-/routes";
     else if (!strcmp(path, "/metrics")) route = R_METRICS, q->route = "/metrics";
@@ -226,6 +255,8 @@ static void on_request(void *ud, cs_http_req *r) {
         else if (!strcmp(rel, "/v1/completions")) route = R_COMPL, q->route = "/v1/completions";
         else if (!strcmp(rel, "/v1/models")) route = R_MODELS, q->route = "/v1/models";
         else if (!strncmp(rel, "/v1/models/", 11)) route = R_MODEL, q->route = "/v1/models/{id}";
+        else if (cs_openapi_route(rel) == CS_OPENAPI_DOCUMENT) route = R_SPEC, q->route = "/openapi.json";
+        else if (cs_openapi_route(rel) == CS_OPENAPI_PAGE) route = R_DOCS, q->route = "/docs";
     }
     const char *msg;
     int es = cs_http_req_error(r, &msg);
@@ -233,7 +264,8 @@ static void on_request(void *ud, cs_http_req *r) {
         api_send_error(q, es, NULL, NULL, NULL, "%s", msg);
         return;
     }
-    if (route != R_HEALTH && !authorized(a, r)) {
+    /* the page holds no data (it asks for a key when openapi.json needs one), as FastAPI's /docs */
+    if (route != R_HEALTH && route != R_DOCS && !authorized(a, r)) {
         api_send_error(q, 401, NULL, "invalid_api_key", NULL,
                        "missing or invalid API key (send 'Authorization: Bearer KEY')");
         return;
@@ -260,6 +292,13 @@ static void on_request(void *ud, cs_http_req *r) {
     case R_METRICS: h_metrics(q); return;
     case R_MODELS: api_models(q, NULL); return;
     case R_MODEL: api_models(q, path + strlen(a->prefix) + 11); return;
+    case R_SPEC: h_openapi(q); return;
+    case R_DOCS: {
+        size_t len;
+        const char *page = cs_openapi_page(&len);
+        api_reply(q, 200, CS_OPENAPI_PAGE_TYPE, page, len, NULL);
+        return;
+    }
     default: break;
     }
     /* generation */

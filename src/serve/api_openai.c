@@ -100,13 +100,14 @@ static int read_stops(areq *q, json_t *root, verr *e) {
     return 0;
 }
 
-/* Accepts only the neutral value of an OpenAI field we do not implement. */
-static int unsupported(json_t *root, const char *key, double neutral, verr *e) {
+/* Accepts only the neutral value of an OpenAI field we do not implement:
+ * null, or 0 (kind 'n'), {} ('o'), "" ('s'), as the OpenAPI document says. */
+static int unsupported(json_t *root, const char *key, char kind, verr *e) {
     json_t *v = json_object_get(root, key);
     if (!v || json_is_null(v)) return 0;
-    if (json_is_number(v) && json_number_value(v) == neutral) return 0;
-    if (json_is_object(v) && json_object_size(v) == 0) return 0;
-    if (json_is_string(v) && json_string_length(v) == 0) return 0;
+    if (kind == 'n' && json_is_number(v) && json_number_value(v) == 0) return 0;
+    if (kind == 'o' && json_is_object(v) && json_object_size(v) == 0) return 0;
+    if (kind == 's' && json_is_string(v) && json_string_length(v) == 0) return 0;
     return api_vfail(e, 422, key, "unsupported", "%s: not supported by this server (leave it out or null)", key);
 }
 
@@ -154,10 +155,15 @@ void api_completions(areq *q, cs_sched *s) {
         api_vfail(&e, 422, "best_of", "unsupported", "best_of: only best_of == n is supported");
         goto fail;
     }
-    if (unsupported(root, "logprobs", 0, &e) || unsupported(root, "presence_penalty", 0, &e) ||
-        unsupported(root, "frequency_penalty", 0, &e) || unsupported(root, "logit_bias", 0, &e) ||
-        unsupported(root, "suffix", 0, &e))
+    if (unsupported(root, "logprobs", 'n', &e) || unsupported(root, "presence_penalty", 'n', &e) ||
+        unsupported(root, "frequency_penalty", 'n', &e) || unsupported(root, "logit_bias", 'o', &e) ||
+        unsupported(root, "suffix", 's', &e))
         goto fail;
+    json_t *user = json_object_get(root, "user"); /* ignored, but typed as OpenAI has it */
+    if (user && !json_is_null(user) && !json_is_string(user)) {
+        api_vfail(&e, 422, "user", "invalid_type", "user: expected a string, got %s", api_json_kind(user));
+        goto fail;
+    }
     json_t *so = json_object_get(root, "stream_options");
     if (so && !json_is_null(so)) {
         if (!json_is_object(so)) {
