@@ -3,7 +3,8 @@
 #   make test       build and run every test (unit + reference checks)
 #   make asan       the same tests under AddressSanitizer + UBSan (build/asan/)
 #   make fuzz       libFuzzer targets (clang) for every input parser, FUZZ_SECONDS each (build/fuzz/)
-#   make deps       install build/test dependencies (Debian packages)
+#   make deps       install build/test dependencies (Debian packages, test venvs)
+#   make run        build and serve MODEL (installs only the build dependencies)
 #   make models     regenerate the synthetic test checkpoints under build/models/
 #   make reference  regenerate tests/data/ref with torch + transformers (developer machines only)
 
@@ -21,15 +22,26 @@ LDLIBS   += $(PKG_LIBS) -lm -lpthread
 
 LIB_SRC  := $(wildcard src/engine/*.c src/hub/*.c src/serve/*.c src/http/*.c)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+# The dashboard's page (src/serve/dashboard/) is built into the binary as a generated C file.
+DASH_FILES := $(sort $(wildcard src/serve/dashboard/*))
+DASH_OBJ := $(BUILD)/obj/gen/dashboard_assets.o
+LIB_OBJ  += $(DASH_OBJ)
 TEST_SRC := $(wildcard tests/engine/test_*.c tests/hub/test_*.c tests/serve/test_*.c)
 TEST_BIN := $(TEST_SRC:%.c=$(BUILD)/%)
 TOOL_BIN := $(BUILD)/cs-synth
 PY_TESTS := $(wildcard tests/*/test_*.py)
 
-.PHONY: all test asan check run deps models reference clean bench bench-serving fuzz
+.PHONY: all test asan check run deps deps-build models reference clean bench bench-serving fuzz
 all: $(BUILD)/cserve $(TOOL_BIN)
 
 $(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/gen/dashboard_assets.c: $(DASH_FILES) tools/embed_assets.sh
+	@mkdir -p $(dir $@)
+	sh tools/embed_assets.sh $@ $(DASH_FILES)
+$(DASH_OBJ): $(BUILD)/gen/dashboard_assets.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
@@ -65,6 +77,10 @@ asan:
 deps:
 	sh tools/deps.sh
 
+# What building and serving need, without the test tools (make run).
+deps-build:
+	sh tools/deps.sh build
+
 build/venv-test/bin/pytest: tests/requirements.txt
 	sh tools/deps.sh
 
@@ -77,7 +93,7 @@ check: deps
 # pulled into the Hugging Face cache; build/models/distil is a synthetic one that needs no network).
 MODEL ?= distilgpt2
 ARGS  ?=
-run: deps
+run: deps-build
 	$(MAKE) all models
 	$(BUILD)/cserve serve --model "$(MODEL)" $(ARGS)
 
@@ -110,7 +126,7 @@ FUZZ_TARGETS ?= safetensors tokenizer tok_load config api hub_ref sampler serve_
 FUZZ_DIR     := build/fuzz
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_CFLAGS  := -g -O1 -std=c11 -D_GNU_SOURCE -Isrc $(PKG_CFLAGS) -Wall -Wextra
-FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(wildcard src/engine/*.c src/hub/*.c) src/serve/api.c src/serve/api_gen.c src/serve/api_simple.c src/serve/api_openai.c src/serve/log.c src/serve/strbuf.c src/serve/metrics.c src/serve/config.c src/serve/yamldoc.c src/serve/clean.c)
+FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(wildcard src/engine/*.c src/hub/*.c) src/serve/api.c src/serve/api_gen.c src/serve/api_simple.c src/serve/api_openai.c src/serve/openapi.c src/serve/log.c src/serve/strbuf.c src/serve/metrics.c src/serve/config.c src/serve/yamldoc.c src/serve/clean.c)
 FUZZ_BIN     := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
 fuzz:
 	@command -v $(FUZZ_CC) >/dev/null 2>&1 || { echo "make fuzz: $(FUZZ_CC) not found; libFuzzer needs clang:" \
@@ -135,4 +151,7 @@ clean:
 	rm -rf build
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+# Files openapi.c embeds with .incbin (-MMD does not see them).
+OPENAPI_ASSETS := src/serve/openapi/openapi.json src/serve/openapi/docs.html
+$(BUILD)/obj/src/serve/openapi.o $(FUZZ_DIR)/obj/src/serve/openapi.o: $(OPENAPI_ASSETS)
 .SECONDARY:

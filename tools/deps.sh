@@ -1,8 +1,17 @@
 #!/bin/sh
 # Installs what building and testing cserve needs (Debian/Ubuntu packages).
 # Safe to run repeatedly; does nothing when everything is already present.
+#   sh tools/deps.sh         everything: build and test packages, the test venvs (make deps)
+#   sh tools/deps.sh build   only what building and serving need (make run): no test tools, no venvs
 set -e
-PKGS="build-essential pkg-config libjansson-dev libpcre2-dev libcmocka-dev libcurl4-openssl-dev libmicrohttpd-dev libyaml-dev libutf8proc-dev python3 python3-venv"
+PKGS="build-essential pkg-config libjansson-dev libpcre2-dev libcmocka-dev libcurl4-openssl-dev libmicrohttpd-dev libyaml-dev libutf8proc-dev python3 python3-venv chromium chromium-driver"
+BUILD_PKGS="build-essential pkg-config libjansson-dev libpcre2-dev libcurl4-openssl-dev libmicrohttpd-dev libyaml-dev libutf8proc-dev"
+mode=${1:-all}
+case "$mode" in
+    all) ;;
+    build) PKGS=$BUILD_PKGS ;;
+    *) echo "usage: sh tools/deps.sh [build]" >&2; exit 2 ;;
+esac
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -14,6 +23,7 @@ if [ -n "$missing" ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing
 fi
+[ "$mode" = build ] && exit 0
 
 # Python test tools live in a venv under build/ (never the system interpreter).
 venv=build/venv-test

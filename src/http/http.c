@@ -18,6 +18,7 @@
 #include <math.h>
 #include <microhttpd.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -25,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -44,6 +46,8 @@ struct cs_http_req {
     size_t body_len, body_cap;
     int err_status;
     const char *err_msg;
+    const char *cors_allow; /* Access-Control-Allow-Origin for this request; NULL: none */
+    int preflight;          /* a CORS preflight from an allowed origin */
     double t_start;
     int dispatched; /* server thread only */
     /* under mu */
@@ -70,6 +74,9 @@ struct cs_http {
     _Atomic int n_live, n_suspended, stopping, wd_stop;
     pthread_t wd;
     int wd_started;
+    int cors_on, cors_any;  /* CORS headers at all; any origin ("*") */
+    int n_cors;
+    char cors[CS_HTTP_MAX_CORS_ORIGINS][CS_HTTP_MAX_ORIGIN + 1];
 };
 
 static double now_s(void) {
@@ -164,6 +171,9 @@ static struct MHD_Response *default_error(int status) {
     default: body = "{\"error\":{\"type\":\"unavailable\",\"message\":\"server shutting down\"}}"; break;
     }
     static const cs_http_header close_hdr[] = {{"Connection", "close"}};
+    /* OpenAI's clients retry a 408 twice unless told not to (see serve/api.c) */
+    static const cs_http_header no_retry[] = {{"x-should-retry", "false"}};
+    if (status == 408) return make_response(status, "application/json", body, strlen(body), no_retry, 1);
     return make_response(status, "application/json", body, strlen(body), close_hdr, status == 503 ? 1 : 0);
 }
 
@@ -315,6 +325,9 @@ static enum MHD_Result settle(cs_http_req *r) {
         struct MHD_Connection *conn = r->conn;
         const int status = r->status;
         r->resp = NULL;
+        /* every response passes here (the application's, default errors, streams) */
+        if (s->cors_on) MHD_add_response_header(resp, "Vary", "Origin");
+        if (r->cors_allow) MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->cors_allow);
         r->state = RS_QUEUED;
         pthread_mutex_unlock(&r->mu);
         MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, secs_ceil(s->ka_timeout));
@@ -379,6 +392,12 @@ static cs_http_req *req_new(cs_http *s, struct MHD_Connection *conn, const char 
         r->err_status = 431;
         r->err_msg = "request headers larger than 16384 bytes";
     }
+    const char *origin = s->cors_on ? MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin") : NULL;
+    if (origin) {
+        if (s->cors_any) r->cors_allow = "*";
+        for (int i = 0; i < s->n_cors && !r->cors_allow; i++)
+            if (!strcasecmp(origin, s->cors[i])) r->cors_allow = s->cors[i];
+    }
     const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl && strtoull(cl, NULL, 10) > CS_HTTP_MAX_BODY) {
         r->err_status = 413;
@@ -408,6 +427,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
             dispatch(r);
             return settle(r);
         }
+        r->preflight = r->cors_allow && !strcmp(method, "OPTIONS") &&
+                       MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Access-Control-Request-Method");
         return MHD_YES;
     }
     if (*upload_data_size) {
@@ -435,6 +456,13 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         r->body_len += n;
         r->body[r->body_len] = 0;
         return MHD_YES;
+    }
+    if (!r->dispatched && r->preflight) { /* answered here, once the request is read (see http.h) */
+        r->dispatched = 1;
+        static const cs_http_header pre[] = {{"Access-Control-Allow-Methods", CS_HTTP_CORS_METHODS},
+                                             {"Access-Control-Allow-Headers", CS_HTTP_CORS_HEADERS},
+                                             {"Access-Control-Max-Age", CS_HTTP_CORS_MAX_AGE}};
+        if (cs_http_respond(r, 204, NULL, "", 0, pre, sizeof pre / sizeof *pre)) return MHD_NO;
     }
     if (!r->dispatched) dispatch(r);
     return settle(r);
@@ -589,32 +617,93 @@ static int unix_listen(const char *path, cs_err *err) {
     return fd;
 }
 
+/* A listening TCP socket on host:port, or -1 with err. Bound here rather than by
+ * libmicrohttpd, whose own failure is a log line ("Failed to bind to port 0") that names
+ * neither the address nor the reason. *v6 and *port_out: the family and bound port. */
+static int tcp_listen(const char *host, int port, int *v6, int *port_out, cs_err *err) {
+    if (port < 0 || port > 65535) return cs_err_set(err, "port %d out of range [0, 65535]", port);
+    const int bracket = strchr(host, ':') != NULL; /* an IPv6 literal: [::1]:8000 */
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *ai = NULL;
+    int gai = getaddrinfo(host, NULL, &hints, &ai);
+    if (gai != 0 || !ai) return cs_err_set(err, "cannot listen on %s: cannot resolve the host: %s", host, gai_strerror(gai));
+    struct sockaddr_storage addr;
+    memset(&addr, 0, sizeof addr);
+    memcpy(&addr, ai->ai_addr, ai->ai_addrlen);
+    socklen_t alen = (socklen_t)ai->ai_addrlen;
+    *v6 = ai->ai_family == AF_INET6;
+    freeaddrinfo(ai);
+    if (*v6) ((struct sockaddr_in6 *)&addr)->sin6_port = htons((uint16_t)port);
+    else ((struct sockaddr_in *)&addr)->sin_port = htons((uint16_t)port);
+    int fd = socket(*v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) return cs_err_set(err, "cannot listen on %s: socket: %s", host, strerror(errno));
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one); /* restart while old connections linger */
+    if (*v6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&addr, alen) != 0 || listen(fd, CS_HTTP_LISTEN_BACKLOG) != 0) {
+        char why[128];
+        snprintf(why, sizeof why, "%s", strerror(errno));
+        if (why[0] >= 'A' && why[0] <= 'Z' && why[1] >= 'a' && why[1] <= 'z') why[0] = (char)(why[0] - 'A' + 'a');
+        close(fd);
+        return cs_err_set(err, "cannot listen on %s%s%s:%d: %s", bracket ? "[" : "", host, bracket ? "]" : "", port, why);
+    }
+    struct sockaddr_storage got;
+    socklen_t glen = sizeof got;
+    *port_out = port;
+    if (getsockname(fd, (struct sockaddr *)&got, &glen) == 0)
+        *port_out = ntohs(got.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&got)->sin6_port
+                                                    : ((struct sockaddr_in *)&got)->sin_port);
+    return fd;
+}
+
+/* "a,b , c" or "*" into s->cors. */
+static int cors_parse(cs_http *s, const char *list, cs_err *err) {
+    while (list && *list) {
+        size_t n = strcspn(list, ",");
+        const char *b = list, *e = list + n;
+        while (b < e && (*b == ' ' || *b == '\t')) b++;
+        while (e > b && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '/')) e--;
+        list += n + (list[n] == ',');
+        if (e == b) continue;
+        s->cors_on = 1;
+        if (e - b == 1 && *b == '*') {
+            s->cors_any = 1;
+            continue;
+        }
+        if ((size_t)(e - b) > CS_HTTP_MAX_ORIGIN)
+            return cs_err_set(err, "CORS origin longer than %d bytes: %.60s...", CS_HTTP_MAX_ORIGIN, b);
+        if (s->n_cors == CS_HTTP_MAX_CORS_ORIGINS)
+            return cs_err_set(err, "more than %d CORS origins", CS_HTTP_MAX_CORS_ORIGINS);
+        const char *sep = strstr(b, "://");
+        int ok = sep && sep < e && sep > b && (size_t)(e - sep) > 3 && !memchr(sep + 3, '/', (size_t)(e - sep - 3));
+        for (const char *c = b; ok && c < e; c++) ok = (unsigned char)*c > 0x20 && (unsigned char)*c < 0x7f;
+        if (!ok)
+            return cs_err_set(err, "CORS origin '%.*s' is not of the form scheme://host[:port] (or *)", (int)(e - b), b);
+        memcpy(s->cors[s->n_cors], b, (size_t)(e - b));
+        s->cors[s->n_cors++][e - b] = '\0';
+    }
+    return 0;
+}
+
 int cs_http_start(cs_http **out, const cs_http_opts *o, const cs_http_handlers *h, cs_err *err) {
     *out = NULL;
     if (!h || !h->request) return cs_err_set(err, "http: no request handler");
-    int lfd = -1, v6 = 0;
+    int lfd = -1, v6 = 0, port = o->port;
     const char *host = o->host && *o->host ? o->host : "0.0.0.0";
-    struct sockaddr_storage addr;
-    memset(&addr, 0, sizeof addr);
+    cs_http *s = calloc(1, sizeof *s);
+    if (!s) return cs_err_set(err, "out of memory");
+    if (cors_parse(s, o->cors_origins, err)) {
+        free(s);
+        return -1;
+    }
     if (o->unix_path) {
-        if ((lfd = unix_listen(o->unix_path, err)) < 0) return -1;
+        lfd = unix_listen(o->unix_path, err);
         host = o->unix_path;
     } else {
-        if (o->port < 0 || o->port > 65535) return cs_err_set(err, "http: port %d out of range [0, 65535]", o->port);
-        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *ai = NULL;
-        int gai = getaddrinfo(host, NULL, &hints, &ai);
-        if (gai != 0 || !ai) return cs_err_set(err, "http: cannot resolve host '%s': %s", host, gai_strerror(gai));
-        memcpy(&addr, ai->ai_addr, ai->ai_addrlen);
-        v6 = ai->ai_family == AF_INET6;
-        freeaddrinfo(ai);
-        if (v6) ((struct sockaddr_in6 *)&addr)->sin6_port = htons((uint16_t)o->port);
-        else ((struct sockaddr_in *)&addr)->sin_port = htons((uint16_t)o->port);
+        lfd = tcp_listen(host, o->port, &v6, &port, err);
     }
-
-    cs_http *s = calloc(1, sizeof *s);
-    if (!s) {
-        if (lfd >= 0) close(lfd);
-        return cs_err_set(err, "out of memory");
+    if (lfd < 0) {
+        free(s);
+        return -1;
     }
     s->h = *h;
     s->req_timeout = o->request_timeout_s > 0 ? o->request_timeout_s : 60;
@@ -623,35 +712,22 @@ int cs_http_start(cs_http **out, const cs_http_opts *o, const cs_http_handlers *
     const unsigned max_conn = (unsigned)(o->max_connections > 0 ? o->max_connections : CS_HTTP_MAX_CONNECTIONS);
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     if (v6) flags |= MHD_USE_IPv6;
-    /* the listening socket: a Unix one of ours, or an address for libmicrohttpd to bind */
-    const enum MHD_OPTION lopt = lfd >= 0 ? MHD_OPTION_LISTEN_SOCKET : MHD_OPTION_SOCK_ADDR;
-    s->d = lfd >= 0 ? MHD_start_daemon(flags, 0, NULL, NULL, on_access, s,
-                                       MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
-                                       lopt, (MHD_socket)lfd,
-                                       MHD_OPTION_CONNECTION_LIMIT, max_conn,
-                                       MHD_OPTION_CONNECTION_TIMEOUT, secs_ceil(s->ka_timeout),
-                                       MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CS_HTTP_CONN_MEMORY,
-                                       MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                                       MHD_OPTION_END)
-                    : MHD_start_daemon(flags, 0, NULL, NULL, on_access, s,
-                                       MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s, /* first, to catch every message */
-                                       lopt, (struct sockaddr *)&addr,
-                                       MHD_OPTION_CONNECTION_LIMIT, max_conn,
-                                       MHD_OPTION_CONNECTION_TIMEOUT, secs_ceil(s->ka_timeout),
-                                       MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CS_HTTP_CONN_MEMORY,
-                                       MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)CS_HTTP_LISTEN_BACKLOG,
-                                       MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                                       MHD_OPTION_END);
+    s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_access, s,
+                            MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s, /* first, to catch every message */
+                            MHD_OPTION_LISTEN_SOCKET, (MHD_socket)lfd,
+                            MHD_OPTION_CONNECTION_LIMIT, max_conn,
+                            MHD_OPTION_CONNECTION_TIMEOUT, secs_ceil(s->ka_timeout),
+                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CS_HTTP_CONN_MEMORY,
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                            MHD_OPTION_END);
     if (!s->d) {
-        if (lfd >= 0) close(lfd);
-        if (lfd >= 0) cs_err_set(err, "http: cannot serve on %s", host);
-        else cs_err_set(err, "http: cannot listen on %s:%d (address in use or not available)", host, o->port);
+        close(lfd);
+        cs_err_set(err, "http: cannot serve on %s (libmicrohttpd did not start)", host);
         pthread_mutex_destroy(&s->mu);
         free(s);
         return -1;
     }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
-    s->port = di ? di->port : o->port;
+    s->port = port;
     if (pthread_create(&s->wd, NULL, wd_main, s) != 0) {
         MHD_stop_daemon(s->d);
         pthread_mutex_destroy(&s->mu);

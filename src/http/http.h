@@ -30,6 +30,15 @@
  * application formats the error like its others. Headers larger than
  * CS_HTTP_CONN_MEMORY are refused by libmicrohttpd itself (431, HTML body).
  *
+ * CORS (cs_http_opts.cors_origins, off by default): a request whose Origin header is
+ * one of the allowed origins (or any origin, for "*") gets Access-Control-Allow-Origin
+ * on its response, whoever builds it (the application, a default 408/503, a stream);
+ * every response carries Vary: Origin while CORS is on. A preflight (OPTIONS with
+ * Access-Control-Request-Method) from an allowed origin is answered here with 204
+ * (CS_HTTP_CORS_METHODS, CS_HTTP_CORS_HEADERS) and never reaches the application,
+ * because browsers send it without credentials (no API key). The done callback still
+ * sees it, with no application data.
+ *
  * Lifetimes: a cs_http_req is reference-counted. The server holds one
  * reference until the request is over (response sent or connection closed);
  * the application takes its own (cs_http_req_ref) for as long as it may call
@@ -57,6 +66,11 @@
 #define CS_HTTP_STREAM_MAX_BUFFER ((size_t)8 << 20) /* unsent stream bytes per request */
 #define CS_HTTP_MAX_EXTRA_HEADERS 8                 /* response headers besides Content-Type */
 #define CS_HTTP_WATCHDOG_MS 50                      /* timeout / disconnect check period */
+#define CS_HTTP_MAX_CORS_ORIGINS 16                 /* entries of cs_http_opts.cors_origins */
+#define CS_HTTP_MAX_ORIGIN 256                      /* bytes of one allowed origin */
+#define CS_HTTP_CORS_METHODS "GET, POST, PUT, DELETE, OPTIONS"
+#define CS_HTTP_CORS_HEADERS "Authorization, Content-Type"
+#define CS_HTTP_CORS_MAX_AGE "600"                  /* seconds a browser may cache a preflight */
 
 typedef struct cs_http cs_http;
 typedef struct cs_http_req cs_http_req;
@@ -94,9 +108,15 @@ typedef struct cs_http_opts {
     int max_connections;        /* <= 0: CS_HTTP_MAX_CONNECTIONS */
     const char *unix_path;      /* non-NULL: listen on this Unix socket instead (host/port
                                    ignored; an existing file there is replaced; mode 0600) */
+    const char *cors_origins;   /* NULL or "": no CORS headers; else origins allowed to call
+                                   from a browser, comma-separated ("https://a.example,
+                                   http://localhost:3000"), or "*" for any; copied */
 } cs_http_opts;
 
-/* Binds, listens and starts the server thread. h's handlers are copied. */
+/* Binds, listens and starts the server thread. h's handlers are copied. A port that
+ * cannot be bound fails here with "cannot listen on HOST:PORT: REASON" (e.g. "address
+ * already in use"), before any request could arrive; nothing is logged. A malformed
+ * cors_origins fails with a message naming the entry. */
 int cs_http_start(cs_http **out, const cs_http_opts *o, const cs_http_handlers *h, cs_err *err);
 int cs_http_port(const cs_http *s); /* the bound port */
 

@@ -2,9 +2,10 @@
  * Serve's shapes so that the real `serve` CLI and KubeRay work against it:
  *   GET    /api/ray/version
  *   GET    /api/serve/applications/      ServeInstanceDetails
- *   PUT    /api/serve/applications/      the Serve config (JSON); full replace
+ *   PUT    /api/serve/applications/      the Serve config (JSON; YAML with a YAML Content-Type); full replace
  *   DELETE /api/serve/applications/      delete every application
  *   POST   /api/v1/applications/{app}/deployments/{dep}/scale  {"target_num_replicas": N}
+ * and the dashboard (/, /dashboard/..., /api/cserve/...: dashboard.c).
  * Runs on the control-loop thread (see controller.h). */
 #include <stdio.h>
 #include <stdlib.h>
@@ -115,25 +116,38 @@ json_t *cp_status_json(cs_ctl *c, int api_type) {
     return o;
 }
 
-static void h_put(cs_ctl *c, cs_http_req *r) {
+/* The PUT body as a config: JSON (Ray's API), or YAML when the Content-Type
+ * says so (the dashboard's editor, curl --data-binary @serve.yaml). On
+ * failure answers 400 and returns NULL. */
+static cs_scfg *put_config(cs_http_req *r, int yaml) {
     size_t n = 0;
     const char *body = cs_http_req_body(r, &n);
+    cs_err err = {{0}};
+    cs_scfg *cfg = NULL;
+    if (yaml) {
+        if (cs_scfg_parse(&cfg, body ? body : "", n, "request body", &err) == 0) return cfg;
+        cs_http_respond(r, 400, "text/plain; charset=utf-8", err.msg, strlen(err.msg), NULL, 0);
+        return NULL;
+    }
     json_error_t je;
     json_t *doc = json_loadb(body ? body : "", n, JSON_REJECT_DUPLICATES, &je);
     if (!doc) {
         char m[400];
         snprintf(m, sizeof m, "request body: not JSON: %s (line %d, column %d)", je.text, je.line, je.column);
         cs_http_respond(r, 400, "text/plain; charset=utf-8", m, strlen(m), NULL, 0);
-        return;
+        return NULL;
     }
-    cs_err err = {{0}};
-    cs_scfg *cfg = NULL;
-    if (cs_scfg_from_json(&cfg, doc, &err)) {
-        json_decref(doc);
-        cs_http_respond(r, 400, "text/plain; charset=utf-8", err.msg, strlen(err.msg), NULL, 0);
-        return;
-    }
+    const int bad = cs_scfg_from_json(&cfg, doc, &err);
     json_decref(doc);
+    if (!bad) return cfg;
+    cs_http_respond(r, 400, "text/plain; charset=utf-8", err.msg, strlen(err.msg), NULL, 0);
+    return NULL;
+}
+
+static void h_put(cs_ctl *c, cs_http_req *r, int yaml) {
+    cs_scfg *cfg = put_config(r, yaml);
+    if (!cfg) return;
+    cs_err err = {{0}};
     if (cp_apply(c, cfg, &err)) {
         cs_http_respond(r, 500, "text/plain; charset=utf-8", err.msg, strlen(err.msg), NULL, 0);
         return;
@@ -185,7 +199,8 @@ static void h_scale(cs_ctl *c, cs_http_req *r, const char *rest) {
                                       "target_num_replicas", target));
 }
 
-void cp_admin_request(cs_ctl *c, cs_http_req *r, int api_type) {
+void cp_admin_request(cs_ctl *c, cs_http_req *r, const cp_admin_q *q) {
+    const int api_type = q ? q->api_type : CP_API_ANY;
     const char *path = cs_http_req_path(r), *m = cs_http_req_method(r);
     const char *emsg;
     int es = cs_http_req_error(r, &emsg);
@@ -205,7 +220,7 @@ void cp_admin_request(cs_ctl *c, cs_http_req *r, int api_type) {
     }
     if (!strcmp(path, "/api/serve/applications/") || !strcmp(path, "/api/serve/applications")) {
         if (get) cp_respond_json(r, 200, cp_status_json(c, api_type));
-        else if (!strcmp(m, "PUT")) h_put(c, r);
+        else if (!strcmp(m, "PUT")) h_put(c, r, q && q->yaml);
         else if (!strcmp(m, "DELETE")) {
             cp_log("info", "admin: deleting every application");
             cp_delete_all(c);
@@ -224,5 +239,6 @@ void cp_admin_request(cs_ctl *c, cs_http_req *r, int api_type) {
         cs_http_respond(r, 200, "text/plain; charset=utf-8", "success", 7, NULL, 0);
         return;
     }
+    if (cp_dash_request(c, r, q)) return;
     cp_respond_error(r, 404, "not_found", "no such admin route");
 }

@@ -251,15 +251,17 @@ static size_t check_write(char *p, size_t sz, size_t n, void *ud) {
     return len;
 }
 
-static void start_check(cs_ctl *c, cp_replica *r) {
+/* stats_only: a dashboard poll between health checks (short timeout, no health verdict). */
+static void start_check(cs_ctl *c, cp_replica *r, int stats_only) {
     cp_dep *d = r->dep;
     CURL *e = curl_easy_init();
     if (!e) return;
     r->check_len = 0;
-    const int push = r->state == RS_RUNNING && r->uc_pending;
+    r->stats_only = stats_only;
+    const int push = !stats_only && r->state == RS_RUNNING && r->uc_pending;
     curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, r->sock);
     curl_easy_setopt(e, CURLOPT_URL, push ? "http://replica/-/replica/user_config" : "http://replica/-/replica/stats");
-    double t = r->state == RS_STARTING ? 1.0 : d->cfg.health_check_timeout_s;
+    double t = r->state == RS_STARTING || stats_only ? 1.0 : d->cfg.health_check_timeout_s;
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(t * 1000));
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, check_write);
@@ -298,8 +300,17 @@ void cp_check_done(cs_ctl *c, cp_replica *r, CURLcode res, long status) {
         r->st_queued = (int)json_integer_value(json_object_get(j, "queued"));
         r->st_tokens = (double)json_integer_value(json_object_get(j, "tokens_generated"));
         r->st_batch = json_number_value(json_object_get(j, "batch_size"));
+        if (r->tok_prev_t > 0 && now > r->tok_prev_t && r->st_tokens >= r->tok_prev)
+            r->tok_rate = (r->st_tokens - r->tok_prev) / (now - r->tok_prev_t);
+        r->tok_prev = r->st_tokens;
+        r->tok_prev_t = now;
     }
     json_decref(j);
+    r->next_stats = now + CP_STATS_PERIOD_S;
+    if (r->stats_only) {
+        r->stats_only = 0;
+        return;
+    }
     if (r->state == RS_STARTING) {
         if (ready) {
             r->state = RS_RUNNING;
@@ -328,6 +339,7 @@ void cp_check_done(cs_ctl *c, cp_replica *r, CURLcode res, long status) {
     if (r->health_fails >= CP_HEALTH_FAILS && r->pid > 0) {
         r->unhealthy = 1;
         cp_log("warn", "replica %s#%s#%s is unhealthy: replacing it", d->app->name, d->name, r->id);
+        d->restarts++;
         kill(r->pid, SIGKILL);
         r->kill_sent = 1;
         stop_replica(c, r);
@@ -358,6 +370,7 @@ static void on_exit_status(cs_ctl *c, cp_replica *r, int wst) {
                      d->start_fails, r->last_error[0] ? r->last_error : how);
         }
     } else if (r->state == RS_RUNNING) {
+        d->restarts++;
         cp_log("warn", "replica %s#%s#%s died (%s); replacing it", d->app->name, d->name, r->id, how);
     }
     r->state = RS_STOPPING;
@@ -463,7 +476,8 @@ static void reconcile_dep(cs_ctl *c, cp_dep *d, double now) {
             kill(r->pid, SIGKILL);
             r->kill_sent = 1;
         }
-        if (!r->check && r->state != RS_STOPPING && now >= r->next_check) start_check(c, r);
+        if (!r->check && r->state != RS_STOPPING && now >= r->next_check) start_check(c, r, 0);
+        else if (!r->check && r->state == RS_RUNNING && !r->uc_pending && now >= r->next_stats) start_check(c, r, 1);
     }
     /* forget replicas that are gone and no longer referenced */
     size_t w = 0;
@@ -847,12 +861,14 @@ void cp_scale(cs_ctl *c, cp_dep *d, int n) {
 
 /* ------------------------------------------------------------ loop */
 
-static void post(cs_ctl *c, int kind, cs_http_req *r, int why) {
+static void post(cs_ctl *c, int kind, cs_http_req *r, int why, cp_admin_q *q) {
     cp_msg *m = calloc(1, sizeof *m);
     if (!m) {
+        free(q);
         cs_http_respond(r, 503, "text/plain", "out of memory", 13, NULL, 0);
         return;
     }
+    m->q = q;
     cs_http_req_ref(r);
     m->kind = kind;
     m->r = r;
@@ -867,12 +883,37 @@ static void post(cs_ctl *c, int kind, cs_http_req *r, int why) {
 
 static void on_proxy_request(void *ud, cs_http_req *r) {
     cp_fwd_new(ud, r); /* NULL (out of memory): the loop answers 503 */
-    post(ud, CP_M_PROXY, r, 0);
+    post(ud, CP_M_PROXY, r, 0, NULL);
 }
-static void on_proxy_abort(void *ud, cs_http_req *r, cs_http_abort why) { post(ud, CP_M_ABORT, r, (int)why); }
+static void on_proxy_abort(void *ud, cs_http_req *r, cs_http_abort why) { post(ud, CP_M_ABORT, r, (int)why, NULL); }
+
+static void set_query(cs_http_req *r, const char *name, char *dst, size_t cap) {
+    const char *v = cs_http_req_query(r, name);
+    snprintf(dst, cap, "%s", v ? v : "");
+}
+
+/* A non-negative decimal query argument up to max, else dflt. */
+static uint64_t query_num(cs_http_req *r, const char *name, uint64_t max, uint64_t dflt) {
+    const char *v = cs_http_req_query(r, name);
+    char *end = NULL;
+    const unsigned long long x = v && *v >= '0' && *v <= '9' ? strtoull(v, &end, 10) : 0;
+    return v && end && end != v && !*end && x <= max ? (uint64_t)x : dflt;
+}
+
 static void on_admin_request(void *ud, cs_http_req *r) {
-    if (strcmp(cs_http_req_path(r), "/-/healthz") != 0 && !cp_authorized(ud, r)) { /* probes need no key */
+    cs_ctl *c = ud;
+    const char *path = cs_http_req_path(r);
+    /* probes and the dashboard's static files need no key: the page asks for one for its data */
+    if (strcmp(path, "/-/healthz") != 0 && !cp_dash_is_asset(path) && !cp_authorized(ud, r)) {
         cp_respond_error(r, 401, "invalid_api_key", "missing or invalid API key (send 'Authorization: Bearer KEY')");
+        return;
+    }
+    const size_t pl = strlen(CP_DASH_PROXY);
+    if (!strncmp(path, CP_DASH_PROXY, pl) && path[pl] == '/' && !strcmp(cs_http_req_method(r), "POST")) {
+        /* the playground: the request goes through the router as if it came to the proxy */
+        cp_fwd *f = cp_fwd_new(c, r);
+        if (f) f->path_skip = pl;
+        post(ud, CP_M_PROXY, r, 0, NULL);
         return;
     }
     /* ?api_type= of GET /api/serve/applications/ (query arguments are readable only here) */
@@ -888,7 +929,21 @@ static void on_admin_request(void *ud, cs_http_req *r) {
             return;
         }
     }
-    post(ud, CP_M_ADMIN, r, why);
+    cp_admin_q *q = calloc(1, sizeof *q);
+    if (!q) {
+        cp_respond_error(r, 503, "unavailable", "out of memory");
+        return;
+    }
+    q->api_type = why;
+    const char *ct = cs_http_req_header(r, "Content-Type");
+    q->yaml = ct && (strcasestr(ct, "yaml") != NULL);
+    set_query(r, "app", q->app, sizeof q->app);
+    set_query(r, "status", q->status, sizeof q->status);
+    set_query(r, "path", q->path, sizeof q->path);
+    q->limit = (int)query_num(r, "limit", CS_LOGRING_MAX, 200);
+    q->seconds = (int)query_num(r, "seconds", 86400, 300);
+    q->after = query_num(r, "after", UINT64_MAX, 0);
+    post(ud, CP_M_ADMIN, r, why, q);
 }
 
 static void on_proxy_done(void *ud, cs_http_req *r, int status, double latency_s, int ok) {
@@ -897,10 +952,19 @@ static void on_proxy_done(void *ud, cs_http_req *r, int status, double latency_s
     const cp_fwd *f = cs_http_req_app(r);
     const char *route = f && f->route_label[0] ? f->route_label : "unmatched";
     cs_metrics_request(c->metrics, route, cs_http_req_method(r), status, latency_s);
+    const char *path = cs_http_req_path(r) + (f ? f->path_skip : 0), *m = cs_http_req_method(r);
+    cs_logrec rec = {.ts = cp_wall(), .status = status, .latency_ms = round(latency_s * 1e6) / 1e3};
+    snprintf(rec.method, sizeof rec.method, "%s", m);
+    snprintf(rec.path, sizeof rec.path, "%s", path);
+    if (f) {
+        snprintf(rec.app, sizeof rec.app, "%s", f->app_label);
+        snprintf(rec.replica, sizeof rec.replica, "%s", f->rep_label);
+        snprintf(rec.request_id, sizeof rec.request_id, "%s", f->request_id);
+    }
+    cs_logring_add(c->alog, &rec);
     if (!c->o.access_log) return;
     char ts[32];
     cs_log_ts(ts, sizeof ts);
-    const char *path = cs_http_req_path(r), *m = cs_http_req_method(r);
     size_t pl, ml;
     char *cpath = cs_utf8_repair(path, strlen(path), &pl), *cm = cs_utf8_repair(m, strlen(m), &ml);
     cs_log_json(json_pack("{s:s, s:s, s:s%, s:s%, s:i, s:f, s:s, s:s, s:s}", "ts", ts, "level", "info", "method",
@@ -909,6 +973,14 @@ static void on_proxy_done(void *ud, cs_http_req *r, int status, double latency_s
                           "replica", f ? f->rep_label : "", "request_id", f ? f->request_id : ""));
     free(cpath);
     free(cm);
+}
+
+static void on_admin_abort(void *ud, cs_http_req *r, cs_http_abort why) {
+    if (cs_http_req_app(r)) post(ud, CP_M_ABORT, r, (int)why, NULL);
+}
+
+static void on_admin_done(void *ud, cs_http_req *r, int status, double latency_s, int ok) {
+    if (cs_http_req_app(r)) on_proxy_done(ud, r, status, latency_s, ok);
 }
 
 static void on_log(void *ud, const char *msg) {
@@ -925,8 +997,9 @@ static void handle_inbox(cs_ctl *c) {
         cp_msg *next = m->next;
         if (m->kind == CP_M_PROXY) cp_proxy_request(c, m->r);
         else if (m->kind == CP_M_ABORT) cp_proxy_abort(c, m->r, m->why);
-        else if (m->kind == CP_M_ADMIN) cp_admin_request(c, m->r, m->why);
+        else if (m->kind == CP_M_ADMIN) cp_admin_request(c, m->r, m->q);
         cs_http_req_unref(m->r);
+        free(m->q);
         free(m);
         m = next;
     }
@@ -1006,6 +1079,11 @@ static void *loop_main(void *arg) {
             for (size_t i = 0; i < c->n_apps; i++)
                 for (size_t j = 0; j < c->apps[i]->n_deps; j++) cp_dispatch(c, c->apps[i]->deps[j]);
         }
+        if (now >= c->next_hist) {
+            c->next_hist = c->next_hist > 0 && now - c->next_hist < CS_HIST_PERIOD_S ? c->next_hist + CS_HIST_PERIOD_S
+                                                                                       : now + CS_HIST_PERIOD_S;
+            cp_dash_sample(c, cp_wall());
+        }
     }
     handle_inbox(c);
     return NULL;
@@ -1045,6 +1123,12 @@ int cs_ctl_start(cs_ctl **out, const cs_ctl_opts *o, cs_scfg *cfg, cs_err *err) 
         cs_ctl_stop(c, 0);
         return -1;
     }
+    c->start_wall = cp_wall();
+    if (cs_logring_create(&c->alog, 0) || cs_hist_init(&c->hist, 0, cp_lat_bounds, CP_LAT_BUCKETS, err)) {
+        cs_scfg_free(cfg);
+        cs_ctl_stop(c, 0);
+        return cs_err_set(err, "out of memory");
+    }
     c->multi = curl_multi_init();
     if (!c->multi || cs_metrics_create(&c->metrics, err)) {
         cs_scfg_free(cfg);
@@ -1058,9 +1142,11 @@ int cs_ctl_start(cs_ctl **out, const cs_ctl_opts *o, cs_scfg *cfg, cs_err *err) 
     double ka = cfg && cfg->keep_alive_timeout_s > 0 ? cfg->keep_alive_timeout_s : 90;
     cs_http_handlers ph = {.request = on_proxy_request, .abort = on_proxy_abort, .done = on_proxy_done,
                            .log = on_log, .ud = c};
-    cs_http_handlers ah = {.request = on_admin_request, .log = on_log, .ud = c};
+    /* abort/done matter only for the playground's requests (they carry a cp_fwd) */
+    cs_http_handlers ah = {.request = on_admin_request, .abort = on_admin_abort, .done = on_admin_done,
+                           .log = on_log, .ud = c};
     cs_http_opts po = {.host = c->host, .port = c->port, .request_timeout_s = c->request_timeout_s,
-                       .keep_alive_timeout_s = ka};
+                       .keep_alive_timeout_s = ka, .cors_origins = o->cors_origins};
     cs_http_opts ao = {.host = o->admin_host ? o->admin_host : "127.0.0.1", .port = o->admin_port,
                        .request_timeout_s = 60, .keep_alive_timeout_s = 90};
     if (cs_http_start(&c->proxy, &po, &ph, err) || cs_http_start(&c->admin, &ao, &ah, err)) {
@@ -1109,10 +1195,13 @@ void cs_ctl_stop(cs_ctl *c, double timeout_s) {
     for (cp_msg *m = c->in_head, *n; m; m = n) {
         n = m->next;
         cs_http_req_unref(m->r);
+        free(m->q);
         free(m);
     }
     if (c->multi) curl_multi_cleanup(c->multi);
     cs_metrics_free(c->metrics);
+    cs_hist_free(c->hist);
+    cs_logring_free(c->alog);
     json_decref(c->doc);
     cs_scfg_free(c->cfg);
     for (size_t i = 0; c->keys && i < c->n_keys; i++) {

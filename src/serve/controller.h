@@ -34,6 +34,7 @@ typedef struct cs_ctl_opts {
     size_t n_api_keys;
     int access_log;
     const char *self_exe;    /* the cserve binary that runs `cserve replica` (NULL: /proc/self/exe) */
+    const char *cors_origins; /* the proxy's CORS origins (cs_http_opts.cors_origins); NULL: off */
 } cs_ctl_opts;
 
 /* Starts both listeners and the loop, then deploys cfg (taken over: freed by

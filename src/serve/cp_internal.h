@@ -15,6 +15,8 @@
 #include "serve/autoscale.h"
 #include "serve/config.h"
 #include "serve/controller.h"
+#include "serve/history.h"
+#include "serve/log.h"
 #include "serve/metrics.h"
 
 #define CP_TICK_S 0.1               /* reconcile period */
@@ -28,6 +30,7 @@
 #define CP_LAT_BUCKETS 19           /* Ray's latency buckets (ms) */
 #define CP_MAX_SESSION_HEADERS 8    /* distinct args.session_header names in use */
 #define CP_MAX_HOPS 2               /* fallback edges one request may take */
+#define CP_STATS_PERIOD_S 1.0       /* replica stats polls for the dashboard (between health checks) */
 
 typedef enum { RS_STARTING, RS_RUNNING, RS_STOPPING } cp_rstate;
 
@@ -60,6 +63,9 @@ typedef struct cp_replica {
     /* last stats */
     int st_running, st_queued;
     double st_tokens, st_batch;
+    int stats_only;      /* the check in flight is a stats poll: its failure is no health failure */
+    double next_stats;
+    double tok_prev, tok_prev_t, tok_rate; /* tokens/s between the last two stats answers */
     /* Ray's per-replica series */
     uint64_t n_requests, n_errors;
     uint64_t lat_counts[CP_LAT_BUCKETS + 1];
@@ -86,6 +92,7 @@ struct cp_dep {
     int scale_from;          /* replicas running when it started */
     int deleting;
     uint64_t starts, router_requests, errors;
+    uint64_t restarts;       /* replicas replaced after dying or failing health checks */
     /* per role (0: primary, 1: shadow) and outcome (0: ok, 1: error) */
     uint64_t role_n[2][2], shadow_dropped, fallbacks;
     uint64_t role_lat[2][CP_LAT_BUCKETS + 1];
@@ -142,6 +149,8 @@ struct cp_fwd {
     char *buf;
     size_t len, cap;
     double t0, t_rep;
+    double t_first;          /* when the first streamed byte went to the client (0: none) */
+    size_t path_skip;        /* came through the admin listener: bytes of CP_DASH_PROXY before the proxy path */
 };
 
 enum { CP_ST_DIRECT, CP_ST_PRE, CP_ST_GEN };
@@ -151,7 +160,18 @@ typedef struct cp_msg {
     int kind;                /* CP_M_* */
     cs_http_req *r;          /* a reference */
     int why;
+    struct cp_admin_q *q;    /* CP_M_ADMIN: what the HTTP thread read (owned) */
 } cp_msg;
+
+/* What an admin request's handler needs that is readable only on the HTTP
+ * thread (headers, query arguments). */
+typedef struct cp_admin_q {
+    int api_type;            /* CP_API_* */
+    int yaml;                /* Content-Type names YAML */
+    char app[CS_SCFG_MAX_NAME], status[8], path[CS_LOGRING_PATH];
+    int limit, seconds;
+    uint64_t after;
+} cp_admin_q;
 enum { CP_M_PROXY, CP_M_ADMIN, CP_M_ABORT, CP_M_DONE };
 
 typedef struct cp_series { /* ray_serve_num_http_requests and friends */
@@ -160,6 +180,8 @@ typedef struct cp_series { /* ray_serve_num_http_requests and friends */
     uint64_t n;
     uint64_t lat_counts[CP_LAT_BUCKETS + 1];
     double lat_sum;
+    uint64_t ttft_counts[CP_LAT_BUCKETS + 1]; /* streamed answers: time to the first byte (ms) */
+    double ttft_sum;
 } cp_series;
 #define CP_MAX_SERIES 512
 
@@ -200,6 +222,11 @@ struct cs_ctl {
     size_t n_series;
     int stopped;             /* shutdown complete: the loop may exit */
     int tick_now;            /* run the next reconcile/autoscale period at once */
+    /* dashboard */
+    cs_hist *hist;           /* sampled every CS_HIST_PERIOD_S by the loop */
+    double next_hist;
+    double start_wall;
+    cs_logring *alog;        /* recent access-log records (HTTP threads write, loop reads) */
 };
 
 /* controller.c */
@@ -230,14 +257,24 @@ void cp_fail_queue(cs_ctl *c, cp_dep *d, int status, const char *msg);
 void cp_respond_json(cs_http_req *r, int status, json_t *o); /* takes o */
 void cp_respond_error(cs_http_req *r, int status, const char *type, const char *msg);
 int cp_render_metrics(cs_ctl *c, char **out, size_t *len);
-void cp_series_add(cs_ctl *c, const char *app, const char *route, const char *method, int status, double ms);
+/* ttft_ms < 0: not a streamed answer */
+void cp_series_add(cs_ctl *c, const char *app, const char *route, const char *method, int status, double ms,
+                   double ttft_ms);
 extern const double cp_lat_bounds[CP_LAT_BUCKETS];
 
 /* admin.c */
 enum { CP_API_ANY, CP_API_DECLARATIVE, CP_API_IMPERATIVE }; /* ?api_type= */
-void cp_admin_request(cs_ctl *c, cs_http_req *r, int api_type);
+void cp_admin_request(cs_ctl *c, cs_http_req *r, const cp_admin_q *q);
 /* ServeInstanceDetails; api_type CP_API_IMPERATIVE lists no application (every
  * application here comes from a config: "declarative"). */
 json_t *cp_status_json(cs_ctl *c, int api_type);
+
+/* dashboard.c: the page, its JSON and the history sampling (loop thread). */
+int cp_dash_is_asset(const char *path);  /* pure; such paths need no API key (they hold no data) */
+/* Answers the dashboard's routes; returns 0 when path is not one of them. */
+int cp_dash_request(cs_ctl *c, cs_http_req *r, const cp_admin_q *q);
+void cp_dash_sample(cs_ctl *c, double wall);  /* one history sample of every application */
+/* The playground's requests: POST /api/cserve/proxy/<proxy path> goes through the router. */
+#define CP_DASH_PROXY "/api/cserve/proxy"
 
 #endif

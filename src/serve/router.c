@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "serve/cp_internal.h"
+#include "serve/openapi.h"
 
 const double cp_lat_bounds[CP_LAT_BUCKETS] = {1,   2,   5,    10,   20,   50,    100,    200,    300,   400,
                                               500, 1000, 2000, 5000, 10000, 60000, 120000, 300000, 600000};
@@ -99,7 +100,8 @@ static const char *route_label(const char *rel) {
 
 static void record(cs_ctl *c, cp_fwd *f, int status) {
     if (f->shadow) return;
-    cp_series_add(c, f->app_label, f->route_label, f->method, status, (cp_now() - f->t0) * 1e3);
+    cp_series_add(c, f->app_label, f->route_label, f->method, status, (cp_now() - f->t0) * 1e3,
+                  f->t_first > 0 ? (f->t_first - f->t0) * 1e3 : -1);
 }
 
 static void fail(cs_ctl *c, cp_fwd *f, int status, const char *type, const char *msg) {
@@ -188,6 +190,7 @@ static size_t on_body(char *p, size_t sz, size_t n, void *ud) {
                 return 0;
             }
             f->sent = 1;
+            f->t_first = cp_now(); /* the replica streams once the first token exists */
         }
         if (cs_http_stream_write(f->http, p, len) != 0) {
             f->gone = 1;
@@ -629,9 +632,48 @@ static void healthz(cs_ctl *c, cs_http_req *r) {
     else cs_http_respond(r, 200, "text/plain; charset=utf-8", "success", 7, NULL, 0);
 }
 
+/* GET [PREFIX]/openapi.json and [PREFIX]/docs, answered here rather than by a
+ * replica (which does not know its prefix): one document with every
+ * application's routes (serve/openapi.h). Returns 1 when it answered. */
+static int proxy_openapi(cs_ctl *c, cs_http_req *r, const char *path, int get, int authorized) {
+    const char *rel = path;
+    cp_app *a = match_prefix(c, path, &rel);
+    const int which = cs_openapi_route(a ? rel : path);
+    if (!which) return 0;
+    if (!get) {
+        static const cs_http_header allow = {"Allow", "GET, HEAD"};
+        static const char body[] = "{\"error\":{\"type\":\"method_not_allowed\",\"message\":\"use GET\"}}";
+        cs_http_respond(r, 405, "application/json", body, sizeof body - 1, &allow, 1);
+        return 1;
+    }
+    if (which == CS_OPENAPI_PAGE) { /* holds no data: no key needed, as /-/healthz */
+        size_t n = 0;
+        const char *page = cs_openapi_page(&n);
+        cs_http_respond(r, 200, CS_OPENAPI_PAGE_TYPE, page, n, NULL, 0);
+        return 1;
+    }
+    if (!authorized) {
+        cp_respond_error(r, 401, "invalid_api_key", "missing or invalid API key (send 'Authorization: Bearer KEY')");
+        return 1;
+    }
+    const char *pre[CS_OPENAPI_MAX_PREFIXES];
+    size_t n = 0;
+    int has_root = 0;
+    for (size_t i = 0; i < c->n_apps && n < CS_OPENAPI_MAX_PREFIXES; i++)
+        if (routable(c->apps[i])) has_root |= !strcmp(pre[n++] = c->apps[i]->prefix, "/");
+    cs_openapi_opts o = {.prefixes = pre, .n_prefixes = n, .root_proxy = !has_root, .auth = c->n_keys > 0};
+    char *doc = NULL;
+    size_t len = 0;
+    cs_err err = {{0}};
+    if (cs_openapi_render(&o, &doc, &len, &err)) cp_respond_error(r, 500, "internal_error", err.msg);
+    else cs_http_respond(r, 200, "application/json", doc, len, NULL, 0);
+    free(doc);
+    return 1;
+}
+
 void cp_proxy_request(cs_ctl *c, cs_http_req *r) {
-    const char *path = cs_http_req_path(r), *method = cs_http_req_method(r);
     cp_fwd *f = cs_http_req_app(r);
+    const char *path = cs_http_req_path(r) + (f ? f->path_skip : 0), *method = cs_http_req_method(r);
     const char *emsg;
     int es = cs_http_req_error(r, &emsg);
     if (!f) {
@@ -647,6 +689,7 @@ void cp_proxy_request(cs_ctl *c, cs_http_req *r) {
         healthz(c, r);
         return;
     }
+    if (proxy_openapi(c, r, path, get, f->authorized)) return;
     if (!f->authorized) {
         cp_respond_error(r, 401, "invalid_api_key", "missing or invalid API key (send 'Authorization: Bearer KEY')");
         return;
@@ -780,7 +823,8 @@ cp_fwd *cp_fwd_new(cs_ctl *c, cs_http_req *r) {
 
 /* ------------------------------------------------------------ metrics */
 
-void cp_series_add(cs_ctl *c, const char *app, const char *route, const char *method, int status, double ms) {
+void cp_series_add(cs_ctl *c, const char *app, const char *route, const char *method, int status, double ms,
+                   double ttft_ms) {
     cp_series *s = NULL;
     for (size_t i = 0; i < c->n_series && !s; i++) {
         cp_series *x = &c->series[i];
@@ -797,6 +841,7 @@ void cp_series_add(cs_ctl *c, const char *app, const char *route, const char *me
     }
     s->n++;
     lat_add(s->lat_counts, &s->lat_sum, ms);
+    if (ttft_ms >= 0) lat_add(s->ttft_counts, &s->ttft_sum, ttft_ms);
 }
 
 typedef struct mbuf {
@@ -892,6 +937,18 @@ int cp_render_metrics(cs_ctl *c, char **out, size_t *len) {
         snprintf(lab, sizeof lab, "route=\"%s\",method=\"%s\",application=\"%s\",status_code=\"%d\"",
                  esc(s->route, e1, sizeof e1), esc(s->method, e2, sizeof e2), esc(s->app, e3, sizeof e3), s->status);
         hist(&b, "ray_serve_http_request_latency_ms", lab, s->lat_counts, s->lat_sum);
+    }
+    /* streamed answers only: the proxy sees the first token when the replica sends it */
+    mb_printf(&b, "# HELP cserve_http_time_to_first_token_ms Time from a streamed request's arrival to its first "
+                  "byte to the client (ms).\n# TYPE cserve_http_time_to_first_token_ms histogram\n");
+    for (size_t i = 0; i < c->n_series; i++) {
+        cp_series *s = &c->series[i];
+        uint64_t n = 0;
+        for (size_t k = 0; k <= CP_LAT_BUCKETS; k++) n += s->ttft_counts[k];
+        if (!n) continue;
+        snprintf(lab, sizeof lab, "route=\"%s\",method=\"%s\",application=\"%s\",status_code=\"%d\"",
+                 esc(s->route, e1, sizeof e1), esc(s->method, e2, sizeof e2), esc(s->app, e3, sizeof e3), s->status);
+        hist(&b, "cserve_http_time_to_first_token_ms", lab, s->ttft_counts, s->ttft_sum);
     }
     mb_printf(&b, "# HELP ray_serve_num_ongoing_http_requests Requests the proxy is handling.\n"
                   "# TYPE ray_serve_num_ongoing_http_requests gauge\nray_serve_num_ongoing_http_requests %d\n",
