@@ -632,6 +632,13 @@ static void healthz(cs_ctl *c, cs_http_req *r) {
     else cs_http_respond(r, 200, "text/plain; charset=utf-8", "success", 7, NULL, 0);
 }
 
+/* The proxy's own read-only routes take GET and HEAD only. */
+static void get_only(cs_http_req *r) {
+    static const cs_http_header allow = {"Allow", "GET, HEAD"};
+    static const char body[] = "{\"error\":{\"type\":\"method_not_allowed\",\"message\":\"use GET\"}}";
+    cs_http_respond(r, 405, "application/json", body, sizeof body - 1, &allow, 1);
+}
+
 /* GET [PREFIX]/openapi.json and [PREFIX]/docs, answered here rather than by a
  * replica (which does not know its prefix): one document with every
  * application's routes (serve/openapi.h). Returns 1 when it answered. */
@@ -641,9 +648,7 @@ static int proxy_openapi(cs_ctl *c, cs_http_req *r, const char *path, int get, i
     const int which = cs_openapi_route(a ? rel : path);
     if (!which) return 0;
     if (!get) {
-        static const cs_http_header allow = {"Allow", "GET, HEAD"};
-        static const char body[] = "{\"error\":{\"type\":\"method_not_allowed\",\"message\":\"use GET\"}}";
-        cs_http_respond(r, 405, "application/json", body, sizeof body - 1, &allow, 1);
+        get_only(r);
         return 1;
     }
     if (which == CS_OPENAPI_PAGE) { /* holds no data: no key needed, as /-/healthz */
@@ -686,12 +691,17 @@ void cp_proxy_request(cs_ctl *c, cs_http_req *r) {
     }
     const int get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
     if (!strcmp(path, "/-/healthz")) {
-        healthz(c, r);
+        if (!get) get_only(r);
+        else healthz(c, r);
         return;
     }
     if (proxy_openapi(c, r, path, get, f->authorized)) return;
     if (!f->authorized) {
         cp_respond_error(r, 401, "invalid_api_key", "missing or invalid API key (send 'Authorization: Bearer KEY')");
+        return;
+    }
+    if (!get && (!strcmp(path, "/-/routes") || !strcmp(path, "/metrics"))) {
+        get_only(r);
         return;
     }
     if (!strcmp(path, "/-/routes")) {
@@ -721,7 +731,7 @@ void cp_proxy_request(cs_ctl *c, cs_http_req *r) {
     for (size_t i = 0; i < c->n_apps; i++) has_root |= routable(c->apps[i]) && !strcmp(c->apps[i]->prefix, "/");
     if (root_v1 && !has_root) {
         if (!strcmp(path, "/v1/models")) {
-            if (!get) cp_respond_error(r, 405, "method_not_allowed", "use GET");
+            if (!get) get_only(r);
             else models_list(c, r);
             return;
         }
