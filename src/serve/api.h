@@ -13,9 +13,11 @@
  *
  * Errors are JSON, {"error": {"type", "message"}} ({"error": {"message",
  * "type", "param", "code"}} under /v1), with 400 (bad JSON), 401, 404, 405
- * (+ Allow), 408, 413, 414, 422 (wrong type, out of range, over a limit: the
- * message names the field and the limit), 431, 503 (+ Retry-After: overloaded,
- * loading or draining) and 500 (engine failure).
+ * (+ Allow), 408 (+ x-should-retry: false), 413, 414, 422 (wrong type, out
+ * of range, over a limit: the message names the field and the limit; 400
+ * under /v1, as OpenAI answers), 431, 503 (+ Retry-After: overloaded, loading
+ * or draining) and 500 (engine failure). GET /openapi.json and /docs describe
+ * all of it (serve/openapi.h).
  *
  * Life cycle: cs_api_create (state LOADING; healthz 503) -> cs_api_attach
  * (READY) -> cs_api_drain (DRAINING: new generation requests get 503) ->
