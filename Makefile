@@ -3,6 +3,7 @@
 #   make test       build and run every test (unit + reference checks)
 #   make asan       the same tests under AddressSanitizer + UBSan (build/asan/)
 #   make fuzz       libFuzzer targets (clang) for every input parser, FUZZ_SECONDS each (build/fuzz/)
+#   make fuzz-long  the same, FUZZ_LONG_SECONDS (300) each
 #   make deps       install build/test dependencies (Debian packages, test venvs)
 #   make run        build and serve MODEL (installs only the build dependencies)
 #   make models     regenerate the synthetic test checkpoints under build/models/
@@ -31,7 +32,7 @@ TEST_BIN := $(TEST_SRC:%.c=$(BUILD)/%)
 TOOL_BIN := $(BUILD)/cs-synth
 PY_TESTS := $(wildcard tests/*/test_*.py)
 
-.PHONY: all test asan check run deps deps-build models reference clean bench bench-serving fuzz
+.PHONY: all test asan check run deps deps-build models reference clean bench bench-serving fuzz fuzz-long
 all: $(BUILD)/cserve $(TOOL_BIN)
 
 $(BUILD)/obj/%.o: %.c
@@ -137,6 +138,10 @@ fuzz:
 	@for o in $(FUZZ_LIB_OBJ); do [ -f $$o ] || rm -f $(FUZZ_DIR)/libcs.a; done # .SECONDARY: a new source must rebuild it
 	@$(MAKE) --no-print-directory $(FUZZ_BIN)
 	@FUZZ_DIR=$(FUZZ_DIR) sh tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+# Every target for FUZZ_LONG_SECONDS (default 300) each, one after the other (~50 min in all).
+FUZZ_LONG_SECONDS ?= 300
+fuzz-long:
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(FUZZ_LONG_SECONDS)
 $(FUZZ_LIB_OBJ): $(FUZZ_DIR)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_SAN) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
