@@ -11,7 +11,13 @@
  * r->mu), and libmicrohttpd never closes a suspended connection, so r->conn is
  * valid whenever it is resumed. The server never stops with a suspended
  * connection (libmicrohttpd would abort): cs_http_stop resumes them all and
- * nothing suspends once stopping is set. */
+ * nothing suspends once stopping is set.
+ *
+ * Connections: srv->cmu guards the connection table (srv->ce). An entry is
+ * taken when libmicrohttpd reports a new connection and given back when it
+ * reports the close, which it does before closing the socket; the watchdog
+ * calls shutdown() only under cmu on an entry in use, so it never touches a
+ * descriptor that was closed and reused. cmu is a leaf lock. */
 #include "http/http.h"
 
 #include <errno.h>
@@ -19,6 +25,7 @@
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -35,6 +42,18 @@
 
 enum { RS_NONE, RS_PENDING, RS_STREAM, RS_QUEUED };
 
+/* What a connection waits for (see the deadlines in http.h). */
+enum { CN_HEAD, CN_BODY, CN_BUSY, CN_IDLE };
+
+typedef struct conn_ent {
+    int fd;
+    int used, cut, state;
+    double t0;     /* CN_HEAD: accepted, or request line of a later request; CN_IDLE: last request over */
+    double t_body; /* CN_BODY: headers complete */
+    size_t body;   /* CN_BODY: body bytes received */
+    int next_free;
+} conn_ent;
+
 struct cs_http_req {
     cs_http *srv;
     _Atomic int refs;
@@ -46,6 +65,9 @@ struct cs_http_req {
     size_t body_len, body_cap;
     int err_status;
     const char *err_msg;
+    int close;          /* answer with Connection: close (framing errors, 413) */
+    size_t discarded;   /* body bytes dropped after a 413 */
+    conn_ent *ce;       /* the connection's entry; NULL when the table was full */
     const char *cors_allow; /* Access-Control-Allow-Origin for this request; NULL: none */
     int preflight;          /* a CORS preflight from an allowed origin */
     double t_start;
@@ -77,6 +99,16 @@ struct cs_http {
     int cors_on, cors_any;  /* CORS headers at all; any origin ("*") */
     int n_cors;
     char cors[CS_HTTP_MAX_CORS_ORIGINS][CS_HTTP_MAX_ORIGIN + 1];
+    /* connections */
+    double hdr_timeout, min_rate;
+    int max_conn;
+    _Atomic int lfd;  /* the listening socket while it is open, else -1 */
+    pthread_mutex_t cmu;
+    conn_ent *ce;     /* max_conn entries */
+    conn_ent **cand;  /* watchdog scratch: shedding candidates */
+    int ce_free;      /* free list head, -1: none */
+    int n_conns;      /* open connections (tracked or not), under cmu */
+    _Atomic unsigned long n_cut_head, n_cut_body, n_cut_idle, n_shed;
 };
 
 static double now_s(void) {
@@ -328,6 +360,7 @@ static enum MHD_Result settle(cs_http_req *r) {
         /* every response passes here (the application's, default errors, streams) */
         if (s->cors_on) MHD_add_response_header(resp, "Vary", "Origin");
         if (r->cors_allow) MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->cors_allow);
+        if (r->close && !MHD_get_response_header(resp, "Connection")) MHD_add_response_header(resp, "Connection", "close");
         r->state = RS_QUEUED;
         pthread_mutex_unlock(&r->mu);
         MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, secs_ceil(s->ka_timeout));
@@ -343,9 +376,72 @@ static enum MHD_Result settle(cs_http_req *r) {
     return MHD_YES;
 }
 
+/* ------------------------------------------------------------ connections */
+
+static conn_ent *conn_of(struct MHD_Connection *conn) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+static void conn_state(cs_http *s, conn_ent *e, int state) {
+    if (!e) return;
+    pthread_mutex_lock(&s->cmu);
+    e->state = state;
+    if (state == CN_IDLE) e->t0 = now_s();
+    if (state == CN_BODY) {
+        e->t_body = now_s();
+        e->body = 0;
+    }
+    pthread_mutex_unlock(&s->cmu);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **ctx, enum MHD_ConnectionNotificationCode code) {
+    cs_http *s = cls;
+    pthread_mutex_lock(&s->cmu);
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        s->n_conns++;
+        *ctx = NULL;
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (ci && s->ce_free >= 0) {
+            conn_ent *e = &s->ce[s->ce_free];
+            s->ce_free = e->next_free;
+            *e = (conn_ent){.fd = ci->connect_fd, .used = 1, .state = CN_HEAD, .t0 = now_s(), .next_free = -1};
+            *ctx = e;
+        }
+    } else {
+        s->n_conns--;
+        conn_ent *e = *ctx;
+        if (e) {
+            e->used = 0;
+            e->next_free = s->ce_free;
+            s->ce_free = (int)(e - s->ce);
+        }
+        *ctx = NULL;
+    }
+    pthread_mutex_unlock(&s->cmu);
+}
+
+/* The request line of a request is in (its headers are not). Only a reused
+ * connection's header deadline starts here; a new one's started at accept. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn) {
+    (void)uri;
+    cs_http *s = cls;
+    conn_ent *e = conn_of(conn);
+    if (e) {
+        pthread_mutex_lock(&s->cmu);
+        if (e->state == CN_IDLE) {
+            e->state = CN_HEAD;
+            e->t0 = now_s();
+        }
+        pthread_mutex_unlock(&s->cmu);
+    }
+    return NULL; /* the request's first *con_cls: on_access creates it */
+}
+
 static void dispatch(cs_http_req *r) {
     cs_http *s = r->srv;
     r->dispatched = 1;
+    conn_state(s, r->ce, CN_BUSY);
     s->h.request(s->h.ud, r);
     if (r->err_status) { /* the application must answer these at once; make sure */
         pthread_mutex_lock(&r->mu);
@@ -365,7 +461,85 @@ static enum MHD_Result sum_header(void *cls, enum MHD_ValueKind kind, const char
     return MHD_YES;
 }
 
-static cs_http_req *req_new(cs_http *s, struct MHD_Connection *conn, const char *url, const char *method) {
+/* The framing-relevant headers of a request, every instance (libmicrohttpd keeps
+ * them all; its lookup returns the first). */
+typedef struct framing {
+    int n_cl, n_te, n_host, bad_name, bad_value;
+    const char *te;
+} framing;
+
+static int is_tchar(unsigned char c) { /* RFC 9110 token */
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+    (void)kind;
+    framing *f = cls;
+    if (!*key) f->bad_name = 1;
+    for (const char *c = key; *c; c++)
+        if (!is_tchar((unsigned char)*c)) f->bad_name = 1; /* "Content-Length : 5" arrives as "Content-Length " */
+    if (value && strpbrk(value, "\r\n")) f->bad_value = 1;
+    /* libmicrohttpd 0.9.75 appends an obs-fold continuation line to the previous
+     * field's name ("Content-Length: 5\r\n x" arrives as "Content-Lengthx"): a
+     * framing field must not vanish that way */
+    if ((!strncasecmp(key, "Content-Length", 14) && key[14]) || (!strncasecmp(key, "Transfer-Encoding", 17) && key[17]))
+        f->bad_name = 1;
+    if (!strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH)) f->n_cl++;
+    if (!strcasecmp(key, MHD_HTTP_HEADER_HOST)) f->n_host++;
+    if (!strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING)) {
+        f->n_te++;
+        f->te = value ? value : "";
+    }
+    return MHD_YES;
+}
+
+/* 0 when the transfer codings are exactly "chunked", 501 when one is unknown
+ * (we implement no other), 400 otherwise (chunked twice, or not last). */
+static int te_check(const char *te) {
+    int n = 0, n_chunked = 0, unknown = 0;
+    while (*te) {
+        size_t k = strcspn(te, ",");
+        const char *b = te, *e = te + k;
+        while (b < e && (*b == ' ' || *b == '\t')) b++;
+        while (e > b && (e[-1] == ' ' || e[-1] == '\t')) e--;
+        if (e > b) {
+            n++;
+            if (e - b == 7 && !strncasecmp(b, "chunked", 7)) n_chunked++;
+            else unknown = 1;
+        }
+        te += k + (te[k] == ',');
+    }
+    if (unknown) return 501;
+    return n == 1 && n_chunked == 1 ? 0 : 400;
+}
+
+/* RFC 9112 framing rules (see http.h); sets the error of r. */
+static void framing_check(cs_http_req *r, struct MHD_Connection *conn, const char *version) {
+    framing f = {0};
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, scan_header, &f);
+    const int v11 = !strcasecmp(version, MHD_HTTP_VERSION_1_1);
+    const char *why = NULL;
+    int st = 400;
+    if (f.bad_name) why = "malformed header field name (whitespace or a character outside a token)";
+    else if (f.bad_value) why = "a header field value contains CR or LF";
+    else if (f.n_host > 1) why = "more than one Host header";
+    else if (v11 && !f.n_host) why = "an HTTP/1.1 request needs a Host header";
+    else if (f.n_cl > 1) why = "more than one Content-Length header";
+    else if (f.n_cl && f.n_te) why = "both Content-Length and Transfer-Encoding";
+    else if (f.n_te && !v11) why = "Transfer-Encoding in an HTTP/1.0 request";
+    else if (f.n_te > 1) why = "more than one Transfer-Encoding header";
+    else if (f.n_te && (st = te_check(f.te)) != 0)
+        why = st == 501 ? "unsupported transfer coding (only chunked is implemented)"
+                        : "Transfer-Encoding must be exactly chunked";
+    if (!why) return;
+    r->err_status = st;
+    r->err_msg = why;
+    r->close = 1;
+}
+
+static cs_http_req *req_new(cs_http *s, struct MHD_Connection *conn, const char *url, const char *method,
+                            const char *version) {
     cs_http_req *r = calloc(1, sizeof *r);
     if (!r) return NULL;
     size_t ul = strlen(url);
@@ -403,6 +577,10 @@ static cs_http_req *req_new(cs_http *s, struct MHD_Connection *conn, const char 
         r->err_status = 413;
         r->err_msg = "request body larger than 1048576 bytes";
     }
+    framing_check(r, conn, version ? version : ""); /* framing errors win: they close */
+    if (r->err_status) r->close = 1; /* the body, if any, is not read */
+    r->ce = conn_of(conn);
+    conn_state(s, r->ce, CN_BODY);
     pthread_mutex_lock(&s->mu);
     r->next = s->live;
     if (s->live) s->live->prev = r;
@@ -415,11 +593,10 @@ static cs_http_req *req_new(cs_http *s, struct MHD_Connection *conn, const char 
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
                                  const char *version, const char *upload_data, size_t *upload_data_size,
                                  void **con_cls) {
-    (void)version;
     cs_http *s = cls;
     cs_http_req *r = *con_cls;
     if (!r) { /* headers are in */
-        r = req_new(s, conn, url, method);
+        r = req_new(s, conn, url, method, version);
         if (!r) return MHD_NO;
         *con_cls = r;
         MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, secs_ceil(s->req_timeout));
@@ -434,15 +611,25 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     if (*upload_data_size) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
+        if (r->ce) {
+            pthread_mutex_lock(&s->cmu);
+            r->ce->body += n;
+            pthread_mutex_unlock(&s->cmu);
+        }
         if (r->dispatched) return MHD_YES;
+        if (r->discarded) { /* over the limit: drop the rest, answer at its end (a response can only be queued then) */
+            r->discarded += n;
+            return r->discarded > CS_HTTP_MAX_DISCARD ? MHD_NO : MHD_YES;
+        }
         if (r->body_len + n > CS_HTTP_MAX_BODY) {
             free(r->body);
             r->body = NULL;
             r->body_len = r->body_cap = 0;
             r->err_status = 413;
             r->err_msg = "request body larger than 1048576 bytes";
-            dispatch(r);
-            return settle(r);
+            r->close = 1;
+            r->discarded = n;
+            return MHD_YES;
         }
         if (r->body_len + n + 1 > r->body_cap) {
             size_t cap = r->body_cap ? r->body_cap : 1024;
@@ -469,8 +656,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_RequestTerminationCode toe) {
-    (void)conn;
     cs_http *s = cls;
+    conn_state(s, conn_of(conn), CN_IDLE);
     cs_http_req *r = *con_cls;
     if (!r) return;
     *con_cls = NULL;
@@ -574,13 +761,103 @@ static void wd_gone(cs_http *s, cs_http_req *r, unsigned seq) {
     pthread_mutex_unlock(&r->mu);
 }
 
+static int shed_order(const void *a, const void *b) {
+    const conn_ent *x = *(conn_ent *const *)a, *y = *(conn_ent *const *)b;
+    const int ix = x->state == CN_IDLE, iy = y->state == CN_IDLE;
+    if (ix != iy) return iy - ix; /* idle ones first */
+    return (x->t0 > y->t0) - (x->t0 < y->t0);
+}
+
+/* Connections waiting in the listen backlog for libmicrohttpd to accept them:
+ * Linux reports the accept queue of a listening TCP socket in tcpi_unacked.
+ * Where it cannot be known (a Unix socket), assume some wait. */
+static int backlog_waiting(cs_http *s, int dflt) {
+    struct tcp_info ti;
+    socklen_t len = sizeof ti;
+    const int fd = atomic_load(&s->lfd);
+    if (fd < 0 || getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0 || ti.tcpi_state != TCP_LISTEN) return dflt;
+    return (int)ti.tcpi_unacked;
+}
+
+/* Applies the connection deadlines and, at the cap, sheds (see http.h). */
+static void wd_conns(cs_http *s) {
+    const double now = now_s();
+    size_t nc = 0;
+    int active = 0;
+    pthread_mutex_lock(&s->cmu);
+    for (int i = 0; i < s->max_conn; i++) {
+        conn_ent *e = &s->ce[i];
+        if (!e->used || e->cut) continue;
+        int cut = 0;
+        switch (e->state) {
+        case CN_HEAD:
+            if ((cut = now - e->t0 > s->hdr_timeout)) atomic_fetch_add(&s->n_cut_head, 1);
+            break;
+        case CN_BODY: {
+            const double late = now - e->t_body - s->hdr_timeout;
+            if ((cut = s->min_rate > 0 && late > 0 && (double)e->body < s->min_rate * late))
+                atomic_fetch_add(&s->n_cut_body, 1);
+            break;
+        }
+        case CN_IDLE:
+            if ((cut = now - e->t0 > s->ka_timeout)) atomic_fetch_add(&s->n_cut_idle, 1);
+            break;
+        default: break;
+        }
+        if (cut) {
+            shutdown(e->fd, SHUT_RDWR);
+            e->cut = 1;
+            continue;
+        }
+        active++;
+        if (e->state == CN_IDLE || (e->state == CN_HEAD && now - e->t0 >= CS_HTTP_SHED_GRACE_S)) s->cand[nc++] = e;
+    }
+    if (s->n_conns >= s->max_conn && nc) { /* at the cap: make room for those who wait, a batch at a time */
+        const int batch = s->max_conn / CS_HTTP_SHED_DIV > 0 ? s->max_conn / CS_HTTP_SHED_DIV : 1;
+        int need = backlog_waiting(s, batch);
+        if (need > batch) need = batch;
+        need -= s->n_conns - active; /* cut ones about to close */
+        if (need > 0) {
+            qsort(s->cand, nc, sizeof *s->cand, shed_order);
+            for (size_t i = 0; i < nc && (int)i < need; i++) {
+                shutdown(s->cand[i]->fd, SHUT_RDWR);
+                s->cand[i]->cut = 1;
+                atomic_fetch_add(&s->n_shed, 1);
+            }
+        }
+    }
+    pthread_mutex_unlock(&s->cmu);
+}
+
+/* One line per CS_HTTP_CUT_LOG_S at most, when connections were cut: an
+ * operator should see a slowloris, and a log line per cut would flood. */
+static void wd_report(cs_http *s, unsigned long last[4], double *t_last) {
+    const double now = now_s();
+    if (now - *t_last < CS_HTTP_CUT_LOG_S || !s->h.log) return;
+    const unsigned long cur[4] = {atomic_load(&s->n_cut_head), atomic_load(&s->n_cut_body),
+                                  atomic_load(&s->n_cut_idle), atomic_load(&s->n_shed)};
+    if (cur[0] == last[0] && cur[1] == last[1] && cur[3] == last[3]) return; /* idle cuts are routine */
+    char msg[256];
+    snprintf(msg, sizeof msg,
+             "connections cut in the last %.0f s: %lu past the header deadline, %lu with a slow body, "
+             "%lu shed at the connection cap",
+             now - *t_last, cur[0] - last[0], cur[1] - last[1], cur[3] - last[3]);
+    memcpy(last, cur, sizeof cur);
+    *t_last = now;
+    s->h.log(s->h.ud, msg);
+}
+
 static void *wd_main(void *arg) {
     cs_http *s = arg;
     wd_item *items = NULL;
     struct pollfd *pfds = NULL;
     size_t cap = 0;
+    unsigned long cut_seen[4] = {0};
+    double t_report = now_s();
     while (!atomic_load(&s->wd_stop)) {
         sleep_ms(CS_HTTP_WATCHDOG_MS);
+        wd_conns(s);
+        wd_report(s, cut_seen, &t_report);
         if (atomic_load(&s->n_suspended) == 0) continue;
         size_t n = wd_collect(s, &items, &pfds, &cap);
         if (n && poll(pfds, (nfds_t)n, 0) < 0)
@@ -708,8 +985,25 @@ int cs_http_start(cs_http **out, const cs_http_opts *o, const cs_http_handlers *
     s->h = *h;
     s->req_timeout = o->request_timeout_s > 0 ? o->request_timeout_s : 60;
     s->ka_timeout = o->keep_alive_timeout_s > 0 ? o->keep_alive_timeout_s : 90;
-    pthread_mutex_init(&s->mu, NULL);
+    s->hdr_timeout = o->header_timeout_s > 0 ? o->header_timeout_s : CS_HTTP_HEADER_TIMEOUT_S;
+    s->min_rate = o->min_body_rate > 0 ? o->min_body_rate : o->min_body_rate < 0 ? 0 : CS_HTTP_MIN_BODY_RATE;
     const unsigned max_conn = (unsigned)(o->max_connections > 0 ? o->max_connections : CS_HTTP_MAX_CONNECTIONS);
+    s->max_conn = (int)max_conn;
+    atomic_init(&s->lfd, lfd);
+    s->ce = calloc(max_conn, sizeof *s->ce);
+    s->cand = calloc(max_conn, sizeof *s->cand);
+    if (!s->ce || !s->cand) {
+        close(lfd);
+        free(s->ce);
+        free(s->cand);
+        free(s);
+        return cs_err_set(err, "out of memory");
+    }
+    for (unsigned i = 0; i < max_conn; i++) s->ce[i].next_free = i + 1 < max_conn ? (int)i + 1 : -1;
+    s->ce_free = 0;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->cmu, NULL);
+    const unsigned per_ip = o->max_connections_per_ip > 0 && !o->unix_path ? (unsigned)o->max_connections_per_ip : 0;
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     if (v6) flags |= MHD_USE_IPv6;
     s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_access, s,
@@ -719,11 +1013,17 @@ int cs_http_start(cs_http **out, const cs_http_opts *o, const cs_http_handlers *
                             MHD_OPTION_CONNECTION_TIMEOUT, secs_ceil(s->ka_timeout),
                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CS_HTTP_CONN_MEMORY,
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                            MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
+                            MHD_OPTION_URI_LOG_CALLBACK, on_uri, s,
+                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip,
                             MHD_OPTION_END);
     if (!s->d) {
         close(lfd);
         cs_err_set(err, "http: cannot serve on %s (libmicrohttpd did not start)", host);
         pthread_mutex_destroy(&s->mu);
+        pthread_mutex_destroy(&s->cmu);
+        free(s->ce);
+        free(s->cand);
         free(s);
         return -1;
     }
@@ -731,6 +1031,9 @@ int cs_http_start(cs_http **out, const cs_http_opts *o, const cs_http_handlers *
     if (pthread_create(&s->wd, NULL, wd_main, s) != 0) {
         MHD_stop_daemon(s->d);
         pthread_mutex_destroy(&s->mu);
+        pthread_mutex_destroy(&s->cmu);
+        free(s->ce);
+        free(s->cand);
         free(s);
         return cs_err_set(err, "http: cannot start the watchdog thread");
     }
@@ -778,10 +1081,14 @@ void cs_http_stop(cs_http *s) {
     free(all);
     /* libmicrohttpd refuses to stop with suspended connections */
     for (int i = 0; i < 500 && atomic_load(&s->n_suspended) > 0; i++) sleep_ms(10);
+    atomic_store(&s->lfd, -1);
     MHD_stop_daemon(s->d);
     if (lfd != MHD_INVALID_SOCKET) close(lfd);
     atomic_store(&s->wd_stop, 1);
     if (s->wd_started) pthread_join(s->wd, NULL);
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->cmu);
+    free(s->ce);
+    free(s->cand);
     free(s);
 }

@@ -20,15 +20,45 @@
  * otherwise a default 408 is sent), and a client that closed its socket gets
  * abort(CS_HTTP_ABORT_GONE) and its connection is closed. A client that
  * disconnects while a response is being sent is reported the same way.
- * A client that stops sending in the middle of its headers or body is cut off
- * after request_timeout_s of inactivity; an idle keep-alive connection after
- * keep_alive_timeout_s.
+ * A client that stops sending in the middle of its body is cut off after
+ * request_timeout_s of inactivity (sooner when slower than min_body_rate; see the
+ * deadlines below); an idle keep-alive connection after keep_alive_timeout_s.
  *
  * Requests the wrapper rejects itself (body over CS_HTTP_MAX_BODY: 413, headers
  * over CS_HTTP_MAX_HEADER_BYTES: 431, path over CS_HTTP_MAX_PATH: 414) still
  * reach the request handler, with cs_http_req_error() set, so that the
  * application formats the error like its others. Headers larger than
  * CS_HTTP_CONN_MEMORY are refused by libmicrohttpd itself (431, HTML body).
+ *
+ * Framing (RFC 9112), checked on every request once its headers are in, before
+ * any body is read; each is answered with one response and Connection: close:
+ * 400 for Content-Length together with Transfer-Encoding, a repeated Content-Length,
+ * whitespace or another non-token byte in a field name ("Content-Length : 5"), a CR
+ * in a field value, no Host on HTTP/1.1 or more than one Host, Transfer-Encoding on
+ * HTTP/1.0 or repeated; 501 for a transfer coding other than chunked; 413 for a
+ * body over CS_HTTP_MAX_BODY, chunked or not (a chunked one is read and dropped up
+ * to CS_HTTP_MAX_DISCARD first, since libmicrohttpd can only answer between
+ * requests; beyond that the connection is cut). What libmicrohttpd answers itself
+ * (a malformed Content-Length value, a bad chunk size, HTTP/2.0) never reaches the
+ * application; see the README for what 0.9.75 gets wrong there.
+ *
+ * Connection deadlines, checked by the watchdog (see below) on a table of every
+ * open connection; a connection is cut with shutdown(), so that libmicrohttpd sees
+ * the end of the stream and closes it itself:
+ *   - headers: a new connection must deliver complete headers within
+ *     header_timeout_s of being accepted; a reused one within header_timeout_s of
+ *     its request line;
+ *   - body: after header_timeout_s, a request body must have averaged
+ *     min_body_rate bytes/s over the time beyond header_timeout_s;
+ *   - idle: a keep-alive connection between requests lives keep_alive_timeout_s,
+ *     whatever trickles in before a request line;
+ *   - at the cap (max_connections open, libmicrohttpd accepts no more): idle
+ *     keep-alive connections are shed first, then connections that have been
+ *     waiting CS_HTTP_SHED_GRACE_S or more for their headers, oldest first, up to
+ *     max_connections / CS_HTTP_SHED_DIV per check, so that new clients get in;
+ *     connections with a request in progress are never shed;
+ *   - per address: max_connections_per_ip (libmicrohttpd closes the extra ones at
+ *     once, without a response).
  *
  * CORS (cs_http_opts.cors_origins, off by default): a request whose Origin header is
  * one of the allowed origins (or any origin, for "*") gets Access-Control-Allow-Origin
@@ -68,6 +98,12 @@
 #define CS_HTTP_WATCHDOG_MS 50                      /* timeout / disconnect check period */
 #define CS_HTTP_MAX_CORS_ORIGINS 16                 /* entries of cs_http_opts.cors_origins */
 #define CS_HTTP_MAX_ORIGIN 256                      /* bytes of one allowed origin */
+#define CS_HTTP_HEADER_TIMEOUT_S 10.0              /* accept (or request line) to complete headers */
+#define CS_HTTP_MIN_BODY_RATE 1024.0                /* request body bytes/s, after the header timeout */
+#define CS_HTTP_SHED_GRACE_S 1.0                    /* at the cap: headers pending this long may be shed */
+#define CS_HTTP_SHED_DIV 16                         /* at the cap: shed up to max_connections/16 per check */
+#define CS_HTTP_MAX_DISCARD ((size_t)8 << 20)       /* body bytes dropped after a 413 before cutting */
+#define CS_HTTP_CUT_LOG_S 10.0                      /* at most one "connections cut" log line per period */
 #define CS_HTTP_CORS_METHODS "GET, POST, PUT, DELETE, OPTIONS"
 #define CS_HTTP_CORS_HEADERS "Authorization, Content-Type"
 #define CS_HTTP_CORS_MAX_AGE "600"                  /* seconds a browser may cache a preflight */
@@ -95,7 +131,8 @@ typedef struct cs_http_handlers {
     /* The request is over: status sent (0 when none was), seconds since its
      * headers arrived, ok = response sent in full. May be NULL. */
     void (*done)(void *ud, cs_http_req *r, int status, double latency_s, int ok);
-    /* A diagnostic line from libmicrohttpd (no newline); may be NULL. */
+    /* A diagnostic line (no newline): libmicrohttpd's, on the server thread, or a
+     * summary of cut connections, on the watchdog thread; may be NULL. */
     void (*log)(void *ud, const char *msg);
     void *ud;
 } cs_http_handlers;
@@ -111,6 +148,9 @@ typedef struct cs_http_opts {
     const char *cors_origins;   /* NULL or "": no CORS headers; else origins allowed to call
                                    from a browser, comma-separated ("https://a.example,
                                    http://localhost:3000"), or "*" for any; copied */
+    double header_timeout_s;    /* <= 0: CS_HTTP_HEADER_TIMEOUT_S */
+    double min_body_rate;       /* bytes/s; 0: CS_HTTP_MIN_BODY_RATE; < 0: no minimum */
+    int max_connections_per_ip; /* <= 0: no cap per client address (TCP only) */
 } cs_http_opts;
 
 /* Binds, listens and starts the server thread. h's handlers are copied. A port that

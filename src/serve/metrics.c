@@ -37,6 +37,7 @@ struct cs_metrics {
     pthread_mutex_t mu;
     series s[CS_METRICS_MAX_SERIES];
     int n_s;
+    uint64_t other[CS_METRICS_STATUS_MAX + 1]; /* by status: unknown methods, and series past the table */
     route_hist lat[CS_METRICS_MAX_ROUTES];
     int n_lat;
     hist ttft;
@@ -74,29 +75,41 @@ static void label_copy(char *dst, const char *src) {
     dst[n] = 0;
 }
 
+/* The methods that get a label of their own (RFC 9110 and PATCH; case-sensitive,
+ * as methods are): anything else a client invents is "other", so that junk
+ * cannot use up the series table. */
+static int known_method(const char *m) {
+    static const char *const known[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE"};
+    for (size_t i = 0; m && i < sizeof known / sizeof *known; i++)
+        if (!strcmp(m, known[i])) return 1;
+    return 0;
+}
+
 void cs_metrics_request(cs_metrics *m, const char *route, const char *method, int status, double latency_s) {
     char r[CS_METRICS_MAX_LABEL], me[CS_METRICS_MAX_LABEL];
     label_copy(r, route);
     label_copy(me, method);
+    if (status < 0 || status > CS_METRICS_STATUS_MAX) status = 0;
     pthread_mutex_lock(&m->mu);
     int i = 0;
-    while (i < m->n_s && !(m->s[i].status == status && !strcmp(m->s[i].route, r) && !strcmp(m->s[i].method, me))) i++;
-    if (i == m->n_s) {
-        if (m->n_s < CS_METRICS_MAX_SERIES) {
-            m->n_s++;
-        } else { /* full: fold into the last series, renamed "other" */
-            i = CS_METRICS_MAX_SERIES - 1;
-            label_copy(m->s[i].route, "other");
-            label_copy(m->s[i].method, "other");
-            m->s[i].status = 0;
-        }
-        if (m->s[i].count == 0) {
-            memcpy(m->s[i].route, r, sizeof r);
-            memcpy(m->s[i].method, me, sizeof me);
-            m->s[i].status = status;
+    if (!known_method(method)) {
+        i = -1;
+    } else {
+        while (i < m->n_s && !(m->s[i].status == status && !strcmp(m->s[i].route, r) && !strcmp(m->s[i].method, me)))
+            i++;
+        if (i == m->n_s) {
+            if (m->n_s < CS_METRICS_MAX_SERIES) {
+                memcpy(m->s[i].route, r, sizeof r);
+                memcpy(m->s[i].method, me, sizeof me);
+                m->s[i].status = status;
+                m->n_s++;
+            } else {
+                i = -1; /* full: counted under route="other", method="other" */
+            }
         }
     }
-    m->s[i].count++;
+    if (i < 0) m->other[status]++;
+    else m->s[i].count++;
     int j = 0;
     while (j < m->n_lat && strcmp(m->lat[j].route, r)) j++;
     if (j == m->n_lat) {
@@ -260,6 +273,10 @@ int cs_metrics_render(cs_metrics *m, const cs_metrics_gauges *g, char **out, siz
     for (int i = 0; i < m->n_s; i++)
         bprintf(&b, "cserve_http_requests_total{route=\"%s\",method=\"%s\",status=\"%d\"} %llu\n", m->s[i].route,
                 m->s[i].method, m->s[i].status, (unsigned long long)m->s[i].count);
+    for (int st = 0; st <= CS_METRICS_STATUS_MAX; st++)
+        if (m->other[st])
+            bprintf(&b, "cserve_http_requests_total{route=\"other\",method=\"other\",status=\"%d\"} %llu\n", st,
+                    (unsigned long long)m->other[st]);
     bprintf(&b, "# HELP cserve_http_request_duration_seconds Time from request headers to the end of the response.\n"
                 "# TYPE cserve_http_request_duration_seconds histogram\n");
     for (int i = 0; i < m->n_lat; i++) {

@@ -16,7 +16,9 @@
  * Label values come from a small fixed set chosen by the caller (route
  * patterns, not raw paths), so the number of series is bounded: at most
  * CS_METRICS_MAX_SERIES (route, method, status) triples and
- * CS_METRICS_MAX_ROUTES routes; later ones are counted under route="other".
+ * CS_METRICS_MAX_ROUTES routes. A method outside the standard ones (GET, POST,
+ * ...: see metrics.c) never takes a slot: it is counted under route="other",
+ * method="other" with its status, as are new triples once the table is full.
  *
  * Thread-safety: every function may be called from any thread. */
 #ifndef CS_METRICS_H
@@ -30,6 +32,7 @@
 #define CS_METRICS_MAX_SERIES 128
 #define CS_METRICS_MAX_ROUTES 16
 #define CS_METRICS_MAX_LABEL 48 /* bytes of a route or method label value */
+#define CS_METRICS_STATUS_MAX 599 /* status codes above (or below 0) are counted as 0 */
 
 typedef struct cs_metrics cs_metrics;
 
