@@ -71,12 +71,18 @@ static int parse_float(const char *opt, const char *s, double lo, double hi, flo
 static void usage_generate(FILE *f) {
     fprintf(f,
             "usage: cserve generate --model M [options] PROMPT\n\n"
-            "Defaults come from the model (config.json task_specific_params, generation_config.json);\n"
-            "for distilgpt2 that is sampling with top_k=50 up to max_length=50 tokens, prompt included.\n\n"
+            "Defaults are those of transformers' text-generation pipeline (release 4.57.6; the seed pins\n"
+            ">=4.52.4): 256 new tokens, sampling at temperature 0.7 with top_k 50, unless the model's\n"
+            "generation_config.json sets a max_length; distilgpt2's max_length 50 in task_specific_params\n"
+            "no longer limits the output. --pipeline-defaults 4.51 gives transformers <= 4.51's: the\n"
+            "model's generation config and task_specific_params (distilgpt2: sampling up to max_length 50,\n"
+            "prompt included; models without any: 20 new tokens, greedy).\n\n"
             "  --model M                   model directory, or Hub name (distilgpt2, ORG/NAME[@REV])\n"
             "                              from the HF cache, pulled when missing\n"
             "  --max-new-tokens N          tokens to generate (overrides --max-length)\n"
-            "  --max-length N              total tokens, prompt included\n"
+            "  --max-length N              total tokens, prompt included, when no max_new_tokens is in force\n"
+            "                              (as in the pipeline, a longer prompt is truncated to N tokens)\n"
+            "  --pipeline-defaults V       4.57 (default: transformers >= 4.52) or 4.51 (<= 4.51)\n"
             "  --greedy                    arg-max decoding (do_sample=false)\n"
             "  --sample                    sampling (do_sample=true)\n"
             "  --temperature T             > 0; implies --sample unless --greedy\n"
@@ -88,37 +94,55 @@ static void usage_generate(FILE *f) {
             "  --ignore-eos                keep generating after <|endoftext|>\n"
             "  --dtype fp32|bf16|int8      weight format (packed once, cached for later runs)\n"
             "  --threads N                 compute threads (default: CPUs available to the process)\n"
-            "  --json                      print [{\"generated_text\": ...}] like the pipeline\n"
+            "  --json                      print [{\"generated_text\": ...}], the pipeline's text (tokenization\n"
+            "                              spaces cleaned up); plain output cleans up only where the model's\n"
+            "                              tokenizer_config.json sets clean_up_tokenization_spaces\n"
             "  --no-prompt                 print only the continuation (return_full_text=false)\n");
 }
 
 typedef struct stream_ctx {
     const cs_tok *tok;
-    char pending[8];
-    size_t n_pending;
+    int clean;    /* clean up tokenization spaces (tokenizer_config.json) */
+    char *raw;    /* the continuation's bytes so far */
+    size_t n_raw, cap, printed;
+    int failed;
 } stream_ctx;
 
-/* Prints tokens as they arrive, holding back an incomplete UTF-8 tail. */
+/* Prints what of the continuation no later token can change: not an
+ * incomplete character, nor text that the clean-up may still rewrite. */
+static void stream_flush(stream_ctx *c, int final) {
+    char *t;
+    size_t tl, stable;
+    if (cs_tok_pipeline_text(NULL, 0, c->raw ? c->raw : "", c->n_raw, c->clean, final, &t, &tl, &stable)) {
+        c->failed = 1;
+        return;
+    }
+    if (stable > c->printed) {
+        fwrite(t + c->printed, 1, stable - c->printed, stdout);
+        c->printed = stable;
+        fflush(stdout);
+    }
+    free(t);
+}
+
 static int stream_token(void *ud, int32_t id) {
     stream_ctx *c = ud;
     if (id == cs_tok_eos_id(c->tok)) return 0; /* special tokens are not text (skip_special_tokens) */
     size_t len;
     const char *b = cs_tok_token_bytes(c->tok, id, &len);
     if (!b) return 0;
-    char buf[512];
-    size_t n = 0;
-    memcpy(buf, c->pending, c->n_pending);
-    n = c->n_pending;
-    if (len > sizeof buf - n) len = sizeof buf - n;
-    memcpy(buf + n, b, len);
-    n += len;
-    size_t ok = cs_utf8_complete_prefix(buf, n);
-    if (n - ok > sizeof c->pending) ok = n;
-    fwrite(buf, 1, ok, stdout);
-    c->n_pending = n - ok;
-    memcpy(c->pending, buf + ok, c->n_pending);
-    fflush(stdout);
-    return 0;
+    if (c->n_raw + len > c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 1024;
+        while (cap < c->n_raw + len) cap *= 2;
+        char *np = realloc(c->raw, cap);
+        if (!np) return c->failed = 1;
+        c->raw = np;
+        c->cap = cap;
+    }
+    memcpy(c->raw + c->n_raw, b, len);
+    c->n_raw += len;
+    stream_flush(c, 0);
+    return c->failed;
 }
 
 static uint64_t random_seed(void) {
@@ -129,7 +153,7 @@ static uint64_t random_seed(void) {
 
 static int cmd_generate(int argc, char **argv) {
     enum { O_MAXNEW = 256, O_MAXLEN, O_TEMP, O_TOPK, O_TOPP, O_REP, O_SEED, O_NRS, O_IGN, O_NOPROMPT, O_SAMPLE,
-           O_DTYPE, O_THREADS };
+           O_DTYPE, O_THREADS, O_PIPEDEF };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},     {"max-new-tokens", required_argument, 0, O_MAXNEW},
         {"max-length", required_argument, 0, O_MAXLEN}, {"temperature", required_argument, 0, O_TEMP},
@@ -139,6 +163,7 @@ static int cmd_generate(int argc, char **argv) {
         {"greedy", no_argument, 0, 'g'},          {"sample", no_argument, 0, O_SAMPLE},
         {"json", no_argument, 0, 'j'},            {"no-prompt", no_argument, 0, O_NOPROMPT},
         {"dtype", required_argument, 0, O_DTYPE}, {"threads", required_argument, 0, O_THREADS},
+        {"pipeline-defaults", required_argument, 0, O_PIPEDEF},
         {"help", no_argument, 0, 'h'},            {0, 0, 0, 0},
     };
     const char *model_dir = NULL;
@@ -147,6 +172,7 @@ static int cmd_generate(int argc, char **argv) {
     long max_new = -2, max_len = -2, top_k = -1, nrs = 1, seed = -1;
     float temp = -1, top_p = -1, rep = -1;
     int greedy = 0, sample = 0, json = 0, ignore_eos = 0, no_prompt = 0, c;
+    cs_pipeline_defaults pdef = CS_PIPELINE_457;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:gjh", opts, NULL)) != -1) {
         switch (c) {
@@ -171,6 +197,12 @@ static int cmd_generate(int argc, char **argv) {
             }
             break;
         case O_THREADS: if (parse_long("--threads", optarg, 1, 1024, &threads)) return 2; break;
+        case O_PIPEDEF:
+            if (cs_pipeline_defaults_parse(optarg, &pdef)) {
+                fprintf(stderr, "cserve: --pipeline-defaults: expected 4.57 or 4.51, got '%s'\n", optarg);
+                return 2;
+            }
+            break;
         case 'h': usage_generate(stdout); return 0;
         default: usage_generate(stderr); return 2;
         }
@@ -190,18 +222,20 @@ static int cmd_generate(int argc, char **argv) {
     cs_pool *pool = NULL;
     cs_gen g = {0};
     int32_t *ids = NULL;
-    size_t n_ids = 0;
+    size_t n_ids = 0, prompt_dec_len = 0;
+    char *prompt_dec = NULL, *gen_raw = NULL;
     json_t *out = json_array();
     int rc = 1;
     char model_path[CS_HUB_PATH_MAX];
     if (cs_hub_resolve(model_dir, model_path, sizeof model_path, 1, &err)) goto fail;
     if (cs_model_load_opts(&m, model_path, &mopts, &err)) goto fail;
     if (cs_pool_create(&pool, (int)threads, &err)) goto fail;
-    cs_gen_params p = m->defaults;
+    /* the options are the pipeline call's arguments (as /text/simple-gen's fields) */
+    cs_gen_params p = pdef == CS_PIPELINE_451 ? m->defaults_legacy : m->defaults;
     if (max_new >= 0) p.max_new_tokens = (int)max_new;
     if (max_len >= 0) {
         p.max_length = (int)max_len;
-        if (max_new < 0) p.max_new_tokens = -1;
+        p.max_length_given = 1;
     }
     if (temp > 0) p.sample.temperature = temp;
     if (top_k >= 0) p.sample.top_k = (int)top_k;
@@ -211,60 +245,57 @@ static int cmd_generate(int argc, char **argv) {
     if (greedy) p.sample.do_sample = 0;
     p.ignore_eos = ignore_eos;
     if (cs_tok_encode(m->tok, prompt, strlen(prompt), 1, &ids, &n_ids, &err)) goto fail;
+    if (max_len >= 0 && n_ids > (size_t)max_len) n_ids = (size_t)max_len; /* the pipeline's tokenizer truncates */
+    if (cs_tok_decode_ex(m->tok, ids, n_ids, 1, &prompt_dec, &prompt_dec_len, &err)) goto fail;
     if (cs_gen_init_pool(&g, m->net, 0, pool, &err)) goto fail;
     cs_rng rng;
     cs_rng_seed(&rng, seed >= 0 ? (uint64_t)seed : random_seed());
     for (long s = 0; s < nrs; s++) {
-        stream_ctx sc = {.tok = m->tok};
+        stream_ctx sc = {.tok = m->tok, .clean = m->clean_up_spaces};
         int streaming = !json;
         if (streaming) {
             if (s > 0) fputs("\n---\n", stdout);
             if (!no_prompt) fputs(prompt, stdout);
         }
         cs_gen_result r;
-        if (cs_gen_run(&g, &p, ids, n_ids, &rng, streaming ? stream_token : NULL, &sc, &r, &err)) goto fail;
-        if (streaming) {
-            stream_ctx *scp = &sc;
-            if (scp->n_pending) { /* an incomplete character at the very end */
-                size_t rl;
-                char *rep_txt = cs_utf8_repair(scp->pending, scp->n_pending, &rl);
-                if (rep_txt) fwrite(rep_txt, 1, rl, stdout);
-                free(rep_txt);
-            }
-            fputc('\n', stdout);
-            continue;
-        }
-        char *text = NULL, *fixed = NULL;
-        size_t tl, fl;
-        /* like the pipeline (skip_special_tokens), <|endoftext|> is not part of the text */
-        if (cs_tok_decode_ex(m->tok, r.tokens, r.n_tokens, 1, &text, &tl, &err)) goto fail;
-        fixed = cs_utf8_repair(text, tl, &fl);
-        free(text);
-        if (!fixed) {
+        int grc = cs_gen_run(&g, &p, ids, n_ids, &rng, streaming ? stream_token : NULL, &sc, &r, &err);
+        if (streaming && !grc) stream_flush(&sc, 1);
+        free(sc.raw);
+        if (grc) goto fail;
+        if (sc.failed) {
             cs_err_set(&err, "out of memory");
             goto fail;
         }
-        size_t pl = no_prompt ? 0 : strlen(prompt);
-        char *full = malloc(pl + fl + 1);
-        size_t full_len;
-        if (full) {
-            memcpy(full, prompt, pl);
-            memcpy(full + pl, fixed, fl + 1);
+        if (streaming) {
+            fputc('\n', stdout);
+            continue;
         }
-        free(fixed);
+        char *cont = NULL, *full = NULL;
+        size_t gl, cl, stable;
+        /* the pipeline's text (skip_special_tokens, spaces cleaned up, cut by the prompt's decode) */
+        free(gen_raw);
+        gen_raw = NULL;
+        if (cs_tok_decode_ex(m->tok, r.tokens, r.n_tokens, 1, &gen_raw, &gl, &err)) goto fail;
+        if (cs_tok_pipeline_text(prompt_dec, prompt_dec_len, gen_raw, gl, 1, 1, &cont, &cl, &stable)) {
+            cs_err_set(&err, "out of memory");
+            goto fail;
+        }
+        size_t pl = no_prompt ? 0 : strlen(prompt), full_len;
+        char *joined = malloc(pl + cl + 1);
+        if (joined) {
+            memcpy(joined, prompt, pl);
+            memcpy(joined + pl, cont, cl + 1);
+        }
+        free(cont);
+        /* The prompt came from the command line and may itself be invalid UTF-8. */
+        if (joined) full = cs_utf8_repair(joined, pl + cl, &full_len);
+        free(joined);
         if (!full) {
             cs_err_set(&err, "out of memory");
             goto fail;
         }
-        /* The prompt came from the command line and may itself be invalid UTF-8. */
-        char *clean = cs_utf8_repair(full, pl + fl, &full_len);
+        json_array_append_new(out, json_pack("{s:s%}", "generated_text", full, full_len));
         free(full);
-        if (!clean) {
-            cs_err_set(&err, "out of memory");
-            goto fail;
-        }
-        json_array_append_new(out, json_pack("{s:s%}", "generated_text", clean, full_len));
-        free(clean);
     }
     if (json) {
         char *s = json_dumps(out, JSON_COMPACT);
@@ -280,6 +311,8 @@ fail:
     if (rc) fprintf(stderr, "cserve generate: %s\n", err.msg);
     json_decref(out);
     free(ids);
+    free(prompt_dec);
+    free(gen_raw);
     cs_gen_free(&g);
     cs_pool_free(pool);
     cs_model_free(m);

@@ -50,7 +50,20 @@ expect_err 2 "--top-p" $bin generate --model $m --top-p 2 "x"
 expect_err 2 "--max-new-tokens" $bin generate --model $m --max-new-tokens -1 "x"
 expect_err 2 "--temperature" $bin generate --model $m --temperature abc "x"
 expect_err 1 "context" $bin generate --model $m --max-new-tokens 100000 "x"
-expect_err 1 "max_length" $bin generate --model $m --max-length 2 "Once upon a time"
+# transformers >= 4.52's pipeline defaults: 256 new tokens, which tiny's 128 positions cannot hold
+expect_err 1 "at most 125 new tokens" $bin generate --model $m "Once upon a time"
+expect_err 2 "--pipeline-defaults" $bin generate --model $m --pipeline-defaults 3.0 "x"
+# --max-length truncates the prompt as the pipeline's tokenizer does; under 4.51's defaults
+# (no max_new_tokens) a prompt that reaches max_length is refused, as transformers raises
+expect_err 1 "max_length" $bin generate --model $m --pipeline-defaults 4.51 --max-length 2 "Once upon a time"
+# 4.51's defaults for a model without task_specific_params: 20 new tokens, greedy
+out=$($bin generate --model $m --pipeline-defaults 4.51 --json "Once upon a time") &&
+    [ "$out" = "$($bin generate --model $m --greedy --max-new-tokens 20 --json "Once upon a time")" ] && ok ||
+    bad "4.51 defaults: $out"
+# n_positions + 1 tokens fit: the last one is never fed back
+out=$($bin generate --model $m --greedy --max-new-tokens 125 --no-prompt "Once upon a time") && ok ||
+    bad "prompt + new = n_positions + 1: $out"
+expect_err 1 "context" $bin generate --model $m --greedy --max-new-tokens 126 "Once upon a time"
 expect_err 1 "empty prompt" $bin generate --model $m ""
 expect_err 2 "unknown command" $bin frobnicate
 expect_err 1 "bad token id" $bin tokenize --model $m --decode "[1, x]"

@@ -8,7 +8,7 @@ turns them into bench/serving/RESULTS.md and results.png). Run with the serving 
 (bench/serving/run.sh does all of it).
 
 Environment (all optional):
-  BENCH_SERVING_SYSTEMS      default seed,seed-batch,cserve,cserve-proxy,cserve-int8,
+  BENCH_SERVING_SYSTEMS      default seed,seed-batch,cserve,cserve-proxy,cserve-int8,seed-legacy,cserve-legacy,
                              cserve-replicas,cserve-replicas-int8,cserve-platform
   BENCH_SERVING_THREADS      CPUs given to each system (default: CPUs in the affinity mask)
   BENCH_SERVING_CONCURRENCY  default 1,8,32,128
@@ -67,8 +67,13 @@ def env_float(name, default):
     return float(v) if v else default
 
 
-DEFAULT_SYSTEMS = ("seed,seed-batch,cserve,cserve-proxy,cserve-int8,cserve-replicas,"
-                   "cserve-replicas-int8,cserve-platform")
+DEFAULT_SYSTEMS = ("seed,seed-batch,cserve,cserve-proxy,cserve-int8,seed-legacy,cserve-legacy,"
+                   "cserve-replicas,cserve-replicas-int8,cserve-platform")
+# A "-legacy" system runs with transformers <= 4.51's lengths (distilgpt2: max_length 50, ~46 new
+# tokens per request): the seed's pipeline built with max_length=50, cserve with
+# --pipeline-defaults 4.51. Without the suffix both run the seed's real defaults (transformers
+# 4.57.6, what its pin >=4.52.4 installs): 256 new tokens per request.
+LEGACY_SEED_KWARGS = '{"max_length": 50}'
 SYSTEMS = [s.strip() for s in (os.environ.get("BENCH_SERVING_SYSTEMS")
                                or DEFAULT_SYSTEMS).split(",") if s.strip()]
 THREADS = env_int("BENCH_SERVING_THREADS", len(os.sched_getaffinity(0)))
@@ -540,8 +545,8 @@ def ray_stop(env, logf):
                    stderr=subprocess.STDOUT, timeout=120)
 
 
-def run_seed(name, batched, save):
-    doc = {"system": name, "levels": [],
+def run_seed(name, batched, save, legacy=False):
+    doc = {"system": name, "levels": [], "legacy_lengths": legacy,
            "how": ("Ray Serve, `serve run` of bench/serving/"
                    + ("serve_app_batch.py (@serve.batch max_batch_size "
                       f"{BATCH}, batch_wait_timeout_s 0.1, max_ongoing_requests {max(32, 2 * BATCH)})"
@@ -561,6 +566,9 @@ def run_seed(name, batched, save):
     port = pick_port(PORT)
     gcs = pick_port(6379)
     env = ray_env(gcs)
+    if legacy:
+        env["SEED_PIPELINE_KWARGS"] = LEGACY_SEED_KWARGS
+        doc["how"] += f"; pipeline(..., **{LEGACY_SEED_KWARGS})"
     os.makedirs(os.path.join(OUT, "logs"), exist_ok=True)
     logf = open(os.path.join(OUT, "logs", f"{name}.log"), "w")
     cfg_path = os.path.join(OUT, f"{name}-config.yaml")
@@ -701,7 +709,7 @@ class CserveProc:
     logging to build/bench-serving/logs/NAME.log, packed weights in
     build/bench-serving/pack-cache."""
 
-    def __init__(self, name, dtype, config=None):
+    def __init__(self, name, dtype, config=None, legacy=False):
         self.name, self.dtype = name, dtype
         self.port = pick_port(PORT)
         self.admin_port = None
@@ -715,6 +723,8 @@ class CserveProc:
         if config is None:
             self.argv = [CSERVE, "serve", "--model", MODEL, "--host", HOST, "--port",
                          str(self.port), "--threads", str(THREADS), "--dtype", dtype]
+            if legacy:
+                self.argv += ["--pipeline-defaults", "4.51"]
         else:
             self.admin_port = pick_port(8265)
             self.config_path = os.path.join(OUT, f"{name}-config.json")
@@ -804,8 +814,8 @@ def ab_compare(name, dtype, proxy_cs, save):
     return ab
 
 
-def run_cserve(name, dtype, save, proxy=False):
-    doc = {"system": name, "levels": [], "dtype": dtype,
+def run_cserve(name, dtype, save, proxy=False, legacy=False):
+    doc = {"system": name, "levels": [], "dtype": dtype, "legacy_lengths": legacy,
            "version": cserve_version(), "git": git_state()}
     if proxy:
         doc["how"] = (f"`build/cserve serve --config FILE`: controller + HTTP proxy + admin API in "
@@ -814,12 +824,14 @@ def run_cserve(name, dtype, save, proxy=False):
                       f"ray_actor_options.num_cpus {THREADS} (the replica runs {THREADS} threads); "
                       f"the replica is a child process behind a Unix socket")
     else:
-        doc["how"] = (f"`build/cserve serve --model DIR --threads {THREADS} --dtype {dtype}` "
-                      "(defaults otherwise: max_ongoing_requests 32, max_queued_requests 256)")
+        doc["how"] = (f"`build/cserve serve --model DIR --threads {THREADS} --dtype {dtype}"
+                      + (" --pipeline-defaults 4.51" if legacy else "")
+                      + "` (defaults otherwise: max_ongoing_requests 32, max_queued_requests 256)")
     if not cserve_usable(doc, name, ("--port", "--config", "--admin-port") if proxy
                          else ("--port",)):
         return doc
-    cs = CserveProc(name, dtype, (lambda port: cserve_config(port, dtype)) if proxy else None)
+    cs = CserveProc(name, dtype, (lambda port: cserve_config(port, dtype)) if proxy else None,
+                    legacy=legacy)
     doc["packed_cache_before_start"] = ("present" if cs.cache_present
                                         else "absent (this start packs the weights)")
     try:
@@ -853,6 +865,8 @@ def run_cserve(name, dtype, save, proxy=False):
 def cserve_system(s):
     """'cserve-proxy-int8' -> ('proxy', 'int8'); 'cserve' -> ('serve', 'fp32'); unknown: None."""
     parts = s.split("-")[1:]
+    if parts and parts[-1] == "legacy":
+        parts.pop()
     kind = "serve"
     if parts and parts[0] in ("proxy", "replicas", "platform"):
         kind = parts.pop(0)
@@ -929,10 +943,11 @@ def main():
     tokenizer()   # loaded before any server runs, so its import does not disturb a level
     doc["config"]["token_counter"] = TOKEN_COUNTER
     for s in SYSTEMS:
-        if s == "seed":
-            doc["runs"].append(run_seed(s, False, save))
-        elif s == "seed-batch":
-            doc["runs"].append(run_seed(s, True, save))
+        legacy = s.endswith("-legacy")
+        if s in ("seed", "seed-legacy"):
+            doc["runs"].append(run_seed(s, False, save, legacy))
+        elif s in ("seed-batch", "seed-batch-legacy"):
+            doc["runs"].append(run_seed(s, True, save, legacy))
         elif s.startswith("cserve"):
             kind, dtype = cserve_system(s)
             if kind is None:
@@ -945,7 +960,7 @@ def main():
                 import mirror_zero
                 doc["runs"].append(mirror_zero.run(sys.modules[__name__], s, save))
             else:
-                doc["runs"].append(run_cserve(s, dtype, save, proxy=kind == "proxy"))
+                doc["runs"].append(run_cserve(s, dtype, save, proxy=kind == "proxy", legacy=legacy))
         else:
             say(f"unknown system {s!r} in BENCH_SERVING_SYSTEMS")
             continue

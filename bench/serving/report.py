@@ -12,6 +12,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 ORDER = ["seed", "seed-batch", "cserve", "cserve-proxy", "cserve-int8", "cserve-proxy-int8",
+         "seed-legacy", "seed-batch-legacy", "cserve-legacy", "cserve-int8-legacy",
          "cserve-bf16", "cserve-proxy-bf16", "cserve-replicas", "cserve-replicas-int8",
          "cserve-replicas-bf16", "cserve-platform"]
 LABEL = {"seed": "seed (Ray Serve + FastAPI + pipeline)",
@@ -19,7 +20,11 @@ LABEL = {"seed": "seed (Ray Serve + FastAPI + pipeline)",
          "cserve": "cserve serve (fp32)",
          "cserve-int8": "cserve serve (int8)",
          "cserve-bf16": "cserve serve (bf16)",
-         "cserve-platform": "cserve serve --config, mirror and scale to zero"}
+         "cserve-platform": "cserve serve --config, mirror and scale to zero",
+         "seed-legacy": "seed, max_length 50 (transformers <= 4.51 lengths)",
+         "seed-batch-legacy": "seed + @serve.batch, max_length 50",
+         "cserve-legacy": "cserve serve --pipeline-defaults 4.51 (fp32)",
+         "cserve-int8-legacy": "cserve serve --pipeline-defaults 4.51 (int8)"}
 for _d in ("fp32", "int8", "bf16"):
     _sfx = "" if _d == "fp32" else "-" + _d
     LABEL["cserve-proxy" + _sfx] = f"cserve serve --config, proxy + 1 replica ({_d})"
@@ -167,6 +172,8 @@ def main():
     # ---- ratios
     pairs = [(c, s) for c in ("cserve", "cserve-int8", "cserve-bf16") for s in ("seed", "seed-batch")
              if c in by and s in by and not by[c].get("error") and not by[s].get("error")]
+    pairs += [(c, s) for c in ("cserve-legacy", "cserve-int8-legacy") for s in ("seed-legacy", "seed-batch-legacy")
+              if c in by and s in by and not by[c].get("error") and not by[s].get("error")]
     if pairs:
         w("## cserve / seed\n")
         w("Throughput: cserve / seed (req/s at each concurrency). Latency (p50), start-up and "

@@ -23,7 +23,7 @@ fi
 # python3 (the venv's when it is there: transformers counts the tokens, matplotlib draws the plot).
 systems=$(python3 bench/serving/harness.py --list-systems)
 case ",$systems," in
-    *,seed,* | *,seed-batch,*) need_venv=1 ;;
+    *,seed,* | *,seed-batch,* | *,seed-legacy,* | *,seed-batch-legacy,*) need_venv=1 ;;
     *) need_venv=0 ;;
 esac
 if [ "$need_venv" = 0 ]; then

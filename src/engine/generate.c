@@ -78,7 +78,60 @@ static json_t *load_json(const char *path, int optional, cs_err *err, int *rc) {
     return j;
 }
 
+int cs_pipeline_defaults_parse(const char *s, cs_pipeline_defaults *out) {
+    if (!s) return -1;
+    if (!strcmp(s, "legacy")) {
+        *out = CS_PIPELINE_451;
+        return 0;
+    }
+    int major = 0, minor = 0, n = 0;
+    if (sscanf(s, "%d%n", &major, &n) != 1 || major < 4) return -1;
+    if (s[n] == '.' && sscanf(s + n + 1, "%d", &minor) != 1) return -1;
+    if (strspn(s, "0123456789.") != strlen(s)) return -1;
+    /* the pipeline's own max_new_tokens=256 arrived in 4.52 */
+    *out = major == 4 && minor < 52 ? CS_PIPELINE_451 : CS_PIPELINE_457;
+    return 0;
+}
+
+const char *cs_pipeline_defaults_name(cs_pipeline_defaults d) { return d == CS_PIPELINE_451 ? "4.51" : "4.57"; }
+
+/* transformers' _prepare_generation_config with model defaults on: every key
+ * that g leaves at generate()'s default takes the model's value, when that is
+ * not the default. */
+static void fill_from_model(cs_gen_params *g, const cs_gen_params *mg) {
+    cs_gen_params d;
+    cs_gen_params_builtin(&d);
+#define FILL(f)                                  \
+    if (g->f == d.f && mg->f != d.f) g->f = mg->f;
+    FILL(sample.do_sample)
+    FILL(sample.temperature)
+    FILL(sample.top_k)
+    FILL(sample.top_p)
+    FILL(sample.repetition_penalty)
+    FILL(max_length)
+    FILL(max_new_tokens)
+    FILL(eos_token_id)
+#undef FILL
+    if (g->sample.temperature == 0.0f) g->sample.do_sample = 0;
+}
+
+/* generate() fills from the model's generation config at call time only when
+ * that config was written by transformers >= 4.50 (or says no version). */
+static int fills_at_call(json_t *gen) {
+    json_t *v = gen ? json_object_get(gen, "transformers_version") : NULL;
+    if (!json_is_string(v)) return 1;
+    int major = 0, minor = 0;
+    if (sscanf(json_string_value(v), "%d.%d", &major, &minor) != 2) return 1;
+    return major > 4 || (major == 4 && minor >= 50);
+}
+
 int cs_gen_params_load(cs_gen_params *p, const char *dir, cs_err *err) {
+    return cs_gen_params_load_for(p, dir, CS_PIPELINE_457, err);
+}
+
+int cs_gen_params_load_for(cs_gen_params *p, const char *dir, cs_pipeline_defaults which, cs_err *err) {
+    cs_gen_params mg; /* the model's generation config */
+    cs_gen_params_builtin(&mg);
     cs_gen_params_builtin(p);
     char path[4096];
     int rc;
@@ -86,15 +139,28 @@ int cs_gen_params_load(cs_gen_params *p, const char *dir, cs_err *err) {
     json_t *cfg = load_json(path, 0, err, &rc);
     if (!cfg) return -1;
     json_t *v = json_object_get(cfg, "eos_token_id");
-    if (json_is_integer(v) && json_integer_value(v) >= 0) p->eos_token_id = (int)json_integer_value(v);
+    if (json_is_integer(v) && json_integer_value(v) >= 0) mg.eos_token_id = (int)json_integer_value(v);
     char gpath[4096];
     snprintf(gpath, sizeof gpath, "%s/generation_config.json", dir);
     json_t *gen = load_json(gpath, 1, err, &rc);
     if (rc) goto fail;
-    if (gen && apply_gen_keys(p, gen, gpath, err)) goto fail;
+    /* without generation_config.json, transformers builds it from config.json */
+    if (apply_gen_keys(&mg, gen ? gen : cfg, gen ? gpath : path, err)) goto fail;
+    if (which == CS_PIPELINE_457) {
+        /* TextGenerationPipeline._default_generation_config */
+        p->max_new_tokens = 256;
+        p->sample.do_sample = 1;
+        p->sample.temperature = 0.7f;
+        fill_from_model(p, &mg);
+        /* a max_length of the model's own beats the pipeline's length default */
+        if (p->max_new_tokens == 256 && p->max_length != CS_GEN_DEFAULT_MAX_LENGTH) p->max_new_tokens = -1;
+    } else {
+        *p = mg;
+    }
     json_t *tsp = json_object_get(cfg, "task_specific_params");
     json_t *tg = json_is_object(tsp) ? json_object_get(tsp, "text-generation") : NULL;
     if (json_is_object(tg) && apply_gen_keys(p, tg, path, err)) goto fail;
+    if (fills_at_call(gen)) fill_from_model(p, &mg);
     json_decref(gen);
     json_decref(cfg);
     return 0;
@@ -112,14 +178,21 @@ int cs_gen_new_tokens(const cs_gen_params *p, size_t n_prompt, int n_ctx, cs_err
     if (p->max_new_tokens >= 0) {
         n = p->max_new_tokens;
     } else {
-        if ((long)p->max_length <= (long)n_prompt)
-            return cs_err_set(err, "prompt has %zu tokens but max_length is %d (max_length counts the prompt; "
-                                   "raise it or set max_new_tokens)", n_prompt, p->max_length);
-        n = (long)p->max_length - (long)n_prompt;
+        long ml = p->max_length;
+        if (!p->max_length_given && ml == CS_GEN_DEFAULT_MAX_LENGTH) {
+            ml = CS_GEN_DEFAULT_MAX_LENGTH + (long)n_prompt;
+            if (ml > n_ctx) ml = n_ctx;
+        }
+        if (ml <= (long)n_prompt)
+            return cs_err_set(err, "prompt has %zu tokens but max_length is %ld (max_length counts the prompt; "
+                                   "raise it or set max_new_tokens)", n_prompt, ml);
+        n = ml - (long)n_prompt;
     }
-    if (n > (long)n_ctx - (long)n_prompt)
-        return cs_err_set(err, "prompt (%zu tokens) + %ld new tokens exceeds the model's context of %d", n_prompt, n,
-                          n_ctx);
+    /* the last new token is never fed back, so it needs no position */
+    if (n > (long)n_ctx + 1 - (long)n_prompt)
+        return cs_err_set(err, "prompt (%zu tokens) + %ld new tokens exceeds the model's context of %d "
+                               "(at most %ld new tokens fit after this prompt)",
+                          n_prompt, n, n_ctx, (long)n_ctx + 1 - (long)n_prompt);
     return (int)n;
 }
 
@@ -131,7 +204,7 @@ int cs_gen_init_pool(cs_gen *g, const cs_gpt2 *m, int n_ctx, cs_pool *pool, cs_e
     if (cs_gpt2_state_init(&g->st, m, n_ctx, 0, pool, err)) return -1;
     if (cs_sampler_init(&g->smp, (size_t)m->cfg.vocab_size, err)) goto fail;
     g->logits = malloc((size_t)m->cfg.vocab_size * sizeof(float));
-    g->seq = malloc((size_t)g->st.n_ctx * sizeof(int32_t));
+    g->seq = malloc(((size_t)g->st.n_ctx + 1) * sizeof(int32_t));
     if (!g->logits || !g->seq) {
         cs_err_set(err, "out of memory");
         goto fail;

@@ -23,6 +23,8 @@ int cs_model_load_opts(cs_model **out, const char *dir, const cs_gpt2_opts *opts
     snprintf(p1, sizeof p1, "%s/config.json", dir);
     if (cs_gpt2_config_load(&cfg, p1, err)) goto fail;
     if (cs_gen_params_load(&m->defaults, dir, err)) goto fail;
+    if (cs_gen_params_load_for(&m->defaults_legacy, dir, CS_PIPELINE_451, err)) goto fail;
+    if (cs_tok_config_clean_up(dir, &m->clean_up_spaces, err)) goto fail;
     snprintf(p1, sizeof p1, "%s/vocab.json", dir);
     snprintf(p2, sizeof p2, "%s/merges.txt", dir);
     if (cs_tok_load(&m->tok, p1, p2, err)) goto fail;

@@ -4,6 +4,7 @@
  *   DIR/model.safetensors       weights
  *   DIR/vocab.json, merges.txt  tokenizer
  *   DIR/generation_config.json  optional generation defaults
+ *   DIR/tokenizer_config.json   optional: clean_up_tokenization_spaces
  *
  * Immutable after load: share one cs_model between threads; each generating
  * thread owns its cs_gen. */
@@ -19,7 +20,9 @@ typedef struct cs_model {
     char *dir;
     cs_gpt2 *net;
     cs_tok *tok;
-    cs_gen_params defaults; /* see cs_gen_params_load */
+    cs_gen_params defaults;        /* the pipeline's, transformers >= 4.52: cs_gen_params_load */
+    cs_gen_params defaults_legacy; /* transformers <= 4.51: cs_gen_params_load_for(CS_PIPELINE_451) */
+    int clean_up_spaces;           /* tokenizer_config.json's clean_up_tokenization_spaces (default false) */
 } cs_model;
 
 /* Errors name the file at fault ("DIR/model.safetensors: tensor h.0...: ...").

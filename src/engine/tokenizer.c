@@ -782,3 +782,99 @@ const char *cs_tok_token_bytes(const cs_tok *t, int32_t id, size_t *len) {
 int32_t cs_tok_vocab_size(const cs_tok *t) { return t ? t->n_ids : 0; }
 
 int32_t cs_tok_eos_id(const cs_tok *t) { return t ? t->eos : -1; }
+
+/* ------------------------------------------------------------ clean-up */
+
+size_t cs_tok_clean_up_spaces(char *s, size_t len) {
+    static const struct {
+        const char *from, *to;
+    } rules[] = {{" .", "."},      {" ?", "?"},     {" !", "!"},     {" ,", ","},     {" ' ", "'"},
+                 {" n't", "n't"}, {" 'm", "'m"}, {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"}};
+    for (size_t r = 0; r < sizeof rules / sizeof *rules; r++) {
+        const size_t fl = strlen(rules[r].from), tl = strlen(rules[r].to);
+        size_t i = 0, o = 0;
+        while (i < len) {
+            if (len - i >= fl && memcmp(s + i, rules[r].from, fl) == 0) {
+                memcpy(s + o, rules[r].to, tl); /* tl < fl: never overtakes i */
+                o += tl;
+                i += fl;
+            } else {
+                s[o++] = s[i++];
+            }
+        }
+        len = o;
+    }
+    if (s) s[len] = '\0';
+    return len;
+}
+
+static size_t cp_count(const char *s, size_t len) {
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++) n += ((unsigned char)s[i] & 0xC0) != 0x80;
+    return n;
+}
+
+int cs_tok_pipeline_text(const char *prompt, size_t pl, const char *gen, size_t gl, int clean, int final,
+                         char **out, size_t *out_len, size_t *stable) {
+    *out = NULL;
+    *out_len = *stable = 0;
+    char *buf = malloc(pl + gl + 1);
+    if (!buf) return -1;
+    if (pl) memcpy(buf, prompt, pl);
+    if (gl) memcpy(buf + pl, gen, gl);
+    size_t n = pl + gl;
+    buf[n] = '\0';
+    if (!final) n = cs_utf8_complete_prefix(buf, n);
+    size_t fl, ppl;
+    char *full = cs_utf8_repair(buf, n, &fl);
+    char *pre = pl ? cs_utf8_repair(buf, pl, &ppl) : NULL;
+    free(buf);
+    if (!full || (pl && !pre)) {
+        free(full);
+        free(pre);
+        return -1;
+    }
+    if (clean) {
+        fl = cs_tok_clean_up_spaces(full, fl);
+        if (pre) ppl = cs_tok_clean_up_spaces(pre, ppl);
+    }
+    size_t cut = pre ? cp_count(pre, ppl) : 0, off = 0;
+    free(pre);
+    /* skip cut code points */
+    while (off < fl && cut) {
+        off++;
+        while (off < fl && ((unsigned char)full[off] & 0xC0) == 0x80) off++;
+        cut--;
+    }
+    size_t keep = fl; /* end of the part of full that is final */
+    if (!final && clean) {
+        for (int k = 0; k < CS_TOK_CLEAN_HOLD && keep > 0; k++) {
+            keep--;
+            while (keep > 0 && ((unsigned char)full[keep] & 0xC0) == 0x80) keep--;
+        }
+    }
+    memmove(full, full + off, fl - off + 1);
+    *out = full;
+    *out_len = fl - off;
+    *stable = keep > off ? keep - off : 0;
+    return 0;
+}
+
+int cs_tok_config_clean_up(const char *dir, int *clean, cs_err *err) {
+    *clean = 0;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    struct stat sb;
+    if (stat(path, &sb) != 0) return 0;
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    if (!j) return cs_err_set(err, "%s:%d:%d: %s", path, je.line, je.column, je.text);
+    json_t *v = json_is_object(j) ? json_object_get(j, "clean_up_tokenization_spaces") : NULL;
+    int rc = 0;
+    if (v && !json_is_null(v)) {
+        if (json_is_boolean(v)) *clean = json_is_true(v);
+        else rc = cs_err_set(err, "%s: key 'clean_up_tokenization_spaces': expected true or false", path);
+    }
+    json_decref(j);
+    return rc;
+}

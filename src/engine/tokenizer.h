@@ -55,6 +55,35 @@ int cs_tok_decode_ex(const cs_tok *t, const int32_t *ids, size_t n, int skip_spe
  * The pointer stays valid until cs_tok_free. For streaming decode. */
 const char *cs_tok_token_bytes(const cs_tok *t, int32_t id, size_t *len);
 
+/* transformers' clean_up_tokenization, in its order: " ." -> ".", " ?" -> "?",
+ * " !" -> "!", " ," -> ",", " ' " -> "'", " n't" -> "n't", " 'm" -> "'m",
+ * " 's" -> "'s", " 've" -> "'ve", " 're" -> "'re"; each one left-to-right pass
+ * of non-overlapping replacements, as Python's str.replace. In place; returns
+ * the new length. */
+size_t cs_tok_clean_up_spaces(char *s, size_t len);
+
+/* Code points at the end of a cleaned text that more text may still change
+ * (each pass above can rewrite at most pattern length - 1 of its last ones). */
+#define CS_TOK_CLEAN_HOLD 32
+
+/* The text-generation pipeline's continuation text:
+ *     decode(prompt + new)[len(decode(prompt)):]      (Python, in code points)
+ * with both decodes U+FFFD-repaired and, when clean, cleaned up as above; so a
+ * clean-up across the boundary (prompt "He said '" + " yes" -> "He said'yes")
+ * shifts the cut and eats the continuation's first characters, as it does in
+ * transformers. prompt, gen: raw decoded bytes (special tokens left out); with
+ * pl == 0 this is just the cleaned decode of gen.
+ * final == 0 (more tokens may come): a possibly incomplete character at the
+ * end is left out and *stable is the length of the prefix of *out that no
+ * later token changes; final: *stable = *out_len. *out is malloc'd and
+ * NUL-terminated. Returns 0, or -1 when out of memory. Thread-safe. */
+int cs_tok_pipeline_text(const char *prompt, size_t pl, const char *gen, size_t gl, int clean, int final,
+                         char **out, size_t *out_len, size_t *stable);
+
+/* clean_up_tokenization_spaces of DIR/tokenizer_config.json: 0 when the file
+ * or the key is absent (transformers' default since 4.45). */
+int cs_tok_config_clean_up(const char *dir, int *clean, cs_err *err);
+
 int32_t cs_tok_vocab_size(const cs_tok *t); /* number of ids (max id + 1) */
 int32_t cs_tok_eos_id(const cs_tok *t);     /* id of <|endoftext|>, or -1 */
 

@@ -217,13 +217,34 @@ static int stream_begin(areq *q) {
     return 0;
 }
 
+/* The scheduler request that choice idx belongs to. */
+static const asub *sub_of(const areq *q, int idx) {
+    int s = 0;
+    while (s + 1 < q->n_subs && q->subs[s + 1].first <= idx) s++;
+    return &q->subs[s];
+}
+
 /* Sends what of choice idx is safe to send (all of it when final, plus its
  * finish_reason). Caller holds q->mu. */
 static int stream_emit(areq *q, int idx, int final) {
     aseq *sq = &q->seqs[idx];
     if (stream_begin(q)) return -1;
     size_t upto = final ? sq->len : safe_len(q, sq);
-    if (upto > sq->emitted) {
+    if (q->clean || q->cut_prompt) { /* send what the clean-up can no longer change */
+        const asub *b = sub_of(q, idx);
+        char *t;
+        size_t tl, stable;
+        if (cs_tok_pipeline_text(q->cut_prompt ? b->prompt_dec : NULL, q->cut_prompt ? b->prompt_dec_len : 0,
+                                 sq->text ? sq->text : "", upto, q->clean, final, &t, &tl, &stable))
+            return -1;
+        int rc = 0;
+        if (stable > sq->emitted) {
+            rc = stream_chunk(q, idx, t + sq->emitted, stable - sq->emitted, NULL);
+            sq->emitted = stable;
+        }
+        free(t);
+        if (rc) return -1;
+    } else if (upto > sq->emitted) {
         size_t fl;
         char *piece = cs_utf8_repair(sq->text + sq->emitted, upto - sq->emitted, &fl);
         if (!piece) return -1;
@@ -241,8 +262,15 @@ static int stream_emit(areq *q, int idx, int final) {
 /* Full text of choice idx (valid UTF-8, malloc'd). */
 static char *choice_text(areq *q, const asub *b, int idx, size_t *len) {
     aseq *sq = &q->seqs[idx];
-    size_t gl;
-    char *gen = cs_utf8_repair(sq->text ? sq->text : "", sq->len, &gl);
+    size_t gl, stable;
+    char *gen;
+    if (q->clean || q->cut_prompt) {
+        if (cs_tok_pipeline_text(q->cut_prompt ? b->prompt_dec : NULL, q->cut_prompt ? b->prompt_dec_len : 0,
+                                 sq->text ? sq->text : "", sq->len, q->clean, 1, &gen, &gl, &stable))
+            return NULL;
+    } else {
+        gen = cs_utf8_repair(sq->text ? sq->text : "", sq->len, &gl);
+    }
     if (!gen) return NULL;
     size_t pl = q->full_text ? b->prompt_len : 0;
     char *out = malloc(pl + gl + 1);
@@ -430,6 +458,7 @@ void api_prompts_free(prompt_in *p, int n) {
     for (int i = 0; i < n; i++) {
         free(p[i].ids);
         free(p[i].text);
+        free(p[i].dec);
     }
 }
 
@@ -442,16 +471,32 @@ void api_submit_all(areq *q, cs_sched *s, const cs_gen_params *gen, uint64_t see
     }
     q->n_subs = n_pr;
     q->n_choices = n_pr * n;
+    /* /text/simple-gen answers the pipeline's text (always cleaned up, cut by
+     * the prompt's decode); /v1 the decode, cleaned up as the tokenizer config says */
+    q->cut_prompt = q->kind != K_V1;
+    q->clean = q->kind != K_V1 || q->api->m->clean_up_spaces;
     for (int i = 0; i < n_pr; i++) {
+        if (pr[i].dec) { /* the decode lives after the text, in the one allocation that api.c frees */
+            char *t = realloc(pr[i].text, pr[i].text_len + pr[i].dec_len + 2);
+            if (!t) {
+                api_send_error(q, 500, NULL, NULL, NULL, "out of memory");
+                return;
+            }
+            memcpy(t + pr[i].text_len + 1, pr[i].dec, pr[i].dec_len + 1);
+            pr[i].text = t;
+        }
         q->subs[i] = (asub){.q = q, .n_seqs = n, .first = i * n, .prompt_text = pr[i].text,
-                            .prompt_len = pr[i].text_len};
+                            .prompt_len = pr[i].text_len,
+                            .prompt_dec = pr[i].dec ? pr[i].text + pr[i].text_len + 1 : NULL,
+                            .prompt_dec_len = pr[i].dec_len};
         pr[i].text = NULL;
     }
     pthread_mutex_lock(&q->mu);
     int rc = CS_SCHED_OK;
     cs_err err = {{0}};
     for (int i = 0; i < n_pr && rc == CS_SCHED_OK; i++) {
-        cs_req_params p = {.gen = *gen, .seed = seed, .prompt = pr[i].ids, .n_prompt = pr[i].n, .n_seqs = n};
+        cs_req_params p = {.gen = *gen, .seed = seed, .prompt = pr[i].ids, .n_prompt = pr[i].n, .n_seqs = n,
+                           .group = q, .group_seqs = i == 0 ? n_pr * n : 0}; /* one fair share, admitted whole */
         rc = cs_sched_submit(s, &p, on_event, &q->subs[i], &q->subs[i].req, &err);
         if (rc == CS_SCHED_OK) {
             q->subs[i].active = 1;
@@ -505,4 +550,3 @@ int api_check_lengths(cs_api *a, const cs_gen_params *g, const prompt_in *p, con
                      field, p->n, want, a->n_ctx, (long)a->n_ctx - (long)p->n);
     return 0;
 }
-

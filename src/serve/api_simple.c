@@ -3,11 +3,16 @@
  * model's pipeline defaults.
  *
  * A request's generation settings are layered: the model's defaults (the
- * text-generation pipeline's, from generation_config.json and config.json),
- * then the user_config, then the request's own fields; each layer overrides
- * only the keys it gives. Lengths as in transformers: within a layer,
- * max_new_tokens wins over max_length; a layer that gives only max_length
- * turns off the max_new_tokens of the layers below it. */
+ * text-generation pipeline's of transformers 4.57.6, or 4.51.3 with the
+ * user_config's pipeline_defaults "4.51"; see cs_pipeline_defaults), then the
+ * user_config, then the request's own fields; each layer overrides only the
+ * keys it gives. Lengths: max_new_tokens wins over max_length. A user_config
+ * that gives only max_length turns off the max_new_tokens below it (as
+ * pipeline(max_length=...) does); a request's fields are the pipeline call's
+ * arguments, so there max_length does not (the pipeline's 256 new tokens still
+ * win) and it truncates a longer prompt to max_length tokens (the pipeline
+ * hands max_length to its tokenizer, which then truncates). The answer is the
+ * pipeline's text: see cs_tok_pipeline_text. */
 #include <jansson.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -63,17 +68,14 @@ static int gen_keys_read(const json_t *o, int n_ctx, api_ucfg *c, verr *e) {
     return 0;
 }
 
-/* Applies the keys set in c onto g. *by_new: whether max_new_tokens (1) or
- * max_length (0) now decides the length, as far as c says. */
-static void gen_keys_apply(const api_ucfg *c, cs_gen_params *g, int *by_new) {
-    if (c->set & UC_MAX_NEW_TOKENS) {
-        g->max_new_tokens = c->max_new_tokens;
-        *by_new = 1;
-    } else if (c->set & UC_MAX_LENGTH) {
-        g->max_new_tokens = -1;
-        *by_new = 0;
+/* Applies the keys set in c onto g: a user_config's, or (call) a request's. */
+static void gen_keys_apply(const api_ucfg *c, cs_gen_params *g, int call) {
+    if (c->set & UC_MAX_NEW_TOKENS) g->max_new_tokens = c->max_new_tokens;
+    else if ((c->set & UC_MAX_LENGTH) && !call) g->max_new_tokens = -1;
+    if (c->set & UC_MAX_LENGTH) {
+        g->max_length = c->max_length;
+        g->max_length_given = call;
     }
-    if (c->set & UC_MAX_LENGTH) g->max_length = c->max_length;
     if (c->set & UC_DO_SAMPLE) g->sample.do_sample = c->do_sample;
     if (c->set & UC_TEMPERATURE) g->sample.temperature = c->temperature;
     if (c->set & UC_TOP_K) g->sample.top_k = c->top_k;
@@ -94,15 +96,22 @@ static int user_config_read(const json_t *uc, int n_ctx, api_ucfg *c, cs_err *er
     json_object_foreach((json_t *)uc, key, v) {
         size_t i = 0;
         while (i < N_GEN_KEYS && strcmp(key, GEN_KEYS[i].key)) i++;
-        if (i == N_GEN_KEYS)
+        if (i == N_GEN_KEYS && strcmp(key, "pipeline_defaults"))
             return cs_err_set(err,
                               "user_config.%s: unknown key (known: max_new_tokens, max_length, do_sample, temperature, "
-                              "top_k, top_p, repetition_penalty)",
+                              "top_k, top_p, repetition_penalty, pipeline_defaults)",
                               key);
     }
     verr e = {0};
     if (gen_keys_read(uc, n_ctx > 0 ? n_ctx : CS_API_MAX_GEN_TOKENS, c, &e))
         return cs_err_set(err, "user_config.%s", e.msg);
+    v = json_object_get(uc, "pipeline_defaults");
+    if (v && !json_is_null(v)) {
+        if (!json_is_string(v) || cs_pipeline_defaults_parse(json_string_value(v), &c->pipeline_defaults))
+            return cs_err_set(err, "user_config.pipeline_defaults: expected \"4.57\" (transformers >= 4.52, the "
+                                   "default) or \"4.51\" (transformers <= 4.51: distilgpt2's max_length 50)");
+        c->set |= UC_PIPELINE_DEFAULTS;
+    }
     return 0;
 }
 
@@ -146,8 +155,8 @@ void api_simple_gen(areq *q, cs_sched *s) {
     json_t *in = json_object_get(root, "input");
     long long v;
     api_ucfg uc, rq;
-    cs_gen_params g = a->m->defaults;
-    int by_new = 0, n = 1, full = 1, stream = 0;
+    cs_gen_params g;
+    int n = 1, full = 1, stream = 0;
     uint64_t seed = api_random_u64();
     if (!in) {
         api_vfail(&e, 422, "input", "missing", "input: field required (a string)");
@@ -169,12 +178,22 @@ void api_simple_gen(areq *q, cs_sched *s) {
     pthread_mutex_lock(&a->ucfg_mu); /* the values this request keeps, whatever is set later */
     uc = a->ucfg;
     pthread_mutex_unlock(&a->ucfg_mu);
-    gen_keys_apply(&uc, &g, &by_new);
-    gen_keys_apply(&rq, &g, &by_new);
-    /* transformers generates one token (with a warning) when the prompt already
-     * reaches max_length; do the same rather than refuse */
-    if (g.max_new_tokens < 0 && (size_t)g.max_length <= pr.n) g.max_new_tokens = 1;
-    if (api_check_lengths(a, &g, &pr, by_new ? "max_new_tokens" : "max_length", &e)) goto fail;
+    g = uc.pipeline_defaults == CS_PIPELINE_451 ? a->m->defaults_legacy : a->m->defaults;
+    gen_keys_apply(&uc, &g, 0);
+    gen_keys_apply(&rq, &g, 1);
+    /* the pipeline's tokenizer truncates the prompt to a max_length it is given */
+    if ((rq.set & UC_MAX_LENGTH) && pr.n > (size_t)rq.max_length) pr.n = (size_t)rq.max_length;
+    cs_err err = {{0}};
+    /* transformers' rules, n_positions + 1 included (see cs_gen_new_tokens) */
+    if (cs_gen_new_tokens(&g, pr.n, a->n_ctx, &err) < 0) {
+        const char *f = g.max_new_tokens >= 0 ? "max_new_tokens" : "max_length";
+        api_vfail(&e, 422, f, "context_length_exceeded", "%s: %s", f, err.msg);
+        goto fail;
+    }
+    if (cs_tok_decode_ex(a->m->tok, pr.ids, pr.n, 1, &pr.dec, &pr.dec_len, &err)) {
+        api_vfail(&e, 500, NULL, NULL, "%s", err.msg);
+        goto fail;
+    }
     json_decref(root);
     q->stream = stream;
     q->full_text = full;

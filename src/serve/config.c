@@ -3,6 +3,7 @@
  * with source positions in yamldoc.c. */
 #include "serve/config.h"
 
+#include "engine/generate.h"
 #include "serve/clean.h"
 
 #include <errno.h>
@@ -687,9 +688,15 @@ static void check_textgen_user_config(const vctx *v, const loc *l, const json_t 
         snprintf(fl.path, sizeof fl.path, "%s", short_path(fl.path));
         size_t i = 0;
         while (i < sizeof k / sizeof *k && strcmp(k[i].key, key)) i++;
-        if (i == sizeof k / sizeof *k) {
+        cs_pipeline_defaults pd;
+        if (!strcmp(key, "pipeline_defaults")) { /* which transformers' pipeline defaults (api_simple.c) */
+            char got[96];
+            if (!json_is_string(x) || cs_pipeline_defaults_parse(json_string_value(x), &pd))
+                v_fail(&av.v, &fl, "expected \"4.57\" (transformers >= 4.52, the default) or \"4.51\" "
+                                   "(transformers <= 4.51), got %s", describe(got, sizeof got, x));
+        } else if (i == sizeof k / sizeof *k) {
             v_fail(&av.v, &fl, "unknown generation parameter (known: max_new_tokens, max_length, do_sample, "
-                               "temperature, top_k, top_p, repetition_penalty)");
+                               "temperature, top_k, top_p, repetition_penalty, pipeline_defaults)");
         } else if (k[i].spec.is_int == 2) {
             char got[96];
             if (!json_is_boolean(x)) v_fail(&av.v, &fl, "expected true or false, got %s", describe(got, sizeof got, x));

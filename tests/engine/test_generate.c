@@ -5,8 +5,13 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #include "engine/model.h"
+#include "engine/tokenizer.h"
 #include "testutil.h"
 
 static cs_model *tiny;
@@ -25,22 +30,92 @@ static int teardown(void **state) {
 }
 
 /* distilgpt2 carries task_specific_params {"text-generation": {"do_sample": true,
- * "max_length": 50}}; the pipeline uses those on top of generate()'s top_k=50. */
+ * "max_length": 50}}. transformers >= 4.52 (reference 4.57.6): the pipeline's own
+ * max_new_tokens=256, do_sample, temperature 0.7 come first, so max_length 50 no
+ * longer limits anything; <= 4.51: max_length 50 counting the prompt. */
 static void test_pipeline_defaults(void **state) {
     (void)state;
     cs_gen_params p;
     cs_err err;
     assert_int_equal(cs_gen_params_load(&p, "build/models/distil", &err), 0);
     assert_int_equal(p.sample.do_sample, 1);
+    assert_int_equal(p.max_new_tokens, 256);
+    assert_int_equal(p.max_length, 50);
+    assert_int_equal(p.sample.top_k, 50);
+    assert_true(p.sample.top_p == 1.0f && p.sample.temperature == 0.7f && p.sample.repetition_penalty == 1.0f);
+    assert_int_equal(p.eos_token_id, 50256);
+    assert_int_equal(cs_gen_params_load_for(&p, "build/models/distil", CS_PIPELINE_451, &err), 0);
+    assert_int_equal(p.sample.do_sample, 1);
     assert_int_equal(p.max_length, 50);
     assert_int_equal(p.max_new_tokens, -1);
-    assert_int_equal(p.sample.top_k, 50);
-    assert_true(p.sample.top_p == 1.0f && p.sample.temperature == 1.0f && p.sample.repetition_penalty == 1.0f);
-    assert_int_equal(p.eos_token_id, 50256);
-    /* Without task_specific_params: generate()'s own defaults. */
-    assert_int_equal(tiny->defaults.sample.do_sample, 0);
-    assert_int_equal(tiny->defaults.max_length, 20);
+    assert_true(p.sample.temperature == 1.0f);
+    /* Without task_specific_params: 256 new tokens at 0.7; <= 4.51 generate()'s own defaults. */
+    assert_int_equal(tiny->defaults.sample.do_sample, 1);
+    assert_int_equal(tiny->defaults.max_new_tokens, 256);
     assert_int_equal(tiny->defaults.eos_token_id, 50256);
+    assert_int_equal(tiny->defaults_legacy.sample.do_sample, 0);
+    assert_int_equal(tiny->defaults_legacy.max_length, 20);
+    assert_int_equal(tiny->defaults_legacy.max_new_tokens, -1);
+    assert_int_equal(cs_gen_new_tokens(&tiny->defaults_legacy, 4, 128, &err), 20); /* 20 new */
+    assert_int_equal(cs_gen_new_tokens(&tiny->defaults_legacy, 120, 128, &err), 8); /* up to the context */
+    assert_int_equal(cs_gen_new_tokens(&tiny->defaults, 4, 128, &err), -1);         /* 256 do not fit */
+    assert_non_null(strstr(err.msg, "at most 125 new tokens"));
+    cs_pipeline_defaults d;
+    assert_int_equal(cs_pipeline_defaults_parse("4.51", &d), 0);
+    assert_int_equal(d, CS_PIPELINE_451);
+    assert_int_equal(cs_pipeline_defaults_parse("4.57.6", &d), 0);
+    assert_int_equal(d, CS_PIPELINE_457);
+    assert_int_equal(cs_pipeline_defaults_parse("5", &d), 0);
+    assert_int_equal(d, CS_PIPELINE_457);
+    assert_int_equal(cs_pipeline_defaults_parse("4.x", &d), -1);
+    assert_int_equal(cs_pipeline_defaults_parse("3.0", &d), -1);
+}
+
+/* transformers' clean_up_tokenization and the pipeline's cut by the prompt's decode. */
+static void test_clean_up(void **state) {
+    (void)state;
+    char s[] = "Hello , world . It 's what you 're doing , isn 't it ?  .";
+    size_t n = cs_tok_clean_up_spaces(s, strlen(s));
+    assert_string_equal(s, "Hello, world. It's what you're doing, isn 't it? ."); /* as transformers 4.57.6 */
+    assert_int_equal(n, strlen(s));
+    char *t;
+    size_t tl, stable;
+    /* "He said '" + " yes" -> "He said'yes": the cut by len("He said '") eats " y" */
+    assert_int_equal(cs_tok_pipeline_text("He said '", 9, " yes", 4, 1, 1, &t, &tl, &stable), 0);
+    assert_string_equal(t, "es");
+    assert_int_equal(stable, tl);
+    free(t);
+    assert_int_equal(cs_tok_pipeline_text("He said '", 9, " yes", 4, 0, 1, &t, &tl, &stable), 0);
+    assert_string_equal(t, " yes");
+    free(t);
+    /* the cut counts code points; an incomplete character waits while more may come */
+    assert_int_equal(cs_tok_pipeline_text("caf\xc3\xa9", 5, " ,\xe2\x82", 4, 1, 0, &t, &tl, &stable), 0);
+    assert_string_equal(t, ",");
+    assert_int_equal(stable, 0); /* the clean-up may still change the last characters */
+    free(t);
+    assert_int_equal(cs_tok_pipeline_text("caf\xc3\xa9", 5, " ,\xe2\x82", 4, 1, 1, &t, &tl, &stable), 0);
+    assert_string_equal(t, ",\xef\xbf\xbd");
+    free(t);
+    /* tokenizer_config.json's clean_up_tokenization_spaces: false when absent */
+    char dir[] = "/tmp/cs-tokcfg-XXXXXX", path[256];
+    assert_non_null(mkdtemp(dir));
+    int clean = -1;
+    cs_err err;
+    assert_int_equal(cs_tok_config_clean_up(dir, &clean, &err), 0);
+    assert_int_equal(clean, 0);
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    FILE *f = fopen(path, "w");
+    fputs("{\"model_max_length\": 1024, \"clean_up_tokenization_spaces\": true}", f);
+    fclose(f);
+    assert_int_equal(cs_tok_config_clean_up(dir, &clean, &err), 0);
+    assert_int_equal(clean, 1);
+    f = fopen(path, "w");
+    fputs("{\"clean_up_tokenization_spaces\": \"yes\"}", f);
+    fclose(f);
+    assert_int_equal(cs_tok_config_clean_up(dir, &clean, &err), -1);
+    assert_non_null(strstr(err.msg, "clean_up_tokenization_spaces"));
+    unlink(path);
+    rmdir(dir);
 }
 
 static void test_generation_config_overrides_and_errors(void **state) {
@@ -203,7 +278,7 @@ static void test_model_dir_errors(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_pipeline_defaults), cmocka_unit_test(test_generation_config_overrides_and_errors),
+        cmocka_unit_test(test_pipeline_defaults), cmocka_unit_test(test_clean_up), cmocka_unit_test(test_generation_config_overrides_and_errors),
         cmocka_unit_test(test_length_rules),      cmocka_unit_test(test_eos_and_limits),
         cmocka_unit_test(test_seed_and_stop),     cmocka_unit_test(test_model_dir_errors),
     };

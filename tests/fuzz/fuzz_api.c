@@ -304,6 +304,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     g_model.tok = g_tok;
     cs_gen_params_builtin(&g_model.defaults);
     g_model.defaults.eos_token_id = cs_tok_eos_id(g_tok);
+    g_model.defaults_legacy = g_model.defaults; /* user_config pipeline_defaults "4.51" */
     g_sched.eos = cs_tok_eos_id(g_tok);
     static const char *const keys[] = {"sk-fuzz"};
     for (int i = 0; i < 2; i++) {

@@ -5,8 +5,8 @@
  *
  * Drives the real stack in one process: the API on a cs_http server on
  * 127.0.0.1 (any free port), the continuous-batching scheduler, and the tiny
- * synthetic model (build/models/tiny: greedy by default, max_length 20,
- * context 128). A setting is checked by comparing the text it produces with
+ * synthetic model (build/models/tiny: no task_specific_params, context 128,
+ * so transformers >= 4.52's default of 256 new tokens does not fit: 422). A setting is checked by comparing the text it produces with
  * the text of a request that asks for the same thing in its own fields, so
  * the test does not depend on what the random weights generate. */
 #include <curl/curl.h>
@@ -116,6 +116,12 @@ static char *gen(const char *body) {
     return out;
 }
 
+static long status_of(const char *body) {
+    long st = 0;
+    free(post("/text/simple-gen", body, &st));
+    return st;
+}
+
 /* Sets user_config from JSON text ("null" clears); returns the status. */
 static int set_uc(const char *text, cs_err *err) {
     json_t *j = json_loads(text, JSON_DECODE_ANY, NULL);
@@ -135,12 +141,20 @@ static void set_ok(const char *text) {
 static void test_defaults_and_override(void **state) {
     (void)state;
     set_ok("null");
-    char *dflt = gen("{" PROMPT "}");
+    assert_int_equal(status_of("{" PROMPT "}"), 422); /* 256 new tokens cannot fit 128 positions */
     char *three = gen("{" PROMPT ", \"max_new_tokens\": 3, \"do_sample\": false}");
     char *one = gen("{" PROMPT ", \"max_new_tokens\": 1, \"do_sample\": false}");
-    assert_true(strlen(three) < strlen(dflt)); /* 3 new tokens vs the model's max_length 20 */
+    char *len9 = gen("{" PROMPT ", \"max_new_tokens\": 4, \"do_sample\": false}"); /* 5 + 4 tokens */
+    /* transformers <= 4.51's defaults: 20 new tokens, greedy */
+    set_ok("{\"pipeline_defaults\": \"4.51\"}");
+    char *dflt = gen("{" PROMPT "}");
+    char *t20 = gen("{" PROMPT ", \"max_new_tokens\": 20, \"do_sample\": false}");
+    assert_string_equal(dflt, t20);
+    free(t20);
+    assert_true(strlen(three) < strlen(dflt));
+    set_ok("null");
 
-    set_ok("{\"max_new_tokens\": 3}");
+    set_ok("{\"max_new_tokens\": 3, \"do_sample\": false}"); /* 4.57's defaults sample */
     char *t = gen("{" PROMPT "}");
     assert_string_equal(t, three);
     free(t);
@@ -148,14 +162,13 @@ static void test_defaults_and_override(void **state) {
     t = gen("{" PROMPT ", \"max_new_tokens\": 1}");
     assert_string_equal(t, one);
     free(t);
-    /* a request's max_length turns the user_config's max_new_tokens off, as in transformers */
-    char *len9 = gen("{" PROMPT ", \"max_length\": 9, \"do_sample\": false}");
-    t = gen("{" PROMPT ", \"max_length\": 9}");
-    assert_string_equal(t, len9);
+    /* a request's max_length is the pipeline call's: max_new_tokens still wins */
+    t = gen("{" PROMPT ", \"max_length\": 9, \"do_sample\": false}");
+    assert_string_equal(t, three);
     free(t);
 
     /* max_length alone in the user_config turns the model's max_new_tokens off */
-    set_ok("{\"max_length\": 9}");
+    set_ok("{\"max_length\": 9, \"do_sample\": false}");
     t = gen("{" PROMPT "}");
     assert_string_equal(t, len9);
     free(t);
@@ -178,16 +191,13 @@ static void test_defaults_and_override(void **state) {
     free(t);
 
     /* {} and NULL clear */
+    set_ok("{\"pipeline_defaults\": \"4.51\", \"max_new_tokens\": 3}");
     set_ok("{}");
-    t = gen("{" PROMPT "}");
-    assert_string_equal(t, dflt);
-    free(t);
+    assert_int_equal(status_of("{" PROMPT "}"), 422);
     set_ok("{\"max_new_tokens\": 3}");
     cs_err err = {{0}};
     assert_int_equal(cs_api_set_user_config(API, NULL, &err), 0);
-    t = gen("{" PROMPT "}");
-    assert_string_equal(t, dflt);
-    free(t);
+    assert_int_equal(status_of("{" PROMPT "}"), 422);
     json_t *cur = cs_api_user_config(API);
     assert_true(json_is_object(cur) && json_object_size(cur) == 0);
     json_decref(cur);
@@ -235,6 +245,8 @@ static void test_bad_user_config(void **state) {
         {"{\"max_new_tokens\": 0}", "user_config.max_new_tokens:"},
         {"{\"max_new_tokens\": 129}", "user_config.max_new_tokens:"}, /* over the context of 128 */
         {"{\"max_length\": \"50\"}", "user_config.max_length:"},
+        {"{\"pipeline_defaults\": \"3.9\"}", "user_config.pipeline_defaults:"},
+        {"{\"pipeline_defaults\": 4.51}", "user_config.pipeline_defaults:"},
         {"{\"seed\": 1}", "user_config.seed:"}, /* a request field, not a default */
         {"{\"max_new_tokens\": 2, \"bogus\": true}", "user_config.bogus:"},
         {"{\"max_new_tokens\": 2, \"top_p\": 2}", "user_config.top_p:"}, /* the valid key is not applied either */
