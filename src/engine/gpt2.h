@@ -3,7 +3,11 @@
  * Loading reads config.json + model.safetensors (F32/F16/BF16, tensor names
  * with or without the "transformer." prefix, lm_head tied to wte or not) and
  * repacks every matrix once into 16-column panels in the chosen weight dtype
- * (fp32, bf16, int8 with per-output-column scales; see engine/kernels.h). The
+ * (fp32, bf16, int8 with per-output-column scales; see engine/kernels.h). For
+ * int8 the loader first runs the fp32 model over a few fixed calibration texts
+ * and gives each matrix SmoothQuant factors from the largest activation seen
+ * per input channel (kernels.h), so outlier channels do not swamp the one
+ * activation scale per row. The
  * packed model is one contiguous blob; it is cached in a file keyed by the
  * source file's path, size and mtime, so later processes mmap it read-only (N
  * replicas share one copy in the page cache and start in milliseconds).
@@ -114,6 +118,11 @@ typedef struct cs_gpt2_ws {
     float *lrows;  /* (R, C) final hidden rows that need logits */
     float *logits; /* (R, V) */
     int *row_seq, *row_pos; /* (T) which sequence / absolute position each row is */
+    /* Calibration (int8 packing, gpt2.c): NULL normally; else (L * (3C + F) + C)
+     * running per-channel max |x| of every matmul input: per layer the inputs of
+     * qkv (C), proj (C), fc (C) and fcproj (F), then the LM head's (C). Set and
+     * owned by the caller; steps only raise it. */
+    float *amax;
 } cs_gpt2_ws;
 
 int cs_gpt2_ws_init(cs_gpt2_ws *ws, const cs_gpt2 *m, int max_tokens, int max_logit_rows, cs_pool *pool,

@@ -181,6 +181,13 @@ static void job_attention(void *vc, int tid, size_t i0, size_t i1) {
     }
 }
 
+/* Calibration: raises amax[k] to max |x[t][k]| over T rows of K. */
+static void track_max(float *amax, const float *x, size_t T, size_t K) {
+    if (!amax) return;
+    for (size_t t = 0; t < T; t++)
+        for (size_t k = 0; k < K; k++) amax[k] = fmaxf(amax[k], fabsf(x[t * K + k]));
+}
+
 /* ------------------------------------------------------------------- step */
 
 static void embed_row(const cs_gpt2 *m, int32_t tok, int pos, float *x) {
@@ -226,8 +233,10 @@ int cs_gpt2_step(const cs_gpt2 *m, cs_gpt2_ws *ws, cs_gpt2_seq *seqs, int n_seqs
     float *x = ws->x, *h = ws->h, *qkv = ws->qkv, *ff = ws->ff;
     for (size_t l = 0; l < (size_t)cf->n_layer; l++) {
         const cs_gpt2_layer *ly = &m->layers[l];
+        float *amax = ws->amax ? ws->amax + l * (3 * C + F) : NULL;
         c.layer = l;
         layernorm(&c, h, x, ly->ln1_w, ly->ln1_b, T);
+        track_max(amax, h, T, C);
         matmul(&c, &ly->qkv, h, C, T, qkv, 3 * C);
         for (size_t i = 0; i < T; i++) { /* append this step's keys and values */
             cs_gpt2_kv *kv = seqs[ws->row_seq[i]].kv;
@@ -236,11 +245,14 @@ int cs_gpt2_step(const cs_gpt2 *m, cs_gpt2_ws *ws, cs_gpt2_seq *seqs, int n_seqs
             memcpy(kv->v + off, qkv + i * 3 * C + 2 * C, C * sizeof(float));
         }
         run(&c, T * (size_t)cf->n_head, 1, job_attention);
+        track_max(amax ? amax + C : NULL, h, T, C);
         matmul(&c, &ly->proj, h, C, T, qkv, C); /* q/k/v consumed: reuse as scratch */
         for (size_t i = 0; i < T * C; i++) x[i] += qkv[i];
         layernorm(&c, h, x, ly->ln2_w, ly->ln2_b, T);
+        track_max(amax ? amax + 2 * C : NULL, h, T, C);
         matmul(&c, &ly->fc, h, C, T, ff, F);
         run(&c, (T * F + 15) / 16, 64, job_act);
+        track_max(amax ? amax + 3 * C : NULL, ff, T, F);
         matmul(&c, &ly->fcproj, ff, F, T, h, C);
         for (size_t i = 0; i < T * C; i++) x[i] += h[i];
     }
@@ -254,6 +266,7 @@ int cs_gpt2_step(const cs_gpt2 *m, cs_gpt2_ws *ws, cs_gpt2_seq *seqs, int n_seqs
     }
     if (R) {
         layernorm(&c, ws->lrows, ws->lrows, m->lnf_w, m->lnf_b, R);
+        track_max(ws->amax ? ws->amax + (size_t)cf->n_layer * (3 * C + F) : NULL, ws->lrows, R, C);
         matmul(&c, &m->lm_head, ws->lrows, C, R, ws->logits, V);
         lr = 0;
         for (int s = 0; s < n_seqs; s++) {

@@ -48,16 +48,17 @@ static inline size_t i8_off(size_t K, size_t k, size_t n) {
     return (((n / CS_PANEL) * K4 + k / 4) * CS_PANEL + n % CS_PANEL) * 4 + k % 4;
 }
 
-void cs_quantize_rows(const float *x, size_t ldx, size_t T, size_t K, int8_t *q, size_t ldq, float *sx) {
+void cs_quantize_rows(const float *x, size_t ldx, size_t T, size_t K, const float *r, int8_t *q, size_t ldq,
+                      float *sx) {
     for (size_t t = 0; t < T; t++) {
         const float *xr = x + t * ldx;
         float mx = 0;
-        for (size_t k = 0; k < K; k++) mx = fmaxf(mx, fabsf(xr[k]));
+        for (size_t k = 0; k < K; k++) mx = fmaxf(mx, fabsf(r ? xr[k] * r[k] : xr[k]));
         const float inv = mx > 0 ? 127.0f / mx : 0.0f;
         sx[t] = mx > 0 ? mx / 127.0f : 1.0f;
         int8_t *qr = q + t * ldq;
         for (size_t k = 0; k < K; k++) {
-            float v = nearbyintf(xr[k] * inv);
+            float v = nearbyintf((r ? xr[k] * r[k] : xr[k]) * inv);
             qr[k] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
         }
         for (size_t k = K; k < ldq; k++) qr[k] = 0;
@@ -94,7 +95,7 @@ int8_t *cs_kern_quantize(const cs_kern *k, const cs_pmat *m, const float *x, siz
                          float **sx) {
     *ldq = (m->K + 3) / 4 * 4;
     int8_t *q = qbuf(T * *ldq, sx, T);
-    if (q) k->quantize_rows(x, ldx, T, m->K, q, *ldq, *sx);
+    if (q) k->quantize_rows(x, ldx, T, m->K, m->smooth, q, *ldq, *sx);
     return q;
 }
 
@@ -114,8 +115,13 @@ static float from_bf16(uint16_t h) {
 
 void cs_pmat_pack(cs_wdtype dt, const float *W, size_t K, size_t N, size_t ldw, int transposed, void *w_out,
                   float *scale_out) {
+    cs_pmat_pack_smooth(dt, W, K, N, ldw, transposed, NULL, w_out, scale_out);
+}
+
+void cs_pmat_pack_smooth(cs_wdtype dt, const float *W, size_t K, size_t N, size_t ldw, int transposed,
+                         const float *s, void *w_out, float *scale_out) {
     const size_t P = (N + CS_PANEL - 1) / CS_PANEL;
-#define WAT(k, n) (transposed ? W[(n) * ldw + (k)] : W[(k) * ldw + (n)])
+#define WAT(k, n) ((transposed ? W[(n) * ldw + (k)] : W[(k) * ldw + (n)]) * (s ? s[k] : 1.0f))
     if (dt == CS_W_I8) {
         int32_t *colsum = (int32_t *)(void *)(scale_out + P * CS_PANEL);
         memset(w_out, 0, cs_pmat_wbytes(dt, K, N)); /* k padding stays zero */
@@ -151,12 +157,40 @@ void cs_pmat_pack(cs_wdtype dt, const float *W, size_t K, size_t N, size_t ldw, 
 #undef WAT
 }
 
+void cs_pmat_pack_outliers(const float *W, size_t K, size_t N, size_t ldw, int transposed, const uint32_t *idx,
+                           size_t n_out, float *out_w) {
+    const size_t NP = (N + CS_PANEL - 1) / CS_PANEL * CS_PANEL;
+    (void)K;
+    for (size_t j = 0; j < n_out; j++)
+        for (size_t n = 0; n < NP; n++)
+            out_w[j * NP + n] = n < N ? (transposed ? W[n * ldw + idx[j]] : W[idx[j] * ldw + n]) : 0.0f;
+}
+
+void cs_pmat_outliers(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy, size_t p0,
+                      size_t p1) {
+    if (!m->n_out) return;
+    const size_t NP = m->n_panels * CS_PANEL, n0 = p0 * CS_PANEL, n1 = p1 * CS_PANEL < m->N ? p1 * CS_PANEL : m->N;
+    /* y += x_j w_j one channel at a time: the inner loop runs along n and vectorizes */
+    for (size_t t = 0; t < T; t++) {
+        float *yr = y + t * ldy;
+        for (size_t j = 0; j < m->n_out; j++) {
+            const float xo = x[t * ldx + m->out_idx[j]], *wr = m->out_w + j * NP;
+            for (size_t n = n0; n < n1; n++) yr[n] += xo * wr[n];
+        }
+    }
+}
+
 float cs_pmat_get(const cs_pmat *m, size_t k, size_t n) {
     const size_t o = ((n / CS_PANEL) * m->K + k) * CS_PANEL + n % CS_PANEL;
     switch (m->dt) {
     case CS_W_F32: return ((const float *)m->w)[o];
     case CS_W_BF16: return from_bf16(((const uint16_t *)m->w)[bf16_off(m->K, k, n)]);
-    default: return (float)((const int8_t *)m->w)[i8_off(m->K, k, n)] * m->scale[n];
+    default: {
+        for (size_t j = 0; j < m->n_out; j++)
+            if (m->out_idx[j] == k) return m->out_w[j * m->n_panels * CS_PANEL + n];
+        const float v = (float)((const int8_t *)m->w)[i8_off(m->K, k, n)] * m->scale[n];
+        return m->smooth ? v * m->smooth[k] : v;
+    }
     }
 }
 
@@ -181,6 +215,7 @@ static void matmul_i8_scalar(const cs_pmat *m, const float *x, size_t ldx, size_
                 const float v = (float)acc * (sx[t] * m->scale[n]);
                 y[t * ldy + n] = v + (m->bias ? m->bias[n] : 0.0f);
             }
+    cs_pmat_outliers(m, x, ldx, T, y, ldy, p0, p1);
 }
 
 static void matmul_scalar(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy, size_t p0,

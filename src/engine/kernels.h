@@ -22,6 +22,21 @@
  * consecutive k for each column (the VNNI dot-product layout): byte
  * ((p * K4 + k / 4) * 16 + n % 16) * 4 + k % 4, K4 = ceil(K / 4).
  *
+ * int8 smoothing (SmoothQuant): trained GPT-2 has a few input channels tens of
+ * times larger than the rest, and one activation scale per row would spend its
+ * range on them. A matrix may carry per-input-channel factors s_k (chosen at
+ * pack time from calibration activations, engine/gpt2.c): the weights are
+ * packed as W[k][n] * s_k and the quantizer reads x[t][k] * (1 / s_k), one
+ * multiply per element, so x W is unchanged but both sides are flatter:
+ *   xq = round((x * r) * 127 / max|x * r|), r = smooth = 1 / s.
+ * The few channels far above the rest (calibration maxima >= CS_I8_OUTLIER_RATIO
+ * x the median) are taken out of the int8 product altogether, as in LLM.int8:
+ * r_k = 0 and the packed row is zero, and their fp32 weight rows are added in
+ * at the end of every table's int8 matmul, by cs_pmat_outliers or the same
+ * multiply-then-add per channel in a kernel's own epilogue (no FMA, so the
+ * bits stay the same everywhere):
+ *   y[t][n] = ((int8 result + x[t][i_0] W[i_0][n]) + x[t][i_1] W[i_1][n]) + ...
+ *
  * All kernels are pure functions of their arguments; thread-safe. */
 #ifndef CS_KERNELS_H
 #define CS_KERNELS_H
@@ -30,6 +45,8 @@
 #include <stdint.h>
 
 #define CS_PANEL 16
+#define CS_I8_MAX_OUTLIERS 8     /* fp32 input channels per int8 matrix */
+#define CS_I8_OUTLIER_RATIO 6.0f /* vs the median channel's calibration max */
 
 typedef enum cs_wdtype { CS_W_F32, CS_W_BF16, CS_W_I8 } cs_wdtype;
 
@@ -40,6 +57,10 @@ typedef struct cs_pmat {
     const float *scale;    /* (n_panels * 16) for int8, else NULL */
     const int32_t *colsum; /* (n_panels * 16) int8: sum over k of q[k][n], else NULL */
     const float *bias;     /* (N) or NULL */
+    const float *smooth;   /* (K) int8: r_k = 1 / s_k applied to activations (see above), or NULL */
+    size_t n_out;          /* int8: input channels kept in fp32 (<= CS_I8_MAX_OUTLIERS) */
+    const uint32_t *out_idx; /* (n_out) their k, ascending */
+    const float *out_w;    /* (n_out, n_panels * 16) their rows of W, fp32 */
 } cs_pmat;
 
 size_t cs_wdtype_size(cs_wdtype dt);
@@ -50,10 +71,12 @@ int cs_wdtype_parse(const char *s, cs_wdtype *out); /* "fp32"/"f32", "bf16", "in
 size_t cs_pmat_wbytes(cs_wdtype dt, size_t K, size_t N);
 size_t cs_pmat_sbytes(cs_wdtype dt, size_t N);
 
-/* int8 activations: quantizes T rows of K floats to q (rows of ldq >= K4*4
- * bytes, zero-padded) and sx[t] = max|x_t| / 127 (1 for an all-zero row).
- * Shared by every kernel table so all compute the same xq. */
-void cs_quantize_rows(const float *x, size_t ldx, size_t T, size_t K, int8_t *q, size_t ldq, float *sx);
+/* int8 activations: quantizes T rows of K floats, each multiplied by r[k]
+ * first (r NULL: by 1), to q (rows of ldq >= K4*4 bytes, zero-padded) and
+ * sx[t] = max|x_t * r| / 127 (1 for an all-zero row). The scalar reference of
+ * every table's quantize_rows, which all compute the same xq. */
+void cs_quantize_rows(const float *x, size_t ldx, size_t T, size_t K, const float *r, int8_t *q, size_t ldq,
+                      float *sx);
 
 /* The kernel table's quantize_rows (each ISA's gives cs_quantize_rows' bits)
  * for an int8 matmul's T input rows into per-thread scratch (grown on demand,
@@ -75,11 +98,25 @@ void cs_kern_thread_cleanup(void);
  * transposed: W is given as (N, K) instead (e.g. the tied LM head, wte). */
 void cs_pmat_pack(cs_wdtype dt, const float *W, size_t K, size_t N, size_t ldw, int transposed, void *w_out,
                   float *scale_out);
+/* The same with int8 smoothing: row k of W is packed as W[k][n] * s[k]
+ * (s NULL: 1); the matrix then needs .smooth = 1 / s (cs_pmat_view + set). */
+void cs_pmat_pack_smooth(cs_wdtype dt, const float *W, size_t K, size_t N, size_t ldw, int transposed,
+                         const float *s, void *w_out, float *scale_out);
+
+/* Copies rows idx[0..n_out) of W (as for cs_pmat_pack) into out_w
+ * (n_out, n_panels * 16; columns past N zero). */
+void cs_pmat_pack_outliers(const float *W, size_t K, size_t N, size_t ldw, int transposed, const uint32_t *idx,
+                           size_t n_out, float *out_w);
+
+/* Adds the fp32 outlier rows' part to y for panels [p0, p1) (see above): the
+ * reference every table's int8 matmul matches. No-op when n_out is 0. */
+void cs_pmat_outliers(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy, size_t p0,
+                      size_t p1);
 
 /* Fills a cs_pmat over packed buffers (scale_buf: int8 scales + column sums). */
 cs_pmat cs_pmat_view(cs_wdtype dt, size_t K, size_t N, const void *w, const float *scale_buf, const float *bias);
 
-/* W[k][n] as fp32 (what the kernels compute with). */
+/* W[k][n] as fp32 (what the kernels compute with; smoothing undone). */
 float cs_pmat_get(const cs_pmat *m, size_t k, size_t n);
 
 typedef enum cs_isa { CS_ISA_SCALAR, CS_ISA_AVX2, CS_ISA_AVX512, CS_ISA_COUNT } cs_isa;
@@ -104,7 +141,8 @@ typedef struct cs_kern {
     void (*attend)(const float *q, const float *k, const float *v, size_t ld, size_t n, size_t hd, float scale,
                    float *att, float *out);
     /* cs_quantize_rows, bit for bit. */
-    void (*quantize_rows)(const float *x, size_t ldx, size_t T, size_t K, int8_t *q, size_t ldq, float *sx);
+    void (*quantize_rows)(const float *x, size_t ldx, size_t T, size_t K, const float *r, int8_t *q, size_t ldq,
+                          float *sx);
 } cs_kern;
 
 const cs_kern *cs_kern_for(cs_isa isa); /* NULL when the CPU lacks it */

@@ -160,7 +160,13 @@ static T256 void matmul_i8(const cs_pmat *m, const float *x, size_t ldx, size_t 
                 const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[h]),
                                                _mm256_mul_ps(_mm256_set1_ps(sx[t]), _mm256_loadu_ps(m->scale + n0)));
                 const __m256 bi = m->bias ? load_tail(m->bias + n0, left) : _mm256_setzero_ps();
-                store_tail(y + t * ldy + n0, left, _mm256_add_ps(f, bi));
+                __m256 v = _mm256_add_ps(f, bi);
+                /* cs_pmat_outliers' arithmetic (a multiply, then an add, channel by
+                 * channel) done here on the registers; out_w rows are padded to whole panels */
+                for (size_t j = 0; j < m->n_out; j++)
+                    v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_set1_ps(x[t * ldx + m->out_idx[j]]),
+                                                       _mm256_loadu_ps(m->out_w + j * m->n_panels * CS_PANEL + n0)));
+                store_tail(y + t * ldy + n0, left, v);
             }
         }
 }
@@ -264,36 +270,46 @@ static T256 void softmax_avx2(float *x, size_t n) {
     for (i = 0; i < n; i++) x[i] *= inv;
 }
 
-/* cs_quantize_rows with the same arithmetic: |x| max, x * (127 / max), rounded
- * to nearest even (cvtps uses the current rounding mode, as nearbyintf does). */
-static T256 void quantize_avx2(const float *x, size_t ldx, size_t T, size_t K, int8_t *q, size_t ldq, float *sx) {
+/* cs_quantize_rows with the same arithmetic: |x r| max, (x r) * (127 / max),
+ * rounded to nearest even (cvtps uses the current rounding mode, as nearbyintf
+ * does). HR: smoothing factors given (a constant, so each form is its own loop). */
+static INL T256 void quantize_row_avx2(const float *xr, size_t K, const float *r, int8_t *qr, size_t ldq, float *sx,
+                                       const int HR) {
     const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+#define XR8(k) (HR ? _mm256_mul_ps(_mm256_loadu_ps(xr + (k)), _mm256_loadu_ps(r + (k))) : _mm256_loadu_ps(xr + (k)))
+#define XR1(k) (HR ? xr[k] * r[k] : xr[k])
+    __m256 mv = _mm256_setzero_ps();
+    size_t k = 0;
+    for (; k + 8 <= K; k += 8) mv = _mm256_max_ps(mv, _mm256_and_ps(XR8(k), absm));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    float mx = _mm_cvtss_f32(m4);
+    for (; k < K; k++) mx = fmaxf(mx, fabsf(XR1(k)));
+    const float inv = mx > 0 ? 127.0f / mx : 0.0f;
+    *sx = mx > 0 ? mx / 127.0f : 1.0f;
+    const __m256 iv = _mm256_set1_ps(inv);
+    for (k = 0; k + 8 <= K; k += 8) {
+        __m256i i = _mm256_cvtps_epi32(_mm256_mul_ps(XR8(k), iv));
+        i = _mm256_min_epi32(_mm256_max_epi32(i, lo), hi);
+        const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+        _mm_storel_epi64((__m128i *)(void *)(qr + k), _mm_packs_epi16(w, w));
+    }
+    for (; k < K; k++) {
+        const float v = nearbyintf(XR1(k) * inv);
+        qr[k] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+    }
+    for (k = K; k < ldq; k++) qr[k] = 0;
+#undef XR8
+#undef XR1
+}
+
+static T256 void quantize_avx2(const float *x, size_t ldx, size_t T, size_t K, const float *r, int8_t *q, size_t ldq,
+                               float *sx) {
     for (size_t t = 0; t < T; t++) {
-        const float *xr = x + t * ldx;
-        __m256 mv = _mm256_setzero_ps();
-        size_t k = 0;
-        for (; k + 8 <= K; k += 8) mv = _mm256_max_ps(mv, _mm256_and_ps(_mm256_loadu_ps(xr + k), absm));
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-        float mx = _mm_cvtss_f32(m4);
-        for (; k < K; k++) mx = fmaxf(mx, fabsf(xr[k]));
-        const float inv = mx > 0 ? 127.0f / mx : 0.0f;
-        sx[t] = mx > 0 ? mx / 127.0f : 1.0f;
-        int8_t *qr = q + t * ldq;
-        const __m256 iv = _mm256_set1_ps(inv);
-        for (k = 0; k + 8 <= K; k += 8) {
-            __m256i i = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + k), iv));
-            i = _mm256_min_epi32(_mm256_max_epi32(i, lo), hi);
-            const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
-            _mm_storel_epi64((__m128i *)(void *)(qr + k), _mm_packs_epi16(w, w));
-        }
-        for (; k < K; k++) {
-            const float v = nearbyintf(xr[k] * inv);
-            qr[k] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
-        }
-        for (k = K; k < ldq; k++) qr[k] = 0;
+        if (r) quantize_row_avx2(x + t * ldx, K, r, q + t * ldq, ldq, sx + t, 1);
+        else quantize_row_avx2(x + t * ldx, K, NULL, q + t * ldq, ldq, sx + t, 0);
     }
 }
 

@@ -285,6 +285,7 @@ static TVNNI void matmul_i8_vnni(const cs_pmat *m, const float *x, size_t ldx, s
         }
         p += np;
     }
+    cs_pmat_outliers(m, x, ldx, T, y, ldy, p0, p1);
 }
 
 static T512 void matmul_avx512(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy,
@@ -449,25 +450,32 @@ static T512 void attend_avx512(const float *q, const float *k, const float *v, s
 }
 
 /* cs_quantize_rows with the same arithmetic (see quantize_avx2). */
-static T512 void quantize_avx512(const float *x, size_t ldx, size_t T, size_t K, int8_t *q, size_t ldq, float *sx) {
+static INL T512 void quantize_row_avx512(const float *xr, size_t K, const float *r, int8_t *qr, size_t ldq, float *sx,
+                                         const int HR) {
     const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+#define XR16(mk, k) (HR ? _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, xr + (k)), _mm512_maskz_loadu_ps(mk, r + (k))) \
+                        : _mm512_maskz_loadu_ps(mk, xr + (k)))
+    __m512 mv = _mm512_setzero_ps();
+    for (size_t k = 0; k < K; k += 16) mv = _mm512_max_ps(mv, _mm512_abs_ps(XR16(tail_mask(K - k), k)));
+    const float mx = _mm512_reduce_max_ps(mv);
+    const float inv = mx > 0 ? 127.0f / mx : 0.0f;
+    *sx = mx > 0 ? mx / 127.0f : 1.0f;
+    const __m512 iv = _mm512_set1_ps(inv);
+    for (size_t k = 0; k < ldq; k += 16) {
+        /* past K: masked-off lanes load 0, which quantizes to the zero padding */
+        const __mmask16 lm = k < K ? tail_mask(K - k) : 0;
+        __m512i i = _mm512_cvtps_epi32(_mm512_mul_ps(XR16(lm, k), iv));
+        i = _mm512_min_epi32(_mm512_max_epi32(i, lo), hi);
+        _mm512_mask_cvtepi32_storeu_epi8(qr + k, tail_mask(ldq - k), i);
+    }
+#undef XR16
+}
+
+static T512 void quantize_avx512(const float *x, size_t ldx, size_t T, size_t K, const float *r, int8_t *q,
+                                 size_t ldq, float *sx) {
     for (size_t t = 0; t < T; t++) {
-        const float *xr = x + t * ldx;
-        __m512 mv = _mm512_setzero_ps();
-        for (size_t k = 0; k < K; k += 16)
-            mv = _mm512_max_ps(mv, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail_mask(K - k), xr + k)));
-        const float mx = _mm512_reduce_max_ps(mv);
-        const float inv = mx > 0 ? 127.0f / mx : 0.0f;
-        sx[t] = mx > 0 ? mx / 127.0f : 1.0f;
-        int8_t *qr = q + t * ldq;
-        const __m512 iv = _mm512_set1_ps(inv);
-        for (size_t k = 0; k < ldq; k += 16) {
-            /* past K: masked-off lanes load 0, which quantizes to the zero padding */
-            const __mmask16 lm = k < K ? tail_mask(K - k) : 0;
-            __m512i i = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(lm, xr + k), iv));
-            i = _mm512_min_epi32(_mm512_max_epi32(i, lo), hi);
-            _mm512_mask_cvtepi32_storeu_epi8(qr + k, tail_mask(ldq - k), i);
-        }
+        if (r) quantize_row_avx512(x + t * ldx, K, r, q + t * ldq, ldq, sx + t, 1);
+        else quantize_row_avx512(x + t * ldx, K, NULL, q + t * ldq, ldq, sx + t, 0);
     }
 }
 

@@ -91,9 +91,29 @@ static void test_matmul_vs_scalar(void **state) {
                         fill(bias, N, 1.0f);
                         void *w = malloc(cs_pmat_wbytes((cs_wdtype)dt, K, N));
                         float *sc = malloc(cs_pmat_sbytes((cs_wdtype)dt, N) + 4);
-                        cs_pmat_pack((cs_wdtype)dt, W, K, N, N, 0, w, sc);
+                        /* int8, every other shape: smoothing factors and up to two fp32 outlier rows */
+                        const int smooth = dt == CS_W_I8 && (ki + ni) % 2;
+                        float *sm = malloc(K * 4), *r = malloc(K * 4), *ow = malloc(2 * P * 16 * 4);
+                        uint32_t oi[2] = {0, (uint32_t)(K / 2)};
+                        const size_t n_out = K >= 3 ? 2 : K == 2 ? 1 : 0;
+                        for (size_t k = 0; k < K; k++) sm[k] = 0.25f + 2.0f * fabsf(frand());
+                        for (size_t j = 0; j < n_out; j++) sm[oi[j]] = 0.0f;
+                        for (size_t k = 0; k < K; k++) r[k] = sm[k] > 0 ? 1.0f / sm[k] : 0.0f;
+                        cs_pmat_pack_smooth((cs_wdtype)dt, W, K, N, N, 0, smooth ? sm : NULL, w, sc);
                         cs_pmat m = cs_pmat_view((cs_wdtype)dt, K, N, w, sc, (ti & 1) ? bias : NULL);
-                        (void)P;
+                        if (smooth) {
+                            for (size_t j = 0; j < n_out; j++) x[oi[j]] *= 30.0f; /* an outlier channel */
+                            cs_pmat_pack_outliers(W, K, N, N, 0, oi, n_out, ow);
+                            m.smooth = r;
+                            m.n_out = n_out;
+                            m.out_idx = oi;
+                            m.out_w = ow;
+                            /* what the format promises: W as packed, smoothing undone */
+                            for (size_t k = 0; k < K; k++)
+                                for (size_t n = 0; n < N; n++)
+                                    assert_true(fabsf(cs_pmat_get(&m, k, n) - W[k * N + n]) <=
+                                                sc[n] * 0.5f * 1.0001f * r[k]); /* exact for outlier rows (r 0) */
+                        }
                         cs_kern_scalar.matmul(&m, x, ldx, T, y0, ldy, 0, m.n_panels);
                         /* SIMD in two panel ranges, as threads split the work */
                         kern->matmul(&m, x, ldx, T, y1, ldy, 0, P / 2);
@@ -109,7 +129,7 @@ static void test_matmul_vs_scalar(void **state) {
                         for (size_t t = 0; t < T; t++)
                             for (size_t n = N; n < ldy; n++) assert_true(y1[t * ldy + n] == 0.0f);
                         checked++;
-                        free(W); free(x); free(bias); free(y0); free(y1); free(w); free(sc);
+                        free(W); free(x); free(bias); free(y0); free(y1); free(w); free(sc); free(sm); free(r); free(ow);
                     }
     }
     printf("  matmul: %d SIMD configurations match the scalar reference\n", checked);
@@ -198,16 +218,26 @@ static void test_quantize_rows(void **state) {
             x[3 * ldx + K - 1] = 1e-30f;
             memset(q0, 0x55, T * ldq);
             memset(q1, 0x55, T * ldq);
-            cs_quantize_rows(x, ldx, T, K, q0, ldq, sx0);
-            k->quantize_rows(x, ldx, T, K, q1, ldq, sx1);
-            for (size_t t = 0; t < T; t++) {
-                assert_memory_equal(&sx0[t], &sx1[t], sizeof(float));
-                for (size_t i = 0; i < ldq; i++)
-                    if (q0[t * ldq + i] != q1[t * ldq + i])
-                        fail_msg("%s K=%zu row %zu [%zu]: x=%.9g scalar %d simd %d", k->name, K, t, i,
-                                 i < K ? x[t * ldx + i] : 0.0, q0[t * ldq + i], q1[t * ldq + i]);
+            /* without and with smoothing factors (one of them 0: a channel taken out) */
+            float *r = malloc(K * 4);
+            for (size_t i = 0; i < K; i++) r[i] = i % 5 == 0 ? 1.0f : 0.125f + fabsf(frand()) * 4.0f;
+            r[K / 3] = 0.0f;
+            for (int hr = 0; hr < 2; hr++) {
+                memset(q0, 0x55, T * ldq);
+                memset(q1, 0x55, T * ldq);
+                cs_quantize_rows(x, ldx, T, K, hr ? r : NULL, q0, ldq, sx0);
+                k->quantize_rows(x, ldx, T, K, hr ? r : NULL, q1, ldq, sx1);
+                for (size_t t = 0; t < T; t++) {
+                    assert_memory_equal(&sx0[t], &sx1[t], sizeof(float));
+                    for (size_t i = 0; i < ldq; i++)
+                        if (q0[t * ldq + i] != q1[t * ldq + i])
+                            fail_msg("%s K=%zu r=%d row %zu [%zu]: x=%.9g scalar %d simd %d", k->name, K, hr, t, i,
+                                     i < K ? x[t * ldx + i] : 0.0, q0[t * ldq + i], q1[t * ldq + i]);
+                }
+                assert_true(sx0[2] == 1.0f && q0[2 * ldq] == 0);
+                if (hr && K > 1) assert_int_equal(q0[K / 3], 0);
             }
-            assert_true(sx0[2] == 1.0f && q0[2 * ldq] == 0);
+            free(r);
             free(x);
             free(q0);
             free(q1);
