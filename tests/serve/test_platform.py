@@ -753,7 +753,11 @@ def test_composition_preprocessor():
     app = "comp"
     s = ControlServer(config(textgen_app(app, {"preprocess": {"normalize": "NFKC", "max_chars": 50,
                                                                "template": TEMPLATE}},
-                                         [generator(DEP, health_check_period_s=1, health_check_timeout_s=2),
+                                         # tiny's 128 positions cannot hold the pipeline's 256 new tokens: the
+                                         # seed's request gets its length from the user_config, as a small
+                                         # model's deployment would set it
+                                         [generator(DEP, health_check_period_s=1, health_check_timeout_s=2,
+                                                    user_config={"max_new_tokens": 40}),
                                           {"name": "Preprocessor", "num_replicas": 1, "health_check_period_s": 1,
                                            "health_check_timeout_s": 2}])))
     try:
