@@ -112,6 +112,13 @@ bench: all models
 bench-contention: all models
 	BENCH_CSERVE=$${BENCH_CSERVE:-$(BUILD)/cserve} python3 bench/contention.py
 
+# Goodput at 0.5x/1x/2x/10x the admission limit with closed-loop clients that retry a 503 at once,
+# and ordinary requests' latency during a 5,000-connection slowloris: the Overload section of
+# bench/RESULTS.md (bench/overload.py; standard library only).
+.PHONY: bench-overload
+bench-overload: all models
+	BENCH_CSERVE=$${BENCH_CSERVE:-$(BUILD)/cserve} python3 bench/overload.py
+
 # The seed's serving stack (Ray Serve + FastAPI + transformers pipeline) against `cserve serve` over
 # HTTP: writes bench/serving/RESULTS.md and bench/serving/results.png (see bench/serving/README.md).
 bench-serving: all models
@@ -127,7 +134,7 @@ FUZZ_TARGETS ?= safetensors tokenizer tok_load config api hub_ref sampler serve_
 FUZZ_DIR     := build/fuzz
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_CFLAGS  := -g -O1 -std=c11 -D_GNU_SOURCE -Isrc $(PKG_CFLAGS) -Wall -Wextra
-FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(wildcard src/engine/*.c src/hub/*.c) src/serve/api.c src/serve/api_gen.c src/serve/api_simple.c src/serve/api_openai.c src/serve/openapi.c src/serve/log.c src/serve/strbuf.c src/serve/metrics.c src/serve/config.c src/serve/yamldoc.c src/serve/clean.c)
+FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(wildcard src/engine/*.c src/hub/*.c) src/serve/api.c src/serve/shed.c src/serve/api_gen.c src/serve/api_simple.c src/serve/api_openai.c src/serve/openapi.c src/serve/log.c src/serve/strbuf.c src/serve/metrics.c src/serve/config.c src/serve/yamldoc.c src/serve/clean.c)
 FUZZ_BIN     := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
 fuzz:
 	@command -v $(FUZZ_CC) >/dev/null 2>&1 || { echo "make fuzz: $(FUZZ_CC) not found; libFuzzer needs clang:" \

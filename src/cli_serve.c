@@ -1,8 +1,11 @@
 /* cserve serve: the HTTP model server (one process: HTTP front end, the
  * continuous-batching scheduler and the engine).
  *
- * Start-up: listen first (healthz answers 503 while the model loads), load
- * the model, start the scheduler, then healthz says 200. SIGTERM/SIGINT:
+ * Start-up: bind the port first (healthz answers 503 while the model is
+ * downloaded and loaded), find the model, load it, then announce "listening",
+ * start the scheduler, and healthz says 200. Every fatal start error (port in
+ * use, no model, Hub unreachable, bad weights) is one plain "cserve: ..." line
+ * on stderr before any "listening" line, and the exit status is 1. SIGTERM/SIGINT:
  * healthz 503 and new generation requests 503, running and queued requests
  * finish (up to --graceful-shutdown-timeout-s), responses are flushed, and the
  * process exits 0. */
@@ -32,6 +35,8 @@ int cs_cmd_serve(int argc, char **argv);
 #define SERVE_DEFAULT_MODEL "distilgpt2"
 #define SERVE_FLUSH_TIMEOUT_S 5.0 /* after draining: time to send the last responses */
 #define SERVE_KEY_FILE_MAX ((size_t)64 << 10)
+#define SERVE_BUNDLED_MODEL "build/models/distil" /* `make models`: synthetic, needs no network */
+#define SERVE_CORS_MAX (CS_HTTP_MAX_CORS_ORIGINS * (CS_HTTP_MAX_ORIGIN + 2))
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -44,19 +49,76 @@ static void usage(FILE *f) {
             "  --route-prefix P                 where the application is mounted (default /)\n"
             "  --max-ongoing-requests N         sequences decoded together (default 32)\n"
             "  --max-queued-requests N          waiting requests before 503 (default 256)\n"
+            "                                   (both count sequences: prompts x n of each request)\n"
+            "  --max-stream-duration-s S        a request (streamed or not) still generating after S seconds\n"
+            "                                   ends with finish_reason \"length\" (default 600; 0: no limit)\n"
             "  --request-timeout-s S            408 when no response has started after S seconds (default 60)\n"
             "  --keep-alive-timeout-s S         idle keep-alive connections are closed after S (default 90)\n"
+            "  --header-timeout-s S             a connection must send complete headers within S (default 10)\n"
+            "  --min-body-rate B                request bodies slower than B bytes/s after the header timeout\n"
+            "                                   are cut (default 1024; 0: no minimum)\n"
+            "  --max-connections N              open connections (default 4096, or fewer file descriptors)\n"
+            "  --max-connections-per-ip N       open connections per client address (default: half of\n"
+            "                                   --max-connections; 0: no cap)\n"
             "  --graceful-shutdown-timeout-s S  on SIGTERM, time allowed to finish requests (default 20)\n"
             "  --dtype fp32|bf16|int8           weight format (default fp32)\n"
             "  --threads N                      compute threads (default: CPUs available)\n"
             "  --api-key-file F                 API keys, one per line; also CSERVE_API_KEYS=k1,k2\n"
-            "  --no-access-log                  no per-request log lines on stderr\n\n"
+            "  --cors-origin ORIGIN             let browser pages from ORIGIN (https://app.example:8080) call the\n"
+            "                                   API; repeat it or give a comma list; * allows any origin (default: off)\n"
+            "  --no-access-log                  no per-request log lines on stderr\n"
+            "  --pipeline-defaults 4.57|4.51    generation defaults of transformers >= 4.52 (default: 256 new\n"
+            "                                   tokens, temperature 0.7) or <= 4.51 (distilgpt2: max_length 50)\n\n"
             "cserve serve --config FILE | cserve serve FILE: a Ray Serve config (YAML or JSON) or a RayService\n"
             "manifest: several applications, replicas as processes, the admin API (serve deploy/status/...).\n"
             "  --host ADDR --port N             proxy listener (default: the config's http_options)\n"
             "  --admin-host ADDR                admin API address (default 127.0.0.1)\n"
             "  --admin-port N                   admin API port (default 8265; 0: any free port)\n"
-            "  --api-key-file F, --no-access-log, --graceful-shutdown-timeout-s S  as above\n");
+            "  --api-key-file F, --cors-origin O, --no-access-log, --graceful-shutdown-timeout-s S  as above\n\n"
+            "Environment:\n"
+            "  CSERVE_API_KEYS          API keys, comma-separated (with or instead of --api-key-file)\n"
+            "  HF_HOME                  Hugging Face home (default ~/.cache/huggingface; XDG_CACHE_HOME too)\n"
+            "  HF_HUB_CACHE             model cache (default $HF_HOME/hub; HUGGINGFACE_HUB_CACHE too)\n"
+            "  HF_HUB_OFFLINE=1         use cached models only, never the network (TRANSFORMERS_OFFLINE too)\n"
+            "  HF_ENDPOINT              Hub URL (default https://huggingface.co)\n"
+            "  HF_TOKEN                 Hub access token (HUGGING_FACE_HUB_TOKEN, or the file HF_TOKEN_PATH,\n"
+            "                           default $HF_HOME/token)\n"
+            "  HF_HUB_ETAG_TIMEOUT      seconds to connect to the Hub before giving up (default 10)\n"
+            "  CS_CACHE_DIR             packed-weights cache for --dtype bf16/int8 (default\n"
+            "                           $XDG_CACHE_HOME/cserve or ~/.cache/cserve); CS_NO_CACHE=1: none\n"
+            "  CS_THREADS               compute threads when --threads is not given\n"
+            "  CS_KERNELS=scalar|avx2   use no wider CPU kernels than these (default: the best available)\n"
+            "  CS_POOL_ADAPT, CS_POOL_SPIN_US, CS_POOL_CHUNKS  thread pool tuning (benchmarks)\n"
+            "  COLUMNS                  download progress bar width when the terminal does not tell\n"
+            "  HOME                     base of the default caches above\n\n"
+            "With no network: --model " SERVE_BUNDLED_MODEL " (after `make models`) needs no download;\n"
+            "`cserve pull MODEL` on a connected machine fills a cache that can be copied here.\n");
+}
+
+/* --cors-origin, repeated: joined with commas into out (cs_http parses the list). */
+static int cors_add(char *out, size_t cap, const char *v) {
+    size_t n = strlen(out);
+    int k = snprintf(out + n, cap - n, "%s%s", n ? "," : "", v);
+    if (k < 0 || (size_t)k >= cap - n) {
+        fprintf(stderr, "cserve serve: --cors-origin: too many origins\n");
+        return -1;
+    }
+    return 0;
+}
+
+/* A fatal start error: one plain line (no JSON log record: nothing is serving yet). */
+static void start_error(const char *msg) { fprintf(stderr, "cserve: %s\n", msg); }
+
+/* After a model name could not be resolved: what serves without the Hub. */
+static void hint_local_model(void) {
+    struct stat st;
+    if (stat(SERVE_BUNDLED_MODEL "/config.json", &st) == 0)
+        fprintf(stderr, "cserve: to try cserve with no download, serve the synthetic model that `make models` built: "
+                        "make run MODEL=" SERVE_BUNDLED_MODEL " (or cserve serve --model " SERVE_BUNDLED_MODEL ")\n");
+    else
+        fprintf(stderr, "cserve: to serve without the Hub, give a model directory (config.json, model.safetensors, "
+                        "vocab.json, merges.txt): cserve serve --model DIR; `make models` builds a synthetic one in "
+                        SERVE_BUNDLED_MODEL "\n");
 }
 
 static int parse_num(const char *opt, const char *s, double lo, double hi, double *out) {
@@ -185,7 +247,7 @@ static int raise_nofile(void) {
 }
 
 typedef struct cp_serve_opts {
-    const char *config, *host, *admin_host, *key_file;
+    const char *config, *host, *admin_host, *key_file, *cors;
     int port, admin_port, access_log;
     double grace;
 } cp_serve_opts;
@@ -218,12 +280,13 @@ static int serve_config(const cp_serve_opts *so) {
     block_signals(&sigs);
     raise_nofile();
     cs_ctl_opts co = {.host = so->host, .port = so->port, .admin_host = so->admin_host, .admin_port = so->admin_port,
-                      .api_keys = (const char *const *)k.v, .n_api_keys = k.n, .access_log = so->access_log};
+                      .api_keys = (const char *const *)k.v, .n_api_keys = k.n, .access_log = so->access_log,
+                      .cors_origins = so->cors};
     cs_ctl *ctl = NULL;
     int rc = cs_ctl_start(&ctl, &co, cfg, &err);
     keys_free(&k);
     if (rc) {
-        cs_api_log("error", "%s", err.msg);
+        start_error(err.msg);
         return 1;
     }
     int sig = 0;
@@ -237,7 +300,8 @@ static int serve_config(const cp_serve_opts *so) {
 
 int cs_cmd_serve(int argc, char **argv) {
     enum { O_HOST = 256, O_PORT, O_PREFIX, O_ONGOING, O_QUEUED, O_RTO, O_KATO, O_GRACE, O_DTYPE, O_THREADS, O_KEYS,
-           O_NOLOG, O_CONFIG, O_AHOST, O_APORT };
+           O_NOLOG, O_CONFIG, O_AHOST, O_APORT, O_CORS, O_PIPEDEF, O_MAXDUR,
+           O_HDRTO, O_BODYRATE, O_MAXCONN, O_MAXCONNIP };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},
         {"host", required_argument, 0, O_HOST},
@@ -255,15 +319,27 @@ int cs_cmd_serve(int argc, char **argv) {
         {"config", required_argument, 0, O_CONFIG},
         {"admin-host", required_argument, 0, O_AHOST},
         {"admin-port", required_argument, 0, O_APORT},
+        {"cors-origin", required_argument, 0, O_CORS},
+        {"pipeline-defaults", required_argument, 0, O_PIPEDEF},
+        {"max-stream-duration-s", required_argument, 0, O_MAXDUR},
+        {"header-timeout-s", required_argument, 0, O_HDRTO},
+        {"min-body-rate", required_argument, 0, O_BODYRATE},
+        {"max-connections", required_argument, 0, O_MAXCONN},
+        {"max-connections-per-ip", required_argument, 0, O_MAXCONNIP},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
     const char *model = SERVE_DEFAULT_MODEL, *host = "0.0.0.0", *prefix = "/", *key_file = NULL;
     double port = 8000, ongoing = 32, queued = 256, rto = 60, kato = 90, grace = 20, threads = 0;
+    double max_dur = CS_SCHED_MAX_DURATION_S;
+    double hdr_to = CS_HTTP_HEADER_TIMEOUT_S, body_rate = CS_HTTP_MIN_BODY_RATE, max_conn = 0, max_conn_ip = -1;
     int access_log = 1, c, port_set = 0, host_set = 0;
     const char *config = NULL, *admin_host = "127.0.0.1";
     double admin_port = 8265;
+    static char cors[SERVE_CORS_MAX];
+    cors[0] = 0;
     cs_gpt2_opts mopts = {0};
+    json_t *pipedef = NULL; /* --pipeline-defaults, as the user_config key */
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:h", opts, NULL)) != -1) {
         int bad = 0;
@@ -274,8 +350,13 @@ int cs_cmd_serve(int argc, char **argv) {
         case O_PREFIX: prefix = optarg; break;
         case O_ONGOING: bad = parse_num("--max-ongoing-requests", optarg, 1, 4096, &ongoing); break;
         case O_QUEUED: bad = parse_num("--max-queued-requests", optarg, 0, 1 << 20, &queued); break;
+        case O_MAXDUR: bad = parse_num("--max-stream-duration-s", optarg, 0, 1e7, &max_dur); break;
         case O_RTO: bad = parse_num("--request-timeout-s", optarg, 0.05, 86400, &rto); break;
         case O_KATO: bad = parse_num("--keep-alive-timeout-s", optarg, 1, 86400, &kato); break;
+        case O_HDRTO: bad = parse_num("--header-timeout-s", optarg, 0.05, 86400, &hdr_to); break;
+        case O_BODYRATE: bad = parse_num("--min-body-rate", optarg, 0, 1e12, &body_rate); break;
+        case O_MAXCONN: bad = parse_num("--max-connections", optarg, 1, 1 << 20, &max_conn); break;
+        case O_MAXCONNIP: bad = parse_num("--max-connections-per-ip", optarg, 0, 1 << 20, &max_conn_ip); break;
         case O_GRACE: bad = parse_num("--graceful-shutdown-timeout-s", optarg, 0, 86400, &grace); break;
         case O_DTYPE:
             if (cs_wdtype_parse(optarg, &mopts.dtype)) {
@@ -289,6 +370,17 @@ int cs_cmd_serve(int argc, char **argv) {
         case O_CONFIG: config = optarg; break;
         case O_AHOST: admin_host = optarg; break;
         case O_APORT: bad = parse_num("--admin-port", optarg, 0, 65535, &admin_port); break;
+        case O_CORS: bad = cors_add(cors, sizeof cors, optarg); break;
+        case O_PIPEDEF: {
+            cs_pipeline_defaults pd;
+            json_decref(pipedef);
+            pipedef = json_pack("{s:s}", "pipeline_defaults", optarg);
+            if (cs_pipeline_defaults_parse(optarg, &pd) || !pipedef) {
+                fprintf(stderr, "cserve serve: --pipeline-defaults: expected 4.57 or 4.51, got '%s'\n", optarg);
+                bad = 1;
+            }
+            break;
+        }
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -298,9 +390,12 @@ int cs_cmd_serve(int argc, char **argv) {
     if (config) {
         cp_serve_opts so = {.config = config, .host = host_set ? host : NULL, .port = port_set ? (int)port : -1,
                             .admin_host = admin_host, .admin_port = (int)admin_port, .key_file = key_file,
-                            .access_log = access_log, .grace = grace};
-        if (optind != argc) {
-            fprintf(stderr, "cserve serve: unexpected argument '%s'\n", argv[optind]);
+                            .access_log = access_log, .grace = grace, .cors = cors};
+        if (optind != argc || pipedef) {
+            if (pipedef) fprintf(stderr, "cserve serve: --pipeline-defaults: with a config, set it in the "
+                                         "deployment's user_config (pipeline_defaults: \"4.51\")\n");
+            else fprintf(stderr, "cserve serve: unexpected argument '%s'\n", argv[optind]);
+            json_decref(pipedef);
             return 2;
         }
         return serve_config(&so);
@@ -319,7 +414,7 @@ int cs_cmd_serve(int argc, char **argv) {
     sigset_t sigs;
     block_signals(&sigs);
 
-    int rc = 1;
+    int rc = 1, reported = 0;
     cs_err err = {{0}};
     cs_metrics *metrics = NULL;
     cs_api *api = NULL;
@@ -336,10 +431,12 @@ int cs_cmd_serve(int argc, char **argv) {
     if (cs_metrics_create(&metrics, &err) || cs_api_create(&api, &ao, metrics, &err)) goto out;
     keys_free(&k);
     cs_http_opts ho = {.host = host, .port = (int)port, .request_timeout_s = rto, .keep_alive_timeout_s = kato,
-                       .max_connections = raise_nofile()};
+                       .max_connections = raise_nofile(), .cors_origins = cors, .header_timeout_s = hdr_to,
+                       .min_body_rate = body_rate > 0 ? body_rate : -1, .max_connections_per_ip = (int)max_conn_ip};
+    if (max_conn > 0 && max_conn < ho.max_connections) ho.max_connections = (int)max_conn;
+    if (max_conn_ip < 0) ho.max_connections_per_ip = ho.max_connections / 2; /* one address never takes all */
     cs_http_handlers hh = cs_api_handlers(api);
     if (cs_http_start(&http, &ho, &hh, &err)) goto out;
-    cs_api_log("info", "listening on %s:%d", host, cs_http_port(http));
 
     /* Loading may take long (a download): let a signal end the process now. */
     pthread_sigmask(SIG_UNBLOCK, &sigs, NULL);
@@ -348,13 +445,19 @@ int cs_cmd_serve(int argc, char **argv) {
         snprintf(dir, sizeof dir, "%s", model);
     } else if (cs_hub_resolve(model, dir, sizeof dir, 1, &err)) {
         pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+        start_error(err.msg);
+        hint_local_model();
+        reported = 1;
         goto out;
     }
     int lrc = cs_model_load_opts(&m, dir, &mopts, &err);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     if (lrc) goto out;
-    cs_sched_opts so = {.max_running = (int)ongoing, .max_queued = (int)queued, .threads = (int)threads};
+    cs_api_log("info", "listening on %s:%d", host, cs_http_port(http));
+    cs_sched_opts so = {.max_running = (int)ongoing, .max_queued = (int)queued, .threads = (int)threads,
+                        .max_duration_s = max_dur > 0 ? max_dur : -1};
     if (cs_sched_create(&sched, m, &so, &err)) goto out;
+    if (pipedef && cs_api_set_user_config(api, pipedef, &err)) goto out;
     cs_api_attach(api, m, sched);
     cs_api_log("info", "ready: model %s from %s (%d layers, %d wide, context %d), max_ongoing_requests %d, "
                        "max_queued_requests %d",
@@ -375,7 +478,7 @@ int cs_cmd_serve(int argc, char **argv) {
                          SERVE_FLUSH_TIMEOUT_S);
     rc = 0;
 out:
-    if (rc) cs_api_log("error", "%s", err.msg[0] ? err.msg : "failed");
+    if (rc && !reported) start_error(err.msg[0] ? err.msg : "failed");
     keys_free(&k);
     if (api) cs_api_detach(api);
     cs_sched_free(sched);
@@ -383,6 +486,7 @@ out:
     cs_api_free(api);
     cs_model_free(m);
     cs_metrics_free(metrics);
+    json_decref(pipedef);
     if (rc == 0) cs_api_log("info", "stopped");
     return rc;
 }

@@ -20,6 +20,7 @@
 #include "serve/api_internal.h"
 #include "serve/log.h"
 #include "serve/openapi.h"
+#include "serve/shed.h"
 
 static char *xstrdup(const char *s) { return s ? strdup(s) : NULL; }
 
@@ -67,6 +68,7 @@ static const char *error_type(int kind, int status) {
     case 414: return "uri_too_long";
     case 422: return "validation_error";
     case 431: return "header_too_large";
+    case 501: return "not_implemented";
     case 503: return "unavailable";
     default: return "internal_error";
     }
@@ -89,6 +91,46 @@ int api_reply(areq *q, int status, const char *ctype, const char *body, size_t l
     if (q->draining) h[n++] = (cs_http_header){"Connection", "close"};
     q->responded = 1;
     return cs_http_respond(q->http, status, ctype, body, len, h, n);
+}
+
+/* A 503 "overloaded" held by cs_shed (see shed.h), answered when released. */
+typedef struct held_reply {
+    cs_http_req *http; /* a reference of ours */
+    const char *request_id; /* in the areq, alive while we hold the reference */
+    char retry[16];
+    size_t len;
+    char body[]; /* NUL-terminated */
+} held_reply;
+
+static void held_release(void *arg) {
+    held_reply *h = arg;
+    cs_http_header hd[2] = {{"X-Request-Id", h->request_id}, {"Retry-After", h->retry}};
+    cs_http_respond(h->http, 503, "application/json", h->body, h->len, hd, 2); /* fails if the client left */
+    cs_http_req_unref(h->http);
+    free(h);
+}
+
+/* Holds the refusal instead of answering it now; 0 when held. */
+static int hold_refusal(areq *q, const char *body, size_t len) {
+    cs_shed *sh = q->api->shed;
+    if (!sh || q->draining) return -1;
+    held_reply *h = malloc(sizeof *h + len + 1);
+    if (!h) return -1;
+    h->http = q->http;
+    h->request_id = q->request_id;
+    h->len = len;
+    memcpy(h->body, body, len + 1);
+    /* clients that honour it come back after about as long as the crowd is held */
+    snprintf(h->retry, sizeof h->retry, "%d", (int)ceil(cs_shed_hold_s(sh)) > CS_API_RETRY_AFTER_S
+                                                  ? (int)ceil(cs_shed_hold_s(sh)) : CS_API_RETRY_AFTER_S);
+    cs_http_req_ref(q->http);
+    if (cs_shed_hold(sh, held_release, h)) {
+        cs_http_req_unref(q->http);
+        free(h);
+        return -1;
+    }
+    q->responded = 1; /* no other answer (408) from us */
+    return 0;
 }
 
 void api_send_error(areq *q, int status, const char *param, const char *code, const char *allow, const char *fmt,
@@ -116,7 +158,8 @@ void api_send_error(areq *q, int status, const char *param, const char *code, co
     char *body = err ? json_dumps(err, JSON_COMPACT) : NULL;
     json_decref(err);
     const char *b = body ? body : "{\"error\":{\"type\":\"internal_error\",\"message\":\"out of memory\"}}";
-    api_reply(q, status, "application/json", b, strlen(b), allow);
+    if (!(status == 503 && code && !strcmp(code, "overloaded") && body && hold_refusal(q, b, strlen(b)) == 0))
+        api_reply(q, status, "application/json", b, strlen(b), allow);
     free(body);
 }
 
@@ -309,6 +352,12 @@ static void on_request(void *ud, cs_http_req *r) {
                        state == ST_LOADING ? "the model is loading; retry shortly" : "the server is shutting down");
         return;
     }
+    /* full: refused before the body is parsed, so a refusal costs little */
+    if (cs_sched_room(a->s) <= 0) {
+        pthread_rwlock_unlock(&a->lock);
+        api_send_error(q, 503, NULL, "overloaded", NULL, "server overloaded: every place for a sequence is taken");
+        return;
+    }
     q->tok = a->m->tok;
     q->eos_id = cs_tok_eos_id(a->m->tok);
     if (route == R_SIMPLE) api_simple_gen(q, a->s);
@@ -334,7 +383,9 @@ static void on_abort(void *ud, cs_http_req *r, cs_http_abort why) {
 static void on_done(void *ud, cs_http_req *r, int status, double latency_s, int ok) {
     cs_api *a = ud;
     areq *q = cs_http_req_app(r);
-    if (!status && !ok) status = 499; /* the client left before any response */
+    /* 499 (as nginx logs it): the client left before the response was complete, e.g. a
+     * stream cancelled after its 200 went out; the tokens say how far it got */
+    if (!ok) status = 499;
     const char *route = "unmatched", *rid = "";
     size_t pt = 0, ct = 0;
     if (q) {
@@ -407,6 +458,10 @@ int cs_api_create(cs_api **out, const cs_api_opts *o, cs_metrics *metrics, cs_er
         cs_api_free(a);
         return -1;
     }
+    if (cs_shed_create(&a->shed, err)) {
+        cs_api_free(a);
+        return -1;
+    }
     *out = a;
     return 0;
 oom:
@@ -416,6 +471,7 @@ oom:
 
 void cs_api_free(cs_api *a) {
     if (!a) return;
+    cs_shed_free(a->shed);
     for (size_t i = 0; i < a->n_keys && a->keys; i++) {
         if (a->keys[i]) memset(a->keys[i], 0, a->key_len[i]);
         free(a->keys[i]);
@@ -452,10 +508,14 @@ void cs_api_attach(cs_api *a, const cs_model *m, cs_sched *s) {
     atomic_store(&a->state, ST_READY);
 }
 
-void cs_api_drain(cs_api *a) { atomic_store(&a->state, ST_DRAINING); }
+void cs_api_drain(cs_api *a) {
+    atomic_store(&a->state, ST_DRAINING);
+    cs_shed_flush(a->shed); /* held refusals are answered before the server stops */
+}
 
 void cs_api_detach(cs_api *a) {
     atomic_store(&a->state, ST_DRAINING);
+    cs_shed_flush(a->shed);
     pthread_rwlock_wrlock(&a->lock);
     a->s = NULL;
     a->m = NULL;

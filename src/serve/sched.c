@@ -9,17 +9,31 @@
 #include "engine/sampler.h"
 #include "engine/threadpool.h"
 
+typedef struct grp grp;
+
 typedef struct seq {
-    int slot;          /* KV slot, -1 when not admitted */
+    int slot;          /* KV slot, -1 when not holding one */
     int32_t *hist;     /* prompt then generated ids */
     size_t n_hist;
-    size_t n_fed;      /* ids already in the KV cache */
+    size_t n_fed;      /* ids already in the KV cache (0 again after a preemption) */
     int n_target;      /* new tokens to produce */
     int n_gen;
     int finished;
     cs_finish finish;
     cs_rng rng;
+    cs_req *r;         /* owner, and our index in it */
+    int idx;
 } seq;
+
+/* Requests sharing one fair share (one HTTP request's prompts). */
+struct grp {
+    const void *key;  /* the caller's group; NULL: a single request's own */
+    int n_reqs;       /* live requests: under mu */
+    int reserved;     /* room taken for sequences not submitted yet: under mu */
+    int running;      /* sequences holding a slot: engine thread only */
+    uint64_t ticket;  /* arrival order, for ties */
+    grp *next;
+};
 
 struct cs_req {
     cs_sched *s;
@@ -28,10 +42,12 @@ struct cs_req {
     cs_gen_params gen;
     size_t n_prompt;
     int n_seqs, n_unfinished;
+    int n_waiting; /* unfinished sequences without a slot: engine thread only */
     seq *seqs;
+    grp *g;
     _Atomic int cancel;
     double t_submit, t_first;
-    cs_req *next; /* queue / running list */
+    cs_req *next; /* pending queue / live list */
 };
 
 struct cs_sched {
@@ -40,18 +56,24 @@ struct cs_sched {
     cs_pool *pool;
     cs_gpt2_ws ws;
     cs_gpt2_kv *kv;      /* (max_running) slots, allocated on first use */
-    int *slot_free;      /* (max_running) */
+    seq **slot_seq;      /* (max_running) who holds each slot; NULL: free */
     cs_gpt2_seq *batch;  /* (max_running) */
     seq **batch_seq;     /* (max_running) */
+    seq **pre;           /* (max_running) prefill candidates of one step */
     float *logits;       /* (max_running, V) */
     cs_sampler smp;
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t wake, idle;
-    cs_req *q_head, *q_tail; /* waiting */
-    int n_queued, n_queued_seqs;
-    cs_req *running;         /* admitted; engine thread only */
+    cs_req *q_head, *q_tail;  /* submitted, not yet seen by the engine: under mu */
+    int n_pending;            /* requests in that queue: under mu */
+    grp *groups;              /* live groups: under mu */
+    uint64_t next_ticket;     /* under mu */
+    int n_reserved;           /* sum of groups' reserved: under mu */
+    _Atomic int n_live_seqs;  /* submitted, unfinished sequences (admission) */
+    cs_req *live, *live_tail; /* seen by the engine, in arrival order: engine thread only */
     _Atomic int n_running_seqs; /* written by the engine thread only */
+    int eng_queued;           /* live requests with no slot: under mu */
     int stop, draining;
     cs_sched_stats st;
 };
@@ -69,47 +91,126 @@ static void req_free(cs_req *r) {
     free(r);
 }
 
+/* The request is gone: its group loses a member, and with the last one the
+ * room it had reserved. Caller holds mu. */
+static void grp_release_locked(cs_sched *s, grp *g) {
+    if (!g || --g->n_reqs > 0) return;
+    s->n_reserved -= g->reserved;
+    for (grp **pp = &s->groups; *pp; pp = &(*pp)->next)
+        if (*pp == g) {
+            *pp = g->next;
+            break;
+        }
+    free(g);
+}
+
+static void req_release(cs_sched *s, cs_req *r) {
+    pthread_mutex_lock(&s->mu);
+    grp_release_locked(s, r->g);
+    pthread_mutex_unlock(&s->mu);
+    req_free(r);
+}
+
 /* ---------------------------------------------------------------- engine side */
+
+static void give_up_slot(cs_sched *s, seq *q) {
+    s->slot_seq[q->slot] = NULL;
+    q->slot = -1;
+    q->r->g->running--;
+    atomic_fetch_sub(&s->n_running_seqs, 1);
+}
 
 static void finish_seq(cs_sched *s, cs_req *r, int i, cs_finish why) {
     seq *q = &r->seqs[i];
     if (q->finished) return;
     q->finished = 1;
     q->finish = why;
-    if (q->slot >= 0) {
-        s->slot_free[q->slot] = 1;
-        q->slot = -1;
-        s->n_running_seqs--;
-    }
+    if (q->slot >= 0) give_up_slot(s, q);
+    else r->n_waiting--;
     r->n_unfinished--;
+    atomic_fetch_sub(&s->n_live_seqs, 1);
     cs_req_event ev = {.type = CS_EV_DONE, .seq_index = i, .finish = why, .n_prompt = r->n_prompt,
                        .n_generated = (size_t)q->n_gen, .ttft_s = r->t_first > 0 ? r->t_first - r->t_submit : 0};
     r->cb(r->ud, &ev);
 }
 
-/* Moves queued requests into the batch while slots allow (FIFO). Engine thread. */
-static void admit(cs_sched *s) {
+static void fail_req(cs_sched *s, cs_req *r, const char *msg) {
+    for (int i = 0; i < r->n_seqs; i++) {
+        seq *q = &r->seqs[i];
+        if (q->finished) continue;
+        if (q->slot >= 0) give_up_slot(s, q);
+        q->finished = 1;
+        atomic_fetch_sub(&s->n_live_seqs, 1);
+    }
+    r->n_unfinished = r->n_waiting = 0;
+    cs_req_event ev = {.type = CS_EV_ERROR, .message = msg, .n_prompt = r->n_prompt};
+    r->cb(r->ud, &ev);
+}
+
+/* Takes what was submitted since the last step, keeping arrival order. */
+static void pull_pending(cs_sched *s) {
+    pthread_mutex_lock(&s->mu);
+    cs_req *h = s->q_head;
+    s->q_head = s->q_tail = NULL;
+    s->n_pending = 0;
+    pthread_mutex_unlock(&s->mu);
+    while (h) {
+        cs_req *r = h;
+        h = r->next;
+        r->next = NULL;
+        if (s->live_tail) s->live_tail->next = r;
+        else s->live = r;
+        s->live_tail = r;
+    }
+}
+
+/* Gives the free slots out by max-min fairness between groups, preempting a
+ * sequence of the largest holder when another group holds two fewer (see
+ * sched.h). Each round moves one slot, and a preemption narrows the gap between
+ * the two groups by two, so this ends. Engine thread. */
+static void assign_slots(cs_sched *s) {
     for (;;) {
-        pthread_mutex_lock(&s->mu);
-        cs_req *r = s->q_head;
-        if (!r || s->n_running_seqs + r->n_seqs > s->o.max_running) {
-            pthread_mutex_unlock(&s->mu);
-            return;
+        grp *gw = NULL; /* the waiting group holding the fewest slots */
+        cs_req *rw = NULL;
+        for (cs_req *r = s->live; r; r = r->next) {
+            if (r->n_waiting == 0) continue;
+            grp *g = r->g;
+            if (!gw || g->running < gw->running || (g->running == gw->running && g->ticket < gw->ticket)) {
+                gw = g;
+                rw = r;
+            }
         }
-        s->q_head = r->next;
-        if (!s->q_head) s->q_tail = NULL;
-        s->n_queued--;
-        s->n_queued_seqs -= r->n_seqs;
-        for (int i = 0; i < r->n_seqs; i++) { /* under mu so drain never sees it in neither place */
-            int slot = 0;
-            while (!s->slot_free[slot]) slot++;
-            s->slot_free[slot] = 0;
-            r->seqs[i].slot = slot;
-            s->n_running_seqs++;
+        if (!gw) return;
+        if (atomic_load(&s->n_running_seqs) >= s->o.max_running) {
+            grp *gv = NULL; /* the group holding the most (the newest on ties) */
+            for (int k = 0; k < s->o.max_running; k++) {
+                seq *q = s->slot_seq[k];
+                if (!q) continue;
+                grp *g = q->r->g;
+                if (!gv || g->running > gv->running || (g->running == gv->running && g->ticket > gv->ticket)) gv = g;
+            }
+            if (!gv || gv->running <= gw->running + 1) return;
+            seq *victim = NULL; /* the one that is cheapest to compute again */
+            for (int k = 0; k < s->o.max_running; k++) {
+                seq *q = s->slot_seq[k];
+                if (q && q->r->g == gv && (!victim || q->n_fed <= victim->n_fed)) victim = q;
+            }
+            give_up_slot(s, victim);
+            victim->n_fed = 0;
+            victim->r->n_waiting++;
+            s->st.preemptions++;
         }
-        pthread_mutex_unlock(&s->mu);
-        r->next = s->running;
-        s->running = r;
+        int slot = 0;
+        while (s->slot_seq[slot]) slot++;
+        seq *q = NULL;
+        for (int i = 0; i < rw->n_seqs && !q; i++)
+            if (!rw->seqs[i].finished && rw->seqs[i].slot < 0) q = &rw->seqs[i];
+        q->slot = slot;
+        q->n_fed = 0;
+        s->slot_seq[slot] = q;
+        rw->n_waiting--;
+        gw->running++;
+        atomic_fetch_add(&s->n_running_seqs, 1);
     }
 }
 
@@ -119,108 +220,117 @@ static int ensure_kv(cs_sched *s, int slot) {
     return cs_gpt2_kv_init(&s->kv[slot], s->m->net, s->o.n_ctx, NULL);
 }
 
-static void fail_req(cs_sched *s, cs_req *r, const char *msg) {
-    for (int i = 0; i < r->n_seqs; i++) {
-        seq *q = &r->seqs[i];
-        if (!q->finished && q->slot >= 0) {
-            s->slot_free[q->slot] = 1;
-            s->n_running_seqs--;
-        }
-        q->finished = 1;
-        q->slot = -1;
-    }
-    r->n_unfinished = 0;
-    cs_req_event ev = {.type = CS_EV_ERROR, .message = msg, .n_prompt = r->n_prompt};
-    r->cb(r->ud, &ev);
+/* Adds q's next n ids to the batch. */
+static void batch_add(cs_sched *s, int *nb, seq *q, int n, size_t V) {
+    cs_gpt2_kv *kv = &s->kv[q->slot];
+    if (q->n_fed == 0) kv->n_past = 0;
+    const int completes = q->n_fed + (size_t)n == q->n_hist;
+    s->batch[*nb] = (cs_gpt2_seq){.kv = kv, .tokens = q->hist + q->n_fed, .n = n,
+                                  .logits = completes ? s->logits + (size_t)*nb * V : NULL};
+    s->batch_seq[*nb] = q;
+    (*nb)++;
 }
 
 /* One iteration: admit, build the batch, run one step, sample, deliver.
  * Engine thread; callbacks run with no lock held. */
 static void iterate(cs_sched *s) {
     const size_t V = (size_t)s->m->net->cfg.vocab_size;
-    admit(s);
-    /* cancellations and zero-length requests finish before anything runs */
-    for (cs_req *r = s->running; r; r = r->next) {
+    const int R = s->o.max_running;
+    pull_pending(s);
+    /* cancellations, zero-length and overdue requests finish before anything runs */
+    const double now = now_s();
+    for (cs_req *r = s->live; r; r = r->next) {
         const int cancel = atomic_load(&r->cancel);
+        const int overdue = s->o.max_duration_s > 0 && now - r->t_submit > s->o.max_duration_s;
         for (int i = 0; i < r->n_seqs; i++)
-            if (!r->seqs[i].finished && (cancel || r->seqs[i].n_target == 0))
+            if (!r->seqs[i].finished && (cancel || overdue || r->seqs[i].n_target == 0))
                 finish_seq(s, r, i, cancel ? CS_FINISH_STOPPED : CS_FINISH_LENGTH);
     }
-    /* Decode tokens first (one per running sequence), then prompt chunks. */
-    int nb = 0, budget = s->o.step_tokens;
+    assign_slots(s);
+    /* Every running sequence with one id left decodes it; the rest of the
+     * budget goes to prompt chunks (and recomputation), fewest ids left first. */
+    int nb = 0, n_pre = 0, budget = s->o.step_tokens;
     size_t prompt_tokens = 0;
-    for (int pass = 0; pass < 2; pass++)
-        for (cs_req *r = s->running; r; r = r->next)
-            for (int i = 0; i < r->n_seqs && budget > 0; i++) {
-                seq *q = &r->seqs[i];
-                if (q->finished) continue;
-                const int prefilling = q->n_fed < r->n_prompt;
-                if (prefilling != (pass == 1)) continue;
-                if (ensure_kv(s, q->slot)) {
-                    fail_req(s, r, "out of memory for the KV cache");
-                    break;
-                }
-                cs_gpt2_kv *kv = &s->kv[q->slot];
-                if (q->n_fed == 0) kv->n_past = 0;
-                int n = (int)(q->n_hist - q->n_fed);
-                if (n > budget) n = budget;
-                budget -= n;
-                if (prefilling) prompt_tokens += (size_t)n;
-                const int completes = q->n_fed + (size_t)n == q->n_hist;
-                s->batch[nb] = (cs_gpt2_seq){.kv = kv, .tokens = q->hist + q->n_fed, .n = n,
-                                             .logits = completes ? s->logits + (size_t)nb * V : NULL};
-                s->batch_seq[nb] = q;
-                nb++;
-            }
+    for (int k = 0; k < R; k++) {
+        seq *q = s->slot_seq[k];
+        if (!q) continue;
+        if (ensure_kv(s, k)) {
+            fail_req(s, q->r, "out of memory for the KV cache");
+            continue;
+        }
+        if (q->n_hist - q->n_fed > 1) {
+            int j = n_pre++;
+            for (; j > 0 && s->pre[j - 1]->n_hist - s->pre[j - 1]->n_fed > q->n_hist - q->n_fed; j--)
+                s->pre[j] = s->pre[j - 1];
+            s->pre[j] = q;
+        } else {
+            batch_add(s, &nb, q, 1, V);
+            budget--;
+        }
+    }
+    for (int j = 0; j < n_pre && budget > 0; j++) {
+        seq *q = s->pre[j];
+        if (q->finished) continue; /* its request failed above */
+        int n = (int)(q->n_hist - q->n_fed);
+        if (n > budget) n = budget;
+        budget -= n;
+        prompt_tokens += (size_t)n;
+        batch_add(s, &nb, q, n, V);
+    }
     cs_err err;
     int step_failed = nb > 0 && cs_gpt2_step(s->m->net, &s->ws, s->batch, nb, &err) != 0;
     size_t gen_tokens = 0;
     if (step_failed) { /* inputs are validated at submit, so this is a bug: fail what was running */
-        for (cs_req *r = s->running; r; r = r->next)
+        for (cs_req *r = s->live; r; r = r->next)
             if (r->n_unfinished) fail_req(s, r, err.msg);
     } else {
         for (int b = 0; b < nb; b++) s->batch_seq[b]->n_fed += (size_t)s->batch[b].n;
-        for (cs_req *r = s->running; r; r = r->next)
-            for (int i = 0; i < r->n_seqs; i++) {
-                seq *q = &r->seqs[i];
-                int b = 0;
-                while (b < nb && s->batch_seq[b] != q) b++;
-                if (b == nb || !s->batch[b].logits || q->finished) continue;
-                const int32_t tok =
-                    cs_sampler_pick(&s->smp, &r->gen.sample, s->batch[b].logits, q->hist, q->n_hist, &q->rng);
-                q->hist[q->n_hist++] = tok;
-                q->n_gen++;
-                gen_tokens++;
-                if (r->t_first == 0) r->t_first = now_s();
-                cs_req_event ev = {.type = CS_EV_TOKEN, .token = tok, .seq_index = i, .n_prompt = r->n_prompt,
-                                   .n_generated = (size_t)q->n_gen};
-                const int stop = r->cb(r->ud, &ev);
-                if (stop || atomic_load(&r->cancel)) finish_seq(s, r, i, CS_FINISH_STOPPED);
-                else if (tok == r->gen.eos_token_id && !r->gen.ignore_eos) finish_seq(s, r, i, CS_FINISH_EOS);
-                else if (q->n_gen >= q->n_target) finish_seq(s, r, i, CS_FINISH_LENGTH);
-            }
+        for (int b = 0; b < nb; b++) {
+            seq *q = s->batch_seq[b];
+            cs_req *r = q->r;
+            if (!s->batch[b].logits || q->finished) continue;
+            const int32_t tok =
+                cs_sampler_pick(&s->smp, &r->gen.sample, s->batch[b].logits, q->hist, q->n_hist, &q->rng);
+            q->hist[q->n_hist++] = tok;
+            q->n_gen++;
+            gen_tokens++;
+            if (r->t_first == 0) r->t_first = now_s();
+            cs_req_event ev = {.type = CS_EV_TOKEN, .token = tok, .seq_index = q->idx, .n_prompt = r->n_prompt,
+                               .n_generated = (size_t)q->n_gen};
+            const int stop = r->cb(r->ud, &ev);
+            if (stop || atomic_load(&r->cancel)) finish_seq(s, r, q->idx, CS_FINISH_STOPPED);
+            else if (tok == r->gen.eos_token_id && !r->gen.ignore_eos) finish_seq(s, r, q->idx, CS_FINISH_EOS);
+            else if (q->n_gen >= q->n_target) finish_seq(s, r, q->idx, CS_FINISH_LENGTH);
+        }
     }
     /* drop requests whose sequences all finished */
     uint64_t done = 0;
-    for (cs_req **pp = &s->running; *pp;) {
-        cs_req *r = *pp;
+    int queued = 0;
+    cs_req *prev = NULL;
+    for (cs_req *r = s->live; r;) {
+        cs_req *next = r->next;
         if (r->n_unfinished == 0) {
-            *pp = r->next;
+            if (prev) prev->next = next;
+            else s->live = next;
+            if (s->live_tail == r) s->live_tail = prev;
             done++;
-            req_free(r);
+            req_release(s, r);
         } else {
-            pp = &r->next;
+            queued += r->n_waiting == r->n_unfinished;
+            prev = r;
         }
+        r = next;
     }
     pthread_mutex_lock(&s->mu);
     if (nb) {
         s->st.steps++;
         s->st.last_batch_size = nb;
     }
+    s->eng_queued = queued;
     s->st.tokens_generated += gen_tokens;
     s->st.prompt_tokens += prompt_tokens;
     s->st.requests_done += done;
-    if (!s->running && !s->q_head) pthread_cond_broadcast(&s->idle);
+    if (!s->live && !s->q_head) pthread_cond_broadcast(&s->idle);
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -228,30 +338,21 @@ static void *engine_main(void *arg) {
     cs_sched *s = arg;
     for (;;) {
         pthread_mutex_lock(&s->mu);
-        while (!s->stop && !s->running && !s->q_head) pthread_cond_wait(&s->wake, &s->mu);
+        while (!s->stop && !s->live && !s->q_head) pthread_cond_wait(&s->wake, &s->mu);
         const int stop = s->stop;
         pthread_mutex_unlock(&s->mu);
         if (stop) break;
         iterate(s);
     }
     /* shutting down: whatever is left gets an error */
-    pthread_mutex_lock(&s->mu);
-    cs_req *left = s->q_head;
-    s->q_head = s->q_tail = NULL;
-    s->n_queued = s->n_queued_seqs = 0;
-    pthread_mutex_unlock(&s->mu);
-    while (left) {
-        cs_req *r = left;
-        left = r->next;
-        fail_req(s, r, "server shutting down");
-        req_free(r);
-    }
-    while (s->running) {
-        cs_req *r = s->running;
-        s->running = r->next;
+    pull_pending(s);
+    while (s->live) {
+        cs_req *r = s->live;
+        s->live = r->next;
         if (r->n_unfinished) fail_req(s, r, "server shutting down");
-        req_free(r);
+        req_release(s, r);
     }
+    s->live_tail = NULL;
     pthread_mutex_lock(&s->mu);
     pthread_cond_broadcast(&s->idle);
     pthread_mutex_unlock(&s->mu);
@@ -272,21 +373,22 @@ int cs_sched_create(cs_sched **out, const cs_model *m, const cs_sched_opts *opts
     if (s->o.step_tokens <= 0) s->o.step_tokens = 256;
     if (s->o.step_tokens < s->o.max_running) s->o.step_tokens = s->o.max_running;
     if (s->o.n_ctx <= 0 || s->o.n_ctx > m->net->cfg.n_positions) s->o.n_ctx = m->net->cfg.n_positions;
+    if (s->o.max_duration_s == 0) s->o.max_duration_s = CS_SCHED_MAX_DURATION_S;
     const int R = s->o.max_running;
     const size_t V = (size_t)m->net->cfg.vocab_size;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->wake, NULL);
     pthread_cond_init(&s->idle, NULL);
     s->kv = calloc((size_t)R, sizeof *s->kv);
-    s->slot_free = malloc((size_t)R * sizeof *s->slot_free);
+    s->slot_seq = calloc((size_t)R, sizeof *s->slot_seq);
     s->batch = calloc((size_t)R, sizeof *s->batch);
     s->batch_seq = calloc((size_t)R, sizeof *s->batch_seq);
+    s->pre = calloc((size_t)R, sizeof *s->pre);
     s->logits = malloc((size_t)R * V * sizeof(float));
-    if (!s->kv || !s->slot_free || !s->batch || !s->batch_seq || !s->logits) {
+    if (!s->kv || !s->slot_seq || !s->batch || !s->batch_seq || !s->pre || !s->logits) {
         cs_err_set(err, "out of memory");
         goto fail;
     }
-    for (int i = 0; i < R; i++) s->slot_free[i] = 1;
     if (cs_pool_create(&s->pool, s->o.threads, err) || cs_sampler_init(&s->smp, V, err) ||
         cs_gpt2_ws_init(&s->ws, m->net, s->o.step_tokens, R, s->pool, err))
         goto fail;
@@ -303,9 +405,10 @@ fail:
     cs_sampler_free(&s->smp);
     cs_pool_free(s->pool);
     free(s->kv);
-    free(s->slot_free);
+    free(s->slot_seq);
     free(s->batch);
     free(s->batch_seq);
+    free(s->pre);
     free(s->logits);
     free(s);
     return -1;
@@ -318,6 +421,11 @@ void cs_sched_free(cs_sched *s) {
     pthread_cond_broadcast(&s->wake);
     pthread_mutex_unlock(&s->mu);
     pthread_join(s->thread, NULL);
+    while (s->groups) { /* only groups whose requests were never submitted in full */
+        grp *g = s->groups;
+        s->groups = g->next;
+        free(g);
+    }
     for (int i = 0; i < s->o.max_running; i++) cs_gpt2_kv_free(&s->kv[i]);
     cs_gpt2_ws_free(&s->ws);
     cs_sampler_free(&s->smp);
@@ -326,19 +434,54 @@ void cs_sched_free(cs_sched *s) {
     pthread_cond_destroy(&s->wake);
     pthread_cond_destroy(&s->idle);
     free(s->kv);
-    free(s->slot_free);
+    free(s->slot_seq);
     free(s->batch);
     free(s->batch_seq);
+    free(s->pre);
     free(s->logits);
     free(s);
+}
+
+/* Room for n more sequences of group key (NULL: none); takes it and returns
+ * the group, or NULL with *rc set. Caller holds mu. */
+static grp *admit_locked(cs_sched *s, const void *key, int n, int group_seqs, int *rc) {
+    const int cap = s->o.max_running + s->o.max_queued;
+    const int used = atomic_load(&s->n_live_seqs) + s->n_reserved;
+    grp *g = NULL;
+    if (key)
+        for (g = s->groups; g && g->key != key; g = g->next) {
+        }
+    if (g) { /* a later member: its room was reserved with the first */
+        const int take = g->reserved < n ? g->reserved : n;
+        if (used + (n - take) > cap) return *rc = CS_SCHED_FULL, NULL;
+        g->reserved -= take;
+        s->n_reserved -= take;
+    } else {
+        const int need = group_seqs > n ? group_seqs : n;
+        if (used + need > cap) return *rc = CS_SCHED_FULL, NULL;
+        if (!(g = calloc(1, sizeof *g))) return *rc = CS_SCHED_INVALID, NULL;
+        g->key = key;
+        g->reserved = need - n;
+        g->ticket = s->next_ticket++;
+        s->n_reserved += g->reserved;
+        g->next = s->groups;
+        s->groups = g;
+    }
+    g->n_reqs++;
+    atomic_fetch_add(&s->n_live_seqs, n);
+    return g;
 }
 
 int cs_sched_submit(cs_sched *s, const cs_req_params *p, cs_req_cb cb, void *ud, cs_req **out, cs_err *err) {
     if (out) *out = NULL;
     if (!cb) return cs_err_set(err, "no callback"), CS_SCHED_INVALID;
     const int n_seqs = p->n_seqs > 0 ? p->n_seqs : 1;
-    if (n_seqs > s->o.max_running) {
-        cs_err_set(err, "%d sequences requested, at most %d run together", n_seqs, s->o.max_running);
+    const int cap = s->o.max_running + s->o.max_queued, total = p->group_seqs > n_seqs ? p->group_seqs : n_seqs;
+    if (total > cap) {
+        cs_err_set(err,
+                   "%d sequences requested (prompts x n), at most %d per request (max_ongoing_requests %d + "
+                   "max_queued_requests %d)",
+                   total, cap, s->o.max_running, s->o.max_queued);
         return CS_SCHED_INVALID;
     }
     if (cs_sample_params_check(&p->gen.sample, err)) return CS_SCHED_INVALID;
@@ -360,11 +503,13 @@ int cs_sched_submit(cs_sched *s, const cs_req_params *p, cs_req_cb cb, void *ud,
     r->ud = ud;
     r->gen = p->gen;
     r->n_prompt = p->n_prompt;
-    r->n_seqs = r->n_unfinished = n_seqs;
+    r->n_seqs = r->n_unfinished = r->n_waiting = n_seqs;
     r->t_submit = now_s();
     for (int i = 0; i < n_seqs; i++) {
         seq *q = &r->seqs[i];
         q->slot = -1;
+        q->r = r;
+        q->idx = i;
         q->n_target = n_new;
         q->hist = malloc((p->n_prompt + (size_t)n_new + 1) * sizeof(int32_t));
         if (!q->hist) {
@@ -379,22 +524,21 @@ int cs_sched_submit(cs_sched *s, const cs_req_params *p, cs_req_cb cb, void *ud,
     pthread_mutex_lock(&s->mu);
     int rc = CS_SCHED_OK;
     if (s->draining || s->stop) rc = CS_SCHED_DRAINING;
-    /* room for max_running sequences in the batch plus max_queued waiting */
-    else if (s->n_running_seqs + s->n_queued_seqs + n_seqs > s->o.max_running + s->o.max_queued) rc = CS_SCHED_FULL;
+    else r->g = admit_locked(s, p->group, n_seqs, p->group_seqs, &rc);
     if (rc == CS_SCHED_OK) {
         if (s->q_tail) s->q_tail->next = r;
         else s->q_head = r;
         s->q_tail = r;
-        s->n_queued++;
-        s->n_queued_seqs += n_seqs;
-        s->st.queued = s->n_queued;
+        s->n_pending++;
         pthread_cond_signal(&s->wake);
     }
     pthread_mutex_unlock(&s->mu);
     if (rc != CS_SCHED_OK) {
-        cs_err_set(err, rc == CS_SCHED_FULL ? "server overloaded: %d running and %d queued requests"
-                                            : "server is shutting down (%d running, %d queued)",
-                   s->o.max_running, s->o.max_queued);
+        if (rc == CS_SCHED_INVALID) cs_err_set(err, "out of memory");
+        else
+            cs_err_set(err, rc == CS_SCHED_FULL ? "server overloaded: %d running and %d queued sequences"
+                                                : "server is shutting down (%d running, %d queued)",
+                       s->o.max_running, s->o.max_queued);
         req_free(r);
         return rc;
     }
@@ -409,11 +553,18 @@ void cs_sched_cancel(cs_sched *s, cs_req *r) {
     pthread_cond_signal(&s->wake);
 }
 
+int cs_sched_room(cs_sched *s) {
+    pthread_mutex_lock(&s->mu);
+    const int room = s->o.max_running + s->o.max_queued - atomic_load(&s->n_live_seqs) - s->n_reserved;
+    pthread_mutex_unlock(&s->mu);
+    return room;
+}
+
 void cs_sched_stats_get(cs_sched *s, cs_sched_stats *st) {
     pthread_mutex_lock(&s->mu);
     *st = s->st;
-    st->running = s->n_running_seqs;
-    st->queued = s->n_queued;
+    st->running = atomic_load(&s->n_running_seqs);
+    st->queued = s->n_pending + s->eng_queued;
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -429,9 +580,9 @@ int cs_sched_drain(cs_sched *s, double timeout_s) {
     pthread_mutex_lock(&s->mu);
     s->draining = 1;
     pthread_cond_signal(&s->wake);
-    while ((atomic_load(&s->n_running_seqs) > 0 || s->q_head) && !s->stop)
+    while (atomic_load(&s->n_live_seqs) > 0 && !s->stop)
         if (pthread_cond_timedwait(&s->idle, &s->mu, &dl) != 0) break;
-    int left = atomic_load(&s->n_running_seqs) + s->n_queued;
+    int left = atomic_load(&s->n_live_seqs);
     pthread_mutex_unlock(&s->mu);
     return left;
 }

@@ -8,9 +8,24 @@
  * ends at EOS, at its length limit, when its callback asks to stop, or when it
  * is cancelled (client gone): its slot is freed at once and the compute stops.
  *
- * Admission: at most max_running sequences in the batch (Ray Serve's
- * max_ongoing_requests); up to max_queued more wait in FIFO order; beyond that
- * cs_sched_submit fails with CS_SCHED_FULL immediately (HTTP 503).
+ * Admission counts sequences, not requests: a request of n sequences (an HTTP
+ * request of P prompts x n choices, given as one group) takes n of the
+ * max_running + max_queued places, for its whole life. A group larger than
+ * that is refused (CS_SCHED_INVALID: it could never run); when the places are
+ * taken, cs_sched_submit fails at once with CS_SCHED_FULL (HTTP 503).
+ *
+ * Fairness: the max_running KV slots are shared between groups by max-min
+ * fairness. Each step, a free slot goes to the waiting group that holds the
+ * fewest slots (the oldest on ties); when no slot is free and a waiting group
+ * holds at least two fewer than the group holding the most, one sequence of
+ * the latter is preempted: its slot is given up and its tokens so far (prompt
+ * and output) are computed again when it gets a slot back. So a request of
+ * 256 sequences running alone uses every slot, and a small request arriving
+ * next to it gets a slot at the next step instead of waiting behind it.
+ * Prompt chunks are scheduled fewest-remaining-tokens first, so a short new
+ * prompt is not held behind long ones (or behind recomputation). A request
+ * still generating max_duration_s after it was submitted is finished
+ * (CS_FINISH_LENGTH): no request, stream or not, holds the server forever.
  *
  * Thread-safety: submit, cancel, stats and drain may be called from any thread.
  * Callbacks run on the engine thread and must not block or call back into the
@@ -34,7 +49,11 @@ typedef struct cs_sched_opts {
     int step_tokens;      /* token budget of one step: decodes + prompt chunks (default 256) */
     int n_ctx;            /* per-sequence KV capacity (default: model n_positions) */
     int threads;          /* compute threads (default: cs_cpu_count()) */
+    double max_duration_s;/* a request is finished this long after submit (0: CS_SCHED_MAX_DURATION_S,
+                             < 0: no limit) */
 } cs_sched_opts;
+
+#define CS_SCHED_MAX_DURATION_S 600.0 /* default max_duration_s: 10 minutes */
 
 typedef enum cs_ev_type {
     CS_EV_TOKEN, /* one new token of sequence seq_index */
@@ -64,6 +83,13 @@ typedef struct cs_req_params {
     const int32_t *prompt;    /* copied at submit */
     size_t n_prompt;
     int n_seqs;               /* independent sequences for this prompt (>= 1) */
+    /* Requests with the same non-NULL group (e.g. the prompts of one HTTP
+     * request) share one fair share of the slots. group_seqs, when given (on
+     * the group's first request), is the sequence count of the whole group:
+     * admission takes room for all of it at once, so the group's later
+     * requests are not refused for lack of room. NULL: a group of its own. */
+    const void *group;
+    int group_seqs;
 } cs_req_params;
 
 enum { CS_SCHED_OK = 0, CS_SCHED_INVALID = -1, CS_SCHED_FULL = -2, CS_SCHED_DRAINING = -3 };
@@ -74,7 +100,8 @@ void cs_sched_free(cs_sched *s);
 
 /* Queues a request. Returns CS_SCHED_OK (and *out, valid until its last event
  * has been delivered), CS_SCHED_INVALID (err says why: empty prompt, length
- * over the context, bad sampling values), CS_SCHED_FULL (queue full) or
+ * over the context, bad sampling values, more sequences than max_running +
+ * max_queued), CS_SCHED_FULL (no room for its sequences) or
  * CS_SCHED_DRAINING. On failure no callback is ever made. */
 int cs_sched_submit(cs_sched *s, const cs_req_params *p, cs_req_cb cb, void *ud, cs_req **out, cs_err *err);
 
@@ -83,8 +110,16 @@ int cs_sched_submit(cs_sched *s, const cs_req_params *p, cs_req_cb cb, void *ud,
  * until that final event has been delivered. */
 void cs_sched_cancel(cs_sched *s, cs_req *r);
 
+/* Sequences that could be admitted now (max_running + max_queued minus those
+ * submitted and not finished, minus room reserved for groups); <= 0: a new
+ * request would get CS_SCHED_FULL. A cheap check before parsing a request. */
+int cs_sched_room(cs_sched *s);
+
 typedef struct cs_sched_stats {
-    int running, queued, max_running, max_queued;
+    int running;   /* sequences holding a slot */
+    int queued;    /* requests with no sequence holding a slot */
+    int max_running, max_queued;
+    uint64_t preemptions;
     uint64_t steps, tokens_generated, prompt_tokens, requests_done;
     double last_batch_size;
 } cs_sched_stats;
@@ -92,7 +127,7 @@ void cs_sched_stats_get(cs_sched *s, cs_sched_stats *st);
 
 /* Stops admitting (submit returns CS_SCHED_DRAINING) and waits up to
  * timeout_s for running and queued requests to finish. Returns the number
- * still unfinished (0 = drained). */
+ * of sequences still unfinished (0 = drained). */
 int cs_sched_drain(cs_sched *s, double timeout_s);
 
 #endif

@@ -26,6 +26,9 @@ typedef struct rec {
     int error, finals, n_seqs, stop_after;
     cs_sched *s;
     cs_req *cancel_me; /* cancel this one when our first token arrives */
+    struct rec *watch; /* at our last DONE, note how many sequences watch had finished */
+    int watch_finals;
+    int sleep_us;      /* per token: makes a request slow */
 } rec;
 
 static void rec_init(rec *r, int n_seqs) {
@@ -49,13 +52,22 @@ static int on_event(void *ud, const cs_req_event *ev) {
     } else if (ev->type == CS_EV_DONE) {
         r->done[ev->seq_index] = 1;
         r->finish[ev->seq_index] = ev->finish;
-        if (++r->finals == r->n_seqs) pthread_cond_broadcast(&r->cv);
+        if (++r->finals == r->n_seqs) {
+            if (r->watch) { /* same engine thread as the watched one's callbacks: no race */
+                pthread_mutex_lock(&r->watch->mu);
+                r->watch_finals = r->watch->finals;
+                pthread_mutex_unlock(&r->watch->mu);
+            }
+            pthread_cond_broadcast(&r->cv);
+        }
     } else {
         r->error = 1;
         r->finals = r->n_seqs;
         pthread_cond_broadcast(&r->cv);
     }
+    const int sleep_us = r->sleep_us;
     pthread_mutex_unlock(&r->mu);
+    if (sleep_us && ev->type == CS_EV_TOKEN) usleep((useconds_t)sleep_us);
     return stop;
 }
 
@@ -216,8 +228,9 @@ static void test_admission_cancel_stop(void **state) {
     assert_int_equal(cs_sched_submit(s, &bad, on_event, &r5, NULL, &err), CS_SCHED_INVALID);
     assert_non_null(strstr(err.msg, "context"));
     bad = params(0, 10, 0, 0);
-    bad.n_seqs = 2;
+    bad.n_seqs = 3; /* more than max_running + max_queued: could never run */
     assert_int_equal(cs_sched_submit(s, &bad, on_event, &r5, NULL, &err), CS_SCHED_INVALID);
+    assert_non_null(strstr(err.msg, "at most 2 per request"));
     bad = params(0, 10, 1, 0);
     bad.gen.sample.top_p = 0;
     assert_int_equal(cs_sched_submit(s, &bad, on_event, &r5, NULL, &err), CS_SCHED_INVALID);
@@ -291,10 +304,139 @@ static void test_drain(void **state) {
     for (int i = 0; i < 3; i++) assert_int_equal(busy[i].finals, 1);
 }
 
+/* Fair shares: a request of 16 sequences (4 prompts x 4, one group) fills all
+ * 4 slots; a small request sent after it gets a slot at once (one of the big
+ * one's sequences is preempted) and finishes while none of the 16 has; FIFO
+ * admission would have run at least 12 of them to the end first. The
+ * preempted sequences, computed again, still give the tokens of a run alone. */
+static void test_fair_share_preempts(void **state) {
+    (void)state;
+    cs_sched *s;
+    cs_err err;
+    cs_sched_opts o = {.max_running = 4, .max_queued = 16, .threads = 1};
+    assert_int_equal(cs_sched_create(&s, M, &o, &err), 0);
+    static rec big[4];
+    int group_key;
+    for (int i = 0; i < 4; i++) {
+        rec_init(&big[i], 4);
+        cs_req_params p = params(i, 100, 0, 0);
+        p.n_seqs = 4;
+        p.group = &group_key;
+        p.group_seqs = i == 0 ? 16 : 0;
+        assert_int_equal(cs_sched_submit(s, &p, on_event, &big[i], NULL, &err), CS_SCHED_OK);
+    }
+    /* wait until the big one holds every slot (each decoding) */
+    for (int tries = 0;; tries++) {
+        cs_sched_stats st;
+        cs_sched_stats_get(s, &st);
+        pthread_mutex_lock(&big[0].mu);
+        const int started = big[0].n[0] > 0;
+        pthread_mutex_unlock(&big[0].mu);
+        if (started && st.running == 4) break;
+        if (tries > 60000) fail_msg("the big request did not start");
+        usleep(1000);
+    }
+    /* 16 of 20 places are taken: a 5-sequence request does not fit, a 4-sequence one does */
+    rec small;
+    rec_init(&small, 1);
+    cs_req_params p5 = params(1, 4, 0, 0);
+    p5.n_seqs = 5;
+    assert_int_equal(cs_sched_submit(s, &p5, on_event, &small, NULL, &err), CS_SCHED_FULL);
+    cs_req_params ps = params(1, 4, 0, 0);
+    small.watch = &big[0];
+    assert_int_equal(cs_sched_submit(s, &ps, on_event, &small, NULL, &err), CS_SCHED_OK);
+    rec_wait(&small);
+    assert_int_equal(small.n[0], 4);
+    int big_done = small.watch_finals;
+    for (int i = 1; i < 4; i++) {
+        pthread_mutex_lock(&big[i].mu);
+        big_done += big[i].finals;
+        pthread_mutex_unlock(&big[i].mu);
+    }
+    assert_int_equal(big_done, 0);
+    cs_gen g;
+    assert_int_equal(cs_gen_init(&g, M->net, 0, &err), 0);
+    for (int i = 0; i < 4; i++) {
+        rec_wait(&big[i]);
+        cs_req_params p = params(i, 100, 0, 0);
+        cs_gen_result res;
+        assert_int_equal(cs_gen_run(&g, &p.gen, p.prompt, p.n_prompt, NULL, NULL, NULL, &res, &err), 0);
+        for (int k = 0; k < 4; k++) {
+            assert_int_equal(big[i].n[k], 100);
+            assert_memory_equal(big[i].toks[k], res.tokens, 100 * sizeof(int32_t));
+        }
+    }
+    cs_gen_free(&g);
+    cs_sched_stats st;
+    cs_sched_stats_get(s, &st);
+    assert_true(st.preemptions >= 1);
+    assert_int_equal(cs_sched_room(s), 20);
+    cs_sched_free(s);
+}
+
+/* One group's declared size is admitted as a whole or not at all, and a
+ * group larger than the server could ever hold is refused as invalid. */
+static void test_group_admission(void **state) {
+    (void)state;
+    cs_sched *s;
+    cs_err err;
+    cs_sched_opts o = {.max_running = 2, .max_queued = 4, .threads = 1};
+    assert_int_equal(cs_sched_create(&s, M, &o, &err), 0);
+    rec r[3], other;
+    int key;
+    cs_req_params p = params(0, 60, 0, 0);
+    p.group = &key;
+    p.group_seqs = 7;
+    rec_init(&r[0], 1);
+    assert_int_equal(cs_sched_submit(s, &p, on_event, &r[0], NULL, &err), CS_SCHED_INVALID);
+    assert_non_null(strstr(err.msg, "7 sequences requested"));
+    r[0].sleep_us = 2000; /* keeps the group alive while the rest is submitted */
+    p.group_seqs = 5;
+    assert_int_equal(cs_sched_submit(s, &p, on_event, &r[0], NULL, &err), CS_SCHED_OK);
+    assert_int_equal(cs_sched_room(s), 1);
+    /* another request finds the reserved room taken */
+    rec_init(&other, 2);
+    cs_req_params q = params(1, 3, 0, 0);
+    q.n_seqs = 2;
+    assert_int_equal(cs_sched_submit(s, &q, on_event, &other, NULL, &err), CS_SCHED_FULL);
+    /* the group's later members use their reservation */
+    p.group_seqs = 0;
+    p.n_seqs = 2;
+    rec_init(&r[1], 2);
+    rec_init(&r[2], 2);
+    assert_int_equal(cs_sched_submit(s, &p, on_event, &r[1], NULL, &err), CS_SCHED_OK);
+    assert_int_equal(cs_sched_submit(s, &p, on_event, &r[2], NULL, &err), CS_SCHED_OK);
+    assert_int_equal(cs_sched_room(s), 1);
+    for (int i = 0; i < 3; i++) rec_wait(&r[i]);
+    assert_int_equal(r[2].n[1], 60);
+    assert_int_equal(cs_sched_drain(s, 60), 0);
+    cs_sched_free(s);
+}
+
+/* A request still generating after max_duration_s is finished (LENGTH) with
+ * what it has; the callback's sleep makes 120 tokens take >= 1.2 s. */
+static void test_max_duration(void **state) {
+    (void)state;
+    cs_sched *s;
+    cs_err err;
+    cs_sched_opts o = {.max_running = 2, .max_queued = 2, .threads = 1, .max_duration_s = 0.2};
+    assert_int_equal(cs_sched_create(&s, M, &o, &err), 0);
+    rec r;
+    rec_init(&r, 1);
+    r.sleep_us = 10000;
+    cs_req_params p = params(0, 120, 0, 0);
+    assert_int_equal(cs_sched_submit(s, &p, on_event, &r, NULL, &err), CS_SCHED_OK);
+    rec_wait(&r);
+    assert_int_equal(r.finish[0], CS_FINISH_LENGTH);
+    assert_true(r.n[0] < 120);
+    cs_sched_free(s);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batched_equals_alone), cmocka_unit_test(test_seeded_sampling_independent_of_batch),
         cmocka_unit_test(test_admission_cancel_stop), cmocka_unit_test(test_cancel_from_callback),
-        cmocka_unit_test(test_drain)};
+        cmocka_unit_test(test_drain), cmocka_unit_test(test_fair_share_preempts),
+        cmocka_unit_test(test_group_admission), cmocka_unit_test(test_max_duration)};
     return cmocka_run_group_tests_name("sched", tests, setup, teardown);
 }
