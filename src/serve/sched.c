@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "engine/kernels.h"
 #include "engine/sampler.h"
 #include "engine/threadpool.h"
 
@@ -353,6 +354,7 @@ static void *engine_main(void *arg) {
         req_release(s, r);
     }
     s->live_tail = NULL;
+    cs_kern_thread_cleanup(); /* this thread's int8 activation scratch (engine/kernels.h) */
     pthread_mutex_lock(&s->mu);
     pthread_cond_broadcast(&s->idle);
     pthread_mutex_unlock(&s->mu);
