@@ -513,6 +513,8 @@ void cs_api_drain(cs_api *a) {
     cs_shed_flush(a->shed); /* held refusals are answered before the server stops */
 }
 
+void cs_api_release_held(cs_api *a) { cs_shed_flush(a->shed); }
+
 void cs_api_detach(cs_api *a) {
     atomic_store(&a->state, ST_DRAINING);
     cs_shed_flush(a->shed);

@@ -83,6 +83,9 @@ cs_http_handlers cs_api_handlers(cs_api *a);
 void cs_api_attach(cs_api *a, const cs_model *m, cs_sched *s);
 void cs_api_drain(cs_api *a);
 void cs_api_detach(cs_api *a);
+/* Answers the overload refusals being held (serve/shed.h) now, on the calling
+ * thread, without draining: for tests that must see every response at once. */
+void cs_api_release_held(cs_api *a);
 
 /* Generation defaults for POST APP/text/simple-gen, over the model's own
  * (the text-generation pipeline's). user_config: a JSON object with any of
