@@ -1,4 +1,4 @@
-"""Fair scheduling and overload behaviour of `cserve serve` (issue 11).
+"""Fair scheduling and overload behaviour of `cserve serve`.
 
 A request of 16 prompts x n=16 (256 sequences) may not hold the server: a small
 request sent while it streams answers about as fast as it does when the server
