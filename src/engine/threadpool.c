@@ -179,6 +179,7 @@ static void work(cs_pool *p, worker *w, uint32_t s) {
         if ((uint32_t)(c >> 32) != s) return;
         job j;
         load_job(p, &j);
+        atomic_thread_fence(memory_order_acquire); /* pairs with run_job's fence: see there */
         if ((uint32_t)c >= j.n_chunks) return;
         if (!atomic_compare_exchange_weak_explicit(&p->claim, &c, c + 1, memory_order_acq_rel,
                                                    memory_order_relaxed))
@@ -402,6 +403,15 @@ static void account(cs_pool *p, int64_t t0, int64_t t_own, int64_t t1, uint32_t 
 static void run_job(cs_pool *p, int width, int64_t t0, int kind, cs_pool_fn run_fn, cs_pool_range_fn for_fn,
                     void *ctx, size_t n_items, size_t chunk, uint32_t n_chunks) {
     const uint32_t s = ++p->seq;
+    /* Close the claim word before the job fields change: a worker still in
+     * work() for the previous job may have loaded the old claim (index past
+     * the old job's end) and then read this job's fields; were the claim word
+     * unchanged, its CAS would succeed against this job's larger n_chunks, run
+     * a chunk twice and take one decrement too many from `left` (the caller
+     * then waited forever). With the word changed first its CAS fails, and a
+     * worker that loads the closed word sees no chunk left. */
+    atomic_store_explicit(&p->claim, ((uint64_t)s << 32) | UINT32_MAX, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
     atomic_store_explicit(&p->kind, kind, memory_order_relaxed);
     atomic_store_explicit(&p->run_fn, run_fn, memory_order_relaxed);
     atomic_store_explicit(&p->for_fn, for_fn, memory_order_relaxed);

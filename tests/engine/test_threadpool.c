@@ -6,6 +6,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -145,6 +146,52 @@ static double now_s(void) {
 
 /* Workers that keep the caller waiting make the pool use fewer threads; once
  * they keep up again, a probe brings the width back. */
+/* Back-to-back jobs of alternating sizes, each item counted: a worker still
+ * finishing job k must never run a chunk of job k+1 with job k's claim (that
+ * ran a chunk twice and took one decrement too many from the pool's count of
+ * chunks left, so the caller waited forever: seen as a server that stopped
+ * answering). Each item must run exactly once; alarm() turns a hang into a
+ * failure. */
+typedef struct {
+    _Atomic int *count;
+} stress_ctx;
+
+static void stress_fn(void *ctx, int tid, size_t b, size_t e) {
+    (void)tid;
+    stress_ctx *c = ctx;
+    for (size_t i = b; i < e; i++) atomic_fetch_add_explicit(&c->count[i], 1, memory_order_relaxed);
+}
+
+static void on_alarm(int sig) {
+    (void)sig;
+    static const char msg[] = "test_back_to_back_jobs: the pool hung\n";
+    (void)!write(2, msg, sizeof msg - 1);
+    _exit(1);
+}
+
+static void test_back_to_back_jobs(void **state) {
+    (void)state;
+    enum { MAXN = 64 };
+    static _Atomic int count[MAXN];
+    signal(SIGALRM, on_alarm);
+    alarm(120);
+    cs_pool_opts o = cs_pool_default_opts();
+    o.adapt = 0;
+    cs_pool *p = NULL;
+    assert_int_equal(cs_pool_create_opts(&p, 3, &o, NULL), 0);
+    stress_ctx c = {count};
+    for (int it = 0; it < 300000; it++) {
+        const size_t n = (it & 1) ? 3 : (size_t)(8 + it % 48);
+        for (size_t i = 0; i < n; i++) atomic_store_explicit(&count[i], 0, memory_order_relaxed);
+        cs_pool_for(p, n, 1, stress_fn, &c);
+        for (size_t i = 0; i < n; i++)
+            if (atomic_load_explicit(&count[i], memory_order_relaxed) != 1)
+                fail_msg("job %d: item %zu of %zu ran %d times", it, i, n, atomic_load(&count[i]));
+    }
+    cs_pool_free(p);
+    alarm(0);
+}
+
 static void test_width_follows_lateness(void **state) {
     (void)state;
     cs_pool_opts o = cs_pool_default_opts();
@@ -325,6 +372,7 @@ static void test_forward_bitwise_any_split(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_for_covers_once), cmocka_unit_test(test_run_each_index_once),
+        cmocka_unit_test(test_back_to_back_jobs),
         cmocka_unit_test(test_width_follows_lateness), cmocka_unit_test(test_sees_contended_cpu),
         cmocka_unit_test(test_forward_bitwise_any_split)};
     return cmocka_run_group_tests_name("threadpool", tests, NULL, NULL);
