@@ -124,6 +124,13 @@ bench-overload: all models
 bench-serving: all models
 	sh bench/serving/run.sh
 
+# The container image (deploy/container/Containerfile) with podman, no registry needed (a Debian
+# base is made once with debootstrap); skipped when the image already matches the sources.
+# IMAGE=TAG (default localhost/cserve:latest), MODEL_DIR=DIR bakes a model in.
+.PHONY: image
+image:
+	sh tools/image.sh
+
 # Coverage-guided fuzzing (tests/fuzz/, README "Fuzzing"): libFuzzer + ASan + UBSan targets for the
 # parsers of outside input, built with clang into build/fuzz/ (the library sources are compiled again
 # there, not shared with the gcc build), then each run for FUZZ_SECONDS on a copy of its seed corpus.
@@ -134,7 +141,7 @@ FUZZ_TARGETS ?= safetensors tokenizer tok_load config api hub_ref sampler serve_
 FUZZ_DIR     := build/fuzz
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_CFLAGS  := -g -O1 -std=c11 -D_GNU_SOURCE -Isrc $(PKG_CFLAGS) -Wall -Wextra
-FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(wildcard src/engine/*.c src/hub/*.c) src/serve/api.c src/serve/shed.c src/serve/api_gen.c src/serve/api_simple.c src/serve/api_openai.c src/serve/openapi.c src/serve/log.c src/serve/strbuf.c src/serve/metrics.c src/serve/config.c src/serve/yamldoc.c src/serve/clean.c)
+FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(wildcard src/engine/*.c src/hub/*.c) src/serve/api.c src/serve/shed.c src/serve/api_gen.c src/serve/api_simple.c src/serve/api_openai.c src/serve/api_chat.c src/serve/chat_tpl.c src/serve/openapi.c src/serve/log.c src/serve/strbuf.c src/serve/metrics.c src/serve/config.c src/serve/yamldoc.c src/serve/clean.c)
 FUZZ_BIN     := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
 fuzz:
 	@command -v $(FUZZ_CC) >/dev/null 2>&1 || { echo "make fuzz: $(FUZZ_CC) not found; libFuzzer needs clang:" \

@@ -8,16 +8,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "serve/config.h"
 #include "serve/replica.h"
 
 int cs_cmd_replica(int argc, char **argv);
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: cserve replica (--socket PATH | --port N [--host ADDR]) --model M [options]\n"
-            "       cserve replica (--socket PATH | --port N [--host ADDR]) --app clean_text [--clean-opts JSON]\n\n"
+            "usage: cserve replica (--listen HOST:PORT | --socket PATH) --model M [options]\n"
+            "       cserve replica (--listen HOST:PORT | --socket PATH) --app clean_text [--clean-opts JSON]\n\n"
             "One replica of a text-generation deployment: /text/simple-gen, /v1/completions,\n"
-            "/v1/models, /-/healthz, plus /-/replica/stats and /-/replica/user_config for the controller.\n"
+            "/v1/chat/completions, /v1/models, /-/healthz, plus /-/replica/stats and /-/replica/user_config for the controller.\n"
             "With --app clean_text, one replica of the preprocessing deployment (no model): POST\n"
             "/-/preprocess rewrites a generation request's body (Unicode normalization, control\n"
             "characters, whitespace, length cap, prompt template).\n\n"
@@ -25,8 +26,11 @@ static void usage(FILE *f) {
             "  --clean-opts JSON                clean_text options: {\"normalize\": \"NFKC\"|\"NFC\"|\"none\",\n"
             "                                   \"max_chars\": N|null, \"template\": \"...{input}...\"|null,\n"
             "                                   \"collapse_whitespace\": bool, \"strip_control\": bool}\n"
-            "  --socket PATH                    listen on a Unix socket\n"
-            "  --host ADDR --port N             or on TCP (default host 0.0.0.0)\n"
+            "  --listen HOST:PORT               listen on TCP ([ADDR]:PORT for IPv6; 0.0.0.0:PORT: every\n"
+            "                                   address): a replica for `cserve router` on another host\n"
+            "                                   (args.remote in its config)\n"
+            "  --socket PATH                    or on a Unix socket\n"
+            "  --host ADDR --port N             the same as --listen ADDR:N (default host 0.0.0.0)\n"
             "  --model DIR|NAME                 model directory or Hub name\n"
             "  --model-name ID                  id in responses (default: derived from --model)\n"
             "  --app-name NAME                  application name (also accepted as \"model\")\n"
@@ -37,6 +41,9 @@ static void usage(FILE *f) {
             "  --max-queued-requests N          waiting requests behind them (default 4096)\n"
             "  --user-config JSON               generation defaults (Ray's user_config); clean_text:\n"
             "                                   options merged over --clean-opts\n"
+            "  --chat-template FILE|JSON        template of /v1/chat/completions: a JSON object, or a file\n"
+            "                                   holding one (README \"Chat completions\"; a user_config's\n"
+            "                                   chat_template wins over it)\n"
             "  --request-timeout-s S            (default 86400)\n"
             "  --graceful-shutdown-timeout-s S  on SIGTERM, time to finish requests (default 20)\n"
             "  --replica-id ID                  name in log lines\n"
@@ -57,9 +64,10 @@ static int num(const char *opt, const char *s, double lo, double hi, double *out
 
 int cs_cmd_replica(int argc, char **argv) {
     enum { O_SOCK = 256, O_HOST, O_PORT, O_NAME, O_APP, O_DTYPE, O_THREADS, O_ONGOING, O_QUEUED, O_UC, O_RTO,
-           O_GRACE, O_RID, O_LOG, O_APPKIND, O_CLEAN };
+           O_GRACE, O_RID, O_LOG, O_APPKIND, O_CLEAN, O_CHAT, O_LISTEN };
     static const struct option opts[] = {
         {"socket", required_argument, 0, O_SOCK},
+        {"listen", required_argument, 0, O_LISTEN},
         {"host", required_argument, 0, O_HOST},
         {"port", required_argument, 0, O_PORT},
         {"model", required_argument, 0, 'm'},
@@ -76,12 +84,14 @@ int cs_cmd_replica(int argc, char **argv) {
         {"access-log", no_argument, 0, O_LOG},
         {"app", required_argument, 0, O_APPKIND},
         {"clean-opts", required_argument, 0, O_CLEAN},
+        {"chat-template", required_argument, 0, O_CHAT},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
     cs_replica_opts o = {.host = "0.0.0.0", .port = -1, .max_running = 32, .max_queued = 4096,
                          .request_timeout_s = 86400, .graceful_shutdown_timeout_s = 20};
     double port = -1, threads = 0, ongoing = 32, queued = 4096;
+    static char listen_host[CS_SCFG_MAX_HOSTPORT];
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:h", opts, NULL)) != -1) {
@@ -90,6 +100,18 @@ int cs_cmd_replica(int argc, char **argv) {
         case O_SOCK: o.unix_path = optarg; break;
         case O_HOST: o.host = optarg; break;
         case O_PORT: bad = num("--port", optarg, 0, 65535, &port); break;
+        case O_LISTEN: {
+            const char *why = NULL;
+            int p = 0;
+            if (strlen(optarg) >= sizeof listen_host || cs_scfg_hostport(optarg, listen_host, sizeof listen_host, &p, &why)) {
+                fprintf(stderr, "cserve replica: --listen: expected HOST:PORT, got '%s'%s%s\n", optarg, why ? ": " : "",
+                        why ? why : "");
+                bad = 1;
+            }
+            o.host = listen_host;
+            port = p;
+            break;
+        }
         case 'm': o.model = optarg; break;
         case O_NAME: o.model_name = optarg; break;
         case O_APP: o.app_name = optarg; break;
@@ -110,6 +132,7 @@ int cs_cmd_replica(int argc, char **argv) {
             o.app = optarg;
             break;
         case O_CLEAN: o.clean_opts = optarg; break;
+        case O_CHAT: o.chat_template = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -119,7 +142,7 @@ int cs_cmd_replica(int argc, char **argv) {
     if (optind != argc || (!o.model && !clean) || (!o.unix_path && port < 0) || (o.clean_opts && !clean)) {
         fprintf(stderr, "cserve replica: %s\n", optind != argc ? "unexpected argument" :
                         (!o.model && !clean) ? "--model is required" :
-                        (!o.unix_path && port < 0) ? "--socket or --port is required" :
+                        (!o.unix_path && port < 0) ? "--listen, --socket or --port is required" :
                         "--clean-opts needs --app clean_text");
         usage(stderr);
         return 2;

@@ -41,8 +41,8 @@ int cs_cmd_serve(int argc, char **argv);
 static void usage(FILE *f) {
     fprintf(f,
             "usage: cserve serve [options]\n\n"
-            "Serves a GPT-2 model over HTTP: POST /text/simple-gen (the seed's API), POST /v1/completions\n"
-            "and GET /v1/models (OpenAI), GET /-/healthz, /-/routes, /metrics.\n\n"
+            "Serves a GPT-2 model over HTTP: POST /text/simple-gen (the seed's API), POST /v1/completions,\n"
+            "POST /v1/chat/completions and GET /v1/models (OpenAI), GET /-/healthz, /-/routes, /metrics.\n\n"
             "  --model DIR|NAME                 model directory or Hub name (default: " SERVE_DEFAULT_MODEL ")\n"
             "  --host ADDR                      listen address (default 0.0.0.0)\n"
             "  --port N                         listen port (default 8000; 0: any free port)\n"
@@ -63,18 +63,29 @@ static void usage(FILE *f) {
             "  --graceful-shutdown-timeout-s S  on SIGTERM, time allowed to finish requests (default 20)\n"
             "  --dtype fp32|bf16|int8           weight format (default fp32)\n"
             "  --threads N                      compute threads (default: CPUs available)\n"
-            "  --api-key-file F                 API keys, one per line; also CSERVE_API_KEYS=k1,k2\n"
+            "  --api-key-file F                 API keys, one per line; also CSERVE_API_KEYS=k1,k2; a key may be\n"
+            "                                   followed by max_ongoing=N (its own limit, as below)\n"
+            "  --max-ongoing-per-key N          generation requests one API key may have in flight; more get 429\n"
+            "                                   + Retry-After (default 0: no limit; keys' own max_ongoing= win)\n"
             "  --cors-origin ORIGIN             let browser pages from ORIGIN (https://app.example:8080) call the\n"
             "                                   API; repeat it or give a comma list; * allows any origin (default: off)\n"
             "  --no-access-log                  no per-request log lines on stderr\n"
             "  --pipeline-defaults 4.57|4.51    generation defaults of transformers >= 4.52 (default: 256 new\n"
-            "                                   tokens, temperature 0.7) or <= 4.51 (distilgpt2: max_length 50)\n\n"
+            "                                   tokens, temperature 0.7) or <= 4.51 (distilgpt2: max_length 50)\n"
+            "  --chat-template FILE|JSON        the plain-text chat template of POST /v1/chat/completions: a JSON\n"
+            "                                   object, or a file holding one (default: System:/User:/Assistant:\n"
+            "                                   turns; README \"Chat completions\")\n\n"
             "cserve serve --config FILE | cserve serve FILE: a Ray Serve config (YAML or JSON) or a RayService\n"
             "manifest: several applications, replicas as processes, the admin API (serve deploy/status/...).\n"
             "  --host ADDR --port N             proxy listener (default: the config's http_options)\n"
             "  --admin-host ADDR                admin API address (default 127.0.0.1)\n"
             "  --admin-port N                   admin API port (default 8265; 0: any free port)\n"
-            "  --api-key-file F, --cors-origin O, --no-access-log, --graceful-shutdown-timeout-s S  as above\n\n"
+            "  --api-key-file F, --max-ongoing-per-key N, --cors-origin O, --no-access-log,\n"
+            "  --graceful-shutdown-timeout-s S, --header-timeout-s S, --min-body-rate B, --max-connections N,\n"
+            "  --max-connections-per-ip N       as above, for the proxy listener\n\n"
+            "cserve router --config FILE: the same, for a config whose deployments all have remote replicas\n"
+            "(args.remote: `cserve replica --listen HOST:PORT` on other hosts, a static list or a DNS name);\n"
+            "refuses a config that would start local replica processes.\n\n"
             "Environment:\n"
             "  CSERVE_API_KEYS          API keys, comma-separated (with or instead of --api-key-file)\n"
             "  HF_HOME                  Hugging Face home (default ~/.cache/huggingface; XDG_CACHE_HOME too)\n"
@@ -135,8 +146,39 @@ static int parse_num(const char *opt, const char *s, double lo, double hi, doubl
 
 typedef struct keys {
     char *v[CS_API_MAX_KEYS];
+    int lim[CS_API_MAX_KEYS]; /* max_ongoing=N after the key; -1: not given (--max-ongoing-per-key) */
     size_t n;
 } keys;
+
+/* The options after a key ("max_ongoing=N"); -1 on an error (printed). */
+static int key_opts(const char *b, const char *e, int *lim, const char *origin) {
+    *lim = -1;
+    while (b < e) {
+        while (b < e && (*b == ' ' || *b == '\t')) b++;
+        const char *t = b;
+        while (b < e && *b != ' ' && *b != '\t') b++;
+        if (t == b) break;
+        static const char opt[] = "max_ongoing=";
+        char num[16];
+        size_t ol = sizeof opt - 1, nl = (size_t)(b - t) - ol;
+        char *end = NULL;
+        long v = -1;
+        if ((size_t)(b - t) > ol && !strncmp(t, opt, ol) && nl < sizeof num) {
+            memcpy(num, t + ol, nl);
+            num[nl] = 0;
+            errno = 0;
+            v = strtol(num, &end, 10);
+            if (errno || *end || v < 0 || v > 1000000) v = -1;
+        }
+        if (v < 0) {
+            fprintf(stderr, "cserve serve: %s: after a key, expected max_ongoing=N (N in [0, 1000000]), got '%.*s'\n",
+                    origin, (int)(b - t > 64 ? 64 : b - t), t);
+            return -1;
+        }
+        *lim = (int)v;
+    }
+    return 0;
+}
 
 static void keys_free(keys *k) {
     for (size_t i = 0; i < k->n; i++) {
@@ -158,11 +200,14 @@ static int keys_add(keys *k, const char *s, const char *seps, const char *origin
                 fprintf(stderr, "cserve serve: %s: more than %d API keys\n", origin, CS_API_MAX_KEYS);
                 return -1;
             }
-            if ((size_t)(e - b) > CS_API_MAX_KEY_BYTES) {
+            const char *ke = b; /* the key ends at the first blank; options may follow */
+            while (ke < e && *ke != ' ' && *ke != '\t') ke++;
+            if ((size_t)(ke - b) > CS_API_MAX_KEY_BYTES) {
                 fprintf(stderr, "cserve serve: %s: an API key is longer than %d bytes\n", origin, CS_API_MAX_KEY_BYTES);
                 return -1;
             }
-            if (!(k->v[k->n] = strndup(b, (size_t)(e - b)))) return -1;
+            if (key_opts(ke, e, &k->lim[k->n], origin)) return -1;
+            if (!(k->v[k->n] = strndup(b, (size_t)(ke - b)))) return -1;
             k->n++;
         }
         s += n;
@@ -196,12 +241,19 @@ static int keys_load_file(keys *k, const char *path) {
     return rc;
 }
 
-/* --api-key-file, then CSERVE_API_KEYS. */
-static int keys_load(keys *k, const char *key_file) {
+/* --api-key-file, then CSERVE_API_KEYS; keys without their own max_ongoing=
+ * get per_key (0: no limit). */
+static int keys_load(keys *k, const char *key_file, int per_key) {
     if (key_file && keys_load_file(k, key_file)) return -1;
     const char *env_keys = getenv("CSERVE_API_KEYS");
     if (env_keys && keys_add(k, env_keys, ",", "CSERVE_API_KEYS")) {
         keys_free(k);
+        return -1;
+    }
+    for (size_t i = 0; i < k->n; i++)
+        if (k->lim[i] < 0) k->lim[i] = per_key;
+    if (per_key > 0 && k->n == 0) {
+        fprintf(stderr, "cserve serve: --max-ongoing-per-key needs API keys (--api-key-file or CSERVE_API_KEYS)\n");
         return -1;
     }
     return 0;
@@ -248,8 +300,9 @@ static int raise_nofile(void) {
 
 typedef struct cp_serve_opts {
     const char *config, *host, *admin_host, *key_file, *cors;
-    int port, admin_port, access_log;
-    double grace;
+    int port, admin_port, access_log, per_key;
+    double grace, hdr_to, body_rate, max_conn, max_conn_ip;
+    int router;              /* `cserve router`: every deployment must be remote */
 } cp_serve_opts;
 
 /* cserve serve --config FILE: controller + proxy + admin API, replicas as
@@ -267,21 +320,31 @@ static int serve_config(const cp_serve_opts *so) {
             fprintf(stderr, "cserve serve: application '%s': %s\n", cfg->apps[i].name, cfg->apps[i].error);
             bad = 1;
         }
+    for (size_t i = 0; so->router && i < cfg->n_apps; i++)
+        for (size_t j = 0; j < cfg->apps[i].n_deps; j++)
+            if (!cfg->apps[i].deps[j].remote) {
+                fprintf(stderr, "cserve router: application '%s': deployment '%s' has no remote replicas (args.remote); "
+                        "`cserve serve --config` runs local ones\n", cfg->apps[i].name, cfg->apps[i].deps[j].name);
+                bad = 1;
+            }
     if (bad) {
         cs_scfg_free(cfg);
         return 2;
     }
     keys k = {0};
-    if (keys_load(&k, so->key_file)) {
+    if (keys_load(&k, so->key_file, so->per_key)) {
         cs_scfg_free(cfg);
         return 2;
     }
     sigset_t sigs;
     block_signals(&sigs);
-    raise_nofile();
+    int max_conn = raise_nofile();
+    if (so->max_conn > 0 && so->max_conn < max_conn) max_conn = (int)so->max_conn;
     cs_ctl_opts co = {.host = so->host, .port = so->port, .admin_host = so->admin_host, .admin_port = so->admin_port,
-                      .api_keys = (const char *const *)k.v, .n_api_keys = k.n, .access_log = so->access_log,
-                      .cors_origins = so->cors};
+                      .api_keys = (const char *const *)k.v, .n_api_keys = k.n, .api_key_max_ongoing = k.lim,
+                      .access_log = so->access_log, .cors_origins = so->cors, .header_timeout_s = so->hdr_to,
+                      .min_body_rate = so->body_rate > 0 ? so->body_rate : -1, .max_connections = max_conn,
+                      .max_connections_per_ip = so->max_conn_ip < 0 ? max_conn / 2 : (int)so->max_conn_ip};
     cs_ctl *ctl = NULL;
     int rc = cs_ctl_start(&ctl, &co, cfg, &err);
     keys_free(&k);
@@ -301,7 +364,7 @@ static int serve_config(const cp_serve_opts *so) {
 int cs_cmd_serve(int argc, char **argv) {
     enum { O_HOST = 256, O_PORT, O_PREFIX, O_ONGOING, O_QUEUED, O_RTO, O_KATO, O_GRACE, O_DTYPE, O_THREADS, O_KEYS,
            O_NOLOG, O_CONFIG, O_AHOST, O_APORT, O_CORS, O_PIPEDEF, O_MAXDUR,
-           O_HDRTO, O_BODYRATE, O_MAXCONN, O_MAXCONNIP };
+           O_HDRTO, O_BODYRATE, O_MAXCONN, O_MAXCONNIP, O_PERKEY, O_CHAT };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},
         {"host", required_argument, 0, O_HOST},
@@ -326,6 +389,8 @@ int cs_cmd_serve(int argc, char **argv) {
         {"min-body-rate", required_argument, 0, O_BODYRATE},
         {"max-connections", required_argument, 0, O_MAXCONN},
         {"max-connections-per-ip", required_argument, 0, O_MAXCONNIP},
+        {"max-ongoing-per-key", required_argument, 0, O_PERKEY},
+        {"chat-template", required_argument, 0, O_CHAT},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -333,6 +398,7 @@ int cs_cmd_serve(int argc, char **argv) {
     double port = 8000, ongoing = 32, queued = 256, rto = 60, kato = 90, grace = 20, threads = 0;
     double max_dur = CS_SCHED_MAX_DURATION_S;
     double hdr_to = CS_HTTP_HEADER_TIMEOUT_S, body_rate = CS_HTTP_MIN_BODY_RATE, max_conn = 0, max_conn_ip = -1;
+    double per_key = 0;
     int access_log = 1, c, port_set = 0, host_set = 0;
     const char *config = NULL, *admin_host = "127.0.0.1";
     double admin_port = 8265;
@@ -340,6 +406,7 @@ int cs_cmd_serve(int argc, char **argv) {
     cors[0] = 0;
     cs_gpt2_opts mopts = {0};
     json_t *pipedef = NULL; /* --pipeline-defaults, as the user_config key */
+    const char *chat_tpl = NULL;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:h", opts, NULL)) != -1) {
         int bad = 0;
@@ -357,6 +424,7 @@ int cs_cmd_serve(int argc, char **argv) {
         case O_BODYRATE: bad = parse_num("--min-body-rate", optarg, 0, 1e12, &body_rate); break;
         case O_MAXCONN: bad = parse_num("--max-connections", optarg, 1, 1 << 20, &max_conn); break;
         case O_MAXCONNIP: bad = parse_num("--max-connections-per-ip", optarg, 0, 1 << 20, &max_conn_ip); break;
+        case O_PERKEY: bad = parse_num("--max-ongoing-per-key", optarg, 0, 1000000, &per_key); break;
         case O_GRACE: bad = parse_num("--graceful-shutdown-timeout-s", optarg, 0, 86400, &grace); break;
         case O_DTYPE:
             if (cs_wdtype_parse(optarg, &mopts.dtype)) {
@@ -371,6 +439,7 @@ int cs_cmd_serve(int argc, char **argv) {
         case O_AHOST: admin_host = optarg; break;
         case O_APORT: bad = parse_num("--admin-port", optarg, 0, 65535, &admin_port); break;
         case O_CORS: bad = cors_add(cors, sizeof cors, optarg); break;
+        case O_CHAT: chat_tpl = optarg; break;
         case O_PIPEDEF: {
             cs_pipeline_defaults pd;
             json_decref(pipedef);
@@ -387,13 +456,22 @@ int cs_cmd_serve(int argc, char **argv) {
         if (bad) return 2;
     }
     if (!config && optind + 1 == argc) config = argv[optind++];
+    const int router = argc > 0 && !strcmp(argv[0], "router"); /* main.c: `cserve router` */
+    if (router && !config) {
+        fprintf(stderr, "cserve router: --config FILE is required\n");
+        return 2;
+    }
     if (config) {
         cp_serve_opts so = {.config = config, .host = host_set ? host : NULL, .port = port_set ? (int)port : -1,
                             .admin_host = admin_host, .admin_port = (int)admin_port, .key_file = key_file,
-                            .access_log = access_log, .grace = grace, .cors = cors};
-        if (optind != argc || pipedef) {
+                            .access_log = access_log, .grace = grace, .cors = cors, .per_key = (int)per_key,
+                            .hdr_to = hdr_to, .body_rate = body_rate, .max_conn = max_conn,
+                            .max_conn_ip = max_conn_ip, .router = router};
+        if (optind != argc || pipedef || chat_tpl) {
             if (pipedef) fprintf(stderr, "cserve serve: --pipeline-defaults: with a config, set it in the "
                                          "deployment's user_config (pipeline_defaults: \"4.51\")\n");
+            else if (chat_tpl) fprintf(stderr, "cserve serve: --chat-template: with a config, set it in the "
+                                               "deployment's user_config (chat_template: {...})\n");
             else fprintf(stderr, "cserve serve: unexpected argument '%s'\n", argv[optind]);
             json_decref(pipedef);
             return 2;
@@ -410,7 +488,7 @@ int cs_cmd_serve(int argc, char **argv) {
         return 2;
     }
     keys k = {0};
-    if (keys_load(&k, key_file)) return 2;
+    if (keys_load(&k, key_file, (int)per_key)) return 2;
     sigset_t sigs;
     block_signals(&sigs);
 
@@ -427,8 +505,10 @@ int cs_cmd_serve(int argc, char **argv) {
     model_name(model, is_dir, name, sizeof name);
 
     cs_api_opts ao = {.model_name = name, .model_arg = model, .route_prefix = prefix, .app_name = "transformer-app",
-                      .api_keys = (const char *const *)k.v, .n_api_keys = k.n, .access_log = access_log};
+                      .api_keys = (const char *const *)k.v, .n_api_keys = k.n, .api_key_max_ongoing = k.lim,
+                      .access_log = access_log};
     if (cs_metrics_create(&metrics, &err) || cs_api_create(&api, &ao, metrics, &err)) goto out;
+    if (chat_tpl && cs_api_set_chat_template(api, chat_tpl, &err)) goto out; /* before loading: fail fast */
     keys_free(&k);
     cs_http_opts ho = {.host = host, .port = (int)port, .request_timeout_s = rto, .keep_alive_timeout_s = kato,
                        .max_connections = raise_nofile(), .cors_origins = cors, .header_timeout_s = hdr_to,

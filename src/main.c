@@ -33,6 +33,8 @@ static void usage_main(FILE *f) {
             "  pull MODEL                              download a model from the Hugging Face Hub\n"
             "  serve [--model M] [options]             HTTP server (simple-gen, OpenAI completions)\n"
             "  bench --model DIR [options]             engine benchmark, printed as JSON\n"
+            "  router --config FILE [options]          serve a config whose replicas run on other hosts\n"
+            "  replica --listen HOST:PORT --model M    one replica for a router on another host\n"
             "  deploy [-a URL] FILE                    send a Serve config to a running server's admin API\n"
             "  status [-a URL] [-n APP]                applications' and deployments' statuses, as YAML\n"
             "  config [-a URL] [-n APP]                the config each application was deployed with\n"
@@ -474,6 +476,7 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "bench") == 0) return cs_cmd_bench(argc - 1, argv + 1);
     if (strcmp(cmd, "serve") == 0) return cs_cmd_serve(argc - 1, argv + 1);
     if (strcmp(cmd, "replica") == 0) return cs_cmd_replica(argc - 1, argv + 1);
+    if (strcmp(cmd, "router") == 0) return cs_cmd_serve(argc - 1, argv + 1); /* argv[0] "router" tells it */
     if (strcmp(cmd, "deploy") == 0) return cs_cmd_deploy(argc - 1, argv + 1);
     if (strcmp(cmd, "status") == 0) return cs_cmd_status(argc - 1, argv + 1);
     if (strcmp(cmd, "config") == 0) return cs_cmd_config(argc - 1, argv + 1);

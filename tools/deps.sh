@@ -4,7 +4,7 @@
 #   sh tools/deps.sh         everything: build and test packages, the test venvs (make deps)
 #   sh tools/deps.sh build   only what building and serving need (make run): no test tools, no venvs
 set -e
-PKGS="build-essential pkg-config libjansson-dev libpcre2-dev libcmocka-dev libcurl4-openssl-dev libmicrohttpd-dev libyaml-dev libutf8proc-dev python3 python3-venv chromium chromium-driver"
+PKGS="build-essential pkg-config libjansson-dev libpcre2-dev libcmocka-dev libcurl4-openssl-dev libmicrohttpd-dev libyaml-dev libutf8proc-dev python3 python3-venv chromium chromium-driver podman buildah runc debootstrap skopeo iproute2 iptables curl"
 BUILD_PKGS="build-essential pkg-config libjansson-dev libpcre2-dev libcurl4-openssl-dev libmicrohttpd-dev libyaml-dev libutf8proc-dev"
 mode=${1:-all}
 case "$mode" in
@@ -38,3 +38,8 @@ fi
 # (a venv outside the work tree, shared by every clone; ~45 s and ~370 MB the first time). A
 # failure does not stop deps: those tests then fail (or skip with CSERVE_RAY_VENV_OPTIONAL=1).
 sh tools/ray_venv.sh >/dev/null || echo "deps: tools/ray_venv.sh failed; tests/serve/test_control.py needs its venv" >&2
+
+# Offline validators for deploy/k8s and deploy/terraform (kubernetes-validate, checkov, a current
+# kubectl and Debian's kubectl 1.20) that tests/deploy/test_manifests.py runs: another venv outside
+# the work tree (~90 s and ~500 MB the first time). Without it those tests skip (fail under CI=true).
+sh tools/deploy_venv.sh >/dev/null || echo "deps: tools/deploy_venv.sh failed; tests/deploy/test_manifests.py needs its venv" >&2

@@ -47,13 +47,16 @@ static json_t *dep_json(const cs_ctl *c, const cp_dep *d) {
     for (size_t i = 0; i < d->n_reps; i++) {
         const cp_replica *r = d->reps[i];
         if (r->exited) continue;
-        char an[CS_SCFG_MAX_NAME * 2 + 64];
+        char an[CS_SCFG_MAX_NAME * 2 + CP_REPLICA_ID + 32];
         snprintf(an, sizeof an, "SERVE_REPLICA::%s#%s#%s", d->app->name, d->name, r->id);
         json_t *o = actor(c, an);
         json_object_set_new(o, "replica_id", json_string(r->id));
         json_object_set_new(o, "state", json_string(rstate(r)));
         json_object_set_new(o, "pid", json_integer(r->pid));
         json_object_set_new(o, "start_time_s", json_real(r->start_wall));
+        /* cserve's: whether it gets requests; a remote replica's address (serve/remote.h) */
+        json_object_set_new(o, "healthy", json_boolean(r->state == RS_RUNNING && !r->unhealthy));
+        if (r->addr[0]) json_object_set_new(o, "address", json_string(r->addr));
         json_array_append_new(reps, o);
     }
     const double cpus = d->cfg.num_cpus > 0 ? d->cfg.num_cpus : (double)d->threads;

@@ -29,6 +29,7 @@ static char *xstrdup(const char *s) { return s ? strdup(s) : NULL; }
 static void areq_free(void *p) {
     areq *q = p;
     if (!q) return;
+    if (q->key_counted) atomic_fetch_sub(&q->api->key_ongoing[q->key_idx], 1);
     for (int i = 0; i < q->n_subs; i++) free(q->subs[i].prompt_text);
     for (int i = 0; i < q->n_choices; i++) free(q->seqs[i].text);
     for (int i = 0; i < q->n_stop; i++) free(q->stops[i]);
@@ -54,6 +55,7 @@ static const char *error_type(int kind, int status) {
         switch (status) {
         case 401: return "authentication_error";
         case 408: return "timeout_error";
+        case 429: return "rate_limit_error";
         case 500: case 503: return "server_error";
         default: return "invalid_request_error";
         }
@@ -67,6 +69,7 @@ static const char *error_type(int kind, int status) {
     case 413: return "payload_too_large";
     case 414: return "uri_too_long";
     case 422: return "validation_error";
+    case 429: return "rate_limit_exceeded";
     case 431: return "header_too_large";
     case 501: return "not_implemented";
     case 503: return "unavailable";
@@ -79,7 +82,7 @@ int api_reply(areq *q, int status, const char *ctype, const char *body, size_t l
     size_t n = 0;
     char retry[16];
     h[n++] = (cs_http_header){"X-Request-Id", q->request_id};
-    if (status == 503) {
+    if (status == 503 || status == 429) {
         snprintf(retry, sizeof retry, "%d", CS_API_RETRY_AFTER_S);
         h[n++] = (cs_http_header){"Retry-After", retry};
     }
@@ -188,6 +191,10 @@ static void h_metrics(areq *q) {
         g.max_queued = st.max_queued;
         g.batch_size = st.running ? st.last_batch_size : 0;
         g.steps = st.steps;
+        g.model_name = a->model_name;
+        g.waiting = st.waiting;
+        /* tokens held over what the slots can hold: KV memory is reserved per slot today */
+        g.kv_usage = st.kv_capacity ? (double)st.kv_tokens / (double)st.kv_capacity : 0;
         gp = &g;
     }
     pthread_rwlock_unlock(&a->lock);
@@ -234,7 +241,9 @@ static int ct_equal(const char *x, size_t xl, const char *y, size_t yl) {
     return d == 0;
 }
 
-static int authorized(cs_api *a, cs_http_req *r) {
+/* 1 when r carries one of the keys (*idx: which one), or no keys are set. */
+static int authorized(cs_api *a, cs_http_req *r, int *idx) {
+    *idx = -1;
     if (a->n_keys == 0) return 1;
     const char *h = cs_http_req_header(r, "Authorization");
     if (!h || strncasecmp(h, "Bearer ", 7) != 0) return 0;
@@ -243,7 +252,11 @@ static int authorized(cs_api *a, cs_http_req *r) {
     size_t hl = strlen(h);
     while (hl && h[hl - 1] == ' ') hl--;
     int ok = 0;
-    for (size_t i = 0; i < a->n_keys; i++) ok |= ct_equal(h, hl, a->keys[i], a->key_len[i]);
+    for (size_t i = 0; i < a->n_keys; i++) {
+        const int eq = ct_equal(h, hl, a->keys[i], a->key_len[i]);
+        ok |= eq;
+        if (eq) *idx = (int)i;
+    }
     return ok;
 }
 
@@ -269,6 +282,7 @@ static void on_request(void *ud, cs_http_req *r) {
     q->http = r;
     q->route = "unmatched";
     q->eos_id = -1;
+    q->key_idx = -1;
     q->created = (long long)time(NULL);
     cs_http_req_set_app(r, q, areq_free);
     const char *rid = cs_http_req_header(r, "X-Request-Id");
@@ -284,7 +298,7 @@ static void on_request(void *ud, cs_http_req *r) {
     q->draining = state == ST_DRAINING;
 
     const char *path = cs_http_req_path(r), *method = cs_http_req_method(r);
-    enum { R_NONE, R_HEALTH, R_ROUTES, R_METRICS, R_SIMPLE, R_COMPL, R_MODELS, R_MODEL, R_SPEC, R_DOCS } route = R_NONE;
+    enum { R_NONE, R_HEALTH, R_ROUTES, R_METRICS, R_SIMPLE, R_COMPL, R_CHAT, R_MODELS, R_MODEL, R_SPEC, R_DOCS } route = R_NONE;
     if (!strcmp(path, "/-/healthz")) route = R_HEALTH, q->route = "/-/healthz";
     else if (!strcmp(path, "/-/routes")) route = R_ROUTES, q->route = "/-/routes";
     else if (!strcmp(path, "/metrics")) route = R_METRICS, q->route = "/metrics";
@@ -296,6 +310,7 @@ static void on_request(void *ud, cs_http_req *r) {
         if (!rel) {
         } else if (!strcmp(rel, "/text/simple-gen")) route = R_SIMPLE, q->route = "/text/simple-gen";
         else if (!strcmp(rel, "/v1/completions")) route = R_COMPL, q->route = "/v1/completions";
+        else if (!strcmp(rel, "/v1/chat/completions")) route = R_CHAT, q->route = "/v1/chat/completions";
         else if (!strcmp(rel, "/v1/models")) route = R_MODELS, q->route = "/v1/models";
         else if (!strncmp(rel, "/v1/models/", 11)) route = R_MODEL, q->route = "/v1/models/{id}";
         else if (cs_openapi_route(rel) == CS_OPENAPI_DOCUMENT) route = R_SPEC, q->route = "/openapi.json";
@@ -308,12 +323,12 @@ static void on_request(void *ud, cs_http_req *r) {
         return;
     }
     /* the page holds no data (it asks for a key when openapi.json needs one), as FastAPI's /docs */
-    if (route != R_HEALTH && route != R_DOCS && !authorized(a, r)) {
+    if (route != R_HEALTH && route != R_DOCS && !authorized(a, r, &q->key_idx)) {
         api_send_error(q, 401, NULL, "invalid_api_key", NULL,
                        "missing or invalid API key (send 'Authorization: Bearer KEY')");
         return;
     }
-    const int post = route == R_SIMPLE || route == R_COMPL;
+    const int post = route == R_SIMPLE || route == R_COMPL || route == R_CHAT;
     if (route == R_NONE) {
         api_send_error(q, 404, NULL, "not_found", NULL, "no route for %s %s", method, path);
         return;
@@ -322,6 +337,16 @@ static void on_request(void *ud, cs_http_req *r) {
         api_send_error(q, 405, NULL, "method_not_allowed", post ? "POST" : "GET, HEAD", "method %s not allowed for %s",
                        method, path);
         return;
+    }
+    if (post && q->key_idx >= 0 && a->key_limit[q->key_idx] > 0) {
+        const int lim = a->key_limit[q->key_idx];
+        if (atomic_fetch_add(&a->key_ongoing[q->key_idx], 1) >= lim) {
+            atomic_fetch_sub(&a->key_ongoing[q->key_idx], 1);
+            api_send_error(q, 429, NULL, "rate_limit_exceeded", NULL,
+                           "this API key already has %d generation requests in flight (its limit)", lim);
+            return;
+        }
+        q->key_counted = 1;
     }
     switch (route) {
     case R_HEALTH:
@@ -361,6 +386,7 @@ static void on_request(void *ud, cs_http_req *r) {
     q->tok = a->m->tok;
     q->eos_id = cs_tok_eos_id(a->m->tok);
     if (route == R_SIMPLE) api_simple_gen(q, a->s);
+    else if (route == R_CHAT) api_chat_completions(q, a->s);
     else api_completions(q, a->s);
     pthread_rwlock_unlock(&a->lock);
 }
@@ -443,8 +469,13 @@ int cs_api_create(cs_api **out, const cs_api_opts *o, cs_metrics *metrics, cs_er
     a->n_keys = o->n_api_keys;
     a->keys = calloc(a->n_keys ? a->n_keys : 1, sizeof *a->keys);
     a->key_len = calloc(a->n_keys ? a->n_keys : 1, sizeof *a->key_len);
-    if (!a->model_name || !a->model_arg || !a->app_name || !a->prefix || !a->keys || !a->key_len) goto oom;
+    a->key_limit = calloc(a->n_keys ? a->n_keys : 1, sizeof *a->key_limit);
+    a->key_ongoing = calloc(a->n_keys ? a->n_keys : 1, sizeof *a->key_ongoing);
+    if (!a->model_name || !a->model_arg || !a->app_name || !a->prefix || !a->keys || !a->key_len || !a->key_limit ||
+        !a->key_ongoing)
+        goto oom;
     for (size_t i = 0; i < a->n_keys; i++) {
+        a->key_limit[i] = o->api_key_max_ongoing && o->api_key_max_ongoing[i] > 0 ? o->api_key_max_ongoing[i] : 0;
         a->key_len[i] = strlen(o->api_keys[i]);
         if (a->key_len[i] == 0 || a->key_len[i] > CS_API_MAX_KEY_BYTES) {
             cs_err_set(err, "API key %zu: length %zu, must be 1..%d bytes", i + 1, a->key_len[i], CS_API_MAX_KEY_BYTES);
@@ -478,11 +509,15 @@ void cs_api_free(cs_api *a) {
     }
     free(a->keys);
     free(a->key_len);
+    free(a->key_limit);
+    free((void *)a->key_ongoing);
     free(a->model_name);
     free(a->model_arg);
     free(a->app_name);
     free(a->prefix);
     json_decref(a->ucfg_doc);
+    json_decref(a->chat_tpl);
+    json_decref(a->chat_uc);
     pthread_mutex_destroy(&a->ucfg_mu);
     pthread_rwlock_destroy(&a->lock);
     free(a);

@@ -4,6 +4,7 @@
  * Routes (APP = the route prefix, "/" by default):
  *   POST APP/text/simple-gen   the seed's endpoint: {"input": ...} -> [{"generated_text": ...}]
  *   POST APP/v1/completions    OpenAI completions (also streamed as server-sent events)
+ *   POST APP/v1/chat/completions  OpenAI chat completions, through a plain-text chat template
  *   GET  APP/v1/models[/ID]    OpenAI model list
  *   GET  /-/healthz            200 "success" when ready; 503 while loading or draining
  *   GET  /-/routes             {"APP": "transformer-app"}
@@ -58,6 +59,7 @@
 #define CS_API_MAX_KEY_BYTES 256  /* bytes of one API key */
 #define CS_API_MAX_REQUEST_ID 128 /* bytes of an X-Request-Id we echo */
 #define CS_API_RETRY_AFTER_S 1    /* Retry-After on 503 */
+#define CS_API_MAX_MESSAGES 1024  /* messages in one /v1/chat/completions request */
 #define CS_API_MAX_GEN_TOKENS (1 << 20) /* user_config max_new_tokens / max_length
                                            (also at most the context once a model is attached) */
 
@@ -70,6 +72,11 @@ typedef struct cs_api_opts {
     const char *app_name;     /* "transformer-app" */
     const char *const *api_keys; /* copied; n_api_keys == 0: no authentication */
     size_t n_api_keys;
+    /* NULL, or n_api_keys entries: the most generation requests (POST routes,
+     * streams included) one key may have in flight at once; 0 = no limit. A
+     * request over its key's limit gets 429 + Retry-After at once, so one client
+     * cannot fill the admission queue that every other client shares. */
+    const int *api_key_max_ongoing;
     int access_log;           /* 1: one JSON line per request on stderr */
 } cs_api_opts;
 
@@ -93,7 +100,8 @@ void cs_api_release_held(cs_api *a);
  *   a user_config that gives it without max_new_tokens turns the model's
  *   max_new_tokens off), do_sample (boolean), temperature (number in (0, 100]),
  *   top_k (integer in [0, 2^30], 0 = off), top_p (number in (0, 1]),
- *   repetition_penalty (number in (0, 100]);
+ *   repetition_penalty (number in (0, 100]), and chat_template (an object: the
+ *   template of /v1/chat/completions, over cs_api_set_chat_template's);
  * a key with a null value is not set; the lengths are also bounded by
  * CS_API_MAX_GEN_TOKENS and, once a model is attached, by its context. A
  * request's own fields override these. NULL, JSON null or {} clears them.
@@ -113,6 +121,13 @@ int cs_api_user_config_check(const json_t *user_config, cs_err *err);
 /* The user_config now in force, as it was given ({} when none). New
  * reference; NULL only when out of memory. Thread-safe. */
 json_t *cs_api_user_config(cs_api *a);
+
+/* The chat template of POST APP/v1/chat/completions (serve/chat_tpl.h,
+ * README "Chat completions"): arg is a JSON object's text, or the path of a
+ * file holding one; NULL: the default template. A user_config's chat_template
+ * key, when set, is used over it. -1 with err naming the problem (file, JSON,
+ * key) and nothing changes. Thread-safe. */
+int cs_api_set_chat_template(cs_api *a, const char *arg, cs_err *err);
 
 /* The server log moved to serve/log.h; the old name stays for callers. */
 #define cs_api_log cs_log

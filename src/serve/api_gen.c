@@ -181,7 +181,9 @@ static const char *finish_name(const aseq *sq) {
 static int stream_chunk(areq *q, int idx, const char *text, size_t n, const char *finish) {
     cs_sb b = {0};
     cs_sb_puts(&b, "data: ");
-    if (q->kind == K_V1) {
+    if (q->chat) {
+        api_chat_chunk(q, &b, idx, text, n, finish);
+    } else if (q->kind == K_V1) {
         cs_sb_put(&b, q->chunk_head.p, q->chunk_head.n);
         cs_sb_puts(&b, "{\"text\":");
         cs_sb_json_str(&b, text, n);
@@ -208,6 +210,8 @@ static int stream_begin(areq *q) {
     q->responded = 1;
     cs_http_header h[] = {{"X-Request-Id", q->request_id}, {"Cache-Control", "no-cache"}, {"X-Accel-Buffering", "no"}};
     if (cs_http_stream_begin(q->http, 200, "text/event-stream", h, sizeof h / sizeof h[0])) return -1;
+    for (int i = 0; q->chat && i < q->n_choices; i++) /* each choice's first delta names the role */
+        if (stream_chunk(q, i, NULL, 0, NULL)) return -1;
     if (q->full_text)
         for (int s = 0; s < q->n_subs; s++)
             for (int i = 0; i < q->subs[s].n_seqs; i++)
@@ -346,7 +350,10 @@ static void finalize(areq *q) {
             size_t tl = 0;
             char *t = choice_text(q, b, b->first + i, &tl);
             if (!t) continue;
-            if (q->kind == K_V1)
+            if (q->chat)
+                json_array_append_new(choices,
+                                      api_chat_choice(b->first + i, t, tl, finish_name(&q->seqs[b->first + i])));
+            else if (q->kind == K_V1)
                 json_array_append_new(choices, json_pack("{s:s%, s:i, s:n, s:s}", "text", t, tl, "index",
                                                          b->first + i, "logprobs", "finish_reason",
                                                          finish_name(&q->seqs[b->first + i])));
@@ -360,7 +367,8 @@ static void finalize(areq *q) {
         return;
     }
     api_reply_json(q, 200,
-                   json_pack("{s:s, s:s, s:I, s:s, s:o, s:o}", "id", q->id, "object", "text_completion", "created",
+                   json_pack("{s:s, s:s, s:I, s:s, s:o, s:o}", "id", q->id, "object",
+                             q->chat ? "chat.completion" : "text_completion", "created",
                          (json_int_t)q->created, "model", a->model_name, "choices", choices, "usage", usage_json(q)));
 }
 

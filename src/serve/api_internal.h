@@ -5,7 +5,9 @@
  *                 readers, tokenizing, submission to the scheduler, the engine's
  *                 events, streaming and the final answer
  *   api_simple.c  the seed's POST /text/simple-gen, and its user_config
- *   api_openai.c  POST /v1/completions, GET /v1/models[/ID]
+ *   api_openai.c  POST /v1/completions, GET /v1/models[/ID], and the fields
+ *                 both OpenAI generation routes share
+ *   api_chat.c    POST /v1/chat/completions: messages through the chat template
  *
  * One HTTP request -> one areq (the cs_http request's application data, freed
  * with it). A generation request becomes one scheduler request per prompt
@@ -33,6 +35,7 @@
 #include "engine/model.h"
 #include "http/http.h"
 #include "serve/api.h"
+#include "serve/chat_tpl.h"
 #include "serve/metrics.h"
 #include "serve/sched.h"
 #include "serve/strbuf.h"
@@ -50,6 +53,7 @@ enum {
     UC_TOP_P = 1 << 5,
     UC_REPETITION_PENALTY = 1 << 6,
     UC_PIPELINE_DEFAULTS = 1 << 7,
+    UC_CHAT_TEMPLATE = 1 << 8, /* for /v1/chat/completions: kept in cs_api.chat_uc */
 };
 typedef struct api_ucfg {
     unsigned set; /* UC_* bits: the keys given */
@@ -62,6 +66,8 @@ struct cs_api {
     char *model_name, *model_arg, *prefix, *app_name; /* prefix: "" for "/" */
     char **keys;
     size_t *key_len, n_keys;
+    int *key_limit;           /* per key: most POSTs in flight, 0 = no limit */
+    _Atomic int *key_ongoing; /* per key: POSTs in flight (decremented when the request is freed) */
     int access_log;
     cs_metrics *metrics;
     _Atomic int state;
@@ -77,6 +83,8 @@ struct cs_api {
     api_ucfg ucfg;
     json_t *ucfg_doc; /* the user_config as given (NULL: none) */
     struct cs_shed *shed; /* paces 503 "overloaded" answers (serve/shed.h) */
+    json_t *chat_tpl; /* the chat template set at start (chat_tpl.h's normal form; NULL: the default) */
+    json_t *chat_uc;  /* user_config.chat_template over it (NULL: none): guarded by ucfg_mu */
 };
 
 typedef struct aseq {
@@ -107,19 +115,22 @@ typedef struct areq {
     const char *route; /* metrics label */
     int kind, stream, full_text, include_usage, eos_id;
     int clean;       /* clean up tokenization spaces in the generated text */
+    int chat;        /* /v1/chat/completions: chat.completion objects (api_chat.c) */
     int cut_prompt;  /* the pipeline's text: decode(prompt + new) cut by decode(prompt) */
-    char *stops[CS_API_MAX_STOP];
-    size_t stop_len[CS_API_MAX_STOP], max_stop;
+    char *stops[CS_API_MAX_STOP + CS_CHAT_TPL_MAX_STOP]; /* the request's, then a chat template's */
+    size_t stop_len[CS_API_MAX_STOP + CS_CHAT_TPL_MAX_STOP], max_stop;
     int n_stop;
     asub *subs;
     int n_subs, n_active;
     aseq *seqs;
     int n_choices;
     int responded, stream_begun, finished, aborted, inflight, draining;
+    int key_idx;     /* the API key that authorized it (-1: none or unknown) */
+    int key_counted; /* holds one of key_ongoing[key_idx] */
     size_t prompt_tokens, completion_tokens;
     char error_msg[CS_ERR_MAX];
     char request_id[CS_API_MAX_REQUEST_ID + 1];
-    char id[CS_API_MAX_REQUEST_ID + 8];
+    char id[CS_API_MAX_REQUEST_ID + 16]; /* "cmpl-" or "chatcmpl-" + request_id */
     long long created;
     cs_sb chunk_head; /* v1 stream: {"id":...,"choices":[ */
 } areq;
@@ -183,11 +194,39 @@ int api_check_lengths(cs_api *a, const cs_gen_params *g, const prompt_in *p, con
  * prompts' text. Caller holds a->lock (read); answers errors itself. */
 void api_submit_all(areq *q, cs_sched *s, const cs_gen_params *gen, uint64_t seed, prompt_in *pr, int n_pr, int n);
 
+/* ------------------------------- the OpenAI routes' fields (api_openai.c) */
+
+typedef struct api_v1_opts {
+    int n, stream;
+    uint64_t seed;
+} api_v1_opts;
+
+/* Reads what /v1/completions and /v1/chat/completions share: model, temperature,
+ * top_p, top_k, repetition_penalty, n, seed, stream, stream_options, ignore_eos,
+ * stop (into q), user, and the neutral values of presence_penalty,
+ * frequency_penalty and logit_bias; sets g's sampling. -1 with e on an error. */
+int api_v1_read(areq *q, json_t *root, cs_gen_params *g, api_v1_opts *o, verr *e);
+/* Appends a stop string (len bytes, checked by the caller) to q's. */
+int api_add_stop(areq *q, const char *s, size_t len, verr *e);
+/* Starts q's stream chunks ({"id", "object", "created", "model", "choices": [)
+ * when o->stream, then submits (api_submit_all). Caller holds a->lock (read). */
+void api_v1_submit(areq *q, cs_sched *s, const cs_gen_params *g, const api_v1_opts *o, const char *chunk_object,
+                   prompt_in *pr, int n_pr);
+
+/* ------------------------------------------------- chat (api_chat.c) */
+
+/* Appends to b (after "data: ") one chat.completion.chunk: the assistant role
+ * (text NULL), a content delta, or the end of choice idx (finish non-NULL). */
+void api_chat_chunk(const areq *q, cs_sb *b, int idx, const char *text, size_t n, const char *finish);
+/* choices[i] of a chat.completion; NULL when out of memory. */
+json_t *api_chat_choice(int idx, const char *text, size_t len, const char *finish);
+
 /* ------------------------------------------------------------ routes */
 
 /* Generation routes; caller holds a->lock (read) with a->s attached. */
 void api_simple_gen(areq *q, cs_sched *s);
 void api_completions(areq *q, cs_sched *s);
+void api_chat_completions(areq *q, cs_sched *s);
 /* GET /v1/models (id NULL) or /v1/models/ID. */
 void api_models(areq *q, const char *id);
 

@@ -1,6 +1,7 @@
 /* cs_api: the OpenAI-compatible routes, POST /v1/completions (also streamed
  * as server-sent events) and GET /v1/models[/ID] (see api.h, README "HTTP
- * API"). Errors here are in OpenAI's shape (q->kind == K_V1). */
+ * API"), and the fields /v1/chat/completions (api_chat.c) shares with them.
+ * Errors here are in OpenAI's shape (q->kind == K_V1). */
 #include <jansson.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -68,6 +69,15 @@ static int read_prompts(cs_api *a, json_t *root, prompt_in *pr, int *n_pr, verr 
     return 0;
 }
 
+int api_add_stop(areq *q, const char *s, size_t len, verr *e) {
+    q->stops[q->n_stop] = malloc(len);
+    if (!q->stops[q->n_stop]) return api_vfail(e, 500, NULL, NULL, "out of memory");
+    memcpy(q->stops[q->n_stop], s, len);
+    q->stop_len[q->n_stop++] = len;
+    if (len > q->max_stop) q->max_stop = len;
+    return 0;
+}
+
 static int read_stops(areq *q, json_t *root, verr *e) {
     json_t *st = json_object_get(root, "stop");
     if (!st || json_is_null(st)) return 0;
@@ -91,11 +101,7 @@ static int read_stops(areq *q, json_t *root, verr *e) {
         if (len > CS_API_MAX_STOP_BYTES)
             return api_vfail(e, 422, "stop", "invalid_value", "stop[%zu]: %zu bytes, at most %d", i, len,
                              CS_API_MAX_STOP_BYTES);
-        q->stops[q->n_stop] = malloc(len);
-        if (!q->stops[q->n_stop]) return api_vfail(e, 500, NULL, NULL, "out of memory");
-        memcpy(q->stops[q->n_stop], json_string_value(s), len);
-        q->stop_len[q->n_stop++] = len;
-        if (len > q->max_stop) q->max_stop = len;
+        if (api_add_stop(q, json_string_value(s), len, e)) return -1;
     }
     return 0;
 }
@@ -111,6 +117,74 @@ static int unsupported(json_t *root, const char *key, char kind, verr *e) {
     return api_vfail(e, 422, key, "unsupported", "%s: not supported by this server (leave it out or null)", key);
 }
 
+int api_v1_read(areq *q, json_t *root, cs_gen_params *g, api_v1_opts *o, verr *e) {
+    cs_api *a = q->api;
+    int r, bv;
+    long long v;
+    double temperature = 1, top_p = 1, rep = 1;
+    long long top_k = 0;
+    *o = (api_v1_opts){.n = 1, .seed = api_random_u64()};
+    json_t *model = json_object_get(root, "model");
+    if (model && !json_is_null(model)) {
+        if (!json_is_string(model))
+            return api_vfail(e, 422, "model", "invalid_type", "model: expected a string, got %s", api_json_kind(model));
+        const char *mn = json_string_value(model);
+        if (strcmp(mn, a->model_name) && strcmp(mn, a->model_arg))
+            return api_vfail(e, 404, "model", "model_not_found",
+                             "The model '%s' does not exist (this server serves '%s')", mn, a->model_name);
+    }
+    if (api_opt_num(root, "temperature", 0, 2, 0, &temperature, e) < 0) return -1;
+    if (api_opt_num(root, "top_p", 0, 1, 1, &top_p, e) < 0) return -1;
+    if ((r = api_opt_int(root, "top_k", -1, 1 << 30, &v, e)) < 0) return -1;
+    if (r) top_k = v < 0 ? 0 : v;
+    if (api_opt_num(root, "repetition_penalty", 0, 100, 1, &rep, e) < 0) return -1;
+    if ((r = api_opt_int(root, "n", 1, CS_API_MAX_N, &v, e)) < 0) return -1;
+    if (r) o->n = (int)v;
+    if ((r = api_opt_int(root, "seed", INT64_MIN, INT64_MAX, &v, e)) < 0) return -1;
+    if (r) o->seed = (uint64_t)v;
+    if (api_opt_bool(root, "stream", &o->stream, e) < 0) return -1;
+    if ((r = api_opt_bool(root, "ignore_eos", &bv, e)) < 0) return -1;
+    if (r) g->ignore_eos = bv;
+    if (unsupported(root, "presence_penalty", 'n', e) || unsupported(root, "frequency_penalty", 'n', e) ||
+        unsupported(root, "logit_bias", 'o', e))
+        return -1;
+    json_t *user = json_object_get(root, "user"); /* ignored, but typed as OpenAI has it */
+    if (user && !json_is_null(user) && !json_is_string(user))
+        return api_vfail(e, 422, "user", "invalid_type", "user: expected a string, got %s", api_json_kind(user));
+    json_t *so = json_object_get(root, "stream_options");
+    if (so && !json_is_null(so)) {
+        if (!json_is_object(so))
+            return api_vfail(e, 422, "stream_options", "invalid_type", "stream_options: expected an object, got %s",
+                             api_json_kind(so));
+        if (api_opt_bool(so, "include_usage", &q->include_usage, e) < 0) return -1;
+    }
+    if (read_stops(q, root, e)) return -1;
+    g->sample.do_sample = temperature > 0;
+    g->sample.temperature = temperature > 0 ? (float)temperature : 1.0f;
+    g->sample.top_k = (int)top_k;
+    g->sample.top_p = (float)top_p;
+    g->sample.repetition_penalty = (float)rep;
+    return 0;
+}
+
+void api_v1_submit(areq *q, cs_sched *s, const cs_gen_params *g, const api_v1_opts *o, const char *chunk_object,
+                   prompt_in *pr, int n_pr) {
+    cs_api *a = q->api;
+    q->stream = o->stream;
+    if (o->stream) {
+        cs_sb_puts(&q->chunk_head, "{\"id\":");
+        cs_sb_json_str(&q->chunk_head, q->id, strlen(q->id));
+        cs_sb_printf(&q->chunk_head, ",\"object\":\"%s\",\"created\":%lld,\"model\":", chunk_object, q->created);
+        cs_sb_json_str(&q->chunk_head, a->model_name, strlen(a->model_name));
+        cs_sb_puts(&q->chunk_head, ",\"choices\":[");
+        if (q->chunk_head.oom) {
+            api_send_error(q, 500, NULL, NULL, NULL, "out of memory");
+            return;
+        }
+    }
+    api_submit_all(q, s, g, o->seed, pr, n_pr, o->n);
+}
+
 void api_completions(areq *q, cs_sched *s) {
     cs_api *a = q->api;
     json_t *root = api_parse_body(q);
@@ -118,87 +192,26 @@ void api_completions(areq *q, cs_sched *s) {
     verr e = {0};
     prompt_in pr[CS_API_MAX_PROMPTS];
     memset(pr, 0, sizeof pr);
-    int n_pr = 0, r, n = 1, stream = 0, echo = 0, bv;
+    int n_pr = 0, r, echo = 0;
     long long v, max_tokens = 16;
-    double temperature = 1, top_p = 1, rep = 1;
-    long long top_k = 0;
-    uint64_t seed = api_random_u64();
+    api_v1_opts o;
     cs_gen_params g = a->m->defaults;
-    json_t *model = json_object_get(root, "model");
-    if (model && !json_is_null(model)) {
-        if (!json_is_string(model)) {
-            api_vfail(&e, 422, "model", "invalid_type", "model: expected a string, got %s", api_json_kind(model));
-            goto fail;
-        }
-        const char *mn = json_string_value(model);
-        if (strcmp(mn, a->model_name) && strcmp(mn, a->model_arg)) {
-            api_vfail(&e, 404, "model", "model_not_found", "The model '%s' does not exist (this server serves '%s')",
-                      mn, a->model_name);
-            goto fail;
-        }
-    }
+    if (api_v1_read(q, root, &g, &o, &e)) goto fail;
     if (api_opt_int(root, "max_tokens", 1, a->n_ctx, &max_tokens, &e) < 0) goto fail;
-    if (api_opt_num(root, "temperature", 0, 2, 0, &temperature, &e) < 0) goto fail;
-    if (api_opt_num(root, "top_p", 0, 1, 1, &top_p, &e) < 0) goto fail;
-    if ((r = api_opt_int(root, "top_k", -1, 1 << 30, &v, &e)) < 0) goto fail;
-    if (r) top_k = v < 0 ? 0 : v;
-    if (api_opt_num(root, "repetition_penalty", 0, 100, 1, &rep, &e) < 0) goto fail;
-    if ((r = api_opt_int(root, "n", 1, CS_API_MAX_N, &v, &e)) < 0) goto fail;
-    if (r) n = (int)v;
-    if ((r = api_opt_int(root, "seed", INT64_MIN, INT64_MAX, &v, &e)) < 0) goto fail;
-    if (r) seed = (uint64_t)v;
-    if (api_opt_bool(root, "stream", &stream, &e) < 0 || api_opt_bool(root, "echo", &echo, &e) < 0) goto fail;
-    if ((r = api_opt_bool(root, "ignore_eos", &bv, &e)) < 0) goto fail;
-    if (r) g.ignore_eos = bv;
+    if (api_opt_bool(root, "echo", &echo, &e) < 0) goto fail;
     if ((r = api_opt_int(root, "best_of", 1, CS_API_MAX_N, &v, &e)) < 0) goto fail;
-    if (r && v != n) {
+    if (r && v != o.n) {
         api_vfail(&e, 422, "best_of", "unsupported", "best_of: only best_of == n is supported");
         goto fail;
     }
-    if (unsupported(root, "logprobs", 'n', &e) || unsupported(root, "presence_penalty", 'n', &e) ||
-        unsupported(root, "frequency_penalty", 'n', &e) || unsupported(root, "logit_bias", 'o', &e) ||
-        unsupported(root, "suffix", 's', &e))
-        goto fail;
-    json_t *user = json_object_get(root, "user"); /* ignored, but typed as OpenAI has it */
-    if (user && !json_is_null(user) && !json_is_string(user)) {
-        api_vfail(&e, 422, "user", "invalid_type", "user: expected a string, got %s", api_json_kind(user));
-        goto fail;
-    }
-    json_t *so = json_object_get(root, "stream_options");
-    if (so && !json_is_null(so)) {
-        if (!json_is_object(so)) {
-            api_vfail(&e, 422, "stream_options", "invalid_type", "stream_options: expected an object, got %s",
-                      api_json_kind(so));
-            goto fail;
-        }
-        if (api_opt_bool(so, "include_usage", &q->include_usage, &e) < 0) goto fail;
-    }
-    if (read_stops(q, root, &e)) goto fail;
+    if (unsupported(root, "logprobs", 'n', &e) || unsupported(root, "suffix", 's', &e)) goto fail;
     if (read_prompts(a, root, pr, &n_pr, &e)) goto fail;
-    g.sample.do_sample = temperature > 0;
-    g.sample.temperature = temperature > 0 ? (float)temperature : 1.0f;
-    g.sample.top_k = (int)top_k;
-    g.sample.top_p = (float)top_p;
-    g.sample.repetition_penalty = (float)rep;
     g.max_new_tokens = (int)max_tokens;
     for (int i = 0; i < n_pr; i++)
         if (api_check_lengths(a, &g, &pr[i], "max_tokens", &e)) goto fail;
     json_decref(root);
-    q->stream = stream;
     q->full_text = echo;
-    if (stream) {
-        cs_sb_puts(&q->chunk_head, "{\"id\":");
-        cs_sb_json_str(&q->chunk_head, q->id, strlen(q->id));
-        cs_sb_printf(&q->chunk_head, ",\"object\":\"text_completion\",\"created\":%lld,\"model\":", q->created);
-        cs_sb_json_str(&q->chunk_head, a->model_name, strlen(a->model_name));
-        cs_sb_puts(&q->chunk_head, ",\"choices\":[");
-        if (q->chunk_head.oom) {
-            api_prompts_free(pr, n_pr);
-            api_send_error(q, 500, NULL, NULL, NULL, "out of memory");
-            return;
-        }
-    }
-    api_submit_all(q, s, &g, seed, pr, n_pr, n);
+    api_v1_submit(q, s, &g, &o, "text_completion", pr, n_pr);
     api_prompts_free(pr, n_pr);
     return;
 fail:

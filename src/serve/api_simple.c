@@ -85,9 +85,11 @@ static void gen_keys_apply(const api_ucfg *c, cs_gen_params *g, int call) {
 
 /* ------------------------------------------------------------ user_config */
 
-/* Validates uc into c; n_ctx bounds the lengths (<= 0: CS_API_MAX_GEN_TOKENS). */
-static int user_config_read(const json_t *uc, int n_ctx, api_ucfg *c, cs_err *err) {
+/* Validates uc into c; n_ctx bounds the lengths (<= 0: CS_API_MAX_GEN_TOKENS).
+ * chat: its chat_template, checked and filled in (new; NULL when none). */
+static int user_config_read(const json_t *uc, int n_ctx, api_ucfg *c, json_t **chat, cs_err *err) {
     memset(c, 0, sizeof *c);
+    *chat = NULL;
     if (!uc || json_is_null(uc)) return 0;
     if (!json_is_object(uc))
         return cs_err_set(err, "user_config: expected an object (or null), got %s", api_json_kind(uc));
@@ -96,10 +98,10 @@ static int user_config_read(const json_t *uc, int n_ctx, api_ucfg *c, cs_err *er
     json_object_foreach((json_t *)uc, key, v) {
         size_t i = 0;
         while (i < N_GEN_KEYS && strcmp(key, GEN_KEYS[i].key)) i++;
-        if (i == N_GEN_KEYS && strcmp(key, "pipeline_defaults"))
+        if (i == N_GEN_KEYS && strcmp(key, "pipeline_defaults") && strcmp(key, "chat_template"))
             return cs_err_set(err,
                               "user_config.%s: unknown key (known: max_new_tokens, max_length, do_sample, temperature, "
-                              "top_k, top_p, repetition_penalty, pipeline_defaults)",
+                              "top_k, top_p, repetition_penalty, pipeline_defaults, chat_template)",
                               key);
     }
     verr e = {0};
@@ -112,12 +114,20 @@ static int user_config_read(const json_t *uc, int n_ctx, api_ucfg *c, cs_err *er
                                    "default) or \"4.51\" (transformers <= 4.51: distilgpt2's max_length 50)");
         c->set |= UC_PIPELINE_DEFAULTS;
     }
+    v = json_object_get(uc, "chat_template");
+    if (v && !json_is_null(v)) {
+        if (cs_chat_tpl_norm(v, "user_config.chat_template", chat, err)) return -1;
+        c->set |= UC_CHAT_TEMPLATE;
+    }
     return 0;
 }
 
 int cs_api_user_config_check(const json_t *user_config, cs_err *err) {
     api_ucfg c;
-    return user_config_read(user_config, 0, &c, err);
+    json_t *chat;
+    int rc = user_config_read(user_config, 0, &c, &chat, err);
+    json_decref(chat);
+    return rc;
 }
 
 int cs_api_set_user_config(cs_api *a, const json_t *user_config, cs_err *err) {
@@ -125,15 +135,21 @@ int cs_api_set_user_config(cs_api *a, const json_t *user_config, cs_err *err) {
     const int n_ctx = a->m ? a->n_ctx : 0;
     pthread_rwlock_unlock(&a->lock);
     api_ucfg c;
-    if (user_config_read(user_config, n_ctx, &c, err)) return -1;
+    json_t *chat;
+    if (user_config_read(user_config, n_ctx, &c, &chat, err)) return -1;
     json_t *doc = c.set ? json_deep_copy(user_config) : NULL;
-    if (c.set && !doc) return cs_err_set(err, "user_config: out of memory");
+    if (c.set && !doc) {
+        json_decref(chat);
+        return cs_err_set(err, "user_config: out of memory");
+    }
     pthread_mutex_lock(&a->ucfg_mu);
     a->ucfg = c;
-    json_t *old = a->ucfg_doc;
+    json_t *old = a->ucfg_doc, *old_chat = a->chat_uc;
     a->ucfg_doc = doc;
+    a->chat_uc = chat;
     pthread_mutex_unlock(&a->ucfg_mu);
     json_decref(old);
+    json_decref(old_chat);
     return 0;
 }
 

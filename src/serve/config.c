@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "serve/chat_tpl.h"
 #include "serve/yamldoc.h"
 
 #define SCFG_INT_MAX 1000000000    /* request counts, generation lengths */
@@ -210,7 +211,8 @@ static void dep_release(cs_scfg_deployment *d) {
     json_decref(d->user_config);
     json_decref(d->given);
     json_decref(d->clean_opts);
-    d->user_config = d->given = d->clean_opts = NULL;
+    json_decref(d->remote);
+    d->user_config = d->given = d->clean_opts = d->remote = NULL;
 }
 
 static int replicas_field(const vctx *v, const loc *l, const json_t *x, int lo, int nullable, int *out) {
@@ -475,8 +477,8 @@ typedef struct tg_ext {
     char vname[SCFG_MAX_VERSIONS][CS_SCFG_MAX_NAME];
     char vmodel[SCFG_MAX_VERSIONS][1024];
     char vdtype[SCFG_MAX_VERSIONS][8];
-    const json_t *traffic, *fallback, *preprocess;
-    loc ltraffic, lfallback, lmirror;
+    const json_t *traffic, *fallback, *preprocess, *remote;
+    loc ltraffic, lfallback, lmirror, lremote;
 } tg_ext;
 
 static int dtype_arg(appv *av, const loc *fl, const json_t *x, char *out, size_t cap) {
@@ -566,6 +568,8 @@ static void check_textgen_args(const vctx *v, const loc *l, const json_t *args, 
             if (!want_object(&av.v, &fl, x, 0)) ext->traffic = x, ext->ltraffic = full;
         } else if (!strcmp(key, "fallback")) {
             if (!want_object(&av.v, &fl, x, 0)) ext->fallback = x, ext->lfallback = full;
+        } else if (!strcmp(key, "remote")) {
+            if (!want_object(&av.v, &fl, x, 0)) ext->remote = x, ext->lremote = full;
         } else if (!strcmp(key, "preprocess")) {
             if (!want_object(&av.v, &fl, x, 0)) {
                 cs_clean_opts co;
@@ -603,7 +607,7 @@ static void check_textgen_args(const vctx *v, const loc *l, const json_t *args, 
         } else {
             v_fail(&av.v, &fl,
                    "unknown argument of %s (it takes: model, dtype, versions, traffic, session_header, mirror, "
-                   "fallback, preprocess)",
+                   "fallback, preprocess, remote)",
                    a->import_path);
         }
         if (av.err.msg[0]) break;
@@ -615,6 +619,126 @@ static cs_scfg_deployment *find_dep(cs_scfg_app *a, const char *name) {
     for (size_t i = 0; i < a->n_deps; i++)
         if (!strcmp(a->deps[i].name, name)) return &a->deps[i];
     return NULL;
+}
+
+int cs_scfg_hostport(const char *s, char *host, size_t cap, int *port, const char **why) {
+    const char *colon = strrchr(s, ':'), *h = s, *he = colon;
+    if (!colon || colon == s) return *why = "no HOST: before the port", -1;
+    if (s[0] == '[') { /* [v6]:port */
+        if (colon[-1] != ']') return *why = "an IPv6 address needs brackets: [ADDR]:PORT", -1;
+        h = s + 1, he = colon - 1;
+        if (he == h) return *why = "empty address in brackets", -1;
+        for (const char *p = h; p < he; p++)
+            if (!strchr("0123456789abcdefABCDEF:.", *p)) return *why = "not an IPv6 address in the brackets", -1;
+    } else {
+        for (const char *p = h; p < he; p++)
+            if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || strchr(".-_", *p)))
+                return *why = "the host may hold letters, digits, '.', '-' and '_' (an IPv6 address goes in brackets)", -1;
+        if (*h == '.' || *h == '-') return *why = "the host starts with '.' or '-'", -1;
+    }
+    if ((size_t)(he - h) >= cap) return *why = "the host is too long", -1;
+    long p = 0;
+    const char *d = colon + 1;
+    if (!*d || strlen(d) > 5) return *why = "the port must be a number in 1..65535", -1;
+    for (; *d; d++) {
+        if (*d < '0' || *d > '9') return *why = "the port must be a number in 1..65535", -1;
+        p = p * 10 + (*d - '0');
+    }
+    if (p < 1 || p > 65535) return *why = "the port must be a number in 1..65535", -1;
+    memcpy(host, h, (size_t)(he - h));
+    host[he - h] = 0;
+    *port = (int)p;
+    return 0;
+}
+
+/* One "HOST:PORT" of args.remote. */
+static int remote_addr(appv *av, const loc *l, const json_t *x) {
+    char got[96], host[CS_SCFG_MAX_HOSTPORT];
+    const char *why = NULL;
+    int port = 0;
+    if (!json_is_string(x) || json_string_length(x) >= CS_SCFG_MAX_HOSTPORT ||
+        strlen(json_string_value(x)) != json_string_length(x))
+        return v_fail(&av->v, l, "expected a \"HOST:PORT\" string of at most %d bytes, got %s", CS_SCFG_MAX_HOSTPORT - 1,
+                      describe(got, sizeof got, x));
+    if (cs_scfg_hostport(json_string_value(x), host, sizeof host, &port, &why))
+        return v_fail(&av->v, l, "expected \"HOST:PORT\", got %s: %s", describe(got, sizeof got, x), why);
+    return 0;
+}
+
+/* args.remote: the deployments whose replicas run on other hosts (a static list, or a
+ * DNS name's addresses); each gets a normalized copy in its remote field. */
+static void check_remote(appv *av, const vctx *v, cs_scfg_app *a, const tg_ext *ext) {
+    const char *name;
+    json_t *x;
+    json_object_foreach((json_t *)ext->remote, name, x) {
+        loc fl;
+        loc_key(&fl, v, &ext->lremote, ext->remote, name);
+        snprintf(fl.path, sizeof fl.path, "%s", short_path(fl.path));
+        cs_scfg_deployment *d = find_dep(a, name);
+        if (!d) {
+            v_fail(&av->v, &fl, "'%s' is not a deployment of this application", name);
+            return;
+        }
+        if (want_object(&av->v, &fl, x, 0)) return;
+        const json_t *reps = json_object_get(x, "replicas"), *dns = json_object_get(x, "dns");
+        const json_t *rs = json_object_get(x, "refresh_s");
+        const char *k;
+        json_t *y;
+        json_object_foreach(x, k, y) if (strcmp(k, "replicas") && strcmp(k, "dns") && strcmp(k, "refresh_s")) {
+            v_fail(&av->v, &fl, "unknown field '%s' of remote (it takes: replicas, or dns and refresh_s)", k);
+            return;
+        }
+        if (!reps == !dns) {
+            v_fail(&av->v, &fl, "give either replicas (a list of \"HOST:PORT\") or dns (\"NAME:PORT\")");
+            return;
+        }
+        loc kl;
+        json_t *out = NULL;
+        if (reps) {
+            char got[96];
+            loc_key(&kl, v, &fl, x, "replicas");
+            const size_t n = json_array_size(reps);
+            if (rs) {
+                v_fail(&av->v, &fl, "refresh_s goes with dns, not with a list of replicas");
+                return;
+            }
+            if (!json_is_array(reps) || n < 1 || n > CS_SCFG_MAX_REMOTE) {
+                char cnt[32];
+                snprintf(cnt, sizeof cnt, "%zu addresses", n);
+                v_fail(&av->v, &kl, "expected a list of 1..%d \"HOST:PORT\" strings (CS_SCFG_MAX_REMOTE), got %s",
+                       CS_SCFG_MAX_REMOTE,
+                       !json_is_array(reps) ? describe(got, sizeof got, reps) : n ? cnt : "an empty list");
+                return;
+            }
+            for (size_t i = 0; i < n; i++) {
+                loc il;
+                loc_idx(&il, v, &kl, reps, i);
+                if (remote_addr(av, &il, json_array_get(reps, i))) return;
+                for (size_t j = 0; j < i; j++)
+                    if (json_equal(json_array_get(reps, i), json_array_get(reps, j))) {
+                        v_fail(&av->v, &il, "duplicate address %s (replicas[%zu] has it too)",
+                               json_string_value(json_array_get(reps, i)), j);
+                        return;
+                    }
+            }
+            out = json_pack("{s:O}", "replicas", reps);
+        } else {
+            double refresh = CS_SCFG_REMOTE_REFRESH_S;
+            loc_key(&kl, v, &fl, x, "dns");
+            if (remote_addr(av, &kl, dns)) return;
+            nspec ns = {0.1, 3600, 0, 0, 0, 0};
+            loc rl;
+            loc_key(&rl, v, &fl, x, "refresh_s");
+            if (rs && get_num(&av->v, &rl, rs, &ns, &refresh)) return;
+            out = json_pack("{s:O, s:f}", "dns", dns, "refresh_s", refresh);
+        }
+        if (!out) {
+            v_fail(&av->v, &fl, "out of memory");
+            return;
+        }
+        json_decref(d->remote);
+        d->remote = out;
+    }
 }
 
 /* Weights, fallbacks and the mirror name, now that the deployments exist. */
@@ -663,6 +787,7 @@ static void check_textgen_routing(const vctx *v, cs_scfg_app *a, tg_ext *ext) {
             v_fail(&av.v, &ext->lmirror, "mirror: '%s' is not a generator deployment of this application",
                    a->textgen.mirror);
     }
+    if (!av.err.msg[0] && ext->remote) check_remote(&av, v, a, ext);
     if (av.err.msg[0]) appv_take(&av);
 }
 
@@ -689,14 +814,19 @@ static void check_textgen_user_config(const vctx *v, const loc *l, const json_t 
         size_t i = 0;
         while (i < sizeof k / sizeof *k && strcmp(k[i].key, key)) i++;
         cs_pipeline_defaults pd;
-        if (!strcmp(key, "pipeline_defaults")) { /* which transformers' pipeline defaults (api_simple.c) */
+        cs_err ce = {{0}};
+        if (!strcmp(key, "chat_template")) { /* the template of /v1/chat/completions (api_chat.c) */
+            json_t *t = NULL;
+            if (cs_chat_tpl_norm(x, "chat_template", &t, &ce)) v_fail(&av.v, &fl, "%s", ce.msg);
+            json_decref(t);
+        } else if (!strcmp(key, "pipeline_defaults")) { /* which transformers' pipeline defaults (api_simple.c) */
             char got[96];
             if (!json_is_string(x) || cs_pipeline_defaults_parse(json_string_value(x), &pd))
                 v_fail(&av.v, &fl, "expected \"4.57\" (transformers >= 4.52, the default) or \"4.51\" "
                                    "(transformers <= 4.51), got %s", describe(got, sizeof got, x));
         } else if (i == sizeof k / sizeof *k) {
             v_fail(&av.v, &fl, "unknown generation parameter (known: max_new_tokens, max_length, do_sample, "
-                               "temperature, top_k, top_p, repetition_penalty, pipeline_defaults)");
+                               "temperature, top_k, top_p, repetition_penalty, pipeline_defaults, chat_template)");
         } else if (k[i].spec.is_int == 2) {
             char got[96];
             if (!json_is_boolean(x)) v_fail(&av.v, &fl, "expected true or false, got %s", describe(got, sizeof got, x));

@@ -36,6 +36,13 @@
  *       fallback: {FROM: TO}               FROM overloaded or without replicas -> TO
  *       preprocess: {...}                  a Preprocessor deployment (cserve.apps:clean_text)
  *                                          cleans each request before the generator
+ *       remote: {DEPLOYMENT: {replicas: ["HOST:PORT", ...]}}   the deployment's replicas are
+ *                                          `cserve replica --listen` processes on other hosts
+ *               {DEPLOYMENT: {dns: "NAME:PORT", refresh_s: S}} ... or every address NAME
+ *                                          resolves to (a Kubernetes headless Service), looked
+ *                                          up again every S seconds (default 5); no local
+ *                                          process is started and autoscaling does not apply
+ *                                          (serve/remote.h)
  *   serve_app:deployment_graph    the seed's own import path: the same application
  *                                 with model distilgpt2
  *
@@ -64,6 +71,9 @@
 #define CS_SCFG_MAX_REPLICAS 64    /* num_replicas / max_replicas */
 #define CS_SCFG_TEXTGEN_MAX_ONGOING 32
 #define CS_SCFG_PRE_MAX_ONGOING 64 /* a Preprocessor replica: cheap requests */
+#define CS_SCFG_MAX_REMOTE 64      /* addresses in a static args.remote list */
+#define CS_SCFG_MAX_HOSTPORT 128   /* bytes of a "HOST:PORT" in args.remote */
+#define CS_SCFG_REMOTE_REFRESH_S 5.0 /* args.remote's default DNS refresh_s */
 
 typedef enum cs_scfg_app_kind {
     CS_APP_UNKNOWN = 0,     /* import_path not built in (app->error says so) */
@@ -111,6 +121,8 @@ typedef struct cs_scfg_deployment {
     double health_check_period_s;         /* 10 */
     double health_check_timeout_s;        /* 30 */
     double num_cpus;                      /* ray_actor_options.num_cpus; 0: not given */
+    json_t *remote; /* args.remote.NAME, normalized: {"replicas": ["HOST:PORT", ...]} or
+                       {"dns": "NAME:PORT", "refresh_s": S}; NULL: local replica processes */
     json_t *given;  /* the deployment object as written (for deployed_app_config);
                        NULL for a deployment the config does not name */
 } cs_scfg_deployment;
@@ -170,6 +182,11 @@ const cs_scfg_deployment *cs_scfg_find_deployment(const cs_scfg_app *a, const ch
  * field with its effective value (autoscaling_config only when autoscaling;
  * num_replicas only when not), as status-running.json shows it. New reference. */
 json_t *cs_scfg_deployment_config_json(const cs_scfg_deployment *d);
+
+/* Splits "HOST:PORT" ("[V6]:PORT" for an IPv6 literal) into host (without the
+ * brackets; a DNS name, an IPv4 or an IPv6 address) and port (1..65535).
+ * Returns 0, or -1 with *why saying what is wrong (a static string). Pure. */
+int cs_scfg_hostport(const char *s, char *host, size_t cap, int *port, const char **why);
 
 /* target_capacity applied to a replica count: n -> 0 if capacity or n is 0,
  * else max(1, round-half-up(n * capacity / 100)); capacity < 0: n. */

@@ -65,7 +65,8 @@ cp_dep *cp_find_dep(cp_app *a, const char *name) {
     return NULL;
 }
 
-static int alive(const cp_replica *r) { return !r->exited && r->state != RS_STOPPING; }
+/* a live local process (remote members are remote.c's) */
+static int alive(const cp_replica *r) { return !r->exited && r->state != RS_STOPPING && !r->addr[0]; }
 
 int cp_running(const cp_dep *d) {
     int n = 0;
@@ -74,7 +75,8 @@ int cp_running(const cp_dep *d) {
     return n;
 }
 
-int cp_authorized(cs_ctl *c, cs_http_req *r) {
+int cp_authorized(cs_ctl *c, cs_http_req *r, int *idx) {
+    if (idx) *idx = -1;
     if (!c->n_keys) return 1;
     const char *h = cs_http_req_header(r, "Authorization");
     if (!h || strncasecmp(h, "Bearer ", 7) != 0) return 0;
@@ -86,6 +88,7 @@ int cp_authorized(cs_ctl *c, cs_http_req *r) {
         unsigned char diff = (unsigned char)(hl != kl);
         for (size_t j = 0; j < kl; j++) diff |= (unsigned char)(c->keys[i][j] ^ (j < hl ? h[j] : 0));
         ok |= diff == 0;
+        if (diff == 0 && idx) *idx = (int)i;
     }
     return ok;
 }
@@ -123,13 +126,13 @@ static int spawn(cs_ctl *c, cp_dep *d) {
     r->err_fd = -1;
     r->num = (int)(++c->rep_ctr & 0x3fffffff);
     random_id(r->id, 8);
-    snprintf(r->sock, sizeof r->sock, "%s/%s.sock", c->sock_dir, r->id);
+    snprintf(r->sock, sizeof r->sock, "%s/%.16s.sock", c->sock_dir, r->id); /* a local id: 8 characters */
     char threads[16], ongoing[16], grace[32], rid[CS_SCFG_MAX_NAME * 2 + 32];
     d->threads = dep_threads(d);
     snprintf(threads, sizeof threads, "%d", d->threads);
     snprintf(ongoing, sizeof ongoing, "%d", d->cfg.max_ongoing_requests);
     snprintf(grace, sizeof grace, "%g", d->cfg.graceful_shutdown_timeout_s);
-    snprintf(rid, sizeof rid, "%s#%s#%s", a->name, d->name, r->id);
+    snprintf(rid, sizeof rid, "%s#%s#%.16s", a->name, d->name, r->id);
     char *uc = d->cfg.user_config ? json_dumps(d->cfg.user_config, JSON_COMPACT) : NULL;
     char *co = d->cfg.clean_opts ? json_dumps(d->cfg.clean_opts, JSON_COMPACT) : NULL;
     const char *argv[40];
@@ -259,9 +262,8 @@ static void start_check(cs_ctl *c, cp_replica *r, int stats_only) {
     r->check_len = 0;
     r->stats_only = stats_only;
     const int push = !stats_only && r->state == RS_RUNNING && r->uc_pending;
-    curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, r->sock);
-    curl_easy_setopt(e, CURLOPT_URL, push ? "http://replica/-/replica/user_config" : "http://replica/-/replica/stats");
-    double t = r->state == RS_STARTING || stats_only ? 1.0 : d->cfg.health_check_timeout_s;
+    cp_replica_target(e, r, push ? "/-/replica/user_config" : "/-/replica/stats");
+    double t = r->state == RS_STARTING || stats_only ? 1.0 : cp_check_timeout(r);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(t * 1000));
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, check_write);
@@ -290,7 +292,7 @@ void cp_check_done(cs_ctl *c, cp_replica *r, CURLcode res, long status) {
         r->uc_pending = res == CURLE_OK && status == 200 ? 0 : 1;
         if (res == CURLE_OK && status != 200)
             cp_log("warn", "replica %s refused user_config: %s", r->id, r->check_buf), r->uc_pending = 0;
-        r->next_check = now + 0.01;
+        r->next_check = now + (r->uc_pending && r->addr[0] ? cp_check_period(r) : 0.01);
         return;
     }
     json_t *j = res == CURLE_OK && status == 200 ? json_loads(r->check_buf, 0, NULL) : NULL;
@@ -300,6 +302,8 @@ void cp_check_done(cs_ctl *c, cp_replica *r, CURLcode res, long status) {
         r->st_queued = (int)json_integer_value(json_object_get(j, "queued"));
         r->st_tokens = (double)json_integer_value(json_object_get(j, "tokens_generated"));
         r->st_batch = json_number_value(json_object_get(j, "batch_size"));
+        r->st_kv_tokens = (double)json_integer_value(json_object_get(j, "kv_tokens"));
+        r->st_kv_capacity = (double)json_integer_value(json_object_get(j, "kv_capacity"));
         if (r->tok_prev_t > 0 && now > r->tok_prev_t && r->st_tokens >= r->tok_prev)
             r->tok_rate = (r->st_tokens - r->tok_prev) / (now - r->tok_prev_t);
         r->tok_prev = r->st_tokens;
@@ -316,26 +320,35 @@ void cp_check_done(cs_ctl *c, cp_replica *r, CURLcode res, long status) {
             r->state = RS_RUNNING;
             r->health_fails = 0;
             d->start_fails = 0;
-            r->next_check = now + d->cfg.health_check_period_s;
+            r->next_check = now + cp_check_period(r);
+            if (r->addr[0] && r->uc_pending) r->unhealthy = 1, r->next_check = now; /* no request before it has it */
             cp_log("info", "replica %s#%s#%s running (%.2f s after start)", d->app->name, d->name, r->id,
                    now - r->t_spawn);
             cp_dispatch(c, d);
         } else {
-            r->next_check = now + CP_STARTUP_POLL_S;
+            r->next_check = now + cp_startup_poll(r);
         }
         return;
     }
     if (r->state != RS_RUNNING) return;
-    r->next_check = now + d->cfg.health_check_period_s;
+    r->next_check = now + cp_check_period(r);
     if (ready) {
+        if (r->health_fails >= CP_HEALTH_FAILS) cp_log("info", "replica %s#%s#%s is healthy again", d->app->name, d->name, r->id);
+        /* a remote replica back from failed checks may have restarted without the user_config */
+        const int repush = r->addr[0] && r->health_fails && d->cfg.user_config;
         r->health_fails = 0;
-        r->unhealthy = 0;
+        if (repush) r->uc_pending = 1, r->next_check = now; /* requests again after the push and a check */
+        else r->unhealthy = 0;
         return;
     }
     r->health_fails++;
     r->unhealthy = 1; /* no new requests until a check succeeds */
-    cp_log("warn", "replica %s#%s#%s: health check failed (%d of %d): %s", d->app->name, d->name, r->id,
-           r->health_fails, CP_HEALTH_FAILS, res != CURLE_OK ? curl_easy_strerror(res) : "not ready");
+    if (r->health_fails <= CP_HEALTH_FAILS) /* a remote member that stays down is checked on, quietly */
+        cp_log("warn", "replica %s#%s#%s: health check failed (%d of %d): %s", d->app->name, d->name, r->id,
+               r->health_fails, CP_HEALTH_FAILS, res != CURLE_OK ? curl_easy_strerror(res) : "not ready");
+    if (r->health_fails == CP_HEALTH_FAILS && r->addr[0])
+        cp_log("warn", "replica %s#%s#%s is unhealthy: routing around it until it answers (a remote replica is not "
+               "restarted from here)", d->app->name, d->name, r->id);
     if (r->health_fails >= CP_HEALTH_FAILS && r->pid > 0) {
         r->unhealthy = 1;
         cp_log("warn", "replica %s#%s#%s is unhealthy: replacing it", d->app->name, d->name, r->id);
@@ -412,7 +425,8 @@ static void set_status(cp_dep *d, const char *st, const char *trig, const char *
 }
 
 static void reconcile_dep(cs_ctl *c, cp_dep *d, double now) {
-    const int target = d->deleting ? 0 : d->target;
+    const int remote = cp_remote_reconcile(c, d, now); /* remote members: remote.h */
+    const int target = d->deleting || remote ? 0 : d->target;
     int new_live = 0, new_run = 0, old_live = 0;
     for (size_t i = 0; i < d->n_reps; i++) {
         cp_replica *r = d->reps[i];
@@ -470,8 +484,8 @@ static void reconcile_dep(cs_ctl *c, cp_dep *d, double now) {
     /* startup timeout, readiness polls and health checks */
     for (size_t i = 0; i < d->n_reps; i++) {
         cp_replica *r = d->reps[i];
-        if (r->exited || r->pid <= 0) continue;
-        if (r->state == RS_STARTING && now - r->t_spawn > CP_STARTUP_TIMEOUT_S && !r->kill_sent) {
+        if (r->exited || (r->pid <= 0 && !r->addr[0])) continue;
+        if (r->pid > 0 && r->state == RS_STARTING && now - r->t_spawn > CP_STARTUP_TIMEOUT_S && !r->kill_sent) {
             set_str(r->last_error, sizeof r->last_error, "not ready within the start-up time");
             kill(r->pid, SIGKILL);
             r->kill_sent = 1;
@@ -487,6 +501,7 @@ static void reconcile_dep(cs_ctl *c, cp_dep *d, double now) {
         else d->reps[w++] = r;
     }
     d->n_reps = w;
+    if (remote) return; /* remote.c set the status */
 
     /* status */
     if (d->deleting) {
@@ -553,6 +568,8 @@ static void app_status(cp_app *a) {
 
 static void dep_free(cs_ctl *c, cp_dep *d) {
     cp_fail_queue(c, d, 503, "the deployment was deleted");
+    cp_remote_free(d->remote);
+    json_decref(d->cfg.remote);
     for (size_t i = 0; i < d->n_reps; i++) replica_free(d->reps[i]);
     free(d->reps);
     json_decref(d->cfg.user_config);
@@ -578,7 +595,7 @@ static double cpus_of_others(cs_ctl *c, const cp_dep *self) {
 
 /* One 0.1 s period of Ray's autoscaler for d (see autoscale.h for the order of steps). */
 static void autoscale_dep(cs_ctl *c, cp_dep *d, double now) {
-    if (!d->cfg.autoscaling || d->deleting || !d->as_load) return;
+    if (!d->cfg.autoscaling || d->deleting || !d->as_load || d->cfg.remote) return; /* remote: its platform scales it */
     cs_as_replica_load reps[CS_AS_MAX_SERIES];
     int running_ids[CS_AS_MAX_SERIES];
     size_t n = 0, nr = 0;
@@ -687,13 +704,17 @@ static void dep_set_cfg(cp_dep *d, const cs_scfg_deployment *sd) {
     json_t *uc = sd->user_config ? json_incref(sd->user_config) : NULL;
     json_t *given = sd->given ? json_incref(sd->given) : NULL;
     json_t *co = sd->clean_opts ? json_incref(sd->clean_opts) : NULL;
+    json_t *rm = sd->remote ? json_incref(sd->remote) : NULL;
     json_decref(d->cfg.user_config);
     json_decref(d->cfg.given);
     json_decref(d->cfg.clean_opts);
+    json_decref(d->cfg.remote);
     d->cfg = *sd;
     d->cfg.user_config = uc;
     d->cfg.given = given;
     d->cfg.clean_opts = co;
+    d->cfg.remote = rm;
+    if (cp_remote_configure(d)) cp_log("error", "deployment %s: remote replicas: out of memory or threads", d->name);
     json_decref(d->dconf);
     d->dconf = cs_scfg_deployment_config_json(sd);
 }
@@ -904,7 +925,7 @@ static void on_admin_request(void *ud, cs_http_req *r) {
     cs_ctl *c = ud;
     const char *path = cs_http_req_path(r);
     /* probes and the dashboard's static files need no key: the page asks for one for its data */
-    if (strcmp(path, "/-/healthz") != 0 && !cp_dash_is_asset(path) && !cp_authorized(ud, r)) {
+    if (strcmp(path, "/-/healthz") != 0 && !cp_dash_is_asset(path) && !cp_authorized(ud, r, NULL)) {
         cp_respond_error(r, 401, "invalid_api_key", "missing or invalid API key (send 'Authorization: Bearer KEY')");
         return;
     }
@@ -958,7 +979,7 @@ static void on_proxy_done(void *ud, cs_http_req *r, int status, double latency_s
     snprintf(rec.path, sizeof rec.path, "%s", path);
     if (f) {
         snprintf(rec.app, sizeof rec.app, "%s", f->app_label);
-        snprintf(rec.replica, sizeof rec.replica, "%s", f->rep_label);
+        snprintf(rec.replica, sizeof rec.replica, "%.*s", (int)sizeof rec.replica - 1, f->rep_label);
         snprintf(rec.request_id, sizeof rec.request_id, "%s", f->request_id);
     }
     cs_logring_add(c->alog, &rec);
@@ -1104,9 +1125,18 @@ int cs_ctl_start(cs_ctl **out, const cs_ctl_opts *o, cs_scfg *cfg, cs_err *err) 
     c->n_keys = o->n_api_keys;
     c->keys = calloc(c->n_keys + 1, sizeof *c->keys);
     c->key_len = calloc(c->n_keys + 1, sizeof *c->key_len);
-    for (size_t i = 0; c->keys && c->key_len && i < c->n_keys; i++) {
+    c->key_limit = calloc(c->n_keys + 1, sizeof *c->key_limit);
+    c->key_ongoing = calloc(c->n_keys + 1, sizeof *c->key_ongoing);
+    c->o.api_key_max_ongoing = NULL; /* copied into key_limit */
+    for (size_t i = 0; c->keys && c->key_len && c->key_limit && i < c->n_keys; i++) {
         c->keys[i] = strdup(o->api_keys[i]);
         c->key_len[i] = c->keys[i] ? strlen(c->keys[i]) : 0;
+        c->key_limit[i] = o->api_key_max_ongoing && o->api_key_max_ongoing[i] > 0 ? o->api_key_max_ongoing[i] : 0;
+    }
+    if (!c->keys || !c->key_len || !c->key_limit || !c->key_ongoing) {
+        cs_scfg_free(cfg);
+        cs_ctl_stop(c, 0);
+        return cs_err_set(err, "out of memory");
     }
     getrandom(&c->rid_base, sizeof c->rid_base, 0);
     getrandom(&c->rng, sizeof c->rng, 0);
@@ -1146,7 +1176,9 @@ int cs_ctl_start(cs_ctl **out, const cs_ctl_opts *o, cs_scfg *cfg, cs_err *err) 
     cs_http_handlers ah = {.request = on_admin_request, .abort = on_admin_abort, .done = on_admin_done,
                            .log = on_log, .ud = c};
     cs_http_opts po = {.host = c->host, .port = c->port, .request_timeout_s = c->request_timeout_s,
-                       .keep_alive_timeout_s = ka, .cors_origins = o->cors_origins};
+                       .keep_alive_timeout_s = ka, .cors_origins = o->cors_origins,
+                       .header_timeout_s = o->header_timeout_s, .min_body_rate = o->min_body_rate,
+                       .max_connections = o->max_connections, .max_connections_per_ip = o->max_connections_per_ip};
     cs_http_opts ao = {.host = o->admin_host ? o->admin_host : "127.0.0.1", .port = o->admin_port,
                        .request_timeout_s = 60, .keep_alive_timeout_s = 90};
     if (cs_http_start(&c->proxy, &po, &ph, err) || cs_http_start(&c->admin, &ao, &ah, err)) {
@@ -1210,6 +1242,8 @@ void cs_ctl_stop(cs_ctl *c, double timeout_s) {
     }
     free(c->keys);
     free(c->key_len);
+    free(c->key_limit);
+    free((void *)c->key_ongoing);
     if (c->sock_dir[0]) rmdir(c->sock_dir);
     pthread_mutex_destroy(&c->mu);
     free(c);

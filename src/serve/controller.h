@@ -32,9 +32,14 @@ typedef struct cs_ctl_opts {
     int admin_port;          /* default 8265; 0: any free port */
     const char *const *api_keys; /* copied; both listeners check them */
     size_t n_api_keys;
+    const int *api_key_max_ongoing; /* NULL or per key: POSTs one key may have in flight at the
+                                       proxy (0: no limit; cs_api_opts.api_key_max_ongoing) */
     int access_log;
     const char *self_exe;    /* the cserve binary that runs `cserve replica` (NULL: /proc/self/exe) */
     const char *cors_origins; /* the proxy's CORS origins (cs_http_opts.cors_origins); NULL: off */
+    /* the proxy listener's connection limits (cs_http_opts; 0: cs_http's defaults) */
+    double header_timeout_s, min_body_rate;
+    int max_connections, max_connections_per_ip;
 } cs_ctl_opts;
 
 /* Starts both listeners and the loop, then deploys cfg (taken over: freed by

@@ -18,6 +18,7 @@
 #include "serve/history.h"
 #include "serve/log.h"
 #include "serve/metrics.h"
+#include "serve/remote.h"
 
 #define CP_TICK_S 0.1               /* reconcile period */
 #define CP_STARTUP_TIMEOUT_S 600.0  /* a replica that is not ready by then is replaced */
@@ -38,9 +39,12 @@ typedef struct cp_dep cp_dep;
 typedef struct cp_app cp_app;
 typedef struct cp_fwd cp_fwd;
 
+#define CP_REPLICA_ID CS_SCFG_MAX_HOSTPORT /* a local replica's random id, or a remote one's HOST:PORT */
+
 typedef struct cp_replica {
     cp_dep *dep;
-    char id[16];
+    char id[CP_REPLICA_ID];
+    char addr[CS_SCFG_MAX_HOSTPORT]; /* a remote member's HOST:PORT (remote.h); "": a local process */
     int num;             /* unique number (the autoscaler's replica id) */
     cp_rstate state;
     pid_t pid;           /* 0 once reaped */
@@ -62,6 +66,7 @@ typedef struct cp_replica {
     int uc_pending;      /* user_config to push */
     /* last stats */
     int st_running, st_queued;
+    double st_kv_tokens, st_kv_capacity; /* KV-cache tokens held / what its slots can hold */
     double st_tokens, st_batch;
     int stats_only;      /* the check in flight is a stats poll: its failure is no health failure */
     double next_stats;
@@ -82,6 +87,7 @@ struct cp_dep {
     int threads;
     cp_replica **reps;
     size_t n_reps, cap_reps;
+    cp_remote *remote;       /* args.remote: replicas on other hosts (remote.h); NULL: local processes */
     cp_fwd *q_head, *q_tail; /* FIFO of requests waiting for a replica */
     int n_queued;
     int start_fails;         /* consecutive failed starts at this version */
@@ -134,10 +140,12 @@ struct cp_fwd {
     char method[16];
     char request_id[136];
     char ctype_in[128];
-    char app_label[CS_SCFG_MAX_NAME], route_label[48], rep_label[16];
+    char app_label[CS_SCFG_MAX_NAME], route_label[48], rep_label[CP_REPLICA_ID];
     CURL *easy;
     struct curl_slist *hdrs;
     int status, tries, queued, streaming, sent, finished, gone, authorized;
+    int key_idx;             /* the API key that authorized it (-1: none) */
+    int key_counted;         /* holds one of c->key_ongoing[key_idx] */
     int stage;               /* CP_ST_*: where the request is in its application's chain */
     int shadow;              /* a mirrored copy: no client, its answer is discarded */
     int hops;                /* fallback edges taken */
@@ -190,6 +198,8 @@ struct cs_ctl {
     char **keys;
     size_t *key_len;
     size_t n_keys;
+    int *key_limit;           /* per key: POSTs in flight allowed (0: no limit) */
+    _Atomic int *key_ongoing; /* per key: POSTs in flight (raised by the loop, lowered when the request is freed) */
     char exe[4096];
     char sock_dir[64];
     cs_http *proxy, *admin;
@@ -241,7 +251,9 @@ cp_dep *cp_find_dep(cp_app *a, const char *name);
 int cp_running(const cp_dep *d);
 void cp_replica_done_request(cs_ctl *c, cp_replica *r); /* a forwarded request finished */
 void cp_check_done(cs_ctl *c, cp_replica *r, CURLcode res, long status); /* a stats check finished */
-int cp_authorized(cs_ctl *c, cs_http_req *r);
+/* 1 when r carries one of the API keys (*idx, if not NULL: which; -1 when no
+ * keys are set) or no keys are set. */
+int cp_authorized(cs_ctl *c, cs_http_req *r, int *idx);
 
 /* router.c */
 cp_fwd *cp_fwd_new(cs_ctl *c, cs_http_req *r); /* HTTP thread: captures headers */

@@ -10,6 +10,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#define VLLM_MAX_NAME 256 /* bytes of the model_name label (longer names are cut) */
 #define PROC_STAT_MAX 1024 /* bytes of /proc/self/stat we read (the fields we need come first) */
 
 /* Seconds; the same buckets serve request latency and time to first token. */
@@ -262,6 +263,27 @@ static void render_process(buf *b) {
               rl.rlim_cur == RLIM_INFINITY ? -1.0 : (double)rl.rlim_cur);
 }
 
+/* vLLM's scheduler gauges, with its names, help texts and label. */
+static void render_vllm(buf *b, const cs_metrics_gauges *g) {
+    char name[2 * VLLM_MAX_NAME + 1];
+    size_t n = 0;
+    for (const char *p = g->model_name; *p && n + 2 < sizeof name; p++) { /* a label value, escaped */
+        if (*p == '\\' || *p == '"') name[n++] = '\\', name[n++] = *p;
+        else if (*p == '\n') name[n++] = '\\', name[n++] = 'n';
+        else name[n++] = *p;
+    }
+    name[n] = 0;
+    bprintf(b, "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+               "# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{model_name=\"%s\"} %d\n"
+               "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
+               "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name=\"%s\"} %d\n",
+            name, g->running, name, g->waiting);
+    if (g->kv_usage >= 0)
+        bprintf(b, "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n"
+                   "# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{model_name=\"%s\"} %.9g\n",
+                name, g->kv_usage);
+}
+
 int cs_metrics_render(cs_metrics *m, const cs_metrics_gauges *g, char **out, size_t *len) {
     buf b = {.cap = 8192};
     b.p = malloc(b.cap);
@@ -306,6 +328,7 @@ int cs_metrics_render(cs_metrics *m, const cs_metrics_gauges *g, char **out, siz
         bprintf(&b, "# HELP cserve_engine_steps_total Batched forward steps.\n# TYPE cserve_engine_steps_total counter\n"
                     "cserve_engine_steps_total %llu\n",
                 (unsigned long long)g->steps);
+        if (g->model_name) render_vllm(&b, g);
     }
     render_process(&b);
     if (b.oom) {

@@ -7,6 +7,11 @@
  *   cserve_prompt_tokens_total, cserve_generation_tokens_total   counters
  *   cserve_requests_in_flight                            gauge (generation requests)
  *   cserve_scheduler_* / cserve_batch_size / cserve_ready  gauges passed in at render time
+ *   vllm:num_requests_running, vllm:num_requests_waiting, vllm:kv_cache_usage_perc
+ *                                                        the same under vLLM's names and meaning
+ *                                                        (label model_name), for tools made for vLLM
+ *                                                        (the Gateway API Inference Extension's
+ *                                                        endpoint picker)
  *   process_cpu_seconds_total, process_resident_memory_bytes,
  *   process_virtual_memory_bytes, process_open_fds, process_max_fds,
  *   process_start_time_seconds                           the rendering process, read from
@@ -53,6 +58,13 @@ typedef struct cs_metrics_gauges {
     int max_running, max_queued;
     double batch_size;   /* sequences in the last engine step */
     uint64_t steps;      /* engine steps so far */
+    /* Non-NULL: also vLLM's gauges, labelled model_name="...": vllm:num_requests_running
+     * (= running), vllm:num_requests_waiting (waiting: sequences without a slot; vLLM V1
+     * schedules each of n choices as a request of its own, as we count them) and
+     * vllm:kv_cache_usage_perc (kv_usage, a fraction in 0..1; left out when < 0). */
+    const char *model_name;
+    int waiting;
+    double kv_usage;
 } cs_metrics_gauges;
 
 /* Renders everything into a malloc'd NUL-terminated buffer (caller frees).

@@ -131,6 +131,8 @@ static int model_limits(json_t *doc, int n_ctx, int n_vocab) {
     if (n_ctx > 0) {
         rc |= set_limit(doc, "SimpleGenRequest", "max_new_tokens", "maximum", n_ctx);
         rc |= set_limit(doc, "CompletionRequest", "max_tokens", "maximum", n_ctx);
+        rc |= set_limit(doc, "ChatCompletionRequest", "max_tokens", "maximum", n_ctx);
+        rc |= set_limit(doc, "ChatCompletionRequest", "max_completion_tokens", "maximum", n_ctx);
         rc |= set_limit(doc, "TokenIds", NULL, "maxItems", n_ctx);
     }
     if (n_vocab > 0) {

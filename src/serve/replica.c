@@ -53,11 +53,12 @@ static void h_stats(replica *p, cs_http_req *r) {
     if (p->sched) cs_sched_stats_get(p->sched, &st);
     pthread_mutex_unlock(&p->mu);
     respond_json(r, 200,
-                 json_pack("{s:b, s:i, s:i, s:i, s:i, s:I, s:I, s:I, s:I, s:f}", "ready", atomic_load(&p->ready),
+                 json_pack("{s:b, s:i, s:i, s:i, s:i, s:I, s:I, s:I, s:I, s:f, s:I, s:I}", "ready", atomic_load(&p->ready),
                            "pid", (int)getpid(), "running", st.running, "queued", st.queued, "max_running",
                            st.max_running, "steps", (json_int_t)st.steps, "tokens_generated",
                            (json_int_t)st.tokens_generated, "prompt_tokens", (json_int_t)st.prompt_tokens,
-                           "requests_done", (json_int_t)st.requests_done, "batch_size", st.last_batch_size));
+                           "requests_done", (json_int_t)st.requests_done, "batch_size", st.last_batch_size,
+                           "kv_tokens", (json_int_t)st.kv_tokens, "kv_capacity", (json_int_t)st.kv_capacity));
 }
 
 static void h_user_config(replica *p, cs_http_req *r) {
@@ -162,6 +163,7 @@ int cs_replica_run(const cs_replica_opts *o) {
                       .app_name = o->app_name ? o->app_name : "default", .access_log = o->access_log};
     if (cs_metrics_create(&metrics, &err) || cs_api_create(&p.api, &ao, metrics, &err)) goto out;
     if (uc && cs_api_set_user_config(p.api, uc, &err)) goto out;
+    if (o->chat_template && cs_api_set_chat_template(p.api, o->chat_template, &err)) goto out;
     p.api_h = cs_api_handlers(p.api);
     cs_http_handlers hh = {.request = on_request, .abort = on_abort, .done = on_done, .log = on_log, .ud = &p};
     cs_http_opts ho = {.unix_path = o->unix_path, .host = o->host, .port = o->port,

@@ -46,6 +46,7 @@ typedef struct cs_replica_opts {
     const char *app_name;    /* also accepted as the request's "model" */
     const char *dtype;       /* fp32 | bf16 | int8 (NULL: fp32) */
     const char *user_config; /* JSON object text or NULL */
+    const char *chat_template; /* cs_api_set_chat_template's argument, or NULL */
     const char *replica_id;  /* for log lines */
     int threads;             /* 0: all CPUs the process may use (clean_text: 1 worker) */
     int max_running;         /* scheduler sequences (max_ongoing_requests) */

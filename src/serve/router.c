@@ -35,7 +35,8 @@ void cp_respond_error(cs_http_req *r, int status, const char *type, const char *
     const cs_http_header ra = {"Retry-After", "1"};
     json_t *o = json_pack("{s:{s:s, s:s}}", "error", "type", type, "message", msg);
     char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    if (s) cs_http_respond(r, status, "application/json", s, strlen(s), status == 503 ? &ra : NULL, status == 503);
+    const int retry = status == 503 || status == 429;
+    if (s) cs_http_respond(r, status, "application/json", s, strlen(s), retry ? &ra : NULL, retry);
     free(s);
     json_decref(o);
 }
@@ -45,6 +46,7 @@ void cp_respond_error(cs_http_req *r, int status, const char *type, const char *
 static void fwd_free(void *p) {
     cp_fwd *f = p;
     if (!f) return;
+    if (f->key_counted) atomic_fetch_sub(&f->c->key_ongoing[f->key_idx], 1);
     if (f->hdrs) curl_slist_free_all(f->hdrs);
     free(f->url_path);
     free(f->buf);
@@ -93,6 +95,7 @@ static uint64_t hash_str(const char *s) {
 static const char *route_label(const char *rel) {
     if (!strcmp(rel, "/text/simple-gen")) return "/text/simple-gen";
     if (!strcmp(rel, "/v1/completions")) return "/v1/completions";
+    if (!strcmp(rel, "/v1/chat/completions")) return "/v1/chat/completions";
     if (!strcmp(rel, "/v1/models")) return "/v1/models";
     if (!strncmp(rel, "/v1/models/", 11)) return "/v1/models/{id}";
     return "other";
@@ -228,10 +231,7 @@ static void send_to(cs_ctl *c, cp_fwd *f, cp_replica *r) {
     f->tries++;
     r->ongoing++;
     r->dep->router_requests++;
-    char url[4200];
-    snprintf(url, sizeof url, "http://replica%s", f->stage == CP_ST_PRE ? "/-/preprocess" : f->url_path);
-    curl_easy_setopt(e, CURLOPT_URL, url);
-    curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, r->sock);
+    cp_replica_target(e, r, f->stage == CP_ST_PRE ? "/-/preprocess" : f->url_path); /* local or remote.h */
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)f);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
@@ -783,12 +783,24 @@ void cp_proxy_request(cs_ctl *c, cs_http_req *r) {
         cp_respond_error(r, 503, "unavailable", "out of memory");
         return;
     }
+    if (!strcmp(method, "POST") && f->key_idx >= 0 && c->key_limit[f->key_idx] > 0) {
+        const int lim = c->key_limit[f->key_idx];
+        if (atomic_fetch_add(&c->key_ongoing[f->key_idx], 1) >= lim) {
+            atomic_fetch_sub(&c->key_ongoing[f->key_idx], 1);
+            char m[160];
+            snprintf(m, sizeof m, "this API key already has %d requests in flight (its limit)", lim);
+            cp_respond_error(r, 429, "rate_limit_exceeded", m);
+            return;
+        }
+        f->key_counted = 1;
+    }
     cs_http_req_ref(r);
     f->http = r;
     f->t0 = cp_now();
     c->n_fwd++;
     const int gen = !strcmp(method, "POST") && (!strcmp(f->url_path, "/text/simple-gen") ||
-                                                !strcmp(f->url_path, "/v1/completions"));
+                                                !strcmp(f->url_path, "/v1/completions") ||
+                                                !strcmp(f->url_path, "/v1/chat/completions"));
     cp_dep *pre = NULL;
     for (size_t i = 0; gen && a->tg.preprocess && i < a->n_deps; i++)
         if (!a->deps[i]->deleting && a->deps[i]->cfg.role == CS_DEP_PREPROCESSOR) pre = a->deps[i];
@@ -820,7 +832,7 @@ cp_fwd *cp_fwd_new(cs_ctl *c, cs_http_req *r) {
     }
     const char *ct = cs_http_req_header(r, "Content-Type");
     if (ct) snprintf(f->ctype_in, sizeof f->ctype_in, "%s", ct);
-    f->authorized = cp_authorized(c, r);
+    f->authorized = cp_authorized(c, r, &f->key_idx);
     pthread_mutex_lock(&c->mu);
     for (int k = 0; k < c->n_sess; k++) {
         const char *v = cs_http_req_header(r, c->sess_names[k]);
@@ -923,6 +935,40 @@ int cp_render_metrics(cs_ctl *c, char **out, size_t *len) {
     if (cs_metrics_render(c->metrics, &g, &base, &blen) == 0) mb_printf(&b, "%s", base);
     free(base);
     char e1[300], e2[300], e3[300], lab[1200];
+    /* vLLM's gauges by model id (summed over the applications that serve it: one series per label):
+     * what the replicas last reported, the proxy's own queue counted as waiting; the KV cache's use
+     * is the tokens all its replicas hold over what their slots can hold */
+    static const char *const vnames[3] = {"vllm:num_requests_running", "vllm:num_requests_waiting",
+                                          "vllm:kv_cache_usage_perc"};
+    static const char *const vhelp[3] = {"Number of requests in model execution batches.",
+                                         "Number of requests waiting to be processed.",
+                                         "KV-cache usage. 1 means 100 percent usage."};
+    for (int w = 0; w < 3; w++) {
+        const char *nm = vnames[w];
+        mb_printf(&b, "# HELP %s %s\n# TYPE %s gauge\n", nm, vhelp[w], nm);
+        for (size_t i = 0; i < c->n_apps; i++) {
+            size_t first = 0;
+            while (first < i && !(routable(c->apps[first]) && !strcmp(c->apps[first]->model_id, c->apps[i]->model_id)))
+                first++;
+            if (!routable(c->apps[i]) || first < i) continue; /* counted with the first app of this model */
+            double v = 0, kv_held = 0, kv_cap = 0;
+            for (size_t x = i; x < c->n_apps; x++) {
+                const cp_app *a = c->apps[x];
+                if (!routable(a) || strcmp(a->model_id, c->apps[i]->model_id)) continue;
+                for (size_t j = 0; j < a->n_deps; j++) {
+                    if (a->deps[j]->cfg.role != CS_DEP_GENERATOR) continue;
+                    if (w == 1) v += a->deps[j]->n_queued;
+                    for (size_t k = 0; k < a->deps[j]->n_reps; k++) {
+                        const cp_replica *rp = a->deps[j]->reps[k];
+                        v += w == 0 ? rp->st_running : w == 1 ? rp->st_queued : 0;
+                        kv_held += rp->st_kv_tokens, kv_cap += rp->st_kv_capacity;
+                    }
+                }
+            }
+            if (w == 2) v = kv_cap > 0 ? kv_held / kv_cap : 0;
+            mb_printf(&b, "%s{model_name=\"%s\"} %.6g\n", nm, esc(c->apps[i]->model_id, e1, sizeof e1), v);
+        }
+    }
     mb_printf(&b, "# HELP ray_serve_num_http_requests_total HTTP requests processed by the proxy.\n"
                   "# TYPE ray_serve_num_http_requests_total counter\n");
     for (size_t i = 0; i < c->n_series; i++) {

@@ -75,6 +75,7 @@ struct cs_sched {
     cs_req *live, *live_tail; /* seen by the engine, in arrival order: engine thread only */
     _Atomic int n_running_seqs; /* written by the engine thread only */
     int eng_queued;           /* live requests with no slot: under mu */
+    uint64_t eng_kv_tokens;   /* tokens in the slots' KV caches after the last step: under mu */
     int stop, draining;
     cs_sched_stats st;
 };
@@ -322,7 +323,11 @@ static void iterate(cs_sched *s) {
         }
         r = next;
     }
+    uint64_t kv_tokens = 0;
+    for (int k = 0; k < R; k++)
+        if (s->slot_seq[k]) kv_tokens += s->slot_seq[k]->n_fed;
     pthread_mutex_lock(&s->mu);
+    s->eng_kv_tokens = kv_tokens;
     if (nb) {
         s->st.steps++;
         s->st.last_batch_size = nb;
@@ -567,6 +572,10 @@ void cs_sched_stats_get(cs_sched *s, cs_sched_stats *st) {
     *st = s->st;
     st->running = atomic_load(&s->n_running_seqs);
     st->queued = s->n_pending + s->eng_queued;
+    st->waiting = atomic_load(&s->n_live_seqs) - st->running;
+    if (st->waiting < 0) st->waiting = 0; /* the two counters are read a moment apart */
+    st->kv_tokens = s->eng_kv_tokens;
+    st->kv_capacity = (uint64_t)s->o.max_running * (uint64_t)s->o.n_ctx;
     pthread_mutex_unlock(&s->mu);
 }
 

@@ -118,6 +118,9 @@ int cs_sched_room(cs_sched *s);
 typedef struct cs_sched_stats {
     int running;   /* sequences holding a slot */
     int queued;    /* requests with no sequence holding a slot */
+    int waiting;   /* submitted, unfinished sequences without a slot */
+    uint64_t kv_tokens;   /* tokens held in the slots' KV caches after the last step */
+    uint64_t kv_capacity; /* max_running x n_ctx: what the slots can hold */
     int max_running, max_queued;
     uint64_t preemptions;
     uint64_t steps, tokens_generated, prompt_tokens, requests_done;

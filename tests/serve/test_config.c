@@ -656,7 +656,7 @@ static void test_app_errors(void **state) {
     app_bad(APP_HDR "    deployments:\n      - name: Model\n",
             "t.yaml:5:9: deployment 'Model' not found in application 'a' (it has: TextGenService)");
     app_bad(APP_HDR "    args: {model: m, foo: 1}\n",
-            "t.yaml:4:27: args.foo: unknown argument of cserve.apps:text_generation (it takes: model, dtype, versions, traffic, session_header, mirror, fallback, preprocess)");
+            "t.yaml:4:27: args.foo: unknown argument of cserve.apps:text_generation (it takes: model, dtype, versions, traffic, session_header, mirror, fallback, preprocess, remote)");
     app_bad(APP_HDR "    args: {dtype: fp16}\n", "args.dtype: expected one of fp32, bf16, int8, got \"fp16\"");
     app_bad(APP_HDR "    args: {model: 5}\n", "args.model: expected a string, got 5");
     app_bad(APP_HDR "    args: {model: \"\"}\n", "args.model: the model must be non-empty");
@@ -703,6 +703,111 @@ static void test_app_errors(void **state) {
         assert_string_equal(c->apps[0].error, "");
         cs_scfg_free(c);
     }
+}
+
+/* ------------------------------------------------------------ remote replicas */
+
+static void hostport_ok(const char *s, const char *host, int port) {
+    char h[CS_SCFG_MAX_HOSTPORT];
+    int p = 0;
+    const char *why = NULL;
+    if (cs_scfg_hostport(s, h, sizeof h, &p, &why)) fail_msg("'%s': %s", s, why);
+    assert_string_equal(h, host);
+    assert_int_equal(p, port);
+}
+
+static void hostport_bad(const char *s, const char *want) {
+    char h[16];
+    int p = 0;
+    const char *why = NULL;
+    assert_int_equal(cs_scfg_hostport(s, h, sizeof h, &p, &why), -1);
+    assert_non_null(why);
+    if (!strstr(why, want)) fail_msg("'%s': '%s' does not contain '%s'", s, why, want);
+}
+
+#define REMOTE_HDR APP_HDR "    args:\n      remote:\n"
+
+static void test_remote(void **state) {
+    (void)state;
+    hostport_ok("10.99.0.2:9000", "10.99.0.2", 9000);
+    hostport_ok("cserve-replicas.default.svc:1", "cserve-replicas.default.svc", 1);
+    hostport_ok("[::1]:65535", "::1", 65535);
+    hostport_ok("replica_0:8000", "replica_0", 8000);
+    hostport_bad("10.99.0.2", "no HOST: before the port");
+    hostport_bad(":9000", "no HOST: before the port");
+    hostport_bad("h:0", "1..65535");
+    hostport_bad("h:65536", "1..65535");
+    hostport_bad("h:90a", "1..65535");
+    hostport_bad("h:", "1..65535");
+    hostport_bad("::1:9000", "brackets");
+    hostport_bad("[::1:9000", "brackets");
+    hostport_bad("[]:9000", "empty address");
+    hostport_bad("[fe80::1%eth0]:80", "not an IPv6 address");
+    hostport_bad("a/b:1", "letters, digits");
+    hostport_bad("-a:1", "starts with");
+    hostport_bad("a-very-long-host-name:1", "too long"); /* 16-byte buffer */
+
+    /* a static list and a DNS name (refresh_s defaults to 5), on TextGenService and a version */
+    cs_scfg *c = ok(APP_HDR "    args:\n      versions: {v2: {model: m2}}\n      remote:\n"
+                    "        TextGenService: {replicas: [\"10.99.0.2:9000\", \"[::1]:9001\"]}\n"
+                    "        v2: {dns: \"cserve-replicas.default.svc.cluster.local:9000\"}\n");
+    assert_string_equal(c->apps[0].error, "");
+    const cs_scfg_deployment *d = cs_scfg_find_deployment(&c->apps[0], "TextGenService");
+    assert_non_null(d->remote);
+    json_t *want = json_pack("{s:[s,s]}", "replicas", "10.99.0.2:9000", "[::1]:9001");
+    assert_true(json_equal(d->remote, want));
+    json_decref(want);
+    d = cs_scfg_find_deployment(&c->apps[0], "v2");
+    want = json_pack("{s:s, s:f}", "dns", "cserve-replicas.default.svc.cluster.local:9000", "refresh_s", 5.0);
+    assert_true(json_equal(d->remote, want));
+    json_decref(want);
+    cs_scfg_free(c);
+    c = ok(REMOTE_HDR "        TextGenService: {dns: \"r:9000\", refresh_s: 0.5}\n");
+    assert_true(json_number_value(json_object_get(c->apps[0].deps[0].remote, "refresh_s")) == 0.5);
+    cs_scfg_free(c);
+    c = ok(APP_HDR); /* no args.remote: local replicas */
+    assert_null(c->apps[0].deps[0].remote);
+    cs_scfg_free(c);
+
+    /* errors name the field */
+    app_bad(REMOTE_HDR "        Model: {replicas: [\"h:1\"]}\n",
+            "t.yaml:6:16: args.remote.Model: 'Model' is not a deployment of this application");
+    app_bad(REMOTE_HDR "        TextGenService: [\"h:1\"]\n", "args.remote.TextGenService: expected a mapping, got a list");
+    app_bad(APP_HDR "    args: {remote: [1]}\n", "args.remote: expected a mapping, got a list");
+    app_bad(REMOTE_HDR "        TextGenService: {}\n",
+            "args.remote.TextGenService: give either replicas (a list of \"HOST:PORT\") or dns");
+    app_bad(REMOTE_HDR "        TextGenService: {replicas: [\"h:1\"], dns: \"h:1\"}\n", "give either replicas");
+    app_bad(REMOTE_HDR "        TextGenService: {replicas: [\"h:1\"], port: 1}\n",
+            "args.remote.TextGenService: unknown field 'port' of remote (it takes: replicas, or dns and refresh_s)");
+    app_bad(REMOTE_HDR "        TextGenService: {replicas: []}\n",
+            "t.yaml:6:36: args.remote.TextGenService.replicas: expected a list of 1..64 \"HOST:PORT\" strings "
+            "(CS_SCFG_MAX_REMOTE), got an empty list");
+    app_bad(REMOTE_HDR "        TextGenService: {replicas: \"h:1\"}\n",
+            "args.remote.TextGenService.replicas: expected a list of 1..64 \"HOST:PORT\" strings (CS_SCFG_MAX_REMOTE), "
+            "got \"h:1\"");
+    app_bad(REMOTE_HDR "        TextGenService: {replicas: [\"h:1\", \"h\"]}\n",
+            "t.yaml:6:44: args.remote.TextGenService.replicas[1]: expected \"HOST:PORT\", got \"h\": no HOST: before "
+            "the port");
+    app_bad(REMOTE_HDR "        TextGenService: {replicas: [\"h:99999\"]}\n",
+            "replicas[0]: expected \"HOST:PORT\", got \"h:99999\": the port must be a number in 1..65535");
+    app_bad(REMOTE_HDR "        TextGenService: {replicas: [9000]}\n",
+            "replicas[0]: expected a \"HOST:PORT\" string of at most 127 bytes, got 9000");
+    app_bad(REMOTE_HDR "        TextGenService: {replicas: [\"h:1\", \"g:2\", \"h:1\"]}\n",
+            "replicas[2]: duplicate address h:1 (replicas[0] has it too)");
+    app_bad(REMOTE_HDR "        TextGenService: {replicas: [\"h:1\"], refresh_s: 5}\n",
+            "args.remote.TextGenService: refresh_s goes with dns, not with a list of replicas");
+    app_bad(REMOTE_HDR "        TextGenService: {dns: \"name\"}\n",
+            "args.remote.TextGenService.dns: expected \"HOST:PORT\", got \"name\"");
+    app_bad(REMOTE_HDR "        TextGenService: {dns: \"n:1\", refresh_s: 0}\n",
+            "args.remote.TextGenService.refresh_s: expected a number >= 0.1 and <= 3600, got 0");
+    app_bad(REMOTE_HDR "        TextGenService: {dns: \"n:1\", refresh_s: x}\n",
+            "args.remote.TextGenService.refresh_s: expected a number >= 0.1 and <= 3600, got \"x\"");
+    /* 65 addresses: over CS_SCFG_MAX_REMOTE */
+    char y[4096];
+    int n = snprintf(y, sizeof y, "%s", REMOTE_HDR "        TextGenService: {replicas: [");
+    for (int i = 0; i <= CS_SCFG_MAX_REMOTE; i++) n += snprintf(y + n, sizeof y - (size_t)n, "%s\"h:%d\"", i ? ", " : "", i + 1);
+    snprintf(y + n, sizeof y - (size_t)n, "]}\n");
+    app_bad(y, "got 65 addresses");
 }
 
 /* ------------------------------------------------------------ capacity */
@@ -821,6 +926,7 @@ int main(void) {
         cmocka_unit_test(test_schema_errors),      cmocka_unit_test(test_yaml_bomb),
         cmocka_unit_test(test_big_and_deep),       cmocka_unit_test(test_app_errors),
         cmocka_unit_test(test_capacity),           cmocka_unit_test(test_deployment_config_json),
+        cmocka_unit_test(test_remote),
     };
     return cmocka_run_group_tests_name("serve_config", tests, NULL, NULL);
 }

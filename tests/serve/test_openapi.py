@@ -114,7 +114,8 @@ def test_route_prefix():
     try:
         doc = get(s, "/gpt/openapi.json").json()
         paths = set(doc["paths"])
-        assert {"/gpt/text/simple-gen", "/gpt/v1/completions", "/gpt/v1/models", "/gpt/v1/models/{model}",
+        assert {"/gpt/text/simple-gen", "/gpt/v1/completions", "/gpt/v1/chat/completions", "/gpt/v1/models",
+                "/gpt/v1/models/{model}",
                 "/gpt/openapi.json", "/gpt/docs", "/-/healthz", "/-/routes", "/metrics"} == paths
         assert get(s, "/openapi.json").status_code == 404
         page = get(s, "/gpt/docs")
