@@ -14,6 +14,12 @@ Called by bench/run.sh with the venv's python. Environment (all optional):
   BENCH_ROOFLINE_MB  array size of the bandwidth test (default 2048)
   BENCH_WAIT_IDLE_S  before each engine run, wait up to this long for a quiet machine (120)
   BENCH_RETRIES      reruns of a run disturbed by other processes (default 2)
+  BENCH_CSERVE       the cserve binary (default build/cserve)
+  BENCH_OUT          output directory: results.json, logs, roofline binary (default build/bench)
+
+results.json also gets, after all runs, "rooflines" (attainable tok/s per dtype, prefill and each
+decode batch size, and the compute peak used: bench/report.py's roofline_table) and, in every
+run, "roofline_fraction" (measured / attainable of the run's own dtype).
 """
 import datetime
 import importlib.util
@@ -26,7 +32,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OUT = os.path.join(ROOT, "build", "bench")
+OUT = os.path.abspath(os.environ.get("BENCH_OUT") or os.path.join(ROOT, "build", "bench"))
 RUNNERS = os.path.join(ROOT, "bench", "runners")
 PY = sys.executable
 
@@ -46,7 +52,7 @@ STEP_TIMEOUT = float(os.environ.get("BENCH_STEP_TIMEOUT") or 900)
 MODEL = os.path.abspath(os.environ.get("BENCH_MODEL") or os.path.join(ROOT, "build/models/distil"))
 ENGINES = (os.environ.get("BENCH_ENGINES") or "cserve,transformers,llama.cpp,ctranslate2").split(",")
 ROOFLINE_MB = env_int("BENCH_ROOFLINE_MB", 2048)
-CSERVE = os.path.join(ROOT, "build", "cserve")
+CSERVE = os.path.abspath(os.environ.get("BENCH_CSERVE") or os.path.join(ROOT, "build", "cserve"))
 # cserve's packed-weight cache goes under build/ rather than the user's ~/.cache
 CSERVE_ENV = {"CS_CACHE_DIR": os.environ.get("CS_CACHE_DIR") or os.path.join(OUT, "cserve-cache")}
 
@@ -407,7 +413,7 @@ def roofline():
     best = None
     for attempt in range(RETRIES + 1):
         wait_quiet()
-        say(f"roofline: memory bandwidth ({ROOFLINE_MB} MiB array) and FMA peak, "
+        say(f"roofline: memory bandwidth ({ROOFLINE_MB} MiB array) and instruction peaks, "
             f"{THREADS} threads ...")
         rc, stdout, tail, secs, _ = run([exe, str(THREADS), str(ROOFLINE_MB)], "roofline")
         res = last_json(stdout)
@@ -420,6 +426,29 @@ def roofline():
         if (res["other_cpu"] or 0) <= BUSY_LIMIT:
             break
     return best
+
+
+def add_fractions(doc):
+    """Every run's tok/s as a fraction of the roofline of its own dtype (the compute part uses
+    the peak of the instruction that dtype's matrix products use: bench/report.py)."""
+    try:
+        import report   # bench/report.py, next to this file; its plotting imports are lazy
+        ms = report.model_stats(MODEL)
+        batches = [int(b) for b in BATCHES.split(",")]
+        table = report.roofline_table(doc.get("roofline") or {}, ms, PROMPT_LEN, GEN, batches)
+    except (OSError, ValueError, KeyError, ImportError) as e:
+        say(f"rooflines per dtype not computed: {e}")
+        return
+    doc["rooflines"] = table
+    for d, t in table.items():
+        say(f"roofline {d}: prefill {t['prefill_tok_s']} tok/s, decode {t['decode_tok_s']} tok/s "
+            f"(compute peak {t['compute_peak_total']}: {t['compute_peak']})")
+    for r in doc["runs"]:
+        f = report.run_fractions(r, table)
+        if f:
+            r["roofline_fraction"] = f
+            say(f"{r['engine']} {r['dtype']}: fraction of its roofline: prefill {f['prefill']}, "
+                f"decode {f['decode']}")
 
 
 GIT_VERSION = git_version()   # at start: the commit build/cserve was just built from
@@ -470,9 +499,10 @@ def main():
         if "error" in start:
             doc["roofline"] = end
         else:
-            doc["roofline"] = {k: (max(v, end.get(k, v)) if isinstance(v, float) and k != "other_cpu"
-                                   else v) for k, v in start.items()}
+            doc["roofline"] = {k: (max(v, end[k]) if isinstance(v, float) and isinstance(end.get(k), float)
+                                   and k != "other_cpu" else v) for k, v in start.items()}
             doc["roofline"]["other_cpu"] = min(start.get("other_cpu") or 0, end.get("other_cpu") or 0)
+    add_fractions(doc)
     doc["machine"]["loadavg_end"] = loadavg()
     try:
         with open(os.path.join(OUT, "install_status.json")) as f:

@@ -7,11 +7,18 @@ Rooflines (see bench/README.md): from the model's safetensors header,
       and down matrices + the LM head (the tied 50257 x 768 token embedding, counted once),
   bytes per weight pass = M x bytes per weight (fp32 4, bf16 2, int8 1; int8 scales and the
       1-D norm/bias parameters are ignored: < 7 % and < 0.1 %),
-  FLOPs per token = 2 M (+ attention: 4 x n_embd x context length per layer, small here).
-Attainable tok/s when N tokens share one pass over the weights (N = batch size B for a decode
-step; N = prompt length for prefill):
-  min(N x bandwidth / bytes per pass,  FMA GFLOP/s total / FLOPs per token).
-For prefill only the last position's logits are computed, so its FLOPs per token use the LM
+  matrix ops per token = 2 M (2 per multiply-add), attention FLOPs per token = 4 x n_embd x
+      context length per layer (small here).
+Each dtype has its own compute peak, measured by bench/roofline.c for the instruction its matrix
+products use on this CPU: fp32 the FMA peak; bf16 the vdpbf16ps peak where the CPU has
+AVX512_BF16, else the FMA peak (the bf16 kernels then widen the weights to fp32 and use FMA);
+int8 the vpdpbusd peak (AVX512_VNNI, else AVX-VNNI), else the AVX2 vpmaddubsw sequence.
+Attention runs in fp32 in every dtype, so its FLOPs go at the FMA peak. Attainable tok/s when N
+tokens share one pass over the weights (N = batch size B for a decode step; N = prompt length
+for prefill):
+  min(N x bandwidth / bytes per pass,
+      1 / (matrix ops per token / dtype peak + attention FLOPs per token / FMA peak)).
+For prefill only the last position's logits are computed, so its ops per token use the LM
 head once per prompt, not once per token.
 """
 import json
@@ -54,14 +61,75 @@ def attn_flops(ms, ctx):
     return 4 * ms["n_embd"] * ctx * ms["n_layer"]
 
 
-def roofline_tok_s(rl, ms, dtype, n_tokens, flops_per_token):
+def compute_peak(rl, dtype):
+    """(G ops/s with all threads, label) of the instruction dtype's matrix products use on the
+    measured CPU; results.json files written before the per-instruction peaks fall back to the
+    fp32 FMA peak for every dtype."""
+    fma = rl.get("fma_gflops_total")
+    fma_label = f"fp32 FMA, {rl.get('fma_instr') or rl.get('isa') or '?'}"
+    if dtype == "int8":
+        if rl.get("int8_dot_gops_total"):
+            return rl["int8_dot_gops_total"], f"int8 dot, {rl.get('int8_dot_instr')}"
+        return fma, fma_label + " (no int8 peak measured in this run)"
+    if dtype == "bf16":
+        if rl.get("bf16_dot_gflops_total"):
+            return rl["bf16_dot_gflops_total"], f"bf16 dot, {rl.get('bf16_dot_instr')}"
+        if "bf16_dot_instr" in rl:
+            return fma, fma_label + " (no AVX512_BF16 on this CPU: the bf16 kernel computes in fp32)"
+        return fma, fma_label + " (no bf16 peak measured in this run)"
+    return fma, fma_label
+
+
+def roofline_tok_s(rl, ms, dtype, n_tokens, ops_per_token):
+    """ops_per_token = (matrix ops at the dtype's peak, attention FLOPs at the FMA peak); a plain
+    number counts as matrix ops. Returns (attainable tok/s, "memory" or "compute")."""
+    mat, attn = ops_per_token if isinstance(ops_per_token, tuple) else (ops_per_token, 0.0)
     bw = rl.get("bandwidth_gbs")
     fl = rl.get("fma_gflops_total")
-    if not bw or not fl:
+    peak = compute_peak(rl, dtype)[0]
+    if not bw or not fl or not peak:
         return None, None
     mem = n_tokens * bw * 1e9 / (ms["params_per_token"] * BPW.get(dtype, 4.0))
-    comp = fl * 1e9 / flops_per_token
+    comp = 1.0 / (mat / (peak * 1e9) + attn / (fl * 1e9))
     return min(mem, comp), ("memory" if mem < comp else "compute")
+
+
+def ops_per_token(ms, prompt_len, gen):
+    """{"prefill": (matrix ops, attention FLOPs), "decode": (...)} per token: prefill counts the
+    body per token, the LM head once per prompt and causal attention averaged over the prompt;
+    decode 2M and attention over the mean context (16-token prompt + gen / 2)."""
+    return {"prefill": (2 * ms["params_layers_matrices"] + 2 * ms["params_lm_head"] / prompt_len,
+                        attn_flops(ms, (prompt_len + 1) / 2)),
+            "decode": (2 * ms["params_per_token"], attn_flops(ms, 16 + gen / 2))}
+
+
+def roofline_table(rl, ms, prompt_len, gen, batches):
+    """Attainable tok/s for every dtype, prefill and each decode batch size, with the compute
+    peak used: the "rooflines" key of results.json (written by harness.py)."""
+    ops = ops_per_token(ms, prompt_len, gen)
+    out = {}
+    for d in DTYPE_ORDER:
+        peak, label = compute_peak(rl, d)
+        pre, kind = roofline_tok_s(rl, ms, d, prompt_len, ops["prefill"])
+        dec = {str(b): roofline_tok_s(rl, ms, d, b, ops["decode"]) for b in batches}
+        out[d] = {"compute_peak_total": peak, "compute_peak": label,
+                  "prefill_tok_s": None if pre is None else round(pre, 1), "prefill_bound": kind,
+                  "decode_tok_s": {b: None if v is None else round(v, 1) for b, (v, _) in dec.items()},
+                  "decode_bound": {b: k for b, (_, k) in dec.items()}}
+    return out
+
+
+def run_fractions(run, table):
+    """Measured tok/s / attainable tok/s of the run's own dtype: prefill and each decode batch."""
+    t = table.get(run.get("dtype"))
+    if not t or "error" in run:
+        return None
+    pre, rp = run.get("prefill_tokens_per_s"), t["prefill_tok_s"]
+    dec = {}
+    for b, rf in t["decode_tok_s"].items():
+        v = (run.get("decode") or {}).get(b)
+        dec[b] = round(v / rf, 3) if v and rf else None
+    return {"prefill": round(pre / rp, 3) if pre and rp else None, "decode": dec}
 
 
 def fmt(x, digits=1):
@@ -116,16 +184,14 @@ def main():
     ok = [r for r in runs if "error" not in r]
 
     M = ms["params_per_token"]
-    # prefill: body per token, LM head once, causal attention averaged over the prompt
-    prefill_flops = (2 * ms["params_layers_matrices"] + 2 * ms["params_lm_head"] / P
-                     + attn_flops(ms, (P + 1) / 2))
-    decode_flops = 2 * M + attn_flops(ms, 16 + G / 2)
+    ops = ops_per_token(ms, P, G)
+    decode_flops = sum(ops["decode"])
 
     def prefill_roof(dtype):
-        return roofline_tok_s(rl, ms, dtype, P, prefill_flops)
+        return roofline_tok_s(rl, ms, dtype, P, ops["prefill"])
 
     def decode_roof(dtype, b):
-        return roofline_tok_s(rl, ms, dtype, b, decode_flops)
+        return roofline_tok_s(rl, ms, dtype, b, ops["decode"])
 
     L = []
     w = L.append
@@ -160,7 +226,11 @@ def main():
         a, b = doc["roofline_runs"]
         w(f"Measured at the start and at the end of the run; each limit is the better of the two "
           f"(DRAM bandwidth {a.get('bandwidth_gbs')} and {b.get('bandwidth_gbs')} GB/s, FMA total "
-          f"{a.get('fma_gflops_total')} and {b.get('fma_gflops_total')} GFLOP/s).\n")
+          f"{a.get('fma_gflops_total')} and {b.get('fma_gflops_total')} GFLOP/s"
+          + (f", int8 dot total {a.get('int8_dot_gops_total')} and {b.get('int8_dot_gops_total')} GOP/s"
+             if a.get("int8_dot_gops_total") else "")
+          + (f", bf16 dot total {a.get('bf16_dot_gflops_total')} and {b.get('bf16_dot_gflops_total')} "
+             "GFLOP/s" if a.get("bf16_dot_gflops_total") else "") + ").\n")
     if "error" in rl:
         w(f"roofline failed: {rl['error']}\n")
     else:
@@ -170,18 +240,40 @@ def main():
         if rl.get("bandwidth_gbs_64mb"):
             w(f"| read bandwidth, 64 MiB array (cache-resident where the L3 holds it) "
               f"| {rl['bandwidth_gbs_64mb']} GB/s |")
-        w(f"| fp32 FMA peak ({rl.get('isa')}) | **{rl.get('fma_gflops_per_core')} GFLOP/s per core**, "
-          f"{rl.get('fma_gflops_total')} GFLOP/s all {rl.get('threads')} threads |")
+        w(f"| fp32 FMA peak ({rl.get('fma_instr') or rl.get('isa')}) | **{rl.get('fma_gflops_per_core')} "
+          f"GFLOP/s per core**, {rl.get('fma_gflops_total')} GFLOP/s all {rl.get('threads')} threads |")
+        if "bf16_dot_instr" in rl:
+            if rl.get("bf16_dot_gflops_total"):
+                w(f"| bf16 dot peak ({rl['bf16_dot_instr']}) | **{rl.get('bf16_dot_gflops_per_core')} "
+                  f"GFLOP/s per core**, {rl['bf16_dot_gflops_total']} GFLOP/s all threads |")
+            else:
+                w("| bf16 dot peak | none: no AVX512_BF16 on this CPU; the bf16 kernel widens the "
+                  "weights to fp32 and uses FMA, so bf16's compute roofline is the fp32 FMA peak |")
+        if rl.get("int8_dot_gops_total"):
+            w(f"| int8 dot peak ({rl.get('int8_dot_instr')}) | **{rl.get('int8_dot_gops_per_core')} "
+              f"GOP/s per core**, {rl['int8_dot_gops_total']} GOP/s all threads |")
+        if rl.get("int8_madd16_gops_total"):
+            w(f"| int8, the AVX2 int8 kernel's exact sequence ({rl.get('int8_madd16_instr')}; "
+              "for reference, not a roofline) "
+              f"| {rl.get('int8_madd16_gops_per_core')} GOP/s per core, "
+              f"{rl['int8_madd16_gops_total']} GOP/s all threads |")
+        if rl.get("features") is not None:
+            feats = rl["features"] or "none of avx2, fma, avx512f, avx512bf16, avx512vnni, avxvnni"
+            w(f"| CPU features seen by the probe | {feats} (ops counted as 2 per multiply-add) |")
         w(f"| weights read per token (M = {M / 1e6:.2f} M matrix parameters incl. the LM head once) "
           f"| fp32 {4 * M / 1e6:.0f} MB, bf16 {2 * M / 1e6:.0f} MB, int8 {M / 1e6:.0f} MB |")
         w(f"| FLOPs per decoded token (2M + attention) | {decode_flops / 1e9:.3f} GFLOP |")
         for d in DTYPE_ORDER:
             r1, _ = decode_roof(d, 1)
             w(f"| {d}: decode batch 1 roofline (bandwidth / bytes per token) | {fmt(r1)} tok/s |")
-        rc, _ = decode_roof("fp32", 10 ** 6)
-        w(f"| compute roofline at large batch (FMA total / FLOPs per token) | {fmt(rc)} tok/s |")
-        rp, kind = prefill_roof("fp32")
-        w(f"| prefill ({P} tokens) roofline | {fmt(rp)} tok/s ({kind}-bound) |\n")
+        for d in DTYPE_ORDER:
+            rc, _ = decode_roof(d, 10 ** 6)
+            w(f"| {d}: compute roofline at large batch (1 / (2M / peak + attention / FMA peak); "
+              f"peak: {compute_peak(rl, d)[1]}) | {fmt(rc)} tok/s |")
+        for d in DTYPE_ORDER:
+            rp, kind = prefill_roof(d)
+            w(f"| {d}: prefill ({P} tokens) roofline | {fmt(rp)} tok/s ({kind}-bound) |")
+        w("")
         l3 = mach.get("L3", "")
         if l3.endswith("MiB") and int(l3.split()[0]) * 2 ** 20 > M:
             w(f"This machine's L3 ({l3}) can hold the int8 weights ({M / 1e6:.0f} MB)"
@@ -224,8 +316,10 @@ def main():
         w("")
 
     w("## Fraction of the roofline\n")
-    w("Measured tok/s divided by the attainable tok/s of that dtype at that batch size "
-      "(min of the bandwidth and the FMA roofline, see the definitions below).\n")
+    w("Measured tok/s divided by the attainable tok/s of that dtype at that batch size: the "
+      "min of its bandwidth roofline (its bytes per weight) and its compute roofline (the peak of "
+      "the instruction its matrix products use on this CPU, see the roofline table and the "
+      "definitions below).\n")
     w("| engine | dtype | prefill | " + " | ".join(f"decode B={b}" for b in batches) + " |")
     w("|" + "---|" * (3 + len(batches)))
     w("| *roofline tok/s* | fp32 | " + fmt(prefill_roof("fp32")[0]) + " | "
@@ -308,9 +402,13 @@ def main():
     w("- a batch size is skipped (n/a) when its decode is predicted, from the previous batch "
       f"size's time with no batching gain, to exceed {cfg['max_batch_s']:.0f} s "
       "(BENCH_MAX_BATCH_S).")
-    w("- roofline: see the table above and bench/README.md. The compute roofline is the fp32 "
-      "FMA peak for every dtype; engines that use int8 or bf16 dot-product instructions "
-      "(AVX512-VNNI, AVX512-BF16) can go past it, which shows as more than 100%.\n")
+    w("- roofline: see the table above and bench/README.md. Attainable tok/s = min(N x bandwidth "
+      "/ (M x bytes per weight), 1 / (matrix ops per token / dtype peak + attention FLOPs per "
+      "token / fp32 FMA peak)), N tokens sharing one pass over the weights (B for decode, the "
+      "prompt for prefill), 2 ops per multiply-add. The dtype peak is that of the instruction the "
+      "dtype's matrix products use on this CPU: fp32 FMA; bf16 vdpbf16ps (AVX512_BF16), else the "
+      "fp32 FMA peak (the bf16 kernel then computes in fp32); int8 vpdpbusd (AVX512_VNNI or "
+      "AVX-VNNI), else the AVX2 vpmaddubsw + vpmaddwd + vpaddd sequence.\n")
     w("Raw JSON: build/bench/results.json; logs: build/bench/logs/.")
     with open(out_md, "w") as f:
         f.write("\n".join(L) + "\n")
@@ -354,10 +452,11 @@ def plot(doc, ok, batches, decode_roof, prefill_roof, out_png, P):
     names = [f"{r['engine']}\n{r['dtype']}" for r in ok]
     vals = [r.get("prefill_tokens_per_s") or 0 for r in ok]
     ax2.bar(range(len(ok)), vals, color=[colors.get(r["engine"], "black") for r in ok])
-    rp = prefill_roof("fp32")[0]
-    if rp:
-        ax2.axhline(rp, color="gray", ls="--", lw=1, label=f"compute roofline {rp:,.0f} tok/s")
-        ax2.legend(fontsize=8)
+    for d in DTYPE_ORDER:
+        rp = prefill_roof(d)[0]
+        if rp:
+            ax2.axhline(rp, color="gray", ls=styles[d], lw=1, label=f"roofline {d} {rp:,.0f} tok/s")
+    ax2.legend(fontsize=8)
     ax2.set_xticks(range(len(ok)))
     ax2.set_xticklabels(names, fontsize=7, rotation=60)
     ax2.set_ylabel("tokens/s")

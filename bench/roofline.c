@@ -1,15 +1,29 @@
-/* roofline: the two physical limits the benchmark compares every engine against, measured on
- * this machine, printed as one JSON object.
+/* roofline: the physical limits the benchmark compares every engine against, measured on this
+ * machine, printed as one JSON object.
  *
  *   memory read bandwidth: every thread streams its share of an array much larger than the last
  *       level cache (default 2 GiB; the build machines have a 260 MB L3), summing it with vector
  *       loads; best of several passes. Reported for all threads and for one thread.
- *   fp32 FMA peak: every thread runs a loop of fused multiply-adds into many independent vector
- *       accumulators (enough to cover FMA latency x ports); reported per core (one thread) and
- *       in total (all threads at once).
+ *   instruction peaks: for each instruction the engine's matrix kernels use on this CPU, every
+ *       thread runs a loop of it into many independent accumulators (enough to cover latency x
+ *       ports); reported per core (one thread) and in total (all threads at once). Operations are
+ *       counted as 2 per multiply-add (one multiply, one add), whatever the instruction does with
+ *       the products afterwards:
+ *         fp32 FMA    vfmadd231ps: 2 x lanes (zmm 32, ymm 16 FLOP)
+ *         bf16 dot    vdpbf16ps zmm (AVX512_BF16): 32 bf16 products summed in pairs into 16 fp32
+ *                     lanes = 64 FLOP. Without AVX512_BF16 there is none: the bf16 kernels widen
+ *                     the weights to fp32 and use FMA, so bf16's compute peak is the fp32 one.
+ *         int8 dot    vpdpbusd (u8 x s8 products summed in fours into int32): zmm (AVX512_VNNI)
+ *                     128 OP, ymm (AVX-VNNI) 64 OP; else the AVX2 sequence vpmaddubsw (u8 x s8,
+ *                     pairs summed into int16, saturating) + vpmaddwd by ones (into int32) +
+ *                     vpaddd: 32 products = 64 OP per sequence.
+ *         int8 madd16 (when there is no AVX512_VNNI, as on AVX2-only CPUs) the exact sequence the
+ *                     AVX2 int8 kernel uses: vpmovsxbw from memory (weights widened to int16) +
+ *                     vpmaddwd + vphaddd + vpaddd: 32 products = 64 OP per 32 weight bytes.
  *
- * The vector width is picked at run time: AVX-512F, else AVX2+FMA, else portable C (GCC vector
- * extensions), so one `cc -O2` build works on any x86-64 (and elsewhere via the generic path).
+ * The vector width and instructions are picked at run time (AVX-512F, else AVX2+FMA, else
+ * portable C with GCC vector extensions), so one `cc -O2` build works on any x86-64 (and
+ * elsewhere via the generic path, which measures memory and fp32 only).
  *
  *   usage: roofline [THREADS] [ARRAY_MB]      (defaults: all CPUs of the affinity mask, 2048)
  */
@@ -23,6 +37,7 @@
 #include <sys/mman.h>
 #include <time.h>
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define HAVE_X86 1
 #else
@@ -122,19 +137,152 @@ __attribute__((target("avx512f"))) static float read_avx512(const float *p, size
 __attribute__((target("avx512f"))) static double fma_avx512(long iters) {
     FMA_BODY(__m512, _mm512_fmadd_ps, _mm512_set1_ps, 16)
 }
+
+/* Dot-product instructions: acc = DP(acc, a, b), 12 independent accumulators, each chained
+ * through the instruction itself (so nothing can be hoisted out of the loop); they start from
+ * different values, or the compiler would merge the identical chains into one. The integer sums
+ * wrap and the bf16 ones stay far below overflow; neither has a slow path. */
+#define DP_BODY(V, DP, SET1, A, B, OPS)                                                         \
+    V c0 = SET1(1), c1 = SET1(2), c2 = SET1(3), c3 = SET1(4), c4 = SET1(5), c5 = SET1(6);      \
+    V c6 = SET1(7), c7 = SET1(8), c8 = SET1(9), c9 = SET1(10), c10 = SET1(11), c11 = SET1(12); \
+    for (long i = 0; i < iters; i++) {                                                         \
+        c0 = DP(c0, A, B); c1 = DP(c1, A, B); c2 = DP(c2, A, B); c3 = DP(c3, A, B);            \
+        c4 = DP(c4, A, B); c5 = DP(c5, A, B); c6 = DP(c6, A, B); c7 = DP(c7, A, B);            \
+        c8 = DP(c8, A, B); c9 = DP(c9, A, B); c10 = DP(c10, A, B); c11 = DP(c11, A, B);        \
+    }                                                                                          \
+    V s = c0 + c1 + c2 + c3 + c4 + c5 + c6 + c7 + c8 + c9 + c10 + c11;                        \
+    __asm__ volatile("" : : "x"(s));                                                           \
+    return (double)iters * 12 * (OPS);
+
+/* vdpbf16ps zmm: 32 products (64 FLOP) per instruction */
+__attribute__((target("avx512f,avx512bf16"))) static double bf16_avx512(long iters) {
+    const __m512bh a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-5f), _mm512_set1_ps(1e-5f));
+    DP_BODY(__m512, _mm512_dpbf16_ps, _mm512_set1_ps, a, a, 64)
+}
+
+/* vpdpbusd zmm: 64 u8 x s8 products (128 OP) per instruction */
+__attribute__((target("avx512f,avx512vnni"))) static double i8_vnni512(long iters) {
+    const __m512i a = _mm512_set1_epi8(3), b = _mm512_set1_epi8(-2);
+    DP_BODY(__m512i, _mm512_dpbusd_epi32, _mm512_set1_epi32, a, b, 128)
+}
+
+/* vpdpbusd ymm, VEX-encoded (AVX-VNNI): 32 products (64 OP) per instruction */
+__attribute__((target("avx2,avxvnni"))) static double i8_avxvnni(long iters) {
+    const __m256i a = _mm256_set1_epi8(3), b = _mm256_set1_epi8(-2);
+    DP_BODY(__m256i, _mm256_dpbusd_avx_epi32, _mm256_set1_epi32, a, b, 64)
+}
+
+/* AVX2 without VNNI: vpmaddubsw + vpmaddwd (by ones) + vpaddd, 32 products (64 OP) per
+ * sequence. The products do not depend on the accumulators, so an empty asm statement tells
+ * the compiler that x changes every iteration (it costs no instruction) and the six weight
+ * vectors differ (no common subexpression). */
+__attribute__((target("avx2"))) static double i8_avx2(long iters) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i w0 = _mm256_set1_epi8(1), w1 = _mm256_set1_epi8(-2), w2 = _mm256_set1_epi8(3);
+    const __m256i w3 = _mm256_set1_epi8(-4), w4 = _mm256_set1_epi8(5), w5 = _mm256_set1_epi8(-6);
+    __m256i x = _mm256_set1_epi8(7);
+    __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0;
+#define I8SEQ(c, w) c = _mm256_add_epi32(c, _mm256_madd_epi16(_mm256_maddubs_epi16(x, w), ones))
+    for (long i = 0; i < iters; i++) {
+        __asm__ volatile("" : "+x"(x));
+        I8SEQ(c0, w0); I8SEQ(c1, w1); I8SEQ(c2, w2); I8SEQ(c3, w3); I8SEQ(c4, w4); I8SEQ(c5, w5);
+    }
+#undef I8SEQ
+    __m256i s = _mm256_add_epi32(_mm256_add_epi32(_mm256_add_epi32(c0, c1), _mm256_add_epi32(c2, c3)),
+                                 _mm256_add_epi32(c4, c5));
+    __asm__ volatile("" : : "x"(s));
+    return (double)iters * 6 * 64;
+}
+
+/* The exact int8 sequence of src/engine/kernels_avx2.c (dot4_half): per 32 weight bytes, two
+ * vpmovsxbw loads (widened to int16), two vpmaddwd by the activations, vphaddd, vpaddd:
+ * 32 products (64 OP). The weights stream from a 4 KiB buffer that stays in L1, as a kernel's
+ * current weight block does. */
+__attribute__((target("avx2"))) static double i8_madd16(long iters) {
+    static _Thread_local int8_t wb[4096] __attribute__((aligned(64)));
+    for (int i = 0; i < 4096; i++) wb[i] = (int8_t)(i * 37 + 11);
+    const __m256i xv = _mm256_set1_epi64x(0x0003fffe0005fff9LL);
+    __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0;
+#define HALF(c, o)                                                                              \
+    do {                                                                                        \
+        const __m256i lo = _mm256_cvtepi8_epi16(_mm_load_si128((const __m128i *)(w + (o))));    \
+        const __m256i hi = _mm256_cvtepi8_epi16(_mm_load_si128((const __m128i *)(w + (o) + 16))); \
+        c = _mm256_add_epi32(c, _mm256_hadd_epi32(_mm256_madd_epi16(lo, xv), _mm256_madd_epi16(hi, xv))); \
+    } while (0)
+    for (long i = 0; i < iters; i++) {
+        const int8_t *w = wb + (size_t)(i & 31) * 128;
+        HALF(c0, 0); HALF(c1, 32); HALF(c2, 64); HALF(c3, 96);
+    }
+#undef HALF
+    __m256i s = _mm256_add_epi32(_mm256_add_epi32(c0, c1), _mm256_add_epi32(c2, c3));
+    __asm__ volatile("" : : "x"(s));
+    return (double)iters * 4 * 64;
+}
 #endif
+
+/* One measured instruction (or sequence): the JSON keys it is reported under, what it is. */
+typedef double (*peak_fn)(long iters); /* runs iters loop trips, returns the operations done */
+typedef struct {
+    const char *key;   /* JSON prefix: KEY_instr, KEY_g{flops,ops}_per_core, ..._total */
+    const char *unit;  /* "gflops" or "gops" */
+    const char *instr; /* NULL: not available on this CPU */
+    peak_fn fn;
+    double per_core, total;
+} peak;
+
+enum { PK_BF16, PK_I8, PK_I8_MADD16, PK_N };
+static peak peaks[PK_N] = {
+    [PK_BF16] = {"bf16_dot", "gflops", NULL, NULL, 0, 0},
+    [PK_I8] = {"int8_dot", "gops", NULL, NULL, 0, 0},
+    [PK_I8_MADD16] = {"int8_madd16", "gops", NULL, NULL, 0, 0},
+};
+static char features[128] = "";
+static const char *fma_instr = "fp32 multiply + add (portable C, 8 lanes), 16 FLOP";
 
 static float (*read_fn)(const float *, size_t) = read_generic;
 static double (*fma_fn)(long) = fma_generic;
 static const char *isa = "generic";
 
+#if HAVE_X86
+/* AVX-VNNI: CPUID.(EAX=7,ECX=1):EAX bit 4 (asked directly: not every compiler's
+ * __builtin_cpu_supports knows the name); the OS saving ymm state is implied by avx2. */
+static int has_avxvnni(void) {
+    unsigned a, b, c, d;
+    return __builtin_cpu_supports("avx2") && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> 4 & 1);
+}
+#endif
+
 static void pick_isa(void) {
 #if HAVE_X86
     __builtin_cpu_init();
+    /* __builtin_cpu_supports takes only literals */
+    const int has[] = {__builtin_cpu_supports("avx2"), __builtin_cpu_supports("fma"),
+                       __builtin_cpu_supports("avx512f"), __builtin_cpu_supports("avx512bf16"),
+                       __builtin_cpu_supports("avx512vnni"), has_avxvnni()};
+    static const char *const names[] = {"avx2", "fma", "avx512f", "avx512bf16", "avx512vnni", "avxvnni"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        if (has[i]) {
+            if (features[0]) strcat(features, " ");
+            strcat(features, names[i]);
+        }
     if (__builtin_cpu_supports("avx512f")) {
         read_fn = read_avx512, fma_fn = fma_avx512, isa = "avx512f";
+        fma_instr = "vfmadd231ps zmm (AVX-512F), 32 FLOP";
     } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         read_fn = read_avx2, fma_fn = fma_avx2, isa = "avx2+fma";
+        fma_instr = "vfmadd231ps ymm (AVX2+FMA), 16 FLOP";
+    }
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16"))
+        peaks[PK_BF16].instr = "vdpbf16ps zmm (AVX512_BF16), 64 FLOP", peaks[PK_BF16].fn = bf16_avx512;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vnni")) {
+        peaks[PK_I8].instr = "vpdpbusd zmm (AVX512_VNNI), 128 OP", peaks[PK_I8].fn = i8_vnni512;
+    } else if (__builtin_cpu_supports("avx2")) {
+        if (has_avxvnni())
+            peaks[PK_I8].instr = "vpdpbusd ymm (AVX-VNNI), 64 OP", peaks[PK_I8].fn = i8_avxvnni;
+        else
+            peaks[PK_I8].instr = "vpmaddubsw + vpmaddwd + vpaddd ymm (AVX2), 64 OP", peaks[PK_I8].fn = i8_avx2;
+        peaks[PK_I8_MADD16].instr = "vpmovsxbw + vpmaddwd + vphaddd + vpaddd ymm (AVX2, exact), 64 OP";
+        peaks[PK_I8_MADD16].fn = i8_madd16;
     }
 #endif
 }
@@ -145,7 +293,8 @@ typedef struct {
     int cpu, nthreads, idx;
     float *buf;
     size_t n;          /* floats in the whole array */
-    int mode;          /* 0 first touch, 1 read, 2 fma */
+    int mode;          /* 0 first touch, 1 read, 2 instruction peak (fn) */
+    peak_fn fn;
     long fma_iters;
     double flops, t0, t1;
     volatile float sink;
@@ -168,7 +317,7 @@ static void *work(void *arg) {
     } else if (w->mode == 1) {
         w->sink = read_fn(w->buf + lo, hi - lo);
     } else {
-        w->flops = fma_fn(w->fma_iters);
+        w->flops = w->fn(w->fma_iters);
     }
     w->t1 = now_s();
     return NULL;
@@ -178,14 +327,14 @@ static int cpus[1024];
 
 /* Runs one phase on nthreads workers; returns the wall time from the common start to the last
  * finisher (min start, max end) and the summed flops. */
-static double run_phase(int nthreads, int mode, float *buf, size_t n, long fma_iters,
+static double run_phase(int nthreads, int mode, float *buf, size_t n, peak_fn fn, long fma_iters,
                         double *flops) {
     pthread_t th[1024];
     worker *ws = calloc((size_t)nthreads, sizeof *ws);
     pthread_barrier_init(&barrier, NULL, (unsigned)nthreads);
     for (int i = 0; i < nthreads; i++) {
         ws[i] = (worker){.cpu = cpus[i], .nthreads = nthreads, .idx = i, .buf = buf, .n = n,
-                         .mode = mode, .fma_iters = fma_iters};
+                         .mode = mode, .fn = fn, .fma_iters = fma_iters};
         pthread_create(&th[i], NULL, work, &ws[i]);
     }
     double t0 = 1e300, t1 = 0, fl = 0;
@@ -204,29 +353,36 @@ static double run_phase(int nthreads, int mode, float *buf, size_t n, long fma_i
 static double best_bandwidth(int nthreads, float *buf, size_t n, int passes) {
     double best = 0;
     for (int p = 0; p < passes; p++) {
-        double dt = run_phase(nthreads, 1, buf, n, 0, NULL);
+        double dt = run_phase(nthreads, 1, buf, n, NULL, 0, NULL);
         double gbs = (double)n * sizeof(float) / dt / 1e9;
         if (gbs > best) best = gbs;
     }
     return best;
 }
 
-static double best_gflops(int nthreads, int passes) {
+/* Best of several passes of fn on nthreads threads, in G operations per second. */
+static double best_gops(peak_fn fn, int nthreads, int passes) {
     /* calibrate iterations to ~0.2 s on one thread */
     long iters = 1 << 20;
     for (;;) {
         double t0 = now_s();
-        fma_fn(iters);
+        fn(iters);
         if (now_s() - t0 > 0.05) break;
         iters *= 2;
     }
     iters *= 4;
     double best = 0;
     for (int p = 0; p < passes; p++) {
-        double fl = 0, dt = run_phase(nthreads, 2, NULL, 0, iters, &fl);
+        double fl = 0, dt = run_phase(nthreads, 2, NULL, 0, fn, iters, &fl);
         if (fl / dt / 1e9 > best) best = fl / dt / 1e9;
     }
     return best;
+}
+
+/* ", \"KEY\": VALUE" with VALUE a number with one decimal, or null when absent */
+static void put_num(const char *key, const char *suffix, int have, double v) {
+    if (have) printf(", \"%s%s\": %.1f", key, suffix, v);
+    else printf(", \"%s%s\": null", key, suffix);
 }
 
 int main(int argc, char **argv) {
@@ -250,21 +406,38 @@ int main(int argc, char **argv) {
 #ifdef MADV_HUGEPAGE
     madvise(buf, n * sizeof(float), MADV_HUGEPAGE); /* fewer page faults on first touch */
 #endif
-    run_phase(nthreads, 0, buf, n, 0, NULL); /* first touch by the reading threads */
+    run_phase(nthreads, 0, buf, n, NULL, 0, NULL); /* first touch by the reading threads */
     double bw_all = best_bandwidth(nthreads, buf, n, 6);
     double bw_one = best_bandwidth(1, buf, n, 3);
     /* Last-level-cache bandwidth: a 64 MiB slice (far above L2, inside a large L3), read once
      * to load it, then timed. On CPUs whose L3 is smaller than 64 MiB this is DRAM again. */
     size_t nllc = (size_t)64 * 1024 * 1024 / sizeof(float);
     if (nllc > n) nllc = n;
-    run_phase(nthreads, 1, buf, nllc, 0, NULL);
+    run_phase(nthreads, 1, buf, nllc, NULL, 0, NULL);
     double bw_llc = best_bandwidth(nthreads, buf, nllc, 10);
     free(buf);
-    double fma_one = best_gflops(1, 3);
-    double fma_all = best_gflops(nthreads, 3);
+    double fma_one = best_gops(fma_fn, 1, 3);
+    double fma_all = best_gops(fma_fn, nthreads, 3);
+    for (int k = 0; k < PK_N; k++)
+        if (peaks[k].fn) {
+            peaks[k].per_core = best_gops(peaks[k].fn, 1, 3);
+            peaks[k].total = best_gops(peaks[k].fn, nthreads, 3);
+        }
     printf("{\"isa\": \"%s\", \"threads\": %d, \"array_mb\": %zu, \"bandwidth_gbs\": %.2f, "
            "\"bandwidth_gbs_1thread\": %.2f, \"bandwidth_gbs_64mb\": %.2f, "
-           "\"fma_gflops_per_core\": %.1f, \"fma_gflops_total\": %.1f}\n",
-           isa, nthreads, mb, bw_all, bw_one, bw_llc, fma_one, fma_all);
+           "\"fma_gflops_per_core\": %.1f, \"fma_gflops_total\": %.1f, \"fma_instr\": \"%s\", "
+           "\"features\": \"%s\", \"ops_counted\": \"2 per multiply-add\"",
+           isa, nthreads, mb, bw_all, bw_one, bw_llc, fma_one, fma_all, fma_instr, features);
+    for (int k = 0; k < PK_N; k++) {
+        const peak *p = &peaks[k];
+        if (p->instr) printf(", \"%s_instr\": \"%s\"", p->key, p->instr);
+        else printf(", \"%s_instr\": null", p->key);
+        char suffix[32];
+        snprintf(suffix, sizeof suffix, "_%s_per_core", p->unit);
+        put_num(p->key, suffix, p->fn != NULL, p->per_core);
+        snprintf(suffix, sizeof suffix, "_%s_total", p->unit);
+        put_num(p->key, suffix, p->fn != NULL, p->total);
+    }
+    printf("}\n");
     return 0;
 }
