@@ -114,7 +114,7 @@ typedef struct cs_gpt2_ws {
     float *h;      /* (T, C) layernorm / attention output */
     float *qkv;    /* (T, 3C) */
     float *ff;     /* (T, F) */
-    float *att;    /* (n_threads, P) attention scores */
+    float *att;    /* (n_threads, 16 * P) attention scores (gpt2_forward.c) */
     float *lrows;  /* (R, C) final hidden rows that need logits */
     float *logits; /* (R, V) */
     int *row_seq, *row_pos; /* (T) which sequence / absolute position each row is */

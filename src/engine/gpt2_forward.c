@@ -7,6 +7,8 @@
 
 #include "engine/gpt2.h"
 
+#define ATT_ROWS 16 /* prompt rows per attention work item (see job_attention) */
+
 int cs_gpt2_kv_init(cs_gpt2_kv *kv, const cs_gpt2 *m, int n_ctx, cs_err *err) {
     memset(kv, 0, sizeof *kv);
     const cs_gpt2_config *c = &m->cfg;
@@ -43,7 +45,7 @@ int cs_gpt2_ws_init(cs_gpt2_ws *ws, const cs_gpt2 *m, int max_tokens, int max_lo
     ws->h = malloc(T * C * sizeof(float));
     ws->qkv = malloc(T * 3 * C * sizeof(float));
     ws->ff = malloc(T * F * sizeof(float));
-    ws->att = malloc((size_t)ws->n_threads * (size_t)c->n_positions * sizeof(float));
+    ws->att = malloc((size_t)ws->n_threads * ATT_ROWS * (size_t)c->n_positions * sizeof(float));
     ws->lrows = malloc(R * C * sizeof(float));
     ws->logits = malloc(R * (size_t)c->vocab_size * sizeof(float));
     ws->row_seq = malloc(T * sizeof(int));
@@ -162,8 +164,13 @@ static void job_act(void *vc, int tid, size_t b, size_t e) {
     else act_other(c->ws->ff + b, e - b, c->m->cfg.act);
 }
 
-/* Attention: one work item per (row, head). q from qkv, keys/values from each
- * row's own sequence cache (already holding this step's tokens). */
+/* Attention: work items are (row, head). A decode row (its sequence has one
+ * new token) runs attend alone; a prompt chunk's rows go in blocks of
+ * ATT_ROWS: the item of a block's first row runs attend_causal over the whole
+ * block (the kernel shares key/value loads between its queries, with the same
+ * bits per row as attend), and the items of its other rows do nothing. Blocks
+ * keep both cores busy on one long prompt. q comes from qkv, keys/values from
+ * each row's own sequence cache (already holding this step's tokens). */
 static void job_attention(void *vc, int tid, size_t i0, size_t i1) {
     step_ctx *c = vc;
     const cs_gpt2 *m = c->m;
@@ -171,13 +178,23 @@ static void job_attention(void *vc, int tid, size_t i0, size_t i1) {
     const size_t C = (size_t)m->cfg.n_embd, H = (size_t)m->cfg.n_head, hd = C / H;
     float scale = m->cfg.scale_attn_weights ? 1.0f / sqrtf((float)hd) : 1.0f;
     if (m->cfg.scale_attn_by_inverse_layer_idx) scale /= (float)(c->layer + 1);
-    float *att = ws->att + (size_t)tid * (size_t)m->cfg.n_positions; /* this thread's scratch */
+    float *att = ws->att + (size_t)tid * ATT_ROWS * (size_t)m->cfg.n_positions; /* this thread's scratch */
     for (size_t it = i0; it < i1; it++) {
         const size_t r = it / H, h = it % H;
-        const cs_gpt2_kv *kv = c->seqs[ws->row_seq[r]].kv;
-        const size_t npos = (size_t)ws->row_pos[r] + 1, n_ctx = (size_t)kv->n_ctx;
+        const cs_gpt2_seq *sq = &c->seqs[ws->row_seq[r]];
+        const cs_gpt2_kv *kv = sq->kv;
+        const size_t pos = (size_t)ws->row_pos[r], n_ctx = (size_t)kv->n_ctx;
         const float *kc = kv->k + c->layer * n_ctx * C + h * hd, *vc2 = kv->v + c->layer * n_ctx * C + h * hd;
-        m->kern->attend(ws->qkv + r * 3 * C + h * hd, kc, vc2, C, npos, hd, scale, att, ws->h + r * C + h * hd);
+        const float *q = ws->qkv + r * 3 * C + h * hd;
+        float *out = ws->h + r * C + h * hd;
+        if (sq->n == 1) {
+            m->kern->attend(q, kc, vc2, C, pos + 1, hd, scale, att, out);
+            continue;
+        }
+        const size_t i = pos - (size_t)kv->n_past; /* index in the chunk (n_past moves after the step) */
+        if (i % ATT_ROWS) continue;                /* done by its block's first row */
+        const size_t nq = (size_t)sq->n - i < ATT_ROWS ? (size_t)sq->n - i : ATT_ROWS;
+        m->kern->attend_causal(q, 3 * C, kc, vc2, C, pos, nq, hd, scale, att, out, C);
     }
 }
 

@@ -295,10 +295,71 @@ static void attend_scalar(const float *q, const float *k, const float *v, size_t
     cs_attend_generic(&cs_kern_scalar, q, k, v, ld, n, hd, scale, att, out);
 }
 
+void cs_attend_causal_generic(const cs_kern *k, const float *q, size_t ldq, const float *kc, const float *vc,
+                              size_t ld, size_t p0, size_t nq, size_t hd, float scale, float *att, float *out,
+                              size_t ldo) {
+    for (size_t i = 0; i < nq; i++) k->attend(q + i * ldq, kc, vc, ld, p0 + i + 1, hd, scale, att, out + i * ldo);
+}
+
+/* attend_causal over blocks of NB <= ATT_QB_SCALAR queries: each key and
+ * value element is read once per block. Per (query, key) the score is still
+ * dot_scalar's sequential sum and per output element the sum over keys runs
+ * in axpy_scalar's order, so the bits are attend_scalar's. */
+#define ATT_QB_SCALAR 4
+static inline __attribute__((always_inline)) void causal_block_scalar(const float *q, size_t ldq, const float *k,
+                                                                      const float *v, size_t ld, size_t last,
+                                                                      size_t hd, float scale, float *att, size_t la,
+                                                                      float *out, size_t ldo, const int NB) {
+    const float *qi[ATT_QB_SCALAR];
+    float *ai[ATT_QB_SCALAR], *oi[ATT_QB_SCALAR];
+    for (int i = 0; i < NB; i++) {
+        qi[i] = q + (size_t)i * ldq;
+        ai[i] = att + (size_t)i * la;
+        oi[i] = out + (size_t)i * ldo;
+    }
+    for (size_t j = 0; j < last + NB; j++) { /* query i sees keys 0 .. last + i */
+        const float *kj = k + j * ld;
+        float s[ATT_QB_SCALAR] = {0};
+        for (size_t e = 0; e < hd; e++) {
+            const float kv = kj[e];
+            for (int i = 0; i < NB; i++) s[i] += qi[i][e] * kv;
+        }
+        for (int i = 0; i < NB; i++)
+            if (j <= last + (size_t)i) ai[i][j] = s[i] * scale;
+    }
+    for (int i = 0; i < NB; i++) {
+        softmax_scalar(ai[i], last + (size_t)i + 1);
+        memset(oi[i], 0, hd * sizeof(float));
+    }
+    for (size_t j = 0; j < last + NB; j++) {
+        const float *vj = v + j * ld;
+        for (int i = 0; i < NB; i++) {
+            if (j > last + (size_t)i) continue;
+            const float a = ai[i][j];
+            for (size_t e = 0; e < hd; e++) oi[i][e] += a * vj[e];
+        }
+    }
+}
+
+static void attend_causal_scalar(const float *q, size_t ldq, const float *k, const float *v, size_t ld, size_t p0,
+                                 size_t nq, size_t hd, float scale, float *att, float *out, size_t ldo) {
+    const size_t la = p0 + nq; /* row stride of the scores in att */
+    for (size_t b = 0; b < nq; b += ATT_QB_SCALAR) {
+        const float *qb = q + b * ldq;
+        float *ab = att + b * la, *ob = out + b * ldo;
+        switch (nq - b < ATT_QB_SCALAR ? nq - b : ATT_QB_SCALAR) {
+        case 4: causal_block_scalar(qb, ldq, k, v, ld, p0 + b, hd, scale, ab, la, ob, ldo, 4); break;
+        case 3: causal_block_scalar(qb, ldq, k, v, ld, p0 + b, hd, scale, ab, la, ob, ldo, 3); break;
+        case 2: causal_block_scalar(qb, ldq, k, v, ld, p0 + b, hd, scale, ab, la, ob, ldo, 2); break;
+        default: causal_block_scalar(qb, ldq, k, v, ld, p0 + b, hd, scale, ab, la, ob, ldo, 1); break;
+        }
+    }
+}
+
 const cs_kern cs_kern_scalar = {
     .name = "scalar", .isa = CS_ISA_SCALAR, .matmul = matmul_scalar, .layernorm = layernorm_scalar,
     .gelu_tanh = gelu_scalar, .dot = dot_scalar, .axpy = axpy_scalar, .softmax = softmax_scalar,
-    .quantize_rows = cs_quantize_rows, .attend = attend_scalar,
+    .quantize_rows = cs_quantize_rows, .attend = attend_scalar, .attend_causal = attend_causal_scalar,
 };
 
 /* ------------------------------------------------------------------ dispatch */

@@ -90,6 +90,12 @@ int8_t *cs_kern_quantize(const struct cs_kern *k, const cs_pmat *m, const float 
 void cs_attend_generic(const struct cs_kern *k, const float *q, const float *kc, const float *vc, size_t ld, size_t n,
                        size_t hd, float scale, float *att, float *out);
 
+/* attend_causal as one attend call per query (the reference it must match;
+ * also the fallback for head sizes a table has no blocked form for). */
+void cs_attend_causal_generic(const struct cs_kern *k, const float *q, size_t ldq, const float *kc, const float *vc,
+                              size_t ld, size_t p0, size_t nq, size_t hd, float scale, float *att, float *out,
+                              size_t ldo);
+
 /* Frees the calling thread's scratch (call before a worker thread exits). */
 void cs_kern_thread_cleanup(void);
 
@@ -140,6 +146,16 @@ typedef struct cs_kern {
      * v are ld floats apart; att holds n floats of scratch. */
     void (*attend)(const float *q, const float *k, const float *v, size_t ld, size_t n, size_t hd, float scale,
                    float *att, float *out);
+    /* Causal attention of nq consecutive queries of one sequence for one head
+     * (a prompt chunk): query i (q + i * ldq) sits at position p0 + i and sees
+     * cached positions 0 .. p0 + i; its output goes to out + i * ldo. Every
+     * query gets exactly the bits attend gives it alone (n = p0 + i + 1): each
+     * score, the softmax and the sum over values run in attend's order, and
+     * only the loads of key and value rows are shared between queries, so a
+     * token's result does not depend on how its prompt was chunked or batched.
+     * att: scratch of nq * (p0 + nq) floats. */
+    void (*attend_causal)(const float *q, size_t ldq, const float *k, const float *v, size_t ld, size_t p0,
+                          size_t nq, size_t hd, float scale, float *att, float *out, size_t ldo);
     /* cs_quantize_rows, bit for bit. */
     void (*quantize_rows)(const float *x, size_t ldx, size_t T, size_t K, const float *r, int8_t *q, size_t ldq,
                           float *sx);

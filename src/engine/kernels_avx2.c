@@ -123,14 +123,79 @@ static T256 void matmul_bf16(const cs_pmat *m, const float *x, size_t ldx, size_
         }
 }
 
-/* int8 (see kernels.h): exact integer dot products. Per group of 4 k, each
- * column's 4 weights are widened to int16 and multiplied with the row's 4
- * quantized activations (madd: pairs -> int32), then adjacent pairs are added
- * (hadd), which leaves the 8 columns in the order 0,1,4,5 | 2,3,6,7. */
-static INL T256 __m256i dot4_half(const int8_t *w, __m256i xv) {
-    const __m256i lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w));
-    const __m256i hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + 16)));
-    return _mm256_hadd_epi32(_mm256_madd_epi16(lo, xv), _mm256_madd_epi16(hi, xv));
+/* int8 (see kernels.h): exact integer dot products with vpmaddubsw, which
+ * multiplies unsigned by signed bytes and adds adjacent products into int16
+ * with saturation. Both sides are clamped to [-127, 127] (the packer and the
+ * quantizer), so |w| as the unsigned side times the activation carrying w's
+ * sign (vpsignb) gives each product exactly, at most 127 x 127, and a pair sum
+ * of at most 32258 < 32767 never saturates (a weight byte of -128 would still
+ * be exact: |w| reads as 128 unsigned); vpmaddwd by ones then adds the two
+ * pairs of each column's group of 4 k into int32, lanes in column order. (The
+ * unsigned-offset form of the VNNI kernel, xq + 128, would saturate here.)
+ * A tile is RT rows x one panel: the panel's two weight vectors and their
+ * absolute values are loaded once per group of 4 k for all RT rows. */
+#define I8_RT 4 /* rows per tile: 2 x RT accumulators + 4 weight registers fit in 16 ymm */
+
+/* One row's group of 4 k against both halves of the panel. */
+static INL T256 void row_i8(const int8_t *xq, __m256i w0, __m256i w1, __m256i u0, __m256i u1, __m256i ones,
+                            __m256i *a0, __m256i *a1) {
+    int32_t x4;
+    memcpy(&x4, xq, 4);
+    const __m256i xb = _mm256_set1_epi32(x4);
+    const __m256i p0 = _mm256_maddubs_epi16(u0, _mm256_sign_epi8(xb, w0));
+    const __m256i p1 = _mm256_maddubs_epi16(u1, _mm256_sign_epi8(xb, w1));
+    *a0 = _mm256_add_epi32(*a0, _mm256_madd_epi16(p0, ones));
+    *a1 = _mm256_add_epi32(*a1, _mm256_madd_epi16(p1, ones));
+}
+
+static INL T256 void tile_i8(const int8_t *wp, const int8_t *q, size_t ldq, size_t K4, __m256i acc[I8_RT][2],
+                             const int RT) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    /* named accumulators rather than an array: they stay in registers */
+    __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00,
+            a31 = a00;
+    for (size_t kq = 0; kq < K4; kq++) {
+        const __m256i w0 = _mm256_loadu_si256((const __m256i *)(const void *)(wp + kq * 64));
+        const __m256i w1 = _mm256_loadu_si256((const __m256i *)(const void *)(wp + kq * 64 + 32));
+        const __m256i u0 = _mm256_abs_epi8(w0), u1 = _mm256_abs_epi8(w1);
+        const int8_t *xq = q + 4 * kq;
+        row_i8(xq, w0, w1, u0, u1, ones, &a00, &a01);
+        if (RT > 1) row_i8(xq + ldq, w0, w1, u0, u1, ones, &a10, &a11);
+        if (RT > 2) row_i8(xq + 2 * ldq, w0, w1, u0, u1, ones, &a20, &a21);
+        if (RT > 3) row_i8(xq + 3 * ldq, w0, w1, u0, u1, ones, &a30, &a31);
+    }
+    acc[0][0] = a00, acc[0][1] = a01, acc[1][0] = a10, acc[1][1] = a11;
+    acc[2][0] = a20, acc[2][1] = a21, acc[3][0] = a30, acc[3][1] = a31;
+}
+
+/* The float epilogue of RT rows of panel p, in the scalar reference's order:
+ * (float)acc * (sx * scale) + bias (0 without), then cs_pmat_outliers'
+ * arithmetic (a multiply, then an add, channel by channel) on the registers;
+ * out_w rows are padded to whole panels. */
+static INL T256 void store_i8(const cs_pmat *m, __m256i acc[I8_RT][2], const float *sx, const float *x, size_t ldx,
+                              float *y, size_t ldy, size_t p, const int RT) {
+    for (int h = 0; h < 2; h++) {
+        const size_t n0 = p * CS_PANEL + (size_t)h * 8;
+        if (n0 >= m->N) break;
+        const size_t left = m->N - n0;
+        const __m256 sc = _mm256_loadu_ps(m->scale + n0);
+        const __m256 bi = m->bias ? load_tail(m->bias + n0, left) : _mm256_setzero_ps();
+        for (int r = 0; r < RT; r++) {
+            const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[r][h]), _mm256_mul_ps(_mm256_set1_ps(sx[r]), sc));
+            __m256 v = _mm256_add_ps(f, bi);
+            for (size_t j = 0; j < m->n_out; j++)
+                v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_set1_ps(x[(size_t)r * ldx + m->out_idx[j]]),
+                                                   _mm256_loadu_ps(m->out_w + j * m->n_panels * CS_PANEL + n0)));
+            store_tail(y + (size_t)r * ldy + n0, left, v);
+        }
+    }
+}
+
+static INL T256 void rows_i8(const cs_pmat *m, const int8_t *wp, const int8_t *q, size_t ldq, const float *sx,
+                             const float *x, size_t ldx, float *y, size_t ldy, size_t p, const int RT) {
+    __m256i acc[I8_RT][2];
+    tile_i8(wp, q, ldq, ldq / 4, acc, RT);
+    store_i8(m, acc, sx, x, ldx, y, ldy, p, RT);
 }
 
 static T256 void matmul_i8(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy, size_t p0,
@@ -140,35 +205,19 @@ static T256 void matmul_i8(const cs_pmat *m, const float *x, size_t ldx, size_t 
     int8_t *q = cs_kern_quantize(&cs_kern_avx2, m, x, ldx, T, &ldq, &sx);
     if (!q) return;
     const size_t K4 = ldq / 4;
-    const int8_t *w = m->w;
-    for (size_t p = p0; p < p1; p++)
-        for (size_t t = 0; t < T; t++) {
-            __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
-            const int8_t *qr = q + t * ldq, *wp = w + p * K4 * 64;
-            for (size_t kq = 0; kq < K4; kq++) {
-                const __m256i xv = _mm256_set1_epi64x((long long)(uint64_t)(
-                    (uint16_t)qr[4 * kq] | (uint64_t)(uint16_t)qr[4 * kq + 1] << 16 |
-                    (uint64_t)(uint16_t)qr[4 * kq + 2] << 32 | (uint64_t)(uint16_t)qr[4 * kq + 3] << 48));
-                a0 = _mm256_add_epi32(a0, dot4_half(wp + kq * 64, xv));
-                a1 = _mm256_add_epi32(a1, dot4_half(wp + kq * 64 + 32, xv));
-            }
-            __m256i acc[2] = {_mm256_permute4x64_epi64(a0, 0xD8), _mm256_permute4x64_epi64(a1, 0xD8)};
-            for (int h = 0; h < 2; h++) {
-                const size_t n0 = p * CS_PANEL + (size_t)h * 8;
-                if (n0 >= m->N) break;
-                const size_t left = m->N - n0;
-                const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[h]),
-                                               _mm256_mul_ps(_mm256_set1_ps(sx[t]), _mm256_loadu_ps(m->scale + n0)));
-                const __m256 bi = m->bias ? load_tail(m->bias + n0, left) : _mm256_setzero_ps();
-                __m256 v = _mm256_add_ps(f, bi);
-                /* cs_pmat_outliers' arithmetic (a multiply, then an add, channel by
-                 * channel) done here on the registers; out_w rows are padded to whole panels */
-                for (size_t j = 0; j < m->n_out; j++)
-                    v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_set1_ps(x[t * ldx + m->out_idx[j]]),
-                                                       _mm256_loadu_ps(m->out_w + j * m->n_panels * CS_PANEL + n0)));
-                store_tail(y + t * ldy + n0, left, v);
-            }
+    for (size_t p = p0; p < p1; p++) {
+        const int8_t *wp = (const int8_t *)m->w + p * K4 * 64;
+        size_t t = 0;
+#define RI8(rt) rows_i8(m, wp, q + t * ldq, ldq, sx + t, x + t * ldx, ldx, y + t * ldy, ldy, p, rt)
+        for (; t + I8_RT <= T; t += I8_RT) RI8(I8_RT);
+        switch (T - t) {
+        case 3: RI8(3); break;
+        case 2: RI8(2); break;
+        case 1: RI8(1); break;
+        default: break;
         }
+#undef RI8
+    }
 }
 
 static T256 void matmul_avx2(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy,
@@ -318,10 +367,123 @@ static void attend_avx2(const float *q, const float *k, const float *v, size_t l
     cs_attend_generic(&cs_kern_avx2, q, k, v, ld, n, hd, scale, att, out);
 }
 
+/* attend_causal in blocks of up to ATT_QB queries that share every key and
+ * value vector they load (attend reloads both once per query, and calls dot
+ * and axpy once per key). For each (query, key) the score is dot_avx2's sum
+ * (two 8-lane chains over 16-float steps, one more 8-float step, hsum256, the
+ * scalar tail), softmax_avx2 is the same call, and each output element is
+ * axpy_avx2's chain over keys (FMA on the first hd / 8 * 8 elements, multiply
+ * then add past them), so the bits are attend_avx2's. */
+#define ATT_QB 6
+
+/* Scores of NB queries (qi) against key row kj. */
+static INL T256 void scores_avx2(const float *const *qi, const float *kj, size_t hd, float scale, float *sc,
+                                 const int NB) {
+    __m256 s0[ATT_QB], s1[ATT_QB];
+    for (int i = 0; i < NB; i++) s0[i] = s1[i] = _mm256_setzero_ps();
+    size_t e = 0;
+    for (; e + 16 <= hd; e += 16) {
+        const __m256 k0 = _mm256_loadu_ps(kj + e), k1 = _mm256_loadu_ps(kj + e + 8);
+        for (int i = 0; i < NB; i++) {
+            s0[i] = _mm256_fmadd_ps(_mm256_loadu_ps(qi[i] + e), k0, s0[i]);
+            s1[i] = _mm256_fmadd_ps(_mm256_loadu_ps(qi[i] + e + 8), k1, s1[i]);
+        }
+    }
+    for (; e + 8 <= hd; e += 8) {
+        const __m256 k0 = _mm256_loadu_ps(kj + e);
+        for (int i = 0; i < NB; i++) s0[i] = _mm256_fmadd_ps(_mm256_loadu_ps(qi[i] + e), k0, s0[i]);
+    }
+    for (int i = 0; i < NB; i++) {
+        float s = hsum256(_mm256_add_ps(s0[i], s1[i]));
+        for (size_t t = e; t < hd; t++) s += qi[i][t] * kj[t];
+        sc[i] = s * scale;
+    }
+}
+
+/* Columns [e, e + 8 NV) of the NB outputs: query i weighs value rows
+ * 0 .. last + i by its probabilities ai[i]. */
+static INL T256 void pv_avx2(float *const *ai, const float *v, size_t ld, size_t last, float *const *oi, size_t e,
+                             const int NB, const int NV) {
+    __m256 o[ATT_QB][2];
+    for (int i = 0; i < NB; i++) o[i][0] = o[i][1] = _mm256_setzero_ps();
+    for (size_t j = 0; j <= last; j++) { /* keys every query sees */
+        const float *vj = v + j * ld + e;
+        const __m256 v0 = _mm256_loadu_ps(vj), v1 = NV > 1 ? _mm256_loadu_ps(vj + 8) : v0;
+        for (int i = 0; i < NB; i++) {
+            const __m256 a = _mm256_broadcast_ss(ai[i] + j);
+            o[i][0] = _mm256_fmadd_ps(a, v0, o[i][0]);
+            if (NV > 1) o[i][1] = _mm256_fmadd_ps(a, v1, o[i][1]);
+        }
+    }
+    for (int t = 1; t < NB; t++) { /* the causal triangle: key last + t for queries t.. */
+        const float *vj = v + (last + (size_t)t) * ld + e;
+        const __m256 v0 = _mm256_loadu_ps(vj), v1 = NV > 1 ? _mm256_loadu_ps(vj + 8) : v0;
+        for (int i = 0; i < NB; i++) {
+            if (i < t) continue;
+            const __m256 a = _mm256_broadcast_ss(ai[i] + last + t);
+            o[i][0] = _mm256_fmadd_ps(a, v0, o[i][0]);
+            if (NV > 1) o[i][1] = _mm256_fmadd_ps(a, v1, o[i][1]);
+        }
+    }
+    for (int i = 0; i < NB; i++) {
+        _mm256_storeu_ps(oi[i] + e, o[i][0]);
+        if (NV > 1) _mm256_storeu_ps(oi[i] + e + 8, o[i][1]);
+    }
+}
+
+/* NB queries whose first sits at position last (att rows la floats apart). */
+static INL T256 void causal_block_avx2(const float *q, size_t ldq, const float *k, const float *v, size_t ld,
+                                       size_t last, size_t hd, float scale, float *att, size_t la, float *out,
+                                       size_t ldo, const int NB) {
+    const float *qi[ATT_QB];
+    float *ai[ATT_QB], *oi[ATT_QB], sc[ATT_QB];
+    for (int i = 0; i < NB; i++) {
+        qi[i] = q + (size_t)i * ldq;
+        ai[i] = att + (size_t)i * la;
+        oi[i] = out + (size_t)i * ldo;
+    }
+    for (size_t j = 0; j <= last; j++) {
+        scores_avx2(qi, k + j * ld, hd, scale, sc, NB);
+        for (int i = 0; i < NB; i++) ai[i][j] = sc[i];
+    }
+    for (int t = 1; t < NB; t++) { /* the triangle: scores past a query's position are dropped */
+        scores_avx2(qi, k + (last + (size_t)t) * ld, hd, scale, sc, NB);
+        for (int i = t; i < NB; i++) ai[i][last + (size_t)t] = sc[i];
+    }
+    for (int i = 0; i < NB; i++) softmax_avx2(ai[i], last + (size_t)i + 1);
+    size_t e = 0;
+    for (; e + 16 <= hd; e += 16) pv_avx2(ai, v, ld, last, oi, e, NB, 2);
+    for (; e + 8 <= hd; e += 8) pv_avx2(ai, v, ld, last, oi, e, NB, 1);
+    for (; e < hd; e++) /* axpy_avx2's scalar tail */
+        for (int i = 0; i < NB; i++) {
+            float o = 0;
+            for (size_t j = 0; j <= last + (size_t)i; j++) o += ai[i][j] * v[j * ld + e];
+            oi[i][e] = o;
+        }
+}
+
+static T256 void attend_causal_avx2(const float *q, size_t ldq, const float *k, const float *v, size_t ld,
+                                    size_t p0, size_t nq, size_t hd, float scale, float *att, float *out,
+                                    size_t ldo) {
+    const size_t la = p0 + nq;
+    for (size_t b = 0; b < nq; b += ATT_QB) {
+        const float *qb = q + b * ldq;
+        float *ab = att + b * la, *ob = out + b * ldo;
+        switch (nq - b < ATT_QB ? nq - b : ATT_QB) {
+        case 6: causal_block_avx2(qb, ldq, k, v, ld, p0 + b, hd, scale, ab, la, ob, ldo, 6); break;
+        case 5: causal_block_avx2(qb, ldq, k, v, ld, p0 + b, hd, scale, ab, la, ob, ldo, 5); break;
+        case 4: causal_block_avx2(qb, ldq, k, v, ld, p0 + b, hd, scale, ab, la, ob, ldo, 4); break;
+        case 3: causal_block_avx2(qb, ldq, k, v, ld, p0 + b, hd, scale, ab, la, ob, ldo, 3); break;
+        case 2: causal_block_avx2(qb, ldq, k, v, ld, p0 + b, hd, scale, ab, la, ob, ldo, 2); break;
+        default: causal_block_avx2(qb, ldq, k, v, ld, p0 + b, hd, scale, ab, la, ob, ldo, 1); break;
+        }
+    }
+}
+
 const cs_kern cs_kern_avx2 = {
     .name = "avx2", .isa = CS_ISA_AVX2, .matmul = matmul_avx2, .layernorm = layernorm_avx2,
     .gelu_tanh = gelu_avx2, .dot = dot_avx2, .axpy = axpy_avx2, .softmax = softmax_avx2,
-    .quantize_rows = quantize_avx2, .attend = attend_avx2,
+    .quantize_rows = quantize_avx2, .attend = attend_avx2, .attend_causal = attend_causal_avx2,
 };
 
 #else

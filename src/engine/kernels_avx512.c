@@ -449,6 +449,16 @@ static T512 void attend_avx512(const float *q, const float *k, const float *v, s
     }
 }
 
+/* attend_causal: one attend call per query. The blocked form (every loaded key
+ * and value shared by several queries, as the AVX2 and scalar tables do) is
+ * not used here until it has been checked bit for bit against attend_nv on
+ * AVX-512 hardware (tests/engine/test_attention.c). */
+static T512 void attend_causal_avx512(const float *q, size_t ldq, const float *k, const float *v, size_t ld,
+                                      size_t p0, size_t nq, size_t hd, float scale, float *att, float *out,
+                                      size_t ldo) {
+    cs_attend_causal_generic(&cs_kern_avx512, q, ldq, k, v, ld, p0, nq, hd, scale, att, out, ldo);
+}
+
 /* cs_quantize_rows with the same arithmetic (see quantize_avx2). */
 static INL T512 void quantize_row_avx512(const float *xr, size_t K, const float *r, int8_t *qr, size_t ldq, float *sx,
                                          const int HR) {
@@ -482,7 +492,7 @@ static T512 void quantize_avx512(const float *x, size_t ldx, size_t T, size_t K,
 const cs_kern cs_kern_avx512 = {
     .name = "avx512", .isa = CS_ISA_AVX512, .matmul = matmul_avx512, .layernorm = layernorm_avx512,
     .gelu_tanh = gelu_avx512, .dot = dot_avx512, .axpy = axpy_avx512, .softmax = softmax_avx512,
-    .quantize_rows = quantize_avx512, .attend = attend_avx512,
+    .quantize_rows = quantize_avx512, .attend = attend_avx512, .attend_causal = attend_causal_avx512,
 };
 
 #else /* not x86-64: the table exists but cs_kern_for never returns it */

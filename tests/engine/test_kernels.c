@@ -135,6 +135,58 @@ static void test_matmul_vs_scalar(void **state) {
     printf("  matmul: %d SIMD configurations match the scalar reference\n", checked);
 }
 
+/* int8 at the ends of the range: every weight and activation quantizes to
+ * +-127, so adjacent products reach 2 x 127 x 127 = 32258 and a kernel that
+ * adds byte products in saturating int16 (vpmaddubsw) must keep them below
+ * 32767 (offset activations, xq + 128, would reach 64770 and clip). Sign
+ * patterns: all products positive, all negative, and mixed; shapes with K off
+ * every vector width and N off whole panels. */
+static void test_matmul_i8_extremes(void **state) {
+    (void)state;
+    const size_t Ks[] = {1, 2, 3, 5, 13, 31, 33, 67, 770}, Ns[] = {1, 15, 16, 17, 33, 50}, Ts[] = {1, 2, 3, 5, 64};
+    int checked = 0;
+    for (int isa = CS_ISA_AVX2; isa < CS_ISA_COUNT; isa++) {
+        const cs_kern *kern = cs_kern_for((cs_isa)isa);
+        if (!kern) continue;
+        for (size_t ki = 0; ki < sizeof Ks / sizeof *Ks; ki++)
+            for (size_t ni = 0; ni < sizeof Ns / sizeof *Ns; ni++)
+                for (size_t ti = 0; ti < sizeof Ts / sizeof *Ts; ti++)
+                    for (int pat = 0; pat < 3; pat++) {
+                        const size_t K = Ks[ki], N = Ns[ni], T = Ts[ti], P = (N + 15) / 16, ldx = K + 1, ldy = N;
+                        float *W = malloc(K * N * 4), *x = malloc(T * ldx * 4);
+                        float *y0 = calloc(T * ldy, 4), *y1 = calloc(T * ldy, 4), *y2 = calloc(T * ldy, 4);
+                        /* pat 0: w = x = +-1 with the same sign (products +127^2); 1: opposite signs;
+                         * 2: independent random signs. Row t > 0 flips some activations. */
+                        for (size_t k = 0; k < K; k++)
+                            for (size_t n = 0; n < N; n++)
+                                W[k * N + n] = pat == 2 ? (frand() < 0 ? -1.0f : 1.0f) : ((k * 7 + n) % 3 ? 1.0f : -1.0f);
+                        for (size_t t = 0; t < T; t++)
+                            for (size_t k = 0; k < K; k++) {
+                                const float s = pat == 2 ? (frand() < 0 ? -1.0f : 1.0f)
+                                                         : (k * 7 % 3 ? 1.0f : -1.0f) * (pat ? -1.0f : 1.0f);
+                                x[t * ldx + k] = t % 2 && k % 5 == 1 ? -s : s;
+                            }
+                        void *w = malloc(cs_pmat_wbytes(CS_W_I8, K, N));
+                        float *sc = malloc(cs_pmat_sbytes(CS_W_I8, N));
+                        cs_pmat_pack(CS_W_I8, W, K, N, N, 0, w, sc);
+                        const cs_pmat m = cs_pmat_view(CS_W_I8, K, N, w, sc, NULL);
+                        cs_kern_scalar.matmul(&m, x, ldx, T, y0, ldy, 0, P);
+                        kern->matmul(&m, x, ldx, T, y1, ldy, 0, P);
+                        if (memcmp(y0, y1, T * ldy * 4))
+                            fail_msg("%s int8 extremes K=%zu N=%zu T=%zu pattern %d: differs from scalar", kern->name,
+                                     K, N, T, pat);
+                        /* column 0 of row 0, pattern 0: every product is +127^2, scale 1/127 each side */
+                        if (pat == 0) assert_true(fabsf(y0[0] - (float)K) <= 1e-5f * (float)K);
+                        /* and the same again after another call has used the scratch */
+                        kern->matmul(&m, x, ldx, T, y2, ldy, 0, P);
+                        assert_memory_equal(y1, y2, T * ldy * 4);
+                        checked++;
+                        free(W); free(x); free(y0); free(y1); free(y2); free(w); free(sc);
+                    }
+    }
+    printf("  matmul int8 extremes: %d SIMD configurations match the scalar reference\n", checked);
+}
+
 static void test_vector_kernels(void **state) {
     (void)state;
     const size_t lens[] = {1, 3, 8, 15, 16, 17, 33, 64, 100, 768, 3072};
@@ -257,6 +309,7 @@ static void test_dispatch(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pack_roundtrip), cmocka_unit_test(test_matmul_vs_scalar),
+        cmocka_unit_test(test_matmul_i8_extremes),
         cmocka_unit_test(test_vector_kernels), cmocka_unit_test(test_quantize_rows),
         cmocka_unit_test(test_dispatch)};
     return cmocka_run_group_tests_name("kernels", tests, NULL, NULL);
