@@ -28,7 +28,7 @@ static double now_s(void) {
 
 static void usage(FILE *f) {
     fprintf(f, "usage: cserve bench --model DIR [--dtype fp32|bf16|int8] [--threads N] [--prompt-len 128]\n"
-               "                    [--gen 64] [--batches 1,4,16,64]\n");
+               "                    [--gen 64] [--batches 1,4,16,64] [--kv-cache-dtype fp32|bf16]\n");
 }
 
 static int32_t bench_id(int i) { return (int32_t)(((long)i * 7919 + 13) % 50000); }
@@ -50,11 +50,12 @@ int cs_cmd_bench(int argc, char **argv) {
         {"model", required_argument, 0, 'm'},   {"dtype", required_argument, 0, 'd'},
         {"threads", required_argument, 0, 't'}, {"prompt-len", required_argument, 0, 'p'},
         {"gen", required_argument, 0, 'g'},     {"batches", required_argument, 0, 'b'},
+        {"kv-cache-dtype", required_argument, 0, 'k'},
         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
-    const char *dir = NULL, *dtype = "fp32", *batches = "1,4,16,64";
+    const char *dir = NULL, *dtype = "fp32", *batches = "1,4,16,64", *kvdt = "fp32";
     int threads = 0, prompt_len = 128, gen = 64, c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "m:d:t:p:g:b:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:d:t:p:g:b:k:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm': dir = optarg; break;
         case 'd': dtype = optarg; break;
@@ -62,12 +63,15 @@ int cs_cmd_bench(int argc, char **argv) {
         case 'p': prompt_len = atoi(optarg); break;
         case 'g': gen = atoi(optarg); break;
         case 'b': batches = optarg; break;
+        case 'k': kvdt = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
     cs_gpt2_opts mo = {0};
-    if (!dir || prompt_len < 1 || gen < 1 || cs_wdtype_parse(dtype, &mo.dtype)) {
+    cs_kvdtype kdt = !strcmp(kvdt, "bf16") ? CS_KV_BF16 : CS_KV_F32;
+    if (!dir || prompt_len < 1 || gen < 1 || cs_wdtype_parse(dtype, &mo.dtype) ||
+        (strcmp(kvdt, "bf16") && strcmp(kvdt, "fp32"))) {
         usage(stderr);
         return 2;
     }
@@ -106,9 +110,9 @@ int cs_cmd_bench(int argc, char **argv) {
     if (cs_gpt2_forward(net, &st, ids, (size_t)prompt_len, logits, 0, &err)) return fail(&err);
     const double prefill_s = now_s() - t0;
     cs_gpt2_state_free(&st);
-    printf("{\"engine\": \"cserve\", \"dtype\": \"%s\", \"kernels\": \"%s\", \"threads\": %d, \"load_s\": %.4f, "
+    printf("{\"engine\": \"cserve\", \"dtype\": \"%s\", \"kv_cache_dtype\": \"%s\", \"kernels\": \"%s\", \"threads\": %d, \"load_s\": %.4f, "
            "\"packed_cache_hit\": %s, \"prefill_tokens\": %d, \"prefill_tokens_per_s\": %.2f, \"gen\": %d, \"decode\": {",
-           cs_wdtype_name(mo.dtype), net->kern->name, cs_pool_size(pool), load_s, net->from_cache ? "true" : "false",
+           cs_wdtype_name(mo.dtype), kvdt, net->kern->name, cs_pool_size(pool), load_s, net->from_cache ? "true" : "false",
            prompt_len, prompt_len / prefill_s, gen);
     char *list = strdup(batches), *save = NULL;
     int first = 1;
@@ -119,9 +123,13 @@ int cs_cmd_bench(int argc, char **argv) {
         cs_gpt2_seq *sq = calloc((size_t)B, sizeof *sq);
         int32_t *next = malloc((size_t)B * sizeof *next);
         cs_gpt2_ws ws;
+        cs_kvpool *kvp; /* one pool for the batch, as a server's scheduler has */
         if (!kv || !sq || !next || cs_gpt2_ws_init(&ws, net, B > 16 ? B : 16, B, pool, &err)) return 1;
+        if (cs_kvpool_create(&kvp, (size_t)net->cfg.n_layer, (size_t)net->cfg.n_embd, kdt, (size_t)B * (16 + gen + 16),
+                             &err))
+            return fail(&err);
         for (int b = 0; b < B; b++) {
-            if (cs_gpt2_kv_init(&kv[b], net, 16 + gen, &err)) return fail(&err);
+            if (cs_gpt2_kv_attach(&kv[b], net, kvp, 16 + gen, &err)) return fail(&err);
             cs_gpt2_seq q = {.kv = &kv[b], .tokens = ids, .n = 16, .logits = logits};
             if (cs_gpt2_step(net, &ws, &q, 1, &err)) return fail(&err);
             next[b] = greedy_pick(&smp, logits);
@@ -138,6 +146,7 @@ int cs_cmd_bench(int argc, char **argv) {
         fflush(stdout);
         first = 0;
         for (int b = 0; b < B; b++) cs_gpt2_kv_free(&kv[b]);
+        cs_kvpool_free(kvp);
         cs_gpt2_ws_free(&ws);
         free(kv);
         free(sq);

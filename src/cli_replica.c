@@ -39,6 +39,9 @@ static void usage(FILE *f) {
             "                                   clean_text: worker threads, default 1)\n"
             "  --max-ongoing-requests N         sequences decoded together (default 32)\n"
             "  --max-queued-requests N          waiting requests behind them (default 4096)\n"
+            "  --kv-cache-mb N                  KV cache memory shared by its sequences (default 0: room for\n"
+            "                                   every sequence at full context)\n"
+            "  --kv-cache-dtype fp32|bf16       KV cache element type (default fp32)\n"
             "  --user-config JSON               generation defaults (Ray's user_config); clean_text:\n"
             "                                   options merged over --clean-opts\n"
             "  --chat-template FILE|JSON        template of /v1/chat/completions: a JSON object, or a file\n"
@@ -64,7 +67,7 @@ static int num(const char *opt, const char *s, double lo, double hi, double *out
 
 int cs_cmd_replica(int argc, char **argv) {
     enum { O_SOCK = 256, O_HOST, O_PORT, O_NAME, O_APP, O_DTYPE, O_THREADS, O_ONGOING, O_QUEUED, O_UC, O_RTO,
-           O_GRACE, O_RID, O_LOG, O_APPKIND, O_CLEAN, O_CHAT, O_LISTEN };
+           O_GRACE, O_RID, O_LOG, O_APPKIND, O_CLEAN, O_CHAT, O_LISTEN, O_KVMB, O_KVDT };
     static const struct option opts[] = {
         {"socket", required_argument, 0, O_SOCK},
         {"listen", required_argument, 0, O_LISTEN},
@@ -85,12 +88,14 @@ int cs_cmd_replica(int argc, char **argv) {
         {"app", required_argument, 0, O_APPKIND},
         {"clean-opts", required_argument, 0, O_CLEAN},
         {"chat-template", required_argument, 0, O_CHAT},
+        {"kv-cache-mb", required_argument, 0, O_KVMB},
+        {"kv-cache-dtype", required_argument, 0, O_KVDT},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
     cs_replica_opts o = {.host = "0.0.0.0", .port = -1, .max_running = 32, .max_queued = 4096,
                          .request_timeout_s = 86400, .graceful_shutdown_timeout_s = 20};
-    double port = -1, threads = 0, ongoing = 32, queued = 4096;
+    double port = -1, threads = 0, ongoing = 32, queued = 4096, kv_mb = 0;
     static char listen_host[CS_SCFG_MAX_HOSTPORT];
     int c;
     optind = 1;
@@ -133,6 +138,14 @@ int cs_cmd_replica(int argc, char **argv) {
             break;
         case O_CLEAN: o.clean_opts = optarg; break;
         case O_CHAT: o.chat_template = optarg; break;
+        case O_KVMB: bad = num("--kv-cache-mb", optarg, 0, 1 << 30, &kv_mb); break;
+        case O_KVDT:
+            if (strcmp(optarg, "fp32") != 0 && strcmp(optarg, "bf16") != 0) {
+                fprintf(stderr, "cserve replica: --kv-cache-dtype: expected fp32 or bf16, got '%s'\n", optarg);
+                bad = 1;
+            }
+            o.kv_bf16 = !strcmp(optarg, "bf16");
+            break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -151,5 +164,6 @@ int cs_cmd_replica(int argc, char **argv) {
     o.threads = (int)threads;
     o.max_running = (int)ongoing;
     o.max_queued = (int)queued;
+    o.kv_cache_mb = (int)kv_mb;
     return cs_replica_run(&o);
 }

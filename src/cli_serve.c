@@ -63,6 +63,10 @@ static void usage(FILE *f) {
             "  --graceful-shutdown-timeout-s S  on SIGTERM, time allowed to finish requests (default 20)\n"
             "  --dtype fp32|bf16|int8           weight format (default fp32)\n"
             "  --threads N                      compute threads (default: CPUs available)\n"
+            "  --kv-cache-mb N                  memory for the KV cache, shared by all sequences in blocks of\n"
+            "                                   16 tokens (default 0: room for every sequence at full context);\n"
+            "                                   when it is full the newest sequence waits and is computed again\n"
+            "  --kv-cache-dtype fp32|bf16       KV cache element type (default fp32; bf16: half the memory)\n"
             "  --api-key-file F                 API keys, one per line; also CSERVE_API_KEYS=k1,k2; a key may be\n"
             "                                   followed by max_ongoing=N (its own limit, as below)\n"
             "  --max-ongoing-per-key N          generation requests one API key may have in flight; more get 429\n"
@@ -364,7 +368,7 @@ static int serve_config(const cp_serve_opts *so) {
 int cs_cmd_serve(int argc, char **argv) {
     enum { O_HOST = 256, O_PORT, O_PREFIX, O_ONGOING, O_QUEUED, O_RTO, O_KATO, O_GRACE, O_DTYPE, O_THREADS, O_KEYS,
            O_NOLOG, O_CONFIG, O_AHOST, O_APORT, O_CORS, O_PIPEDEF, O_MAXDUR,
-           O_HDRTO, O_BODYRATE, O_MAXCONN, O_MAXCONNIP, O_PERKEY, O_CHAT };
+           O_HDRTO, O_BODYRATE, O_MAXCONN, O_MAXCONNIP, O_PERKEY, O_CHAT, O_KVMB, O_KVDT };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},
         {"host", required_argument, 0, O_HOST},
@@ -391,6 +395,8 @@ int cs_cmd_serve(int argc, char **argv) {
         {"max-connections-per-ip", required_argument, 0, O_MAXCONNIP},
         {"max-ongoing-per-key", required_argument, 0, O_PERKEY},
         {"chat-template", required_argument, 0, O_CHAT},
+        {"kv-cache-mb", required_argument, 0, O_KVMB},
+        {"kv-cache-dtype", required_argument, 0, O_KVDT},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -398,7 +404,8 @@ int cs_cmd_serve(int argc, char **argv) {
     double port = 8000, ongoing = 32, queued = 256, rto = 60, kato = 90, grace = 20, threads = 0;
     double max_dur = CS_SCHED_MAX_DURATION_S;
     double hdr_to = CS_HTTP_HEADER_TIMEOUT_S, body_rate = CS_HTTP_MIN_BODY_RATE, max_conn = 0, max_conn_ip = -1;
-    double per_key = 0;
+    double per_key = 0, kv_mb = 0;
+    cs_kvdtype kv_dt = CS_KV_F32;
     int access_log = 1, c, port_set = 0, host_set = 0;
     const char *config = NULL, *admin_host = "127.0.0.1";
     double admin_port = 8265;
@@ -433,6 +440,14 @@ int cs_cmd_serve(int argc, char **argv) {
             }
             break;
         case O_THREADS: bad = parse_num("--threads", optarg, 1, 1024, &threads); break;
+        case O_KVMB: bad = parse_num("--kv-cache-mb", optarg, 0, 1 << 30, &kv_mb); break;
+        case O_KVDT:
+            if (!strcmp(optarg, "fp32") || !strcmp(optarg, "bf16")) kv_dt = !strcmp(optarg, "bf16") ? CS_KV_BF16 : CS_KV_F32;
+            else {
+                fprintf(stderr, "cserve serve: --kv-cache-dtype: expected fp32 or bf16, got '%s'\n", optarg);
+                bad = 1;
+            }
+            break;
         case O_KEYS: key_file = optarg; break;
         case O_NOLOG: access_log = 0; break;
         case O_CONFIG: config = optarg; break;
@@ -535,7 +550,7 @@ int cs_cmd_serve(int argc, char **argv) {
     if (lrc) goto out;
     cs_api_log("info", "listening on %s:%d", host, cs_http_port(http));
     cs_sched_opts so = {.max_running = (int)ongoing, .max_queued = (int)queued, .threads = (int)threads,
-                        .max_duration_s = max_dur > 0 ? max_dur : -1};
+                        .max_duration_s = max_dur > 0 ? max_dur : -1, .kv_cache_mb = (int)kv_mb, .kv_dtype = kv_dt};
     if (cs_sched_create(&sched, m, &so, &err)) goto out;
     if (pipedef && cs_api_set_user_config(api, pipedef, &err)) goto out;
     cs_api_attach(api, m, sched);

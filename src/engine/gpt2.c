@@ -427,7 +427,7 @@ static int calibrate(const cs_gpt2_config *cfg, const char *path, const cs_kern 
         int32_t ids[CALIB_MAX_LEN];
         const int n = (int)texts[i].n < len_cap ? (int)texts[i].n : len_cap;
         for (int k = 0; k < n; k++) ids[k] = texts[i].ids[k] % cfg->vocab_size;
-        if (cs_gpt2_kv_init(&kv, f, n, err)) goto out;
+        if (cs_gpt2_kv_init(&kv, f, n, CS_KV_F32, err)) goto out;
         cs_gpt2_seq q = {.kv = &kv, .tokens = ids, .n = n, .logits = logits, .all_logits = 1};
         if (cs_gpt2_step(f, &ws, &q, 1, err)) goto out;
         cs_gpt2_kv_free(&kv);

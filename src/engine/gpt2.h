@@ -27,6 +27,7 @@
 
 #include "engine/err.h"
 #include "engine/kernels.h"
+#include "engine/kvpool.h"
 #include "engine/threadpool.h"
 
 typedef enum cs_act {
@@ -94,15 +95,30 @@ int cs_gpt2_load(cs_gpt2 **out, const cs_gpt2_config *cfg, const char *safetenso
                  const cs_gpt2_opts *opts, cs_err *err);
 void cs_gpt2_free(cs_gpt2 *m);
 
-/* One sequence's KV cache: (L, n_ctx, C) keys and values, fp32. */
+/* One sequence's KV cache: a table of blocks from a cs_kvpool (kvpool.h),
+ * taken as the sequence grows. Either private (cs_gpt2_kv_init: a pool of its
+ * own with room for n_ctx tokens) or drawing on a pool shared with other
+ * sequences (cs_gpt2_kv_attach), where a step can find the pool empty. */
 typedef struct cs_gpt2_kv {
-    int n_ctx;  /* capacity in tokens (<= n_positions) */
-    int n_past; /* tokens already cached */
-    float *k, *v;
+    int n_ctx;        /* capacity in tokens (<= n_positions) */
+    int n_past;       /* tokens already cached */
+    cs_kvpool *pool;
+    int own_pool;
+    void **blk;       /* (ceil(n_ctx / CS_KV_BLOCK)); the first n_blk are held */
+    int n_blk;
 } cs_gpt2_kv;
 
 /* n_ctx <= 0 or > n_positions means n_positions. */
-int cs_gpt2_kv_init(cs_gpt2_kv *kv, const cs_gpt2 *m, int n_ctx, cs_err *err);
+int cs_gpt2_kv_init(cs_gpt2_kv *kv, const cs_gpt2 *m, int n_ctx, cs_kvdtype dt, cs_err *err);
+/* A cache on a shared pool (borrowed; it must outlive kv and match the model's shape). */
+int cs_gpt2_kv_attach(cs_gpt2_kv *kv, const cs_gpt2 *m, cs_kvpool *pool, int n_ctx, cs_err *err);
+/* Holds blocks for n_tokens positions in all (n_tokens <= n_ctx). 0, or -1
+ * when the pool has too few free blocks (the blocks taken so far are kept). */
+int cs_gpt2_kv_reserve(cs_gpt2_kv *kv, int n_tokens);
+/* Blocks the cache still needs for n_tokens positions in all. */
+int cs_gpt2_kv_blocks_needed(const cs_gpt2_kv *kv, int n_tokens);
+/* Empties the cache and gives its blocks back to the pool. */
+void cs_gpt2_kv_clear(cs_gpt2_kv *kv);
 void cs_gpt2_kv_free(cs_gpt2_kv *kv);
 
 /* Scratch for steps of up to max_tokens tokens with up to max_logit_rows rows
@@ -139,8 +155,10 @@ typedef struct cs_gpt2_seq {
     int all_logits;
 } cs_gpt2_seq;
 
-/* Runs one batched forward. Fails without changing any cache when a token is
- * out of range, a cache would overflow, or the batch exceeds the workspace. */
+/* Runs one batched forward. Fails without changing any cache's tokens when a
+ * token is out of range, a cache would overflow, the batch exceeds the
+ * workspace, or a shared pool runs out of blocks (blocks reserved before that
+ * stay with their caches). */
 int cs_gpt2_step(const cs_gpt2 *m, cs_gpt2_ws *ws, cs_gpt2_seq *seqs, int n_seqs, cs_err *err);
 
 /* Convenience for one sequence (tests, the CLI): a KV cache plus a workspace
@@ -155,7 +173,10 @@ typedef struct cs_gpt2_state {
 /* n_ctx <= 0 means n_positions; max_chunk <= 0 means 64. pool may be NULL. */
 int cs_gpt2_state_init(cs_gpt2_state *s, const cs_gpt2 *m, int n_ctx, int max_chunk, cs_pool *pool, cs_err *err);
 void cs_gpt2_state_free(cs_gpt2_state *s);
-static inline void cs_gpt2_state_reset(cs_gpt2_state *s) { s->kv.n_past = s->n_past = 0; }
+static inline void cs_gpt2_state_reset(cs_gpt2_state *s) {
+    cs_gpt2_kv_clear(&s->kv);
+    s->n_past = 0;
+}
 
 /* Appends n tokens and writes logits: (n, V) when all_logits, else (V) for the
  * last token. Fails (state unchanged) on bad ids or context overflow. */

@@ -9,24 +9,67 @@
 
 #define ATT_ROWS 16 /* prompt rows per attention work item (see job_attention) */
 
-int cs_gpt2_kv_init(cs_gpt2_kv *kv, const cs_gpt2 *m, int n_ctx, cs_err *err) {
-    memset(kv, 0, sizeof *kv);
+static int kv_setup(cs_gpt2_kv *kv, const cs_gpt2 *m, cs_kvpool *pool, int own, int n_ctx, cs_err *err) {
     const cs_gpt2_config *c = &m->cfg;
-    if (n_ctx <= 0 || n_ctx > c->n_positions) n_ctx = c->n_positions;
+    cs_kvpool_info pi;
+    cs_kvpool_get_info(pool, &pi);
+    if (pi.n_layer != (size_t)c->n_layer || pi.n_embd != (size_t)c->n_embd) {
+        if (own) cs_kvpool_free(pool);
+        return cs_err_set(err, "KV cache pool shaped for %zu layers x %zu, the model has %d x %d", pi.n_layer,
+                          pi.n_embd, c->n_layer, c->n_embd);
+    }
+    if ((size_t)n_ctx > pi.blocks_total * CS_KV_BLOCK) n_ctx = (int)(pi.blocks_total * CS_KV_BLOCK);
     kv->n_ctx = n_ctx;
-    const size_t n = (size_t)c->n_layer * (size_t)n_ctx * (size_t)c->n_embd;
-    kv->k = malloc(n * sizeof(float));
-    kv->v = malloc(n * sizeof(float));
-    if (!kv->k || !kv->v) {
+    kv->pool = pool;
+    kv->own_pool = own;
+    kv->blk = calloc(((size_t)n_ctx + CS_KV_BLOCK - 1) / CS_KV_BLOCK, sizeof *kv->blk);
+    if (!kv->blk) {
         cs_gpt2_kv_free(kv);
         return cs_err_set(err, "out of memory for a %d-token KV cache", n_ctx);
     }
     return 0;
 }
 
+int cs_gpt2_kv_init(cs_gpt2_kv *kv, const cs_gpt2 *m, int n_ctx, cs_kvdtype dt, cs_err *err) {
+    memset(kv, 0, sizeof *kv);
+    const cs_gpt2_config *c = &m->cfg;
+    if (n_ctx <= 0 || n_ctx > c->n_positions) n_ctx = c->n_positions;
+    cs_kvpool *pool;
+    if (cs_kvpool_create(&pool, (size_t)c->n_layer, (size_t)c->n_embd, dt, (size_t)n_ctx, err)) return -1;
+    return kv_setup(kv, m, pool, 1, n_ctx, err);
+}
+
+int cs_gpt2_kv_attach(cs_gpt2_kv *kv, const cs_gpt2 *m, cs_kvpool *pool, int n_ctx, cs_err *err) {
+    memset(kv, 0, sizeof *kv);
+    if (n_ctx <= 0 || n_ctx > m->cfg.n_positions) n_ctx = m->cfg.n_positions;
+    return kv_setup(kv, m, pool, 0, n_ctx, err);
+}
+
+int cs_gpt2_kv_blocks_needed(const cs_gpt2_kv *kv, int n_tokens) {
+    const int want = (n_tokens + CS_KV_BLOCK - 1) / CS_KV_BLOCK;
+    return want > kv->n_blk ? want - kv->n_blk : 0;
+}
+
+int cs_gpt2_kv_reserve(cs_gpt2_kv *kv, int n_tokens) {
+    if (n_tokens > kv->n_ctx) return -1;
+    const int want = (n_tokens + CS_KV_BLOCK - 1) / CS_KV_BLOCK;
+    if (want - kv->n_blk > (int)cs_kvpool_free_blocks(kv->pool)) return -1;
+    while (kv->n_blk < want) kv->blk[kv->n_blk++] = cs_kvpool_alloc(kv->pool);
+    return 0;
+}
+
+void cs_gpt2_kv_clear(cs_gpt2_kv *kv) {
+    while (kv->n_blk > 0) {
+        cs_kvpool_release(kv->pool, kv->blk[--kv->n_blk]);
+        kv->blk[kv->n_blk] = NULL;
+    }
+    kv->n_past = 0;
+}
+
 void cs_gpt2_kv_free(cs_gpt2_kv *kv) {
-    free(kv->k);
-    free(kv->v);
+    if (kv->pool && kv->blk) cs_gpt2_kv_clear(kv);
+    if (kv->own_pool) cs_kvpool_free(kv->pool);
+    free(kv->blk);
     memset(kv, 0, sizeof *kv);
 }
 
@@ -183,18 +226,21 @@ static void job_attention(void *vc, int tid, size_t i0, size_t i1) {
         const size_t r = it / H, h = it % H;
         const cs_gpt2_seq *sq = &c->seqs[ws->row_seq[r]];
         const cs_gpt2_kv *kv = sq->kv;
-        const size_t pos = (size_t)ws->row_pos[r], n_ctx = (size_t)kv->n_ctx;
-        const float *kc = kv->k + c->layer * n_ctx * C + h * hd, *vc2 = kv->v + c->layer * n_ctx * C + h * hd;
+        const size_t pos = (size_t)ws->row_pos[r];
+        const cs_kvhead kh = cs_kvpool_head(kv->pool, kv->blk, c->layer, h, hd);
+        const int bf16 = cs_kvpool_dtype(kv->pool) == CS_KV_BF16;
         const float *q = ws->qkv + r * 3 * C + h * hd;
         float *out = ws->h + r * C + h * hd;
         if (sq->n == 1) {
-            m->kern->attend(q, kc, vc2, C, pos + 1, hd, scale, att, out);
+            if (bf16) m->kern->attend_bf16(q, &kh, pos + 1, hd, scale, att, out);
+            else m->kern->attend(q, &kh, pos + 1, hd, scale, att, out);
             continue;
         }
         const size_t i = pos - (size_t)kv->n_past; /* index in the chunk (n_past moves after the step) */
         if (i % ATT_ROWS) continue;                /* done by its block's first row */
         const size_t nq = (size_t)sq->n - i < ATT_ROWS ? (size_t)sq->n - i : ATT_ROWS;
-        m->kern->attend_causal(q, 3 * C, kc, vc2, C, pos, nq, hd, scale, att, out, C);
+        if (bf16) cs_attend_causal_bf16_generic(m->kern, q, 3 * C, &kh, pos, nq, hd, scale, att, out, C);
+        else m->kern->attend_causal(q, 3 * C, &kh, pos, nq, hd, scale, att, out, C);
     }
 }
 
@@ -239,6 +285,18 @@ int cs_gpt2_step(const cs_gpt2 *m, cs_gpt2_ws *ws, cs_gpt2_seq *seqs, int n_seqs
     if (T > (size_t)ws->max_tokens || R > (size_t)ws->max_logit_rows)
         return cs_err_set(err, "batch of %zu tokens / %zu logit rows exceeds the workspace (%d / %d)", T, R,
                           ws->max_tokens, ws->max_logit_rows);
+    for (int s = 0; s < n_seqs; s++) {
+        cs_gpt2_kv *kv = seqs[s].kv;
+        cs_kvpool_info pi;
+        cs_kvpool_get_info(kv->pool, &pi);
+        if (pi.n_layer != (size_t)cf->n_layer || pi.n_embd != C)
+            return cs_err_set(err, "sequence %d: KV cache shaped for %zu layers x %zu, the model has %d x %zu", s,
+                              pi.n_layer, pi.n_embd, cf->n_layer, C);
+        if (cs_gpt2_kv_reserve(kv, kv->n_past + seqs[s].n))
+            return cs_err_set(err, "KV cache pool exhausted: sequence %d needs %d more blocks of %d tokens, %zu free",
+                              s, cs_gpt2_kv_blocks_needed(kv, kv->n_past + seqs[s].n), CS_KV_BLOCK,
+                              cs_kvpool_free_blocks(kv->pool));
+    }
     size_t r = 0;
     for (int s = 0; s < n_seqs; s++)
         for (int i = 0; i < seqs[s].n; i++, r++) {
@@ -257,9 +315,19 @@ int cs_gpt2_step(const cs_gpt2 *m, cs_gpt2_ws *ws, cs_gpt2_seq *seqs, int n_seqs
         matmul(&c, &ly->qkv, h, C, T, qkv, 3 * C);
         for (size_t i = 0; i < T; i++) { /* append this step's keys and values */
             cs_gpt2_kv *kv = seqs[ws->row_seq[i]].kv;
-            const size_t off = (l * (size_t)kv->n_ctx + (size_t)ws->row_pos[i]) * C;
-            memcpy(kv->k + off, qkv + i * 3 * C + C, C * sizeof(float));
-            memcpy(kv->v + off, qkv + i * 3 * C + 2 * C, C * sizeof(float));
+            const size_t pos = (size_t)ws->row_pos[i], off = cs_kvpool_krow_off(C, l, pos);
+            const float *kx = qkv + i * 3 * C + C, *vx = kx + C;
+            if (cs_kvpool_dtype(kv->pool) == CS_KV_BF16) {
+                uint16_t *kb = (uint16_t *)kv->blk[pos / CS_KV_BLOCK] + off, *vb = kb + CS_KV_BLOCK * C;
+                for (size_t e = 0; e < C; e++) {
+                    kb[e] = cs_bf16_from_f32(kx[e]);
+                    vb[e] = cs_bf16_from_f32(vx[e]);
+                }
+            } else {
+                float *kb = (float *)kv->blk[pos / CS_KV_BLOCK] + off;
+                memcpy(kb, kx, C * sizeof(float));
+                memcpy(kb + CS_KV_BLOCK * C, vx, C * sizeof(float));
+            }
         }
         run(&c, T * (size_t)cf->n_head, 1, job_attention);
         track_max(amax ? amax + C : NULL, h, T, C);
@@ -302,7 +370,7 @@ int cs_gpt2_step(const cs_gpt2 *m, cs_gpt2_ws *ws, cs_gpt2_seq *seqs, int n_seqs
 
 int cs_gpt2_state_init(cs_gpt2_state *s, const cs_gpt2 *m, int n_ctx, int max_chunk, cs_pool *pool, cs_err *err) {
     memset(s, 0, sizeof *s);
-    if (cs_gpt2_kv_init(&s->kv, m, n_ctx, err)) return -1;
+    if (cs_gpt2_kv_init(&s->kv, m, n_ctx, CS_KV_F32, err)) return -1;
     if (max_chunk <= 0) max_chunk = 64;
     if (max_chunk > s->kv.n_ctx) max_chunk = s->kv.n_ctx;
     if (cs_gpt2_ws_init(&s->ws, m, max_chunk, max_chunk, pool, err)) {

@@ -5,8 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static uint16_t to_bf16(float f);
-static float from_bf16(uint16_t h);
+#define to_bf16 cs_bf16_from_f32
+#define from_bf16 cs_f32_from_bf16
 
 size_t cs_wdtype_size(cs_wdtype dt) { return dt == CS_W_F32 ? 4 : dt == CS_W_BF16 ? 2 : 1; }
 const char *cs_wdtype_name(cs_wdtype dt) { return dt == CS_W_F32 ? "fp32" : dt == CS_W_BF16 ? "bf16" : "int8"; }
@@ -99,14 +99,14 @@ int8_t *cs_kern_quantize(const cs_kern *k, const cs_pmat *m, const float *x, siz
     return q;
 }
 
-static uint16_t to_bf16(float f) {
+uint16_t cs_bf16_from_f32(float f) {
     uint32_t x;
     memcpy(&x, &f, 4);
     x += 0x7fff + ((x >> 16) & 1); /* round to nearest even (inputs are finite) */
     return (uint16_t)(x >> 16);
 }
 
-static float from_bf16(uint16_t h) {
+float cs_f32_from_bf16(uint16_t h) {
     uint32_t x = (uint32_t)h << 16;
     float f;
     memcpy(&f, &x, 4);
@@ -282,23 +282,50 @@ static void softmax_scalar(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] *= inv;
 }
 
-void cs_attend_generic(const cs_kern *k, const float *q, const float *kc, const float *vc, size_t ld, size_t n,
-                       size_t hd, float scale, float *att, float *out) {
-    for (size_t j = 0; j < n; j++) att[j] = k->dot(q, kc + j * ld, hd) * scale;
+static float dot_bf16_scalar(const float *a, const uint16_t *b, size_t n) {
+    float s = 0;
+    for (size_t i = 0; i < n; i++) s += a[i] * from_bf16(b[i]);
+    return s;
+}
+
+static void axpy_bf16_scalar(float *y, float a, const uint16_t *x, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] += a * from_bf16(x[i]);
+}
+
+void cs_attend_generic(const cs_kern *k, const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale,
+                       float *att, float *out) {
+    for (size_t j = 0; j < n; j++) att[j] = k->dot(q, cs_kv_krow(kv, j), hd) * scale;
     k->softmax(att, n);
     memset(out, 0, hd * sizeof(float));
-    for (size_t j = 0; j < n; j++) k->axpy(out, att[j], vc + j * ld, hd);
+    for (size_t j = 0; j < n; j++) k->axpy(out, att[j], cs_kv_vrow(kv, j), hd);
 }
 
-static void attend_scalar(const float *q, const float *k, const float *v, size_t ld, size_t n, size_t hd, float scale,
-                          float *att, float *out) {
-    cs_attend_generic(&cs_kern_scalar, q, k, v, ld, n, hd, scale, att, out);
+void cs_attend_bf16_generic(const cs_kern *k, const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale,
+                            float *att, float *out) {
+    for (size_t j = 0; j < n; j++) att[j] = k->dot_bf16(q, cs_kv_krow16(kv, j), hd) * scale;
+    k->softmax(att, n);
+    memset(out, 0, hd * sizeof(float));
+    for (size_t j = 0; j < n; j++) k->axpy_bf16(out, att[j], cs_kv_vrow16(kv, j), hd);
 }
 
-void cs_attend_causal_generic(const cs_kern *k, const float *q, size_t ldq, const float *kc, const float *vc,
-                              size_t ld, size_t p0, size_t nq, size_t hd, float scale, float *att, float *out,
-                              size_t ldo) {
-    for (size_t i = 0; i < nq; i++) k->attend(q + i * ldq, kc, vc, ld, p0 + i + 1, hd, scale, att, out + i * ldo);
+static void attend_scalar(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
+                          float *out) {
+    cs_attend_generic(&cs_kern_scalar, q, kv, n, hd, scale, att, out);
+}
+
+static void attend_bf16_scalar(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
+                               float *out) {
+    cs_attend_bf16_generic(&cs_kern_scalar, q, kv, n, hd, scale, att, out);
+}
+
+void cs_attend_causal_generic(const cs_kern *k, const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq,
+                              size_t hd, float scale, float *att, float *out, size_t ldo) {
+    for (size_t i = 0; i < nq; i++) k->attend(q + i * ldq, kv, p0 + i + 1, hd, scale, att, out + i * ldo);
+}
+
+void cs_attend_causal_bf16_generic(const cs_kern *k, const float *q, size_t ldq, const cs_kvhead *kv, size_t p0,
+                                   size_t nq, size_t hd, float scale, float *att, float *out, size_t ldo) {
+    for (size_t i = 0; i < nq; i++) k->attend_bf16(q + i * ldq, kv, p0 + i + 1, hd, scale, att, out + i * ldo);
 }
 
 /* attend_causal over blocks of NB <= ATT_QB_SCALAR queries: each key and
@@ -306,10 +333,10 @@ void cs_attend_causal_generic(const cs_kern *k, const float *q, size_t ldq, cons
  * dot_scalar's sequential sum and per output element the sum over keys runs
  * in axpy_scalar's order, so the bits are attend_scalar's. */
 #define ATT_QB_SCALAR 4
-static inline __attribute__((always_inline)) void causal_block_scalar(const float *q, size_t ldq, const float *k,
-                                                                      const float *v, size_t ld, size_t last,
-                                                                      size_t hd, float scale, float *att, size_t la,
-                                                                      float *out, size_t ldo, const int NB) {
+static inline __attribute__((always_inline)) void causal_block_scalar(const float *q, size_t ldq, const cs_kvhead *kv,
+                                                                      size_t last, size_t hd, float scale, float *att,
+                                                                      size_t la, float *out, size_t ldo,
+                                                                      const int NB) {
     const float *qi[ATT_QB_SCALAR];
     float *ai[ATT_QB_SCALAR], *oi[ATT_QB_SCALAR];
     for (int i = 0; i < NB; i++) {
@@ -318,11 +345,11 @@ static inline __attribute__((always_inline)) void causal_block_scalar(const floa
         oi[i] = out + (size_t)i * ldo;
     }
     for (size_t j = 0; j < last + NB; j++) { /* query i sees keys 0 .. last + i */
-        const float *kj = k + j * ld;
+        const float *kj = cs_kv_krow(kv, j);
         float s[ATT_QB_SCALAR] = {0};
         for (size_t e = 0; e < hd; e++) {
-            const float kv = kj[e];
-            for (int i = 0; i < NB; i++) s[i] += qi[i][e] * kv;
+            const float kx = kj[e];
+            for (int i = 0; i < NB; i++) s[i] += qi[i][e] * kx;
         }
         for (int i = 0; i < NB; i++)
             if (j <= last + (size_t)i) ai[i][j] = s[i] * scale;
@@ -332,7 +359,7 @@ static inline __attribute__((always_inline)) void causal_block_scalar(const floa
         memset(oi[i], 0, hd * sizeof(float));
     }
     for (size_t j = 0; j < last + NB; j++) {
-        const float *vj = v + j * ld;
+        const float *vj = cs_kv_vrow(kv, j);
         for (int i = 0; i < NB; i++) {
             if (j > last + (size_t)i) continue;
             const float a = ai[i][j];
@@ -341,17 +368,17 @@ static inline __attribute__((always_inline)) void causal_block_scalar(const floa
     }
 }
 
-static void attend_causal_scalar(const float *q, size_t ldq, const float *k, const float *v, size_t ld, size_t p0,
-                                 size_t nq, size_t hd, float scale, float *att, float *out, size_t ldo) {
+static void attend_causal_scalar(const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq, size_t hd,
+                                 float scale, float *att, float *out, size_t ldo) {
     const size_t la = p0 + nq; /* row stride of the scores in att */
     for (size_t b = 0; b < nq; b += ATT_QB_SCALAR) {
         const float *qb = q + b * ldq;
         float *ab = att + b * la, *ob = out + b * ldo;
         switch (nq - b < ATT_QB_SCALAR ? nq - b : ATT_QB_SCALAR) {
-        case 4: causal_block_scalar(qb, ldq, k, v, ld, p0 + b, hd, scale, ab, la, ob, ldo, 4); break;
-        case 3: causal_block_scalar(qb, ldq, k, v, ld, p0 + b, hd, scale, ab, la, ob, ldo, 3); break;
-        case 2: causal_block_scalar(qb, ldq, k, v, ld, p0 + b, hd, scale, ab, la, ob, ldo, 2); break;
-        default: causal_block_scalar(qb, ldq, k, v, ld, p0 + b, hd, scale, ab, la, ob, ldo, 1); break;
+        case 4: causal_block_scalar(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 4); break;
+        case 3: causal_block_scalar(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 3); break;
+        case 2: causal_block_scalar(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 2); break;
+        default: causal_block_scalar(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 1); break;
         }
     }
 }
@@ -360,6 +387,7 @@ const cs_kern cs_kern_scalar = {
     .name = "scalar", .isa = CS_ISA_SCALAR, .matmul = matmul_scalar, .layernorm = layernorm_scalar,
     .gelu_tanh = gelu_scalar, .dot = dot_scalar, .axpy = axpy_scalar, .softmax = softmax_scalar,
     .quantize_rows = cs_quantize_rows, .attend = attend_scalar, .attend_causal = attend_causal_scalar,
+    .dot_bf16 = dot_bf16_scalar, .axpy_bf16 = axpy_bf16_scalar, .attend_bf16 = attend_bf16_scalar,
 };
 
 /* ------------------------------------------------------------------ dispatch */

@@ -50,6 +50,38 @@
 
 typedef enum cs_wdtype { CS_W_F32, CS_W_BF16, CS_W_I8 } cs_wdtype;
 
+/* Paged KV cache (engine/gpt2.h): a sequence's keys and values live in blocks
+ * of CS_KV_BLOCK positions taken from a pool as it grows. Attention kernels
+ * see one head through a block table: the key row of position j is
+ *   blk[j / CS_KV_BLOCK] + koff + (j % CS_KV_BLOCK) * ld
+ * and its value row the same with voff (offsets and ld in elements of the
+ * cache's dtype: fp32, or bf16 rounded to nearest even). */
+#define CS_KV_BLOCK 16
+
+typedef enum cs_kvdtype { CS_KV_F32, CS_KV_BF16 } cs_kvdtype;
+
+typedef struct cs_kvhead {
+    const void *const *blk;
+    size_t koff, voff, ld;
+} cs_kvhead;
+
+static inline const float *cs_kv_krow(const cs_kvhead *h, size_t j) {
+    return (const float *)h->blk[j / CS_KV_BLOCK] + h->koff + (j % CS_KV_BLOCK) * h->ld;
+}
+static inline const float *cs_kv_vrow(const cs_kvhead *h, size_t j) {
+    return (const float *)h->blk[j / CS_KV_BLOCK] + h->voff + (j % CS_KV_BLOCK) * h->ld;
+}
+static inline const uint16_t *cs_kv_krow16(const cs_kvhead *h, size_t j) {
+    return (const uint16_t *)h->blk[j / CS_KV_BLOCK] + h->koff + (j % CS_KV_BLOCK) * h->ld;
+}
+static inline const uint16_t *cs_kv_vrow16(const cs_kvhead *h, size_t j) {
+    return (const uint16_t *)h->blk[j / CS_KV_BLOCK] + h->voff + (j % CS_KV_BLOCK) * h->ld;
+}
+
+/* fp32 <-> bf16 (round to nearest even; inputs finite). */
+uint16_t cs_bf16_from_f32(float f);
+float cs_f32_from_bf16(uint16_t h);
+
 typedef struct cs_pmat {
     cs_wdtype dt;
     size_t K, N, n_panels; /* n_panels = ceil(N / 16) */
@@ -87,14 +119,21 @@ int8_t *cs_kern_quantize(const struct cs_kern *k, const cs_pmat *m, const float 
                          float **sx);
 
 /* attend built from a table's dot, softmax and axpy (the reference form). */
-void cs_attend_generic(const struct cs_kern *k, const float *q, const float *kc, const float *vc, size_t ld, size_t n,
-                       size_t hd, float scale, float *att, float *out);
+void cs_attend_generic(const struct cs_kern *k, const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale,
+                       float *att, float *out);
+
+/* attend_bf16 built from a table's dot_bf16, softmax and axpy_bf16. */
+void cs_attend_bf16_generic(const struct cs_kern *k, const float *q, const cs_kvhead *kv, size_t n, size_t hd,
+                            float scale, float *att, float *out);
 
 /* attend_causal as one attend call per query (the reference it must match;
  * also the fallback for head sizes a table has no blocked form for). */
-void cs_attend_causal_generic(const struct cs_kern *k, const float *q, size_t ldq, const float *kc, const float *vc,
-                              size_t ld, size_t p0, size_t nq, size_t hd, float scale, float *att, float *out,
-                              size_t ldo);
+void cs_attend_causal_generic(const struct cs_kern *k, const float *q, size_t ldq, const cs_kvhead *kv, size_t p0,
+                              size_t nq, size_t hd, float scale, float *att, float *out, size_t ldo);
+
+/* The same for a bf16 cache, one attend_bf16 call per query. */
+void cs_attend_causal_bf16_generic(const struct cs_kern *k, const float *q, size_t ldq, const cs_kvhead *kv,
+                                   size_t p0, size_t nq, size_t hd, float scale, float *att, float *out, size_t ldo);
 
 /* Frees the calling thread's scratch (call before a worker thread exits). */
 void cs_kern_thread_cleanup(void);
@@ -141,11 +180,17 @@ typedef struct cs_kern {
     void (*axpy)(float *y, float a, const float *x, size_t n); /* y += a x */
     /* In place over n scores: x = exp(x - max) / sum. */
     void (*softmax)(float *x, size_t n);
-    /* Attention of one query over n cached positions for one head of size hd:
-     * att[j] = softmax_j(scale * q . k_j), out = sum_j att[j] v_j. Rows of k and
-     * v are ld floats apart; att holds n floats of scratch. */
-    void (*attend)(const float *q, const float *k, const float *v, size_t ld, size_t n, size_t hd, float scale,
-                   float *att, float *out);
+    /* bf16 x fp32: dot with b widened to fp32 (the same sum as dot), and
+     * y += a * widen(x) (the same chain as axpy). */
+    float (*dot_bf16)(const float *a, const uint16_t *b, size_t n);
+    void (*axpy_bf16)(float *y, float a, const uint16_t *x, size_t n);
+    /* Attention of one query over n cached positions for one head of size hd
+     * (fp32 cache): att[j] = softmax_j(scale * q . k_j), out = sum_j att[j]
+     * v_j, rows found through kv's block table; att holds n floats of scratch. */
+    void (*attend)(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att, float *out);
+    /* The same over a bf16 cache (keys and values widened to fp32). */
+    void (*attend_bf16)(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
+                        float *out);
     /* Causal attention of nq consecutive queries of one sequence for one head
      * (a prompt chunk): query i (q + i * ldq) sits at position p0 + i and sees
      * cached positions 0 .. p0 + i; its output goes to out + i * ldo. Every
@@ -154,8 +199,8 @@ typedef struct cs_kern {
      * only the loads of key and value rows are shared between queries, so a
      * token's result does not depend on how its prompt was chunked or batched.
      * att: scratch of nq * (p0 + nq) floats. */
-    void (*attend_causal)(const float *q, size_t ldq, const float *k, const float *v, size_t ld, size_t p0,
-                          size_t nq, size_t hd, float scale, float *att, float *out, size_t ldo);
+    void (*attend_causal)(const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq, size_t hd,
+                          float scale, float *att, float *out, size_t ldo);
     /* cs_quantize_rows, bit for bit. */
     void (*quantize_rows)(const float *x, size_t ldx, size_t T, size_t K, const float *r, int8_t *q, size_t ldq,
                           float *sx);
@@ -163,6 +208,13 @@ typedef struct cs_kern {
 
 const cs_kern *cs_kern_for(cs_isa isa); /* NULL when the CPU lacks it */
 const cs_kern *cs_kern_best(void);
+
+/* The AVX2 table's bf16-cache functions, which the AVX-512 table shares
+ * (x86-64 builds only). */
+float cs_dot_bf16_avx2(const float *a, const uint16_t *b, size_t n);
+void cs_axpy_bf16_avx2(float *y, float a, const uint16_t *x, size_t n);
+void cs_attend_bf16_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
+                         float *out);
 
 /* Tables (defined in kernels_*.c). */
 extern const cs_kern cs_kern_scalar, cs_kern_avx2, cs_kern_avx512;

@@ -302,6 +302,32 @@ static T256 void axpy_avx2(float *y, float a, const float *x, size_t n) {
     for (; i < n; i++) y[i] += a * x[i];
 }
 
+/* 8 bf16 values widened to fp32 (a bf16 is the top half of its fp32). */
+static INL T256 __m256 load_bf16x8(const uint16_t *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)p)), 16));
+}
+
+/* dot_avx2's sum with b widened from bf16. */
+T256 float cs_dot_bf16_avx2(const float *a, const uint16_t *b, size_t n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load_bf16x8(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), load_bf16x8(b + i + 8), s1);
+    }
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load_bf16x8(b + i), s0);
+    float s = hsum256(_mm256_add_ps(s0, s1));
+    for (; i < n; i++) s += a[i] * cs_f32_from_bf16(b[i]);
+    return s;
+}
+
+T256 void cs_axpy_bf16_avx2(float *y, float a, const uint16_t *x, size_t n) {
+    const __m256 av = _mm256_set1_ps(a);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, load_bf16x8(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * cs_f32_from_bf16(x[i]);
+}
+
 static T256 void softmax_avx2(float *x, size_t n) {
     float mx = -INFINITY;
     for (size_t i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
@@ -362,9 +388,15 @@ static T256 void quantize_avx2(const float *x, size_t ldx, size_t T, size_t K, c
     }
 }
 
-static void attend_avx2(const float *q, const float *k, const float *v, size_t ld, size_t n, size_t hd, float scale,
-                        float *att, float *out) {
-    cs_attend_generic(&cs_kern_avx2, q, k, v, ld, n, hd, scale, att, out);
+static void attend_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
+                        float *out) {
+    cs_attend_generic(&cs_kern_avx2, q, kv, n, hd, scale, att, out);
+}
+
+/* Also the AVX-512 table's (kernels_avx512.c): same sums, bf16 widened on load. */
+void cs_attend_bf16_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
+                         float *out) {
+    cs_attend_bf16_generic(&cs_kern_avx2, q, kv, n, hd, scale, att, out);
 }
 
 /* attend_causal in blocks of up to ATT_QB queries that share every key and
@@ -402,12 +434,12 @@ static INL T256 void scores_avx2(const float *const *qi, const float *kj, size_t
 
 /* Columns [e, e + 8 NV) of the NB outputs: query i weighs value rows
  * 0 .. last + i by its probabilities ai[i]. */
-static INL T256 void pv_avx2(float *const *ai, const float *v, size_t ld, size_t last, float *const *oi, size_t e,
+static INL T256 void pv_avx2(float *const *ai, const cs_kvhead *kv, size_t last, float *const *oi, size_t e,
                              const int NB, const int NV) {
     __m256 o[ATT_QB][2];
     for (int i = 0; i < NB; i++) o[i][0] = o[i][1] = _mm256_setzero_ps();
     for (size_t j = 0; j <= last; j++) { /* keys every query sees */
-        const float *vj = v + j * ld + e;
+        const float *vj = cs_kv_vrow(kv, j) + e;
         const __m256 v0 = _mm256_loadu_ps(vj), v1 = NV > 1 ? _mm256_loadu_ps(vj + 8) : v0;
         for (int i = 0; i < NB; i++) {
             const __m256 a = _mm256_broadcast_ss(ai[i] + j);
@@ -416,7 +448,7 @@ static INL T256 void pv_avx2(float *const *ai, const float *v, size_t ld, size_t
         }
     }
     for (int t = 1; t < NB; t++) { /* the causal triangle: key last + t for queries t.. */
-        const float *vj = v + (last + (size_t)t) * ld + e;
+        const float *vj = cs_kv_vrow(kv, last + (size_t)t) + e;
         const __m256 v0 = _mm256_loadu_ps(vj), v1 = NV > 1 ? _mm256_loadu_ps(vj + 8) : v0;
         for (int i = 0; i < NB; i++) {
             if (i < t) continue;
@@ -432,9 +464,8 @@ static INL T256 void pv_avx2(float *const *ai, const float *v, size_t ld, size_t
 }
 
 /* NB queries whose first sits at position last (att rows la floats apart). */
-static INL T256 void causal_block_avx2(const float *q, size_t ldq, const float *k, const float *v, size_t ld,
-                                       size_t last, size_t hd, float scale, float *att, size_t la, float *out,
-                                       size_t ldo, const int NB) {
+static INL T256 void causal_block_avx2(const float *q, size_t ldq, const cs_kvhead *kv, size_t last, size_t hd,
+                                       float scale, float *att, size_t la, float *out, size_t ldo, const int NB) {
     const float *qi[ATT_QB];
     float *ai[ATT_QB], *oi[ATT_QB], sc[ATT_QB];
     for (int i = 0; i < NB; i++) {
@@ -443,39 +474,38 @@ static INL T256 void causal_block_avx2(const float *q, size_t ldq, const float *
         oi[i] = out + (size_t)i * ldo;
     }
     for (size_t j = 0; j <= last; j++) {
-        scores_avx2(qi, k + j * ld, hd, scale, sc, NB);
+        scores_avx2(qi, cs_kv_krow(kv, j), hd, scale, sc, NB);
         for (int i = 0; i < NB; i++) ai[i][j] = sc[i];
     }
     for (int t = 1; t < NB; t++) { /* the triangle: scores past a query's position are dropped */
-        scores_avx2(qi, k + (last + (size_t)t) * ld, hd, scale, sc, NB);
+        scores_avx2(qi, cs_kv_krow(kv, last + (size_t)t), hd, scale, sc, NB);
         for (int i = t; i < NB; i++) ai[i][last + (size_t)t] = sc[i];
     }
     for (int i = 0; i < NB; i++) softmax_avx2(ai[i], last + (size_t)i + 1);
     size_t e = 0;
-    for (; e + 16 <= hd; e += 16) pv_avx2(ai, v, ld, last, oi, e, NB, 2);
-    for (; e + 8 <= hd; e += 8) pv_avx2(ai, v, ld, last, oi, e, NB, 1);
+    for (; e + 16 <= hd; e += 16) pv_avx2(ai, kv, last, oi, e, NB, 2);
+    for (; e + 8 <= hd; e += 8) pv_avx2(ai, kv, last, oi, e, NB, 1);
     for (; e < hd; e++) /* axpy_avx2's scalar tail */
         for (int i = 0; i < NB; i++) {
             float o = 0;
-            for (size_t j = 0; j <= last + (size_t)i; j++) o += ai[i][j] * v[j * ld + e];
+            for (size_t j = 0; j <= last + (size_t)i; j++) o += ai[i][j] * cs_kv_vrow(kv, j)[e];
             oi[i][e] = o;
         }
 }
 
-static T256 void attend_causal_avx2(const float *q, size_t ldq, const float *k, const float *v, size_t ld,
-                                    size_t p0, size_t nq, size_t hd, float scale, float *att, float *out,
-                                    size_t ldo) {
+static T256 void attend_causal_avx2(const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq,
+                                    size_t hd, float scale, float *att, float *out, size_t ldo) {
     const size_t la = p0 + nq;
     for (size_t b = 0; b < nq; b += ATT_QB) {
         const float *qb = q + b * ldq;
         float *ab = att + b * la, *ob = out + b * ldo;
         switch (nq - b < ATT_QB ? nq - b : ATT_QB) {
-        case 6: causal_block_avx2(qb, ldq, k, v, ld, p0 + b, hd, scale, ab, la, ob, ldo, 6); break;
-        case 5: causal_block_avx2(qb, ldq, k, v, ld, p0 + b, hd, scale, ab, la, ob, ldo, 5); break;
-        case 4: causal_block_avx2(qb, ldq, k, v, ld, p0 + b, hd, scale, ab, la, ob, ldo, 4); break;
-        case 3: causal_block_avx2(qb, ldq, k, v, ld, p0 + b, hd, scale, ab, la, ob, ldo, 3); break;
-        case 2: causal_block_avx2(qb, ldq, k, v, ld, p0 + b, hd, scale, ab, la, ob, ldo, 2); break;
-        default: causal_block_avx2(qb, ldq, k, v, ld, p0 + b, hd, scale, ab, la, ob, ldo, 1); break;
+        case 6: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 6); break;
+        case 5: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 5); break;
+        case 4: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 4); break;
+        case 3: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 3); break;
+        case 2: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 2); break;
+        default: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 1); break;
         }
     }
 }
@@ -484,6 +514,7 @@ const cs_kern cs_kern_avx2 = {
     .name = "avx2", .isa = CS_ISA_AVX2, .matmul = matmul_avx2, .layernorm = layernorm_avx2,
     .gelu_tanh = gelu_avx2, .dot = dot_avx2, .axpy = axpy_avx2, .softmax = softmax_avx2,
     .quantize_rows = quantize_avx2, .attend = attend_avx2, .attend_causal = attend_causal_avx2,
+    .dot_bf16 = cs_dot_bf16_avx2, .axpy_bf16 = cs_axpy_bf16_avx2, .attend_bf16 = cs_attend_bf16_avx2,
 };
 
 #else

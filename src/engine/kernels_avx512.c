@@ -399,13 +399,14 @@ static T512 void softmax_avx512(float *x, size_t n) {
 /* Attention for head sizes that are a multiple of 16 up to 128: q and the
  * output stay in registers, four key rows are dotted at once, and each value
  * row is loaded once (the generic form reloads and stores out per row). */
-static INL T512 void attend_nv(const float *q, const float *k, const float *v, size_t ld, size_t n, float scale,
-                               float *att, float *out, const int NV) {
+static INL T512 void attend_nv(const float *q, const cs_kvhead *kv, size_t n, float scale, float *att, float *out,
+                               const int NV) {
+    const size_t ld = kv->ld;
     __m512 qv[8], o[8];
     for (int c = 0; c < NV; c++) qv[c] = _mm512_loadu_ps(q + 16 * c);
     size_t j = 0;
-    for (; j + 4 <= n; j += 4) {
-        const float *k0 = k + j * ld;
+    for (; j + 4 <= n; j += 4) { /* 4 | CS_KV_BLOCK: the four rows share a block */
+        const float *k0 = cs_kv_krow(kv, j);
         __m512 s0 = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k0)), s1 = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k0 + ld));
         __m512 s2 = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k0 + 2 * ld));
         __m512 s3 = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k0 + 3 * ld));
@@ -421,7 +422,7 @@ static INL T512 void attend_nv(const float *q, const float *k, const float *v, s
         att[j + 3] = _mm512_reduce_add_ps(s3) * scale;
     }
     for (; j < n; j++) {
-        const float *kj = k + j * ld;
+        const float *kj = cs_kv_krow(kv, j);
         __m512 s = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kj));
         for (int c = 1; c < NV; c++) s = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(kj + 16 * c), s);
         att[j] = _mm512_reduce_add_ps(s) * scale;
@@ -430,22 +431,23 @@ static INL T512 void attend_nv(const float *q, const float *k, const float *v, s
     for (int c = 0; c < NV; c++) o[c] = _mm512_setzero_ps();
     for (j = 0; j < n; j++) {
         const __m512 a = _mm512_set1_ps(att[j]);
-        for (int c = 0; c < NV; c++) o[c] = _mm512_fmadd_ps(a, _mm512_loadu_ps(v + j * ld + 16 * c), o[c]);
+        const float *vj = cs_kv_vrow(kv, j);
+        for (int c = 0; c < NV; c++) o[c] = _mm512_fmadd_ps(a, _mm512_loadu_ps(vj + 16 * c), o[c]);
     }
     for (int c = 0; c < NV; c++) _mm512_storeu_ps(out + 16 * c, o[c]);
 }
 
-static T512 void attend_avx512(const float *q, const float *k, const float *v, size_t ld, size_t n, size_t hd,
-                               float scale, float *att, float *out) {
+static T512 void attend_avx512(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
+                               float *out) {
     switch (hd) {
-    case 16: attend_nv(q, k, v, ld, n, scale, att, out, 1); return;
-    case 32: attend_nv(q, k, v, ld, n, scale, att, out, 2); return;
-    case 48: attend_nv(q, k, v, ld, n, scale, att, out, 3); return;
-    case 64: attend_nv(q, k, v, ld, n, scale, att, out, 4); return;
-    case 80: attend_nv(q, k, v, ld, n, scale, att, out, 5); return;
-    case 96: attend_nv(q, k, v, ld, n, scale, att, out, 6); return;
-    case 128: attend_nv(q, k, v, ld, n, scale, att, out, 8); return;
-    default: cs_attend_generic(&cs_kern_avx512, q, k, v, ld, n, hd, scale, att, out);
+    case 16: attend_nv(q, kv, n, scale, att, out, 1); return;
+    case 32: attend_nv(q, kv, n, scale, att, out, 2); return;
+    case 48: attend_nv(q, kv, n, scale, att, out, 3); return;
+    case 64: attend_nv(q, kv, n, scale, att, out, 4); return;
+    case 80: attend_nv(q, kv, n, scale, att, out, 5); return;
+    case 96: attend_nv(q, kv, n, scale, att, out, 6); return;
+    case 128: attend_nv(q, kv, n, scale, att, out, 8); return;
+    default: cs_attend_generic(&cs_kern_avx512, q, kv, n, hd, scale, att, out);
     }
 }
 
@@ -453,10 +455,9 @@ static T512 void attend_avx512(const float *q, const float *k, const float *v, s
  * and value shared by several queries, as the AVX2 and scalar tables do) is
  * not used here until it has been checked bit for bit against attend_nv on
  * AVX-512 hardware (tests/engine/test_attention.c). */
-static T512 void attend_causal_avx512(const float *q, size_t ldq, const float *k, const float *v, size_t ld,
-                                      size_t p0, size_t nq, size_t hd, float scale, float *att, float *out,
-                                      size_t ldo) {
-    cs_attend_causal_generic(&cs_kern_avx512, q, ldq, k, v, ld, p0, nq, hd, scale, att, out, ldo);
+static T512 void attend_causal_avx512(const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq,
+                                      size_t hd, float scale, float *att, float *out, size_t ldo) {
+    cs_attend_causal_generic(&cs_kern_avx512, q, ldq, kv, p0, nq, hd, scale, att, out, ldo);
 }
 
 /* cs_quantize_rows with the same arithmetic (see quantize_avx2). */
@@ -492,6 +493,7 @@ static T512 void quantize_avx512(const float *x, size_t ldx, size_t T, size_t K,
 const cs_kern cs_kern_avx512 = {
     .name = "avx512", .isa = CS_ISA_AVX512, .matmul = matmul_avx512, .layernorm = layernorm_avx512,
     .gelu_tanh = gelu_avx512, .dot = dot_avx512, .axpy = axpy_avx512, .softmax = softmax_avx512,
+    .dot_bf16 = cs_dot_bf16_avx2, .axpy_bf16 = cs_axpy_bf16_avx2, .attend_bf16 = cs_attend_bf16_avx2,
     .quantize_rows = quantize_avx512, .attend = attend_avx512, .attend_causal = attend_causal_avx512,
 };
 

@@ -282,6 +282,10 @@ static void render_vllm(buf *b, const cs_metrics_gauges *g) {
         bprintf(b, "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n"
                    "# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{model_name=\"%s\"} %.9g\n",
                 name, g->kv_usage);
+    if (g->kv_capacity)
+        bprintf(b, "# HELP vllm:num_preemptions_total Cumulative number of preemption from the engine.\n"
+                   "# TYPE vllm:num_preemptions_total counter\nvllm:num_preemptions_total{model_name=\"%s\"} %llu\n",
+                name, (unsigned long long)g->preemptions);
 }
 
 int cs_metrics_render(cs_metrics *m, const cs_metrics_gauges *g, char **out, size_t *len) {
@@ -328,6 +332,16 @@ int cs_metrics_render(cs_metrics *m, const cs_metrics_gauges *g, char **out, siz
         bprintf(&b, "# HELP cserve_engine_steps_total Batched forward steps.\n# TYPE cserve_engine_steps_total counter\n"
                     "cserve_engine_steps_total %llu\n",
                 (unsigned long long)g->steps);
+        if (g->kv_capacity) {
+            gauge(&b, "cserve_kv_cache_tokens", "Tokens held in the KV cache.", (double)g->kv_tokens);
+            gauge(&b, "cserve_kv_cache_capacity_tokens", "Tokens the KV cache pool can hold.", (double)g->kv_capacity);
+            gauge(&b, "cserve_kv_cache_bytes", "Memory the KV cache pool holds now (blocks in use or kept for reuse).",
+                  (double)g->kv_bytes);
+            bprintf(&b, "# HELP cserve_scheduler_preemptions_total Sequences preempted (KV memory or fair share) "
+                        "and computed again later.\n# TYPE cserve_scheduler_preemptions_total counter\n"
+                        "cserve_scheduler_preemptions_total %llu\n",
+                    (unsigned long long)g->preemptions);
+        }
         if (g->model_name) render_vllm(&b, g);
     }
     render_process(&b);

@@ -58,6 +58,10 @@ typedef struct cs_metrics_gauges {
     int max_running, max_queued;
     double batch_size;   /* sequences in the last engine step */
     uint64_t steps;      /* engine steps so far */
+    /* The KV cache pool (rendered when kv_capacity > 0): tokens held, tokens it
+     * can hold, memory it holds now, and sequences preempted so far (for
+     * memory or for fairness; also as vllm:num_preemptions_total). */
+    uint64_t kv_tokens, kv_capacity, kv_bytes, preemptions;
     /* Non-NULL: also vLLM's gauges, labelled model_name="...": vllm:num_requests_running
      * (= running), vllm:num_requests_waiting (waiting: sequences without a slot; vLLM V1
      * schedules each of n choices as a request of its own, as we count them) and

@@ -51,6 +51,8 @@ typedef struct cs_replica_opts {
     int threads;             /* 0: all CPUs the process may use (clean_text: 1 worker) */
     int max_running;         /* scheduler sequences (max_ongoing_requests) */
     int max_queued;          /* scheduler queue behind them */
+    int kv_cache_mb;         /* scheduler KV cache memory (0: room for every sequence at full context) */
+    int kv_bf16;             /* bf16 KV cache */
     double request_timeout_s;
     double graceful_shutdown_timeout_s;
     int access_log;

@@ -14,6 +14,7 @@ typedef struct grp grp;
 
 typedef struct seq {
     int slot;          /* KV slot, -1 when not holding one */
+    uint64_t admitted; /* when it got its slot (the newest is preempted first for memory) */
     int32_t *hist;     /* prompt then generated ids */
     size_t n_hist;
     size_t n_fed;      /* ids already in the KV cache (0 again after a preemption) */
@@ -56,7 +57,10 @@ struct cs_sched {
     cs_sched_opts o;
     cs_pool *pool;
     cs_gpt2_ws ws;
-    cs_gpt2_kv *kv;      /* (max_running) slots, allocated on first use */
+    cs_kvpool *kvp;      /* blocks for every slot's cache */
+    cs_gpt2_kv *kv;      /* (max_running) slots, attached to kvp on first use */
+    seq **order;         /* (max_running) running sequences of one step, oldest first */
+    uint64_t n_admitted; /* admission counter */
     seq **slot_seq;      /* (max_running) who holds each slot; NULL: free */
     cs_gpt2_seq *batch;  /* (max_running) */
     seq **batch_seq;     /* (max_running) */
@@ -76,6 +80,7 @@ struct cs_sched {
     _Atomic int n_running_seqs; /* written by the engine thread only */
     int eng_queued;           /* live requests with no slot: under mu */
     uint64_t eng_kv_tokens;   /* tokens in the slots' KV caches after the last step: under mu */
+    uint64_t eng_kv_capacity, eng_kv_bytes, eng_kv_bpt; /* the pool's, after the last step: under mu */
     int stop, draining;
     cs_sched_stats st;
 };
@@ -116,6 +121,7 @@ static void req_release(cs_sched *s, cs_req *r) {
 /* ---------------------------------------------------------------- engine side */
 
 static void give_up_slot(cs_sched *s, seq *q) {
+    if (s->kv[q->slot].blk) cs_gpt2_kv_clear(&s->kv[q->slot]); /* its blocks go back to the pool at once */
     s->slot_seq[q->slot] = NULL;
     q->slot = -1;
     q->r->g->running--;
@@ -171,6 +177,12 @@ static void pull_pending(cs_sched *s) {
  * sched.h). Each round moves one slot, and a preemption narrows the gap between
  * the two groups by two, so this ends. Engine thread. */
 static void assign_slots(cs_sched *s) {
+    cs_kvpool_info pi;
+    cs_kvpool_get_info(s->kvp, &pi);
+    /* blocks a new sequence's history may take: what is free, less a margin
+     * that lets the running ones grow a while before anyone is preempted */
+    const long margin = (long)(pi.blocks_total / 100 + 1);
+    long promised = 0; /* blocks the sequences admitted here will need for their histories */
     for (;;) {
         grp *gw = NULL; /* the waiting group holding the fewest slots */
         cs_req *rw = NULL;
@@ -202,12 +214,17 @@ static void assign_slots(cs_sched *s) {
             victim->r->n_waiting++;
             s->st.preemptions++;
         }
-        int slot = 0;
-        while (s->slot_seq[slot]) slot++;
         seq *q = NULL;
         for (int i = 0; i < rw->n_seqs && !q; i++)
             if (!rw->seqs[i].finished && rw->seqs[i].slot < 0) q = &rw->seqs[i];
+        const long need = ((long)q->n_hist + 1 + CS_KV_BLOCK - 1) / CS_KV_BLOCK;
+        const long room = (long)cs_kvpool_free_blocks(s->kvp) - margin - promised;
+        if (need > room && atomic_load(&s->n_running_seqs) > 0) return; /* waits for memory (alone it always fits) */
+        promised += need;
+        int slot = 0;
+        while (s->slot_seq[slot]) slot++;
         q->slot = slot;
+        q->admitted = s->n_admitted++;
         q->n_fed = 0;
         s->slot_seq[slot] = q;
         rw->n_waiting--;
@@ -216,16 +233,23 @@ static void assign_slots(cs_sched *s) {
     }
 }
 
-/* Allocates a slot's KV cache the first time it is used. */
+/* Attaches a slot's KV cache to the pool the first time it is used. */
 static int ensure_kv(cs_sched *s, int slot) {
-    if (s->kv[slot].k) return 0;
-    return cs_gpt2_kv_init(&s->kv[slot], s->m->net, s->o.n_ctx, NULL);
+    if (s->kv[slot].blk) return 0;
+    return cs_gpt2_kv_attach(&s->kv[slot], s->m->net, s->kvp, s->o.n_ctx, NULL);
 }
 
-/* Adds q's next n ids to the batch. */
+/* Gives q's slot up to free memory; its tokens are computed again later. */
+static void preempt(cs_sched *s, seq *q) {
+    give_up_slot(s, q);
+    q->n_fed = 0;
+    q->r->n_waiting++;
+    s->st.preemptions++;
+}
+
+/* Adds q's next n ids to the batch (their blocks are reserved). */
 static void batch_add(cs_sched *s, int *nb, seq *q, int n, size_t V) {
     cs_gpt2_kv *kv = &s->kv[q->slot];
-    if (q->n_fed == 0) kv->n_past = 0;
     const int completes = q->n_fed + (size_t)n == q->n_hist;
     s->batch[*nb] = (cs_gpt2_seq){.kv = kv, .tokens = q->hist + q->n_fed, .n = n,
                                   .logits = completes ? s->logits + (size_t)*nb * V : NULL};
@@ -249,10 +273,8 @@ static void iterate(cs_sched *s) {
                 finish_seq(s, r, i, cancel ? CS_FINISH_STOPPED : CS_FINISH_LENGTH);
     }
     assign_slots(s);
-    /* Every running sequence with one id left decodes it; the rest of the
-     * budget goes to prompt chunks (and recomputation), fewest ids left first. */
-    int nb = 0, n_pre = 0, budget = s->o.step_tokens;
-    size_t prompt_tokens = 0;
+    /* Running sequences, oldest first: they get memory first. */
+    int n_run = 0;
     for (int k = 0; k < R; k++) {
         seq *q = s->slot_seq[k];
         if (!q) continue;
@@ -260,24 +282,56 @@ static void iterate(cs_sched *s) {
             fail_req(s, q->r, "out of memory for the KV cache");
             continue;
         }
+        int j = n_run++;
+        for (; j > 0 && s->order[j - 1]->admitted > q->admitted; j--) s->order[j] = s->order[j - 1];
+        s->order[j] = q;
+    }
+    /* Every running sequence with one id left decodes it; the rest of the
+     * budget goes to prompt chunks (and recomputation), fewest ids left first.
+     * A decode that needs a block when the pool is empty takes it from the
+     * newest sequence (preempted); a prompt chunk only takes what is free. */
+    int nb = 0, n_pre = 0, budget = s->o.step_tokens;
+    size_t prompt_tokens = 0;
+    for (int i = 0; i < n_run; i++) {
+        seq *q = s->order[i];
+        if (q->finished || q->slot < 0) continue; /* failed above, or preempted for memory */
         if (q->n_hist - q->n_fed > 1) {
             int j = n_pre++;
             for (; j > 0 && s->pre[j - 1]->n_hist - s->pre[j - 1]->n_fed > q->n_hist - q->n_fed; j--)
                 s->pre[j] = s->pre[j - 1];
             s->pre[j] = q;
-        } else {
-            batch_add(s, &nb, q, 1, V);
-            budget--;
+            continue;
         }
+        cs_gpt2_kv *kv = &s->kv[q->slot];
+        while (cs_gpt2_kv_reserve(kv, (int)q->n_fed + 1)) {
+            int v = n_run - 1;
+            while (v > i && (s->order[v]->finished || s->order[v]->slot < 0)) v--;
+            preempt(s, s->order[v]); /* v == i: q itself is the newest */
+            if (v == i) break;
+        }
+        if (q->slot < 0) continue;
+        batch_add(s, &nb, q, 1, V);
+        budget--;
     }
     for (int j = 0; j < n_pre && budget > 0; j++) {
         seq *q = s->pre[j];
-        if (q->finished) continue; /* its request failed above */
+        if (q->finished || q->slot < 0) continue;
+        cs_gpt2_kv *kv = &s->kv[q->slot];
         int n = (int)(q->n_hist - q->n_fed);
         if (n > budget) n = budget;
+        const int fit = (kv->n_blk + (int)cs_kvpool_free_blocks(s->kvp)) * CS_KV_BLOCK - (int)q->n_fed;
+        if (n > fit) n = fit;
+        if (n <= 0 || cs_gpt2_kv_reserve(kv, (int)q->n_fed + n)) continue; /* waits for memory */
         budget -= n;
         prompt_tokens += (size_t)n;
         batch_add(s, &nb, q, n, V);
+    }
+    if (nb == 0 && n_run > 1) { /* every prompt waits for memory held by the others: the newest gives way */
+        for (int v = n_run - 1; v >= 0; v--)
+            if (!s->order[v]->finished && s->order[v]->slot >= 0) {
+                preempt(s, s->order[v]);
+                break;
+            }
     }
     cs_err err;
     int step_failed = nb > 0 && cs_gpt2_step(s->m->net, &s->ws, s->batch, nb, &err) != 0;
@@ -326,8 +380,13 @@ static void iterate(cs_sched *s) {
     uint64_t kv_tokens = 0;
     for (int k = 0; k < R; k++)
         if (s->slot_seq[k]) kv_tokens += s->slot_seq[k]->n_fed;
+    cs_kvpool_info pi;
+    cs_kvpool_get_info(s->kvp, &pi);
     pthread_mutex_lock(&s->mu);
     s->eng_kv_tokens = kv_tokens;
+    s->eng_kv_capacity = (uint64_t)pi.blocks_total * CS_KV_BLOCK;
+    s->eng_kv_bytes = (uint64_t)pi.blocks_resident * pi.block_bytes;
+    s->eng_kv_bpt = pi.bytes_per_token;
     if (nb) {
         s->st.steps++;
         s->st.last_batch_size = nb;
@@ -344,6 +403,12 @@ static void *engine_main(void *arg) {
     cs_sched *s = arg;
     for (;;) {
         pthread_mutex_lock(&s->mu);
+        if (!s->stop && !s->live && !s->q_head) { /* idle: the cache's memory goes back */
+            cs_kvpool_trim(s->kvp);
+            cs_kvpool_info pi;
+            cs_kvpool_get_info(s->kvp, &pi);
+            s->eng_kv_bytes = (uint64_t)pi.blocks_resident * pi.block_bytes;
+        }
         while (!s->stop && !s->live && !s->q_head) pthread_cond_wait(&s->wake, &s->mu);
         const int stop = s->stop;
         pthread_mutex_unlock(&s->mu);
@@ -382,20 +447,36 @@ int cs_sched_create(cs_sched **out, const cs_model *m, const cs_sched_opts *opts
     if (s->o.n_ctx <= 0 || s->o.n_ctx > m->net->cfg.n_positions) s->o.n_ctx = m->net->cfg.n_positions;
     if (s->o.max_duration_s == 0) s->o.max_duration_s = CS_SCHED_MAX_DURATION_S;
     const int R = s->o.max_running;
+    const cs_gpt2_config *mc = &m->net->cfg;
+    size_t kv_tokens = (size_t)R * (size_t)s->o.n_ctx;
+    if (s->o.kv_cache_mb > 0 || s->o.kv_cache_tokens > 0) {
+        const size_t per_tok = (size_t)mc->n_layer * 2 * (size_t)mc->n_embd * (s->o.kv_dtype == CS_KV_BF16 ? 2 : 4);
+        kv_tokens = s->o.kv_cache_tokens > 0 ? (size_t)s->o.kv_cache_tokens
+                                             : ((size_t)s->o.kv_cache_mb << 20) / per_tok / CS_KV_BLOCK * CS_KV_BLOCK;
+        if (kv_tokens < CS_KV_BLOCK) {
+            cs_err_set(err, "a %d MB KV cache holds no block of %d tokens (%zu bytes each) for this model",
+                       s->o.kv_cache_mb, CS_KV_BLOCK, per_tok * CS_KV_BLOCK);
+            free(s);
+            return -1;
+        }
+        if (kv_tokens < (size_t)s->o.n_ctx) s->o.n_ctx = (int)kv_tokens; /* a sequence must fit alone */
+    }
     const size_t V = (size_t)m->net->cfg.vocab_size;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->wake, NULL);
     pthread_cond_init(&s->idle, NULL);
     s->kv = calloc((size_t)R, sizeof *s->kv);
+    s->order = calloc((size_t)R, sizeof *s->order);
     s->slot_seq = calloc((size_t)R, sizeof *s->slot_seq);
     s->batch = calloc((size_t)R, sizeof *s->batch);
     s->batch_seq = calloc((size_t)R, sizeof *s->batch_seq);
     s->pre = calloc((size_t)R, sizeof *s->pre);
     s->logits = malloc((size_t)R * V * sizeof(float));
-    if (!s->kv || !s->slot_seq || !s->batch || !s->batch_seq || !s->pre || !s->logits) {
+    if (!s->kv || !s->order || !s->slot_seq || !s->batch || !s->batch_seq || !s->pre || !s->logits) {
         cs_err_set(err, "out of memory");
         goto fail;
     }
+    if (cs_kvpool_create(&s->kvp, (size_t)mc->n_layer, (size_t)mc->n_embd, s->o.kv_dtype, kv_tokens, err)) goto fail;
     if (cs_pool_create(&s->pool, s->o.threads, err) || cs_sampler_init(&s->smp, V, err) ||
         cs_gpt2_ws_init(&s->ws, m->net, s->o.step_tokens, R, s->pool, err))
         goto fail;
@@ -411,7 +492,9 @@ fail:
     cs_gpt2_ws_free(&s->ws);
     cs_sampler_free(&s->smp);
     cs_pool_free(s->pool);
+    cs_kvpool_free(s->kvp);
     free(s->kv);
+    free(s->order);
     free(s->slot_seq);
     free(s->batch);
     free(s->batch_seq);
@@ -434,6 +517,7 @@ void cs_sched_free(cs_sched *s) {
         free(g);
     }
     for (int i = 0; i < s->o.max_running; i++) cs_gpt2_kv_free(&s->kv[i]);
+    cs_kvpool_free(s->kvp);
     cs_gpt2_ws_free(&s->ws);
     cs_sampler_free(&s->smp);
     cs_pool_free(s->pool);
@@ -441,6 +525,7 @@ void cs_sched_free(cs_sched *s) {
     pthread_cond_destroy(&s->wake);
     pthread_cond_destroy(&s->idle);
     free(s->kv);
+    free(s->order);
     free(s->slot_seq);
     free(s->batch);
     free(s->batch_seq);
@@ -575,7 +660,9 @@ void cs_sched_stats_get(cs_sched *s, cs_sched_stats *st) {
     st->waiting = atomic_load(&s->n_live_seqs) - st->running;
     if (st->waiting < 0) st->waiting = 0; /* the two counters are read a moment apart */
     st->kv_tokens = s->eng_kv_tokens;
-    st->kv_capacity = (uint64_t)s->o.max_running * (uint64_t)s->o.n_ctx;
+    st->kv_capacity = s->eng_kv_capacity;
+    st->kv_bytes = s->eng_kv_bytes;
+    st->kv_bytes_per_token = s->eng_kv_bpt;
     pthread_mutex_unlock(&s->mu);
 }
 

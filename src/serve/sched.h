@@ -38,6 +38,7 @@
 
 #include "engine/err.h"
 #include "engine/generate.h"
+#include "engine/kvpool.h"
 #include "engine/model.h"
 
 typedef struct cs_sched cs_sched;
@@ -48,6 +49,14 @@ typedef struct cs_sched_opts {
     int max_queued;       /* waiting requests beyond that (default 256) */
     int step_tokens;      /* token budget of one step: decodes + prompt chunks (default 256) */
     int n_ctx;            /* per-sequence KV capacity (default: model n_positions) */
+    /* KV cache: one pool of blocks (engine/kvpool.h) shared by all sequences,
+     * taken as they grow. kv_cache_mb 0: room for max_running x n_ctx tokens
+     * (no sequence ever waits for memory); smaller: more sequences than fit at
+     * full length share it, and when it runs out the newest sequence is
+     * preempted (computed again later). n_ctx is capped at what the pool holds. */
+    int kv_cache_mb;
+    int kv_cache_tokens;  /* the pool's size in tokens instead (wins over kv_cache_mb when > 0) */
+    cs_kvdtype kv_dtype;  /* CS_KV_F32 (default) or CS_KV_BF16 (half the memory) */
     int threads;          /* compute threads (default: cs_cpu_count()) */
     double max_duration_s;/* a request is finished this long after submit (0: CS_SCHED_MAX_DURATION_S,
                              < 0: no limit) */
@@ -119,8 +128,10 @@ typedef struct cs_sched_stats {
     int running;   /* sequences holding a slot */
     int queued;    /* requests with no sequence holding a slot */
     int waiting;   /* submitted, unfinished sequences without a slot */
-    uint64_t kv_tokens;   /* tokens held in the slots' KV caches after the last step */
-    uint64_t kv_capacity; /* max_running x n_ctx: what the slots can hold */
+    uint64_t kv_tokens;   /* tokens held in the KV caches after the last step */
+    uint64_t kv_capacity; /* tokens the KV pool can hold */
+    uint64_t kv_bytes;    /* memory the KV pool holds now (blocks touched since the last trim) */
+    uint64_t kv_bytes_per_token;
     int max_running, max_queued;
     uint64_t preemptions;
     uint64_t steps, tokens_generated, prompt_tokens, requests_done;

@@ -16,17 +16,10 @@
 
 #include "engine/kernels.h"
 
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static float frand(void) { /* uniform in [-1, 1) */
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)((rng >> 40) * (1.0 / (1 << 23))) - 1.0f;
-}
-
-static void fill(float *x, size_t n, float scale) {
-    for (size_t i = 0; i < n; i++) x[i] = scale * frand();
-}
+#define TU_RNG_SEED 0x9e3779b97f4a7c15ull /* this test's own input stream */
+#include "testutil.h"
+#define frand tu_frand
+#define fill tu_fill
 
 #define SENTINEL 12345.678f
 
@@ -50,10 +43,13 @@ static size_t check_shape(const cs_kern *k, size_t hd, size_t p0, size_t nq, siz
     fill(vc, npos * ld, 2.0f);
     for (size_t i = 0; i < nq * ldo; i++) o0[i] = o1[i] = SENTINEL;
     const float scale = 1.0f / sqrtf((float)hd);
+    tu_paged pg;
+    tu_paged_make(&pg, kc, vc, npos, ld, 4);
     for (size_t i = 0; i < nq; i++) /* the per-query path, as the forward pass runs decode rows */
-        k->attend(q + i * ldq, kc, vc, ld, p0 + i + 1, hd, scale, att, o0 + i * ldo);
+        k->attend(q + i * ldq, &pg.h, p0 + i + 1, hd, scale, att, o0 + i * ldo);
     for (size_t i = 0; i < nq * npos; i++) att[i] = NAN; /* the blocked kernel must not read stale scores */
-    k->attend_causal(q, ldq, kc, vc, ld, p0, nq, hd, scale, att, o1, ldo);
+    k->attend_causal(q, ldq, &pg.h, p0, nq, hd, scale, att, o1, ldo);
+    tu_paged_free(&pg);
     size_t bad = 0;
     for (size_t i = 0; i < nq; i++)
         for (size_t e = 0; e < ldo; e++) {
@@ -127,14 +123,82 @@ static void test_generic_reference(void **state) {
     fill(q, sizeof q / sizeof *q, 1.0f);
     fill(kc, sizeof kc / sizeof *kc, 1.0f);
     fill(vc, sizeof vc / sizeof *vc, 1.0f);
-    for (size_t i = 0; i < nq; i++) cs_kern_scalar.attend(q + i * hd, kc, vc, ld, p0 + i + 1, hd, 0.5f, att, o0 + i * hd);
-    cs_attend_causal_generic(&cs_kern_scalar, q, hd, kc, vc, ld, p0, nq, hd, 0.5f, att, o1, hd);
+    tu_paged pg;
+    tu_paged_make(&pg, kc, vc, p0 + nq, ld, 4);
+    for (size_t i = 0; i < nq; i++) cs_kern_scalar.attend(q + i * hd, &pg.h, p0 + i + 1, hd, 0.5f, att, o0 + i * hd);
+    cs_attend_causal_generic(&cs_kern_scalar, q, hd, &pg.h, p0, nq, hd, 0.5f, att, o1, hd);
+    tu_paged_free(&pg);
     assert_memory_equal(o0, o1, sizeof o0);
+}
+
+/* Paged attention follows the block table: the same keys and values in one
+ * contiguous block of rows and in blocks scattered (reversed) in memory give
+ * the same bits. And over a bf16 cache, every table's attend_bf16 gives the
+ * bits of its fp32 attend over the rounded values (widening is exact), and
+ * the rounding's effect on the output stays within bf16's relative step. */
+static void test_paged_and_bf16(void **state) {
+    (void)state;
+    const size_t hds[] = {16, 24, 64, 72, 128}, ns[] = {1, 15, 16, 17, 33, 100};
+    for (int ti = 0; ti < CS_ISA_COUNT; ti++) {
+        const cs_kern *k = table(ti);
+        if (!k) continue;
+        assert_non_null(k->attend_bf16);
+        for (size_t hi = 0; hi < sizeof hds / sizeof *hds; hi++)
+            for (size_t ni = 0; ni < sizeof ns / sizeof *ns; ni++) {
+                const size_t hd = hds[hi], n = ns[ni], ld = 2 * hd + 3;
+                float *q = malloc(hd * 4), *kc = malloc(n * ld * 4), *vc = malloc(n * ld * 4);
+                float *kr = malloc(n * ld * 4), *vr = malloc(n * ld * 4), *att = malloc(n * 4);
+                float o_ref[128], o_bf[128], o_rnd[128], o_one[128];
+                fill(q, hd, 2.0f);
+                fill(kc, n * ld, 1.0f);
+                fill(vc, n * ld, 2.0f);
+                for (size_t i = 0; i < n * ld; i++) {
+                    kr[i] = cs_f32_from_bf16(cs_bf16_from_f32(kc[i]));
+                    vr[i] = cs_f32_from_bf16(cs_bf16_from_f32(vc[i]));
+                }
+                tu_paged pf, pb, pr;
+                tu_paged_make(&pf, kc, vc, n, ld, 4);
+                tu_paged_make(&pb, kc, vc, n, ld, 2);
+                tu_paged_make(&pr, kr, vr, n, ld, 4);
+                k->attend(q, &pf.h, n, hd, 0.125f, att, o_ref);
+                k->attend_bf16(q, &pb.h, n, hd, 0.125f, att, o_bf);
+                k->attend(q, &pr.h, n, hd, 0.125f, att, o_rnd);
+                if (memcmp(o_bf, o_rnd, hd * 4))
+                    fail_msg("%s attend_bf16 hd=%zu n=%zu: differs from attend over the rounded cache", k->name, hd, n);
+                /* the same rows contiguous: one allocation, blocks in order */
+                float *cont = malloc(2 * ((n + CS_KV_BLOCK - 1) / CS_KV_BLOCK) * CS_KV_BLOCK * ld * 4);
+                const void *tab[16];
+                const size_t nb = (n + CS_KV_BLOCK - 1) / CS_KV_BLOCK;
+                for (size_t b = 0; b < nb; b++) {
+                    tab[b] = cont + b * 2 * CS_KV_BLOCK * ld;
+                    for (size_t r = 0; r < CS_KV_BLOCK && b * CS_KV_BLOCK + r < n; r++) {
+                        memcpy((float *)tab[b] + r * ld, kc + (b * CS_KV_BLOCK + r) * ld, ld * 4);
+                        memcpy((float *)tab[b] + (CS_KV_BLOCK + r) * ld, vc + (b * CS_KV_BLOCK + r) * ld, ld * 4);
+                    }
+                }
+                cs_kvhead ho = {.blk = tab, .koff = 0, .voff = CS_KV_BLOCK * ld, .ld = ld};
+                k->attend(q, &ho, n, hd, 0.125f, att, o_one);
+                if (memcmp(o_one, o_ref, hd * 4)) fail_msg("%s attend hd=%zu n=%zu: depends on block placement", k->name, hd, n);
+                float vmax = 0, err = 0;
+                for (size_t e = 0; e < hd; e++) {
+                    vmax = fmaxf(vmax, fabsf(o_ref[e]));
+                    err = fmaxf(err, fabsf(o_bf[e] - o_ref[e]));
+                }
+                /* |v| <= 2, scores within +-0.125 * 2 * hd: bf16's 2^-8 relative step on q.k and v */
+                if (err > 0.02f * (vmax > 0.05f ? vmax : 0.05f))
+                    fail_msg("%s attend_bf16 hd=%zu n=%zu: error %g vs max %g", k->name, hd, n, err, vmax);
+                tu_paged_free(&pf);
+                tu_paged_free(&pb);
+                tu_paged_free(&pr);
+                free(cont); free(q); free(kc); free(vc); free(kr); free(vr); free(att);
+            }
+    }
 }
 
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_blocked_matches_per_query),
                                        cmocka_unit_test(test_long_and_peaked),
-                                       cmocka_unit_test(test_generic_reference)};
+                                       cmocka_unit_test(test_generic_reference),
+                                       cmocka_unit_test(test_paged_and_bf16)};
     return cmocka_run_group_tests_name("attention", tests, NULL, NULL);
 }

@@ -13,17 +13,9 @@
 
 #include "engine/kernels.h"
 
-static uint64_t rng = 88172645463325252ull;
-static float frand(void) { /* uniform in [-1, 1) */
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)((rng >> 40) * (1.0 / (1 << 23))) - 1.0f;
-}
-
-static void fill(float *x, size_t n, float scale) {
-    for (size_t i = 0; i < n; i++) x[i] = scale * frand();
-}
+#include "testutil.h" /* default stream: the seed this test always used */
+#define frand tu_frand
+#define fill tu_fill
 
 static double max_rel(const float *a, const float *b, size_t n) {
     double md = 0, mb = 1e-30;
@@ -236,8 +228,11 @@ static void test_vector_kernels(void **state) {
                 fill(q, hd, 1.0f);
                 fill(kc, n * ld, 1.0f);
                 fill(vc, n * ld, 2.0f);
-                cs_kern_scalar.attend(q, kc, vc, ld, n, hd, 0.125f, att, o0);
-                k->attend(q, kc, vc, ld, n, hd, 0.125f, att, o1);
+                tu_paged pg;
+                tu_paged_make(&pg, kc, vc, n, ld, 4);
+                cs_kern_scalar.attend(q, &pg.h, n, hd, 0.125f, att, o0);
+                k->attend(q, &pg.h, n, hd, 0.125f, att, o1);
+                tu_paged_free(&pg);
                 if (max_rel(o1, o0, hd) > 2e-6) fail_msg("%s attend hd=%zu n=%zu: rel %g", k->name, hd, n, max_rel(o1, o0, hd));
                 free(q); free(kc); free(vc); free(att); free(o0); free(o1);
             }

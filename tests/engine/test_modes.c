@@ -58,7 +58,7 @@ static void test_batch_equals_single(void **state) {
     cs_gpt2_kv kv[3];
     cs_gpt2_ws ws;
     cs_err err;
-    for (int i = 0; i < 3; i++) assert_int_equal(cs_gpt2_kv_init(&kv[i], m, 64, &err), 0);
+    for (int i = 0; i < 3; i++) assert_int_equal(cs_gpt2_kv_init(&kv[i], m, 64, CS_KV_F32, &err), 0);
     assert_int_equal(cs_gpt2_ws_init(&ws, m, 32, 3, NULL, &err), 0);
     /* sequence 2 has 10 tokens cached already */
     cs_gpt2_seq pre = {.kv = &kv[2], .tokens = P2, .n = 10};

@@ -234,7 +234,7 @@ static void test_int8_batch_and_threads(void **state) {
     assert_int_equal(cs_pool_create(&pool, 3, &err), 0);
     cs_gpt2_kv kv[2];
     cs_gpt2_ws ws;
-    for (int i = 0; i < 2; i++) assert_int_equal(cs_gpt2_kv_init(&kv[i], m, MAX_SEQ, &err), 0);
+    for (int i = 0; i < 2; i++) assert_int_equal(cs_gpt2_kv_init(&kv[i], m, MAX_SEQ, CS_KV_F32, &err), 0);
     assert_int_equal(cs_gpt2_ws_init(&ws, m, 2 * MAX_SEQ, 2, pool, &err), 0);
     cs_gpt2_seq q[2] = {{.kv = &kv[0], .tokens = pr->ids[1], .n = (int)pr->len[1], .logits = a},
                         {.kv = &kv[1], .tokens = pr->ids[2], .n = (int)pr->len[2], .logits = a + V}};

@@ -306,7 +306,7 @@ static void run_batch(const cs_gpt2 *m, cs_pool *pool, int steps, float *out) {
     cs_gpt2_kv kv[3];
     cs_gpt2_ws ws;
     cs_err err;
-    for (int i = 0; i < 3; i++) assert_int_equal(cs_gpt2_kv_init(&kv[i], m, 64, &err), 0);
+    for (int i = 0; i < 3; i++) assert_int_equal(cs_gpt2_kv_init(&kv[i], m, 64, CS_KV_F32, &err), 0);
     assert_int_equal(cs_gpt2_ws_init(&ws, m, 32, 3, pool, &err), 0);
     cs_gpt2_seq b[3] = {{.kv = &kv[0], .tokens = P0, .n = 9, .logits = out},
                         {.kv = &kv[1], .tokens = P1, .n = 4, .logits = out + V},

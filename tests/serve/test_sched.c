@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -432,11 +433,74 @@ static void test_max_duration(void **state) {
     cs_sched_free(s);
 }
 
+/* A KV pool far smaller than the running sequences need (16 blocks of 16
+ * tokens for 12 sequences of up to 108 tokens): sequences wait for memory and
+ * the newest are preempted and computed again, yet every greedy output equals
+ * cs_gen_run alone; the pool ends empty. Then a request longer than the pool
+ * is refused at submit with the cache's limit. */
+static void test_kv_pool_pressure(void **state) {
+    (void)state;
+    for (int dt = 0; dt < 2; dt++) {
+        cs_sched *s;
+        cs_err err;
+        cs_sched_opts o = {.max_running = 12, .max_queued = 12, .step_tokens = 16, .threads = 2,
+                           .kv_cache_tokens = 16 * CS_KV_BLOCK, .kv_dtype = dt ? CS_KV_BF16 : CS_KV_F32};
+        assert_int_equal(cs_sched_create(&s, M, &o, &err), 0);
+        enum { NR = 12 };
+        static rec r[NR];
+        int lens[NR];
+        for (int i = 0; i < NR; i++) {
+            lens[i] = 60 + (i * 37) % 41;
+            rec_init(&r[i], 1);
+            cs_req_params p = params(i % 4, lens[i], 0, 0);
+            assert_int_equal(cs_sched_submit(s, &p, on_event, &r[i], NULL, &err), CS_SCHED_OK);
+        }
+        for (int i = 0; i < NR; i++) rec_wait(&r[i]);
+        cs_sched_stats st;
+        for (int t = 0; t < 500; t++) { /* the stats follow the last step's callbacks */
+            cs_sched_stats_get(s, &st);
+            if (st.kv_tokens == 0) break;
+            usleep(10000);
+        }
+        printf("  %s KV, 256-token pool: %llu preemptions, %llu steps\n", dt ? "bf16" : "fp32",
+               (unsigned long long)st.preemptions, (unsigned long long)st.steps);
+        assert_true(st.preemptions > 0);
+        assert_int_equal(st.kv_capacity, 16 * CS_KV_BLOCK);
+        assert_int_equal(st.kv_tokens, 0);
+        if (!dt) { /* fp32: the engine is exact whatever the batch, so each equals the request alone */
+            cs_gen g;
+            assert_int_equal(cs_gen_init(&g, M->net, 0, &err), 0);
+            for (int i = 0; i < NR; i++) {
+                cs_req_params p = params(i % 4, lens[i], 0, 0);
+                cs_gen_result res;
+                assert_int_equal(cs_gen_run(&g, &p.gen, p.prompt, p.n_prompt, NULL, NULL, NULL, &res, &err), 0);
+                assert_int_equal(r[i].error, 0);
+                assert_int_equal(r[i].n[0], lens[i]);
+                assert_memory_equal(r[i].toks[0], res.tokens, (size_t)lens[i] * sizeof(int32_t));
+            }
+            cs_gen_free(&g);
+        } else {
+            for (int i = 0; i < NR; i++) {
+                assert_int_equal(r[i].error, 0);
+                assert_int_equal(r[i].n[0], lens[i]);
+            }
+            /* sequences with the same prompt and length agree, preempted or not */
+            for (int i = 4; i < NR; i++)
+                if (lens[i] == lens[i - 4]) assert_memory_equal(r[i].toks[0], r[i - 4].toks[0], (size_t)lens[i] * 4);
+        }
+        cs_req_params big = params(1, 16 * CS_KV_BLOCK, 0, 0); /* 8 + 256 tokens > the pool */
+        assert_int_equal(cs_sched_submit(s, &big, on_event, &r[0], NULL, &err), CS_SCHED_INVALID);
+        assert_non_null(strstr(err.msg, "256"));
+        cs_sched_free(s);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batched_equals_alone), cmocka_unit_test(test_seeded_sampling_independent_of_batch),
         cmocka_unit_test(test_admission_cancel_stop), cmocka_unit_test(test_cancel_from_callback),
         cmocka_unit_test(test_drain), cmocka_unit_test(test_fair_share_preempts),
-        cmocka_unit_test(test_group_admission), cmocka_unit_test(test_max_duration)};
+        cmocka_unit_test(test_group_admission), cmocka_unit_test(test_max_duration),
+        cmocka_unit_test(test_kv_pool_pressure)};
     return cmocka_run_group_tests_name("sched", tests, setup, teardown);
 }

@@ -1,0 +1,66 @@
+/* cs_kvpool: fixed-size blocks for paged KV caches.
+ *
+ * A block holds CS_KV_BLOCK positions of one sequence for every layer: per
+ * layer l, CS_KV_BLOCK key rows then CS_KV_BLOCK value rows of n_embd elements
+ * (fp32, or bf16 rounded to nearest even), so head h of layer l is the
+ * cs_kvhead {koff = l * 2 * B * C + h * hd, voff = koff + B * C, ld = C}
+ * (B = CS_KV_BLOCK, C = n_embd; see cs_kvpool_head). A sequence takes blocks
+ * as it grows and gives them back when it ends, so memory follows the tokens
+ * actually held, not slots x context.
+ *
+ * The pool reserves address space for its capacity once and the kernel
+ * commits pages when a block is first written; cs_kvpool_trim hands the pages
+ * of free blocks back (the next use of such a block costs a page fault per
+ * 4 KiB, and zeroed pages). Freed blocks are reused last-in first-out, so the
+ * memory touched stays at the high-water mark of tokens held.
+ *
+ * Thread-safety: none. A pool and its blocks are used by one thread at a time
+ * (the scheduler's engine thread); forward passes only read and write the
+ * blocks a caller hands them. */
+#ifndef CS_KVPOOL_H
+#define CS_KVPOOL_H
+
+#include <stddef.h>
+
+#include "engine/err.h"
+#include "engine/kernels.h"
+
+#define CS_KVPOOL_MAX_BLOCKS (1u << 24) /* 268M tokens: far past any memory here */
+
+typedef struct cs_kvpool cs_kvpool;
+
+/* A pool for a model of n_layer x n_embd with room for max_tokens positions
+ * (rounded up to whole blocks). Fails when the address space cannot be
+ * reserved. */
+int cs_kvpool_create(cs_kvpool **out, size_t n_layer, size_t n_embd, cs_kvdtype dt, size_t max_tokens, cs_err *err);
+void cs_kvpool_free(cs_kvpool *p);
+
+/* A free block, or NULL when every block is in use. */
+void *cs_kvpool_alloc(cs_kvpool *p);
+void cs_kvpool_release(cs_kvpool *p, void *blk);
+
+/* Returns the memory of the free blocks to the system. */
+void cs_kvpool_trim(cs_kvpool *p);
+
+typedef struct cs_kvpool_info {
+    cs_kvdtype dt;
+    size_t n_layer, n_embd;
+    size_t block_bytes;      /* one block, whole pages */
+    size_t bytes_per_token;  /* n_layer * 2 * n_embd * element size */
+    size_t blocks_total, blocks_used;
+    size_t blocks_resident;  /* blocks whose pages have been touched since the last trim */
+} cs_kvpool_info;
+
+void cs_kvpool_get_info(const cs_kvpool *p, cs_kvpool_info *out);
+size_t cs_kvpool_free_blocks(const cs_kvpool *p);
+cs_kvdtype cs_kvpool_dtype(const cs_kvpool *p);
+
+/* The view of head h (size hd) of layer l through a sequence's block table. */
+cs_kvhead cs_kvpool_head(const cs_kvpool *p, void *const *blk, size_t l, size_t h, size_t hd);
+
+/* Where position j's key row of layer l starts in its block (elements). */
+static inline size_t cs_kvpool_krow_off(size_t n_embd, size_t l, size_t j) {
+    return l * 2 * CS_KV_BLOCK * n_embd + (j % CS_KV_BLOCK) * n_embd;
+}
+
+#endif
