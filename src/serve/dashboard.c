@@ -205,7 +205,7 @@ static json_t *overview_json(cs_ctl *c) {
     return json_pack("{s:{s:f, s:f, s:s, s:i, s:i, s:b, s:i, s:i}, s:o, s:o}", "server",
                      "time_s", wall, "uptime_s", wall - c->start_wall, "proxy_host", c->host, "proxy_port", c->port,
                      "admin_port", c->admin_port, "draining", atomic_load(&c->draining), "proxy_ongoing", c->n_fwd,
-                     "api_keys", (int)c->n_keys, "requests", requests_json(&all), "applications", apps);
+                     "api_keys", (int)cs_keys_count(c->keys), "requests", requests_json(&all), "applications", apps);
 }
 
 /* null for "no value" (a quantile with no request in its window) */

@@ -46,7 +46,7 @@ void cp_respond_error(cs_http_req *r, int status, const char *type, const char *
 static void fwd_free(void *p) {
     cp_fwd *f = p;
     if (!f) return;
-    if (f->key_counted) atomic_fetch_sub(&f->c->key_ongoing[f->key_idx], 1);
+    if (f->key_counted) cs_keys_release(f->c->keys, f->key_idx);
     if (f->hdrs) curl_slist_free_all(f->hdrs);
     free(f->url_path);
     free(f->buf);
@@ -666,7 +666,7 @@ static int proxy_openapi(cs_ctl *c, cs_http_req *r, const char *path, int get, i
     int has_root = 0;
     for (size_t i = 0; i < c->n_apps && n < CS_OPENAPI_MAX_PREFIXES; i++)
         if (routable(c->apps[i])) has_root |= !strcmp(pre[n++] = c->apps[i]->prefix, "/");
-    cs_openapi_opts o = {.prefixes = pre, .n_prefixes = n, .root_proxy = !has_root, .auth = c->n_keys > 0};
+    cs_openapi_opts o = {.prefixes = pre, .n_prefixes = n, .root_proxy = !has_root, .auth = cs_keys_count(c->keys) > 0};
     char *doc = NULL;
     size_t len = 0;
     cs_err err = {{0}};
@@ -783,10 +783,9 @@ void cp_proxy_request(cs_ctl *c, cs_http_req *r) {
         cp_respond_error(r, 503, "unavailable", "out of memory");
         return;
     }
-    if (!strcmp(method, "POST") && f->key_idx >= 0 && c->key_limit[f->key_idx] > 0) {
-        const int lim = c->key_limit[f->key_idx];
-        if (atomic_fetch_add(&c->key_ongoing[f->key_idx], 1) >= lim) {
-            atomic_fetch_sub(&c->key_ongoing[f->key_idx], 1);
+    if (!strcmp(method, "POST")) {
+        const int lim = cs_keys_try_acquire(c->keys, f->key_idx);
+        if (lim) {
             char m[160];
             snprintf(m, sizeof m, "this API key already has %d requests in flight (its limit)", lim);
             cp_respond_error(r, 429, "rate_limit_exceeded", m);
@@ -832,7 +831,7 @@ cp_fwd *cp_fwd_new(cs_ctl *c, cs_http_req *r) {
     }
     const char *ct = cs_http_req_header(r, "Content-Type");
     if (ct) snprintf(f->ctype_in, sizeof f->ctype_in, "%s", ct);
-    f->authorized = cp_authorized(c, r, &f->key_idx);
+    f->authorized = cs_keys_check(c->keys, cs_http_req_header(r, "Authorization"), &f->key_idx);
     pthread_mutex_lock(&c->mu);
     for (int k = 0; k < c->n_sess; k++) {
         const char *v = cs_http_req_header(r, c->sess_names[k]);
