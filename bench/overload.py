@@ -42,6 +42,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mdsection  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "build", "bench")
 SECTION = "## Overload"
@@ -334,19 +337,7 @@ def write_section(path, res):
         "Refusals are held before they are answered (serve/shed.h): hold = refusals held / 100 per second, "
         "between 0.02 and 30 s, so a crowd that retries at once comes back about max(100, crowd size / 30) times a "
         "second, and a full server refuses before parsing the body.", ""])
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = f.read()
-    except FileNotFoundError:
-        doc = ""
-    if SECTION in doc:
-        start = doc.index(SECTION)
-        nxt = doc.find("\n## ", start + len(SECTION))
-        doc = doc[:start] + text + (doc[nxt + 1:] if nxt >= 0 else "")
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(doc)
+    mdsection.replace(path, SECTION, text)
 
 
 def main():

@@ -27,6 +27,9 @@ import os
 import struct
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mdsection  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BPW = {"fp32": 4.0, "bf16": 2.0, "int8": 1.0}
 ENGINE_ORDER = ["cserve", "transformers", "llama.cpp", "ctranslate2"]
@@ -410,8 +413,9 @@ def main():
       "fp32 FMA peak (the bf16 kernel then computes in fp32); int8 vpdpbusd (AVX512_VNNI or "
       "AVX-VNNI), else the AVX2 vpmaddubsw + vpmaddwd + vpaddd sequence.\n")
     w("Raw JSON: build/bench/results.json; logs: build/bench/logs/.")
+    kept = mdsection.owned_sections(out_md)  # sections other scripts write (overload, KV memory)
     with open(out_md, "w") as f:
-        f.write("\n".join(L) + "\n")
+        f.write("\n".join(L) + "\n" + "".join("\n" + k for k in kept))
 
     plot(doc, ok, batches, decode_roof, prefill_roof, out_png, P)
     print(f"report: wrote {os.path.relpath(out_md, ROOT)} and {os.path.relpath(out_png, ROOT)}")

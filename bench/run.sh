@@ -40,6 +40,8 @@ if [ "${BENCH_CONTENTION:-1}" = 0 ]; then
 else
     "$VENV/bin/python" bench/contention.py
 fi
+# KV cache memory per 1,000 tokens and 512-token sequences in 4 GiB (bench/kvmem.py).
+BENCH_CSERVE=build/cserve python3 bench/kvmem.py
 t2=$(date +%s)
 
 # The tables, on the terminal too.

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "engine/gpt2.h"
 #include "engine/model.h"
@@ -28,7 +29,8 @@ static double now_s(void) {
 
 static void usage(FILE *f) {
     fprintf(f, "usage: cserve bench --model DIR [--dtype fp32|bf16|int8] [--threads N] [--prompt-len 128]\n"
-               "                    [--gen 64] [--batches 1,4,16,64] [--kv-cache-dtype fp32|bf16]\n");
+               "                    [--gen 64] [--batches 1,4,16,64] [--kv-cache-dtype fp32|bf16]\n"
+               "       cserve bench --kv-memory   (KV cache memory of distilgpt2 / gpt2-large shapes; no model)\n");
 }
 
 static int32_t bench_id(int i) { return (int32_t)(((long)i * 7919 + 13) % 50000); }
@@ -45,17 +47,74 @@ static int fail(const cs_err *err) {
     return 1;
 }
 
+/* Resident memory of this process in bytes (/proc/self/statm). */
+static size_t rss_bytes(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long size = 0, res = 0;
+    if (!f) return 0;
+    if (fscanf(f, "%lu %lu", &size, &res) != 2) res = 0;
+    fclose(f);
+    return (size_t)res * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+/* --kv-memory: for distilgpt2's and gpt2-large's shapes and each KV dtype, a
+ * 4 GiB pool is filled with 512-token sequences (every block written), and
+ * the process's resident memory is read before and after: sequences that fit,
+ * and measured bytes per 1,000 cached tokens. Also what the same 4 GiB held
+ * as one full-context (1,024-token) buffer per slot, as before paging. */
+static int kv_memory_report(void) {
+    static const struct {
+        const char *name;
+        size_t L, C, ctx;
+    } shapes[] = {{"distilgpt2", 6, 768, 1024}, {"gpt2-large", 36, 1280, 1024}};
+    const size_t budget = (size_t)4 << 30, seq_tokens = 512, seq_blocks = seq_tokens / CS_KV_BLOCK;
+    printf("{\"kv_memory\": [");
+    int first = 1;
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
+        for (int dt = 0; dt < 2; dt++) {
+            const size_t esize = dt ? 2 : 4, per_tok = shapes[si].L * 2 * shapes[si].C * esize;
+            cs_kvpool *p;
+            cs_err err;
+            if (cs_kvpool_create(&p, shapes[si].L, shapes[si].C, dt ? CS_KV_BF16 : CS_KV_F32,
+                                 budget / per_tok / CS_KV_BLOCK * CS_KV_BLOCK, &err))
+                return fail(&err);
+            cs_kvpool_info pi;
+            cs_kvpool_get_info(p, &pi);
+            const size_t r0 = rss_bytes();
+            size_t seqs = 0;
+            for (;;) { /* a sequence takes its 32 blocks or none */
+                if (cs_kvpool_free_blocks(p) < seq_blocks) break;
+                for (size_t b = 0; b < seq_blocks; b++) memset(cs_kvpool_alloc(p), 1, pi.block_bytes);
+                seqs++;
+            }
+            const size_t r1 = rss_bytes();
+            const double tokens = (double)seqs * (double)seq_tokens;
+            printf("%s{\"shape\": \"%s\", \"n_layer\": %zu, \"n_embd\": %zu, \"kv_dtype\": \"%s\", "
+                   "\"bytes_per_1000_tokens\": %zu, \"measured_rss_per_1000_tokens\": %.0f, "
+                   "\"block_bytes\": %zu, \"seqs_512_in_4gib\": %zu, \"full_context_slots_in_4gib\": %zu}",
+                   first ? "" : ", ", shapes[si].name, shapes[si].L, shapes[si].C, dt ? "bf16" : "fp32",
+                   per_tok * 1000, tokens > 0 ? (double)(r1 - r0) / tokens * 1000.0 : 0.0, pi.block_bytes, seqs,
+                   budget / (shapes[si].ctx * shapes[si].L * 2 * shapes[si].C * 4));
+            fflush(stdout);
+            first = 0;
+            cs_kvpool_free(p);
+        }
+    printf("]}\n");
+    return 0;
+}
+
+
 int cs_cmd_bench(int argc, char **argv) {
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},   {"dtype", required_argument, 0, 'd'},
         {"threads", required_argument, 0, 't'}, {"prompt-len", required_argument, 0, 'p'},
         {"gen", required_argument, 0, 'g'},     {"batches", required_argument, 0, 'b'},
-        {"kv-cache-dtype", required_argument, 0, 'k'},
+        {"kv-cache-dtype", required_argument, 0, 'k'}, {"kv-memory", no_argument, 0, 'K'},
         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
     const char *dir = NULL, *dtype = "fp32", *batches = "1,4,16,64", *kvdt = "fp32";
     int threads = 0, prompt_len = 128, gen = 64, c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "m:d:t:p:g:b:k:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:d:t:p:g:b:k:Kh", opts, NULL)) != -1) {
         switch (c) {
         case 'm': dir = optarg; break;
         case 'd': dtype = optarg; break;
@@ -64,6 +123,7 @@ int cs_cmd_bench(int argc, char **argv) {
         case 'g': gen = atoi(optarg); break;
         case 'b': batches = optarg; break;
         case 'k': kvdt = optarg; break;
+        case 'K': return kv_memory_report();
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }

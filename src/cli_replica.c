@@ -138,7 +138,13 @@ int cs_cmd_replica(int argc, char **argv) {
             break;
         case O_CLEAN: o.clean_opts = optarg; break;
         case O_CHAT: o.chat_template = optarg; break;
-        case O_KVMB: bad = num("--kv-cache-mb", optarg, 0, 1 << 30, &kv_mb); break;
+        case O_KVMB:
+            bad = num("--kv-cache-mb", optarg, 0, 1 << 30, &kv_mb);
+            if (!bad && kv_mb != (double)(int)kv_mb) {
+                fprintf(stderr, "cserve replica: --kv-cache-mb: expected a whole number of MB, got '%s'\n", optarg);
+                bad = 1;
+            }
+            break;
         case O_KVDT:
             if (strcmp(optarg, "fp32") != 0 && strcmp(optarg, "bf16") != 0) {
                 fprintf(stderr, "cserve replica: --kv-cache-dtype: expected fp32 or bf16, got '%s'\n", optarg);

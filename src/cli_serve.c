@@ -440,7 +440,13 @@ int cs_cmd_serve(int argc, char **argv) {
             }
             break;
         case O_THREADS: bad = parse_num("--threads", optarg, 1, 1024, &threads); break;
-        case O_KVMB: bad = parse_num("--kv-cache-mb", optarg, 0, 1 << 30, &kv_mb); break;
+        case O_KVMB:
+            bad = parse_num("--kv-cache-mb", optarg, 0, 1 << 30, &kv_mb);
+            if (!bad && kv_mb != (double)(int)kv_mb) {
+                fprintf(stderr, "cserve serve: --kv-cache-mb: expected a whole number of MB, got '%s'\n", optarg);
+                bad = 1;
+            }
+            break;
         case O_KVDT:
             if (!strcmp(optarg, "fp32") || !strcmp(optarg, "bf16")) kv_dt = !strcmp(optarg, "bf16") ? CS_KV_BF16 : CS_KV_F32;
             else {

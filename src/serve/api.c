@@ -192,8 +192,12 @@ static void h_metrics(areq *q) {
         g.steps = st.steps;
         g.model_name = a->model_name;
         g.waiting = st.waiting;
-        /* tokens held over what the slots can hold: KV memory is reserved per slot today */
+        /* tokens held over what the KV pool can hold (it is shared by all sequences) */
         g.kv_usage = st.kv_capacity ? (double)st.kv_tokens / (double)st.kv_capacity : 0;
+        g.kv_tokens = st.kv_tokens;
+        g.kv_capacity = st.kv_capacity;
+        g.kv_bytes = st.kv_bytes;
+        g.preemptions = st.preemptions;
         gp = &g;
     }
     pthread_rwlock_unlock(&a->lock);

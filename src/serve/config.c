@@ -562,6 +562,19 @@ static void check_textgen_args(const vctx *v, const loc *l, const json_t *args, 
                 v_fail(&av.v, &fl, "the model must be non-empty");
         } else if (!strcmp(key, "dtype")) {
             dtype_arg(&av, &fl, x, a->textgen.dtype, sizeof a->textgen.dtype);
+        } else if (!strcmp(key, "kv_cache_mb")) {
+            nspec ks = {0, 1 << 30, 0, 0, 1, 0};
+            get_int(&av.v, &fl, x, &ks, &a->textgen.kv_cache_mb);
+        } else if (!strcmp(key, "kv_cache_dtype")) {
+            char kd[16] = "";
+            if (get_str(&av.v, &fl, x, kd, sizeof kd) == 0) {
+                if (strcmp(kd, "fp32") && strcmp(kd, "bf16")) {
+                    char got[96];
+                    v_fail(&av.v, &fl, "expected one of fp32, bf16, got %s", describe(got, sizeof got, x));
+                } else {
+                    snprintf(a->textgen.kv_dtype, sizeof a->textgen.kv_dtype, "%s", kd);
+                }
+            }
         } else if (!strcmp(key, "versions")) {
             check_versions(&av, &full, x, ext);
         } else if (!strcmp(key, "traffic")) {
@@ -606,8 +619,8 @@ static void check_textgen_args(const vctx *v, const loc *l, const json_t *args, 
             }
         } else {
             v_fail(&av.v, &fl,
-                   "unknown argument of %s (it takes: model, dtype, versions, traffic, session_header, mirror, "
-                   "fallback, preprocess, remote)",
+                   "unknown argument of %s (it takes: model, dtype, kv_cache_mb, kv_cache_dtype, versions, traffic, "
+                   "session_header, mirror, fallback, preprocess, remote)",
                    a->import_path);
         }
         if (av.err.msg[0]) break;
@@ -967,6 +980,8 @@ static int parse_app_deployments(const vctx *v, const loc *l, const json_t *o, c
         dep_defaults(&a->deps[0], k_textgen_dep, CS_SCFG_TEXTGEN_MAX_ONGOING);
         snprintf(a->deps[0].model, sizeof a->deps[0].model, "%s", a->textgen.model);
         snprintf(a->deps[0].dtype, sizeof a->deps[0].dtype, "%s", a->textgen.dtype);
+        a->deps[0].kv_cache_mb = a->textgen.kv_cache_mb;
+        snprintf(a->deps[0].kv_dtype, sizeof a->deps[0].kv_dtype, "%s", a->textgen.kv_dtype);
         a->deps[0].weight = 1;
         a->n_deps = 1;
         for (size_t k = 0; k < ext->n_versions; k++) {
@@ -974,6 +989,8 @@ static int parse_app_deployments(const vctx *v, const loc *l, const json_t *o, c
             dep_defaults(d, ext->vname[k], CS_SCFG_TEXTGEN_MAX_ONGOING);
             snprintf(d->model, sizeof d->model, "%s", ext->vmodel[k]);
             snprintf(d->dtype, sizeof d->dtype, "%s", ext->vdtype[k]);
+            d->kv_cache_mb = a->textgen.kv_cache_mb;
+            snprintf(d->kv_dtype, sizeof d->kv_dtype, "%s", a->textgen.kv_dtype);
         }
         if (ext->preprocess) {
             cs_scfg_deployment *d = &a->deps[a->n_deps++];
@@ -1009,6 +1026,8 @@ static int parse_app_deployments(const vctx *v, const loc *l, const json_t *o, c
             d.weight = known->weight;
             memcpy(d.model, known->model, sizeof d.model);
             memcpy(d.dtype, known->dtype, sizeof d.dtype);
+            d.kv_cache_mb = known->kv_cache_mb;
+            memcpy(d.kv_dtype, known->kv_dtype, sizeof d.kv_dtype);
             d.clean_opts = known->clean_opts;
             known->clean_opts = NULL;
             dep_release(known);

@@ -109,7 +109,7 @@ static int spawn(cs_ctl *c, cp_dep *d) {
     r->num = (int)(++c->rep_ctr & 0x3fffffff);
     random_id(r->id, 8);
     snprintf(r->sock, sizeof r->sock, "%s/%.16s.sock", c->sock_dir, r->id); /* a local id: 8 characters */
-    char threads[16], ongoing[16], grace[32], rid[CS_SCFG_MAX_NAME * 2 + 32];
+    char threads[16], ongoing[16], grace[32], rid[CS_SCFG_MAX_NAME * 2 + 32], kvmb[16];
     d->threads = dep_threads(d);
     snprintf(threads, sizeof threads, "%d", d->threads);
     snprintf(ongoing, sizeof ongoing, "%d", d->cfg.max_ongoing_requests);
@@ -130,6 +130,11 @@ static int spawn(cs_ctl *c, cp_dep *d) {
         argv[n++] = "--model", argv[n++] = d->cfg.model[0] ? d->cfg.model : a->tg.model;
         argv[n++] = "--model-name", argv[n++] = a->next_model_id;
         argv[n++] = "--dtype", argv[n++] = d->cfg.dtype[0] ? d->cfg.dtype : "fp32";
+        if (d->cfg.kv_cache_mb > 0) {
+            snprintf(kvmb, sizeof kvmb, "%d", d->cfg.kv_cache_mb);
+            argv[n++] = "--kv-cache-mb", argv[n++] = kvmb;
+        }
+        if (d->cfg.kv_dtype[0]) argv[n++] = "--kv-cache-dtype", argv[n++] = d->cfg.kv_dtype;
         if (uc) argv[n++] = "--user-config", argv[n++] = uc;
     }
     argv[n++] = "--app-name", argv[n++] = a->name;
@@ -740,6 +745,7 @@ static void app_model_id(cp_app *a) {
 static int code_changed(const cp_app *a, const cs_scfg_app *na, const cp_dep *d, const cs_scfg_deployment *nd) {
     (void)a;
     return strcmp(d->cfg.model, nd->model) != 0 || strcmp(d->cfg.dtype, nd->dtype) != 0 ||
+           d->cfg.kv_cache_mb != nd->kv_cache_mb || strcmp(d->cfg.kv_dtype, nd->kv_dtype) != 0 ||
            d->cfg.role != nd->role || d->cfg.num_cpus != nd->num_cpus || strcmp(a->import_path, na->import_path) != 0 ||
            !json_equal(d->cfg.clean_opts ? d->cfg.clean_opts : json_null(), nd->clean_opts ? nd->clean_opts : json_null());
 }

@@ -53,12 +53,14 @@ static void h_stats(replica *p, cs_http_req *r) {
     if (p->sched) cs_sched_stats_get(p->sched, &st);
     pthread_mutex_unlock(&p->mu);
     respond_json(r, 200,
-                 json_pack("{s:b, s:i, s:i, s:i, s:i, s:I, s:I, s:I, s:I, s:f, s:I, s:I}", "ready", atomic_load(&p->ready),
+                 json_pack("{s:b, s:i, s:i, s:i, s:i, s:I, s:I, s:I, s:I, s:f, s:I, s:I, s:I, s:I}", "ready",
+                           atomic_load(&p->ready),
                            "pid", (int)getpid(), "running", st.running, "queued", st.queued, "max_running",
                            st.max_running, "steps", (json_int_t)st.steps, "tokens_generated",
                            (json_int_t)st.tokens_generated, "prompt_tokens", (json_int_t)st.prompt_tokens,
                            "requests_done", (json_int_t)st.requests_done, "batch_size", st.last_batch_size,
-                           "kv_tokens", (json_int_t)st.kv_tokens, "kv_capacity", (json_int_t)st.kv_capacity));
+                           "kv_tokens", (json_int_t)st.kv_tokens, "kv_capacity", (json_int_t)st.kv_capacity,
+                           "kv_bytes", (json_int_t)st.kv_bytes, "preemptions", (json_int_t)st.preemptions));
 }
 
 static void h_user_config(replica *p, cs_http_req *r) {

@@ -477,6 +477,10 @@ int cs_sched_create(cs_sched **out, const cs_model *m, const cs_sched_opts *opts
         goto fail;
     }
     if (cs_kvpool_create(&s->kvp, (size_t)mc->n_layer, (size_t)mc->n_embd, s->o.kv_dtype, kv_tokens, err)) goto fail;
+    cs_kvpool_info pi;
+    cs_kvpool_get_info(s->kvp, &pi);
+    s->eng_kv_capacity = (uint64_t)pi.blocks_total * CS_KV_BLOCK;
+    s->eng_kv_bpt = pi.bytes_per_token;
     if (cs_pool_create(&s->pool, s->o.threads, err) || cs_sampler_init(&s->smp, V, err) ||
         cs_gpt2_ws_init(&s->ws, m->net, s->o.step_tokens, R, s->pool, err))
         goto fail;

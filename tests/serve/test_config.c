@@ -187,7 +187,8 @@ static void test_bad_fixtures(void **state) {
 static void test_json_input(void **state) {
     (void)state;
     const char *j = "{\"applications\": [{\"name\": \"a\", \"route_prefix\": \"/a\",\n"
-                    "  \"import_path\": \"cserve.apps.text_generation\", \"args\": {\"dtype\": \"bf16\"},\n"
+                    "  \"import_path\": \"cserve.apps.text_generation\", \"args\": {\"dtype\": \"bf16\",\n"
+                    "    \"kv_cache_mb\": 512, \"kv_cache_dtype\": \"bf16\", \"versions\": {\"B\": {\"model\": \"m2\"}}},\n"
                     "  \"deployments\": [{\"name\": \"TextGenService\", \"max_ongoing_requests\": 4,\n"
                     "    \"health_check_timeout_s\": 1e1, \"user_config\": {\"temperature\": 0.5}}]}],\n"
                     " \"http_options\": {\"port\": 9000, \"request_timeout_s\": 2.5}, \"target_capacity\": null}";
@@ -199,6 +200,10 @@ static void test_json_input(void **state) {
     assert_string_equal(a->error, "");
     assert_int_equal(a->kind, CS_APP_TEXT_GENERATION);
     assert_string_equal(a->textgen.dtype, "bf16");
+    for (int i = 0; i < 2; i++) { /* the app's KV settings reach every generator, versions too */
+        assert_int_equal(a->deps[i].kv_cache_mb, 512);
+        assert_string_equal(a->deps[i].kv_dtype, "bf16");
+    }
     assert_int_equal(a->deps[0].max_ongoing_requests, 4);
     assert_true(a->deps[0].health_check_timeout_s == 10);
     assert_true(json_real_value(json_object_get(a->deps[0].user_config, "temperature")) == 0.5);
@@ -656,8 +661,11 @@ static void test_app_errors(void **state) {
     app_bad(APP_HDR "    deployments:\n      - name: Model\n",
             "t.yaml:5:9: deployment 'Model' not found in application 'a' (it has: TextGenService)");
     app_bad(APP_HDR "    args: {model: m, foo: 1}\n",
-            "t.yaml:4:27: args.foo: unknown argument of cserve.apps:text_generation (it takes: model, dtype, versions, traffic, session_header, mirror, fallback, preprocess, remote)");
+            "t.yaml:4:27: args.foo: unknown argument of cserve.apps:text_generation (it takes: model, dtype, kv_cache_mb, kv_cache_dtype, versions, traffic, session_header, mirror, fallback, preprocess, remote)");
     app_bad(APP_HDR "    args: {dtype: fp16}\n", "args.dtype: expected one of fp32, bf16, int8, got \"fp16\"");
+    app_bad(APP_HDR "    args: {kv_cache_dtype: int8}\n", "args.kv_cache_dtype: expected one of fp32, bf16, got \"int8\"");
+    app_bad(APP_HDR "    args: {kv_cache_mb: -1}\n", "args.kv_cache_mb: expected an integer >= 0");
+    app_bad(APP_HDR "    args: {kv_cache_mb: 1.5}\n", "args.kv_cache_mb: expected an integer >= 0");
     app_bad(APP_HDR "    args: {model: 5}\n", "args.model: expected a string, got 5");
     app_bad(APP_HDR "    args: {model: \"\"}\n", "args.model: the model must be non-empty");
     app_bad(DEP_HDR "        user_config: {beams: 4}\n",

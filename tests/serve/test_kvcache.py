@@ -1,0 +1,123 @@
+"""The paged KV cache behind HTTP: `--kv-cache-mb` / `--kv-cache-dtype` (and args.kv_cache_mb /
+args.kv_cache_dtype in a config), the KV metrics, and requests that outgrow the cache.
+
+Run: CSERVE_BIN=build/cserve build/venv-test/bin/python -m pytest -q tests/serve/test_kvcache.py
+"""
+import concurrent.futures as cf
+import os
+import re
+import subprocess
+
+import pytest
+import requests
+
+from test_api import BIN, ROOT, T, TINY, Server, stop_clean  # noqa: F401
+from test_api import pytestmark  # noqa: F401
+from test_control import ControlServer
+
+# tiny: 2 layers x 64 wide, fp32: 1,024 bytes per token, so 1 MB holds 1,024 tokens
+N_REQ = 12
+MAX_TOKENS = 100
+
+
+def metric(text, name):
+    m = re.search(r"^" + re.escape(name) + r"(?:\{[^}]*\})? (\S+)$", text, re.M)
+    assert m, f"{name} missing from /metrics"
+    return float(m.group(1))
+
+
+def complete(s, i):
+    r = requests.post(s.url("/v1/completions"), json={"prompt": f"request number {i} says", "max_tokens": MAX_TOKENS,
+                                                      "temperature": 0, "ignore_eos": True}, timeout=120)
+    assert r.status_code == 200, (r.status_code, r.text)
+    return r.json()["choices"][0]["text"]
+
+
+@pytest.fixture(scope="module")
+def small_cache():
+    s = Server("--kv-cache-mb", "1", "--max-ongoing-requests", str(N_REQ), "--threads", "2")
+    yield s
+    stop_clean(s)
+
+
+def test_requests_outgrowing_the_cache_all_complete_exactly(small_cache):
+    """12 concurrent greedy requests need ~1,400 tokens of KV; the pool holds 1,024. Sequences are
+    preempted and computed again, and every answer equals the same request sent alone."""
+    s = small_cache
+    m0 = requests.get(s.url("/metrics"), timeout=T).text
+    assert metric(m0, "cserve_kv_cache_capacity_tokens") == 1024
+    with cf.ThreadPoolExecutor(N_REQ) as ex:
+        together = list(ex.map(lambda i: complete(s, i), range(N_REQ)))
+    m1 = requests.get(s.url("/metrics"), timeout=T).text
+    assert metric(m1, "cserve_scheduler_preemptions_total") > metric(m0, "cserve_scheduler_preemptions_total")
+    assert metric(m1, "vllm:num_preemptions_total") == metric(m1, "cserve_scheduler_preemptions_total")
+    alone = [complete(s, i) for i in range(N_REQ)]
+    assert together == alone
+    assert 0 <= metric(m1, "vllm:kv_cache_usage_perc") <= 1
+    assert metric(m1, "cserve_kv_cache_bytes") <= 1024 * 1024 + 16384
+
+
+def test_request_longer_than_the_cache_is_refused():
+    """A pool smaller than the model's context caps it: a longer request gets 400, not a hang."""
+    s = Server("--kv-cache-mb", "1", model=os.path.join(ROOT, "build", "models", "distil"))  # 1 block: 16 tokens
+    try:
+        r = requests.post(s.url("/v1/completions"), json={"prompt": "one two three four five six seven eight nine "
+                                                          "ten eleven twelve thirteen", "max_tokens": 8}, timeout=T)
+        assert r.status_code == 400, r.text
+        assert "16" in r.json()["error"]["message"]
+        r = requests.post(s.url("/v1/completions"), json={"prompt": "short", "max_tokens": 4}, timeout=T)
+        assert r.status_code == 200, r.text
+    finally:
+        stop_clean(s)
+
+
+def test_bf16_cache_serves():
+    s = Server("--kv-cache-dtype", "bf16", "--kv-cache-mb", "1")
+    try:
+        m = requests.get(s.url("/metrics"), timeout=T).text
+        assert metric(m, "cserve_kv_cache_capacity_tokens") == 2048  # bf16: 512 bytes per token
+        assert len(complete(s, 0)) > 0
+    finally:
+        stop_clean(s)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--kv-cache-dtype", "int8"], "--kv-cache-dtype: expected fp32 or bf16, got 'int8'"),
+    (["--kv-cache-mb", "lots"], "--kv-cache-mb"),
+    (["--kv-cache-mb", "-3"], "--kv-cache-mb"),
+    (["--kv-cache-mb", "0.5"], "--kv-cache-mb: expected a whole number of MB, got '0.5'"),
+])
+def test_bad_options(args, msg):
+    r = subprocess.run([BIN, "serve", "--model", TINY, "--port", "0", *args], capture_output=True, text=True,
+                       timeout=T)
+    assert r.returncode == 2 and msg in r.stderr, r.stderr
+
+
+def test_config_args_reach_the_replicas():
+    cfg = {"applications": [{"name": "app", "route_prefix": "/", "import_path": "cserve.apps:text_generation",
+                             "args": {"model": TINY, "kv_cache_mb": 2, "kv_cache_dtype": "bf16"},
+                             "deployments": [{"name": "TextGenService", "num_replicas": 1}]}]}
+    s = ControlServer(cfg)
+    try:
+        r = requests.post(s.url("/v1/completions"), json={"prompt": "hello", "max_tokens": 4}, timeout=T)
+        assert r.status_code == 200, r.text
+        cmdlines = []
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read().split(b"\0")
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == s.proc.pid and b"replica" in cmd:
+                cmdlines.append(cmd)
+        assert cmdlines, "no replica process found"
+        for cmd in cmdlines:
+            i = cmd.index(b"--kv-cache-mb")
+            assert cmd[i + 1] == b"2"
+            assert cmd[cmd.index(b"--kv-cache-dtype") + 1] == b"bf16"
+    finally:
+        s.stop()
