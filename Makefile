@@ -69,7 +69,7 @@ test: export CS_CACHE_DIR = $(abspath $(BUILD))/pack-cache
 test: all $(TEST_BIN) models build/venv-test/bin/pytest
 	@BUILD=$(BUILD) sh tests/run_unit.sh $(TEST_BIN)
 	@sh tests/test_cli.sh $(BUILD)/cserve
-	@if [ -n "$(PY_TESTS)" ]; then CSERVE_BIN=$(BUILD)/cserve build/venv-test/bin/python -m pytest -q $(PY_TESTS); fi
+	@if [ -n "$(PY_TESTS)" ]; then CSERVE_BIN=$(BUILD)/cserve build/venv-test/bin/python -m pytest -q --durations=15 $(PY_TESTS); fi
 
 asan:
 	CS_TEST_QUICK=1 $(MAKE) BUILD=build/asan OPT="-O1 -g -fno-omit-frame-pointer" \
