@@ -37,90 +37,189 @@ static INL T256 __m256 load_tail(const float *x, size_t left) {
     return _mm256_loadu_ps(tmp);
 }
 
-/* Register tile: RT rows times CP panels; each panel is two 8-float halves. */
-#define DEFINE_TILE(S, TYPE, LOADW)                                                                    \
-    static INL T256 void tile_##S(const cs_pmat *m, const float *x, size_t ldx, float *y, size_t ldy,  \
-                                  size_t p, const int RT, const int CP) {                              \
-        const size_t K = m->K;                                                                         \
-        const TYPE *w = (const TYPE *)m->w + p * K * CS_PANEL;                                         \
-        __m256 acc[3][4];                                                                              \
-        for (int r = 0; r < RT; r++)                                                                   \
-            for (int c = 0; c < 2 * CP; c++) acc[r][c] = _mm256_setzero_ps();                          \
-        for (size_t k = 0; k < K; k++) {                                                               \
-            __m256 wv[4];                                                                              \
-            for (int c = 0; c < CP; c++) {                                                             \
-                wv[2 * c] = LOADW(w + ((size_t)c * K + k) * CS_PANEL);                                 \
-                wv[2 * c + 1] = LOADW(w + ((size_t)c * K + k) * CS_PANEL + 8);                         \
-            }                                                                                          \
-            for (int r = 0; r < RT; r++) {                                                             \
-                const __m256 xb = _mm256_broadcast_ss(x + (size_t)r * ldx + k);                        \
-                for (int c = 0; c < 2 * CP; c++) acc[r][c] = _mm256_fmadd_ps(xb, wv[c], acc[r][c]);    \
-            }                                                                                          \
-        }                                                                                              \
-        for (int c = 0; c < 2 * CP; c++) {                                                             \
-            const size_t n0 = p * CS_PANEL + (size_t)c * 8;                                            \
-            if (n0 >= m->N) break;                                                                     \
-            const size_t left = m->N - n0;                                                             \
-            const __m256 sc = m->scale ? _mm256_loadu_ps(m->scale + n0) : _mm256_set1_ps(1.0f);        \
-            const __m256 bi = m->bias ? load_tail(m->bias + n0, left) : _mm256_setzero_ps();           \
-            for (int r = 0; r < RT; r++) {                                                             \
-                __m256 v = m->scale ? _mm256_fmadd_ps(acc[r][c], sc, bi) : _mm256_add_ps(acc[r][c], bi); \
-                store_tail(y + (size_t)r * ldy + n0, left, v);                                         \
-            }                                                                                          \
-        }                                                                                              \
-    }                                                                                                  \
-    static T256 void matmul_##S(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy, \
-                                size_t p0, size_t p1) {                                                \
-        size_t p = p0;                                                                                 \
-        for (; p + 2 <= p1; p += 2) {                                                                  \
-            size_t t = 0;                                                                              \
-            for (; t + 3 <= T; t += 3) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, 3, 2);       \
-            switch (T - t) {                                                                           \
-            case 2: tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, 2, 2); break;                   \
-            case 1: tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, 1, 2); break;                   \
-            }                                                                                          \
-        }                                                                                              \
-        for (; p < p1; p++) {                                                                          \
-            size_t t = 0;                                                                              \
-            for (; t + 3 <= T; t += 3) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, 3, 1);       \
-            for (; t < T; t++) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, 1, 1);               \
-        }                                                                                              \
-    }
+/* fp32 and bf16 matmuls run the batch in register tiles over k-blocks: for
+ * each group of panels and each block of k, every row tile of the batch runs
+ * over the block while its weights are in cache. Partial sums wait in y
+ * between blocks: the first block starts from zero, the others reload them,
+ * the last adds the scale and bias, so every output is the same sequential
+ * FMA chain over k whatever the tile shape or blocking (and a row's result
+ * does not depend on the batch around it).
+ * Blocks are sized for L2, not L1d: on Zen 3 the L2 streams a panel pair to
+ * the FMAs fast enough, and L1d-sized blocks (64..256 k) measured 4-10%
+ * slower at 64 rows (reloading partial sums, more x and y rows touched per
+ * block), so a block only splits a K whose panels would crowd L2.
+ * The loops over a tile's rows and columns carry "GCC unroll": unrolled that
+ * early, acc[][] becomes registers; otherwise GCC keeps the array in memory
+ * and stores every accumulator on every k step (12 stores per 12 FMAs),
+ * which held these kernels under a third of the FMA peak. */
+#define F32_KC 2048 /* k per block: a panel pair's block is 2 x 2048 x 64 B = 256 KB, half of L2 */
+#define BF16_JC 1024 /* k pairs per block: 1024 x 64 B = 64 KB per bf16 panel */
+#define F32_RT 3     /* rows per fp32 tile: 3 x 4 accumulators + 4 weight vectors + 1 broadcast ~ 16 ymm */
+#define BF16_RT 4    /* rows per bf16 tile (one panel): 4 x 2 accumulators + raw and widened weights */
 
-DEFINE_TILE(f32, float, LOADW_F32)
+/* Accumulators of RT rows x 2*CP 8-column halves at column p*16: zero for the
+ * first block, else the partial sums in y (only columns below N exist there). */
+static INL T256 void acc_load(const cs_pmat *m, const float *y, size_t ldy, size_t p, int first, __m256 acc[][8],
+                              const int RT, const int CP) {
+    _Pragma("GCC unroll 8")
+    for (int c = 0; c < 2 * CP; c++) {
+        const size_t n0 = p * CS_PANEL + (size_t)c * 8;
+        _Pragma("GCC unroll 8")
+        for (int r = 0; r < RT; r++)
+            acc[r][c] = first || n0 >= m->N ? _mm256_setzero_ps() : load_tail(y + (size_t)r * ldy + n0, m->N - n0);
+    }
+}
+
+/* Stores the accumulators to y: partial sums, or after the last block the
+ * result with scale (if any) and bias. */
+static INL T256 void acc_store(const cs_pmat *m, float *y, size_t ldy, size_t p, int last, __m256 acc[][8],
+                               const int RT, const int CP) {
+    _Pragma("GCC unroll 8")
+    for (int c = 0; c < 2 * CP; c++) {
+        const size_t n0 = p * CS_PANEL + (size_t)c * 8;
+        if (n0 >= m->N) break;
+        const size_t left = m->N - n0;
+        if (!last) {
+            _Pragma("GCC unroll 8")
+            for (int r = 0; r < RT; r++) store_tail(y + (size_t)r * ldy + n0, left, acc[r][c]);
+            continue;
+        }
+        const __m256 sc = m->scale ? _mm256_loadu_ps(m->scale + n0) : _mm256_set1_ps(1.0f);
+        const __m256 bi = m->bias ? load_tail(m->bias + n0, left) : _mm256_setzero_ps();
+        _Pragma("GCC unroll 8")
+        for (int r = 0; r < RT; r++) {
+            __m256 v = m->scale ? _mm256_fmadd_ps(acc[r][c], sc, bi) : _mm256_add_ps(acc[r][c], bi);
+            store_tail(y + (size_t)r * ldy + n0, left, v);
+        }
+    }
+}
+
+/* fp32 tile: RT rows x CP panels over k in [k0, k1). */
+static INL T256 void tile_f32(const cs_pmat *m, const float *x, size_t ldx, float *y, size_t ldy, size_t p,
+                              size_t k0, size_t k1, const int RT, const int CP) {
+    const size_t K = m->K;
+    const float *w = (const float *)m->w + p * K * CS_PANEL;
+    __m256 acc[F32_RT][8];
+    acc_load(m, y, ldy, p, k0 == 0, acc, RT, CP);
+    for (size_t k = k0; k < k1; k++) {
+        __m256 wv[4];
+        _Pragma("GCC unroll 8")
+        for (int c = 0; c < CP; c++) {
+            wv[2 * c] = LOADW_F32(w + ((size_t)c * K + k) * CS_PANEL);
+            wv[2 * c + 1] = LOADW_F32(w + ((size_t)c * K + k) * CS_PANEL + 8);
+        }
+        _Pragma("GCC unroll 8")
+        for (int r = 0; r < RT; r++) {
+            const __m256 xb = _mm256_broadcast_ss(x + (size_t)r * ldx + k);
+            _Pragma("GCC unroll 8")
+            for (int c = 0; c < 2 * CP; c++) acc[r][c] = _mm256_fmadd_ps(xb, wv[c], acc[r][c]);
+        }
+    }
+    acc_store(m, y, ldy, p, k1 == K, acc, RT, CP);
+}
+
+static INL T256 void rows_f32(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy, size_t p,
+                              size_t k0, size_t k1, const int CP) {
+    size_t t = 0;
+    for (; t + F32_RT <= T; t += F32_RT) tile_f32(m, x + t * ldx, ldx, y + t * ldy, ldy, p, k0, k1, F32_RT, CP);
+    switch (T - t) {
+    case 2: tile_f32(m, x + t * ldx, ldx, y + t * ldy, ldy, p, k0, k1, 2, CP); break;
+    case 1: tile_f32(m, x + t * ldx, ldx, y + t * ldy, ldy, p, k0, k1, 1, CP); break;
+    default: break;
+    }
+}
+
+static T256 void matmul_f32(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy, size_t p0,
+                            size_t p1) {
+    const size_t K = m->K, kc = T > F32_RT ? F32_KC : K; /* one row tile: nothing to reuse, no blocks */
+    for (size_t p = p0; p < p1;) {
+        const int CP = p + 2 <= p1 ? 2 : 1;
+        size_t k0 = 0;
+        do { /* K = 0 still takes one (empty) block, which writes the bias */
+            const size_t k1 = k0 + kc < K ? k0 + kc : K;
+            if (CP == 2) rows_f32(m, x, ldx, T, y, ldy, p, k0, k1, 2);
+            else rows_f32(m, x, ldx, T, y, ldy, p, k0, k1, 1);
+            k0 = k1;
+        } while (k0 < K);
+        p += (size_t)CP;
+    }
+}
 
 /* bf16 (see kernels.h): per pair of k, even-k weights are the low half of each
- * 32-bit lane (shift), odd-k the high half (mask); same FMA order as fp32. */
+ * 32-bit lane (shift), odd-k the high half (mask). A tile is RT rows x CP
+ * panels over pairs [j0, j1): each panel's even-k weights are widened once for
+ * all rows, then its odd-k ones, so each output still gets the even-k FMA and
+ * then the odd-k FMA of every pair in order, as fp32 does over k. */
+static INL T256 void bf16_half(const float *x, size_t ldx, size_t k, __m256 w0, __m256 w1, __m256 acc[][8], int c,
+                               const int RT) {
+    _Pragma("GCC unroll 8")
+    for (int r = 0; r < RT; r++) {
+        const __m256 xb = _mm256_broadcast_ss(x + (size_t)r * ldx + k);
+        acc[r][2 * c] = _mm256_fmadd_ps(xb, w0, acc[r][2 * c]);
+        acc[r][2 * c + 1] = _mm256_fmadd_ps(xb, w1, acc[r][2 * c + 1]);
+    }
+}
+
+/* Pair j of CP panels (odd: also its odd k) for RT rows. */
+static INL T256 void bf16_pair(const float *x, size_t ldx, const uint16_t *w, size_t K2, size_t j, int odd,
+                               __m256 acc[][8], const int RT, const int CP) {
+    const __m256i hi = _mm256_set1_epi32((int)0xFFFF0000u);
+    _Pragma("GCC unroll 8")
+    for (int c = 0; c < CP; c++) {
+        const uint16_t *wj = w + ((size_t)c * K2 + j) * 32;
+        const __m256i w0 = _mm256_loadu_si256((const __m256i *)wj);
+        const __m256i w1 = _mm256_loadu_si256((const __m256i *)(wj + 16));
+        bf16_half(x, ldx, 2 * j, _mm256_castsi256_ps(_mm256_slli_epi32(w0, 16)),
+                  _mm256_castsi256_ps(_mm256_slli_epi32(w1, 16)), acc, c, RT);
+        if (odd)
+            bf16_half(x, ldx, 2 * j + 1, _mm256_castsi256_ps(_mm256_and_si256(w0, hi)),
+                      _mm256_castsi256_ps(_mm256_and_si256(w1, hi)), acc, c, RT);
+    }
+}
+
+static INL T256 void tile_bf16(const cs_pmat *m, const float *x, size_t ldx, float *y, size_t ldy, size_t p,
+                               size_t j0, size_t j1, const int RT, const int CP) {
+    const size_t K = m->K, K2 = (K + 1) / 2, jf = j1 < K / 2 ? j1 : K / 2; /* pairs below jf hold both k */
+    const uint16_t *w = (const uint16_t *)m->w + p * K2 * 32;
+    __m256 acc[BF16_RT][8];
+    acc_load(m, y, ldy, p, j0 == 0, acc, RT, CP);
+    size_t j = j0;
+    for (; j < jf; j++) bf16_pair(x, ldx, w, K2, j, 1, acc, RT, CP);
+    if (j < j1) bf16_pair(x, ldx, w, K2, j, 0, acc, RT, CP); /* odd K: the last pair has only its even k */
+    const cs_pmat mb = {.N = m->N, .bias = m->bias};         /* bf16 matrices carry no scale */
+    acc_store(&mb, y, ldy, p, j1 == K2, acc, RT, CP);
+}
+
+/* Rows in tiles of 4 over one panel; a batch of 1 or 2 rows takes 4 or 2
+ * panels at a time instead, so a decode step still has 8 independent FMA
+ * chains rather than 2 (one row on one panel is FMA-latency bound). */
 static T256 void matmul_bf16(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy,
                              size_t p0, size_t p1) {
-    const size_t K = m->K, K2 = (K + 1) / 2;
-    const __m256i hi = _mm256_set1_epi32((int)0xFFFF0000u);
-    for (size_t p = p0; p < p1; p++)
-        for (size_t t = 0; t < T; t++) {
-            const uint16_t *w = (const uint16_t *)m->w + p * K2 * 32;
-            const float *xr = x + t * ldx;
-            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-            for (size_t j = 0; j < K2; j++) {
-                const __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + j * 32));
-                const __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + j * 32 + 16));
-                const __m256 xe = _mm256_set1_ps(xr[2 * j]);
-                a0 = _mm256_fmadd_ps(xe, _mm256_castsi256_ps(_mm256_slli_epi32(w0, 16)), a0);
-                a1 = _mm256_fmadd_ps(xe, _mm256_castsi256_ps(_mm256_slli_epi32(w1, 16)), a1);
-                if (2 * j + 1 < K) {
-                    const __m256 xo = _mm256_set1_ps(xr[2 * j + 1]);
-                    a0 = _mm256_fmadd_ps(xo, _mm256_castsi256_ps(_mm256_and_si256(w0, hi)), a0);
-                    a1 = _mm256_fmadd_ps(xo, _mm256_castsi256_ps(_mm256_and_si256(w1, hi)), a1);
+    const size_t K2 = (m->K + 1) / 2, wide = T == 1 ? 4 : T == 2 ? 2 : 1;
+    const size_t jc = T > BF16_RT ? BF16_JC : K2; /* one row tile: nothing to reuse, no blocks */
+    for (size_t p = p0; p < p1;) {
+        const size_t np = p + wide <= p1 ? wide : 1;
+        size_t j0 = 0;
+        do {
+            const size_t j1 = j0 + jc < K2 ? j0 + jc : K2;
+            size_t t = 0;
+            if (np == 4) tile_bf16(m, x, ldx, y, ldy, p, j0, j1, 1, 4);
+            else if (np == 2) tile_bf16(m, x, ldx, y, ldy, p, j0, j1, 2, 2);
+            else
+                for (; t + BF16_RT <= T; t += BF16_RT)
+                    tile_bf16(m, x + t * ldx, ldx, y + t * ldy, ldy, p, j0, j1, BF16_RT, 1);
+            const float *xt = x + t * ldx;
+            float *yt = y + t * ldy;
+            if (np == 1) switch (T - t) {
+                case 3: tile_bf16(m, xt, ldx, yt, ldy, p, j0, j1, 3, 1); break;
+                case 2: tile_bf16(m, xt, ldx, yt, ldy, p, j0, j1, 2, 1); break;
+                case 1: tile_bf16(m, xt, ldx, yt, ldy, p, j0, j1, 1, 1); break;
+                default: break;
                 }
-            }
-            const __m256 acc[2] = {a0, a1};
-            for (int h = 0; h < 2; h++) {
-                const size_t n0 = p * CS_PANEL + (size_t)h * 8;
-                if (n0 >= m->N) break;
-                const size_t left = m->N - n0;
-                const __m256 bi = m->bias ? load_tail(m->bias + n0, left) : _mm256_setzero_ps();
-                store_tail(y + t * ldy + n0, left, _mm256_add_ps(acc[h], bi));
-            }
-        }
+            j0 = j1;
+        } while (j0 < K2);
+        p += np;
+    }
 }
 
 /* int8 (see kernels.h): exact integer dot products with vpmaddubsw, which
@@ -388,9 +487,86 @@ static T256 void quantize_avx2(const float *x, size_t ldx, size_t T, size_t K, c
     }
 }
 
-static void attend_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
-                        float *out) {
-    cs_attend_generic(&cs_kern_avx2, q, kv, n, hd, scale, att, out);
+/* attend for one query with the arithmetic of cs_attend_generic over this
+ * table's dot, softmax and axpy (so the same bits as attend_causal_avx2), but
+ * without a call per key: four keys' scores share each load of q, and the
+ * weighted sum of values keeps up to 64 output floats in registers over all
+ * keys (axpy's per-element FMA chain in key order). */
+static INL T256 void attend_scores_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale,
+                                        float *att) {
+    size_t j = 0;
+    for (; j + 4 <= n; j += 4) { /* 4 | CS_KV_BLOCK: the four rows share a block */
+        const float *k0 = cs_kv_krow(kv, j), *k1 = k0 + kv->ld, *k2 = k1 + kv->ld, *k3 = k2 + kv->ld;
+        __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
+        size_t e = 0;
+        for (; e + 16 <= hd; e += 16) {
+            const __m256 qa = _mm256_loadu_ps(q + e), qb = _mm256_loadu_ps(q + e + 8);
+            a0 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k0 + e), a0);
+            b0 = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k0 + e + 8), b0);
+            a1 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k1 + e), a1);
+            b1 = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k1 + e + 8), b1);
+            a2 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k2 + e), a2);
+            b2 = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k2 + e + 8), b2);
+            a3 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k3 + e), a3);
+            b3 = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k3 + e + 8), b3);
+        }
+        for (; e + 8 <= hd; e += 8) {
+            const __m256 qa = _mm256_loadu_ps(q + e);
+            a0 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k0 + e), a0);
+            a1 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k1 + e), a1);
+            a2 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k2 + e), a2);
+            a3 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k3 + e), a3);
+        }
+        float s0 = hsum256(_mm256_add_ps(a0, b0)), s1 = hsum256(_mm256_add_ps(a1, b1));
+        float s2 = hsum256(_mm256_add_ps(a2, b2)), s3 = hsum256(_mm256_add_ps(a3, b3));
+        for (; e < hd; e++) {
+            s0 += q[e] * k0[e];
+            s1 += q[e] * k1[e];
+            s2 += q[e] * k2[e];
+            s3 += q[e] * k3[e];
+        }
+        att[j] = s0 * scale;
+        att[j + 1] = s1 * scale;
+        att[j + 2] = s2 * scale;
+        att[j + 3] = s3 * scale;
+    }
+    for (; j < n; j++) att[j] = dot_avx2(q, cs_kv_krow(kv, j), hd) * scale;
+}
+
+/* out[e0 .. e0 + 8 NV) = sum over keys of att[j] v_j, in key order. */
+static INL T256 void attend_pv_avx2(const float *att, const cs_kvhead *kv, size_t n, size_t e0, float *out,
+                                    const int NV) {
+    __m256 o[8];
+    for (int c = 0; c < NV; c++) o[c] = _mm256_setzero_ps();
+    for (size_t j = 0; j < n; j++) {
+        const __m256 a = _mm256_set1_ps(att[j]);
+        const float *vj = cs_kv_vrow(kv, j) + e0;
+        for (int c = 0; c < NV; c++) o[c] = _mm256_fmadd_ps(a, _mm256_loadu_ps(vj + 8 * c), o[c]);
+    }
+    for (int c = 0; c < NV; c++) _mm256_storeu_ps(out + e0 + 8 * c, o[c]);
+}
+
+static T256 void attend_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
+                             float *out) {
+    attend_scores_avx2(q, kv, n, hd, scale, att);
+    softmax_avx2(att, n);
+    size_t e = 0;
+    for (; e + 64 <= hd; e += 64) attend_pv_avx2(att, kv, n, e, out, 8);
+    switch ((hd - e) / 8) {
+    case 7: attend_pv_avx2(att, kv, n, e, out, 7); break;
+    case 6: attend_pv_avx2(att, kv, n, e, out, 6); break;
+    case 5: attend_pv_avx2(att, kv, n, e, out, 5); break;
+    case 4: attend_pv_avx2(att, kv, n, e, out, 4); break;
+    case 3: attend_pv_avx2(att, kv, n, e, out, 3); break;
+    case 2: attend_pv_avx2(att, kv, n, e, out, 2); break;
+    case 1: attend_pv_avx2(att, kv, n, e, out, 1); break;
+    }
+    e += (hd - e) / 8 * 8;
+    for (; e < hd; e++) { /* axpy_avx2's scalar tail, key by key */
+        float o = 0;
+        for (size_t j = 0; j < n; j++) o += att[j] * cs_kv_vrow(kv, j)[e];
+        out[e] = o;
+    }
 }
 
 /* Also the AVX-512 table's (kernels_avx512.c): same sums, bf16 widened on load. */
