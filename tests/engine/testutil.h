@@ -3,6 +3,7 @@
 #define CS_TESTUTIL_H
 
 #include <jansson.h>
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
