@@ -572,7 +572,7 @@ static void check_textgen_args(const vctx *v, const loc *l, const json_t *args, 
                     char got[96];
                     v_fail(&av.v, &fl, "expected one of fp32, bf16, got %s", describe(got, sizeof got, x));
                 } else {
-                    snprintf(a->textgen.kv_dtype, sizeof a->textgen.kv_dtype, "%s", kd);
+                    snprintf(a->textgen.kv_dtype, sizeof a->textgen.kv_dtype, "%s", strcmp(kd, "bf16") ? "fp32" : "bf16");
                 }
             }
         } else if (!strcmp(key, "versions")) {
