@@ -72,7 +72,7 @@ static int kv_memory_report(void) {
     int first = 1;
     for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
         for (int dt = 0; dt < 2; dt++) {
-            const size_t esize = dt ? 2 : 4, per_tok = shapes[si].L * 2 * shapes[si].C * esize;
+            const size_t per_tok = cs_kvpool_bytes_per_token(shapes[si].L, shapes[si].C, dt ? CS_KV_BF16 : CS_KV_F32);
             cs_kvpool *p;
             cs_err err;
             if (cs_kvpool_create(&p, shapes[si].L, shapes[si].C, dt ? CS_KV_BF16 : CS_KV_F32,

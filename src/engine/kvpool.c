@@ -7,7 +7,7 @@
 
 struct cs_kvpool {
     cs_kvdtype dt;
-    size_t n_layer, n_embd, esize;
+    size_t n_layer, n_embd;
     size_t block_bytes, n_blocks;
     char *base;        /* n_blocks * block_bytes, reserved with mmap */
     size_t fresh;      /* blocks [fresh, n_blocks) have never been handed out */
@@ -20,10 +20,9 @@ struct cs_kvpool {
 int cs_kvpool_create(cs_kvpool **out, size_t n_layer, size_t n_embd, cs_kvdtype dt, size_t max_tokens, cs_err *err) {
     *out = NULL;
     if (n_layer == 0 || n_embd == 0) return cs_err_set(err, "KV cache: empty model shape");
-    const size_t esize = dt == CS_KV_BF16 ? 2 : 4;
     long pg = sysconf(_SC_PAGESIZE);
     const size_t page = pg > 0 ? (size_t)pg : 4096;
-    const size_t raw = n_layer * 2 * CS_KV_BLOCK * n_embd * esize;
+    const size_t raw = cs_kvpool_bytes_per_token(n_layer, n_embd, dt) * CS_KV_BLOCK;
     const size_t bb = (raw + page - 1) / page * page;
     size_t nb = (max_tokens + CS_KV_BLOCK - 1) / CS_KV_BLOCK;
     if (nb == 0) nb = 1;
@@ -35,7 +34,6 @@ int cs_kvpool_create(cs_kvpool **out, size_t n_layer, size_t n_embd, cs_kvdtype 
     p->dt = dt;
     p->n_layer = n_layer;
     p->n_embd = n_embd;
-    p->esize = esize;
     p->block_bytes = bb;
     p->n_blocks = nb;
     p->stack = malloc(nb * sizeof *p->stack);
@@ -99,7 +97,7 @@ void cs_kvpool_trim(cs_kvpool *p) {
 
 void cs_kvpool_get_info(const cs_kvpool *p, cs_kvpool_info *out) {
     *out = (cs_kvpool_info){.dt = p->dt, .n_layer = p->n_layer, .n_embd = p->n_embd, .block_bytes = p->block_bytes,
-                            .bytes_per_token = p->n_layer * 2 * p->n_embd * p->esize, .blocks_total = p->n_blocks,
+                            .bytes_per_token = cs_kvpool_bytes_per_token(p->n_layer, p->n_embd, p->dt), .blocks_total = p->n_blocks,
                             .blocks_used = p->n_used, .blocks_resident = p->n_resident};
 }
 

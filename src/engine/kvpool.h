@@ -58,6 +58,11 @@ cs_kvdtype cs_kvpool_dtype(const cs_kvpool *p);
 /* The view of head h (size hd) of layer l through a sequence's block table. */
 cs_kvhead cs_kvpool_head(const cs_kvpool *p, void *const *blk, size_t l, size_t h, size_t hd);
 
+/* Bytes one cached position takes over all layers: keys and values. */
+static inline size_t cs_kvpool_bytes_per_token(size_t n_layer, size_t n_embd, cs_kvdtype dt) {
+    return n_layer * 2 * n_embd * (dt == CS_KV_BF16 ? 2 : 4);
+}
+
 /* Where position j's key row of layer l starts in its block (elements). */
 static inline size_t cs_kvpool_krow_off(size_t n_embd, size_t l, size_t j) {
     return l * 2 * CS_KV_BLOCK * n_embd + (j % CS_KV_BLOCK) * n_embd;

@@ -80,7 +80,8 @@ struct cs_sched {
     _Atomic int n_running_seqs; /* written by the engine thread only */
     int eng_queued;           /* live requests with no slot: under mu */
     uint64_t eng_kv_tokens;   /* tokens in the slots' KV caches after the last step: under mu */
-    uint64_t eng_kv_capacity, eng_kv_bytes, eng_kv_bpt; /* the pool's, after the last step: under mu */
+    uint64_t eng_kv_bytes;    /* the pool's memory after the last step: under mu */
+    uint64_t eng_kv_capacity, eng_kv_bpt; /* the pool's size, set at create */
     int stop, draining;
     cs_sched_stats st;
 };
@@ -384,9 +385,7 @@ static void iterate(cs_sched *s) {
     cs_kvpool_get_info(s->kvp, &pi);
     pthread_mutex_lock(&s->mu);
     s->eng_kv_tokens = kv_tokens;
-    s->eng_kv_capacity = (uint64_t)pi.blocks_total * CS_KV_BLOCK;
     s->eng_kv_bytes = (uint64_t)pi.blocks_resident * pi.block_bytes;
-    s->eng_kv_bpt = pi.bytes_per_token;
     if (nb) {
         s->st.steps++;
         s->st.last_batch_size = nb;
@@ -450,7 +449,7 @@ int cs_sched_create(cs_sched **out, const cs_model *m, const cs_sched_opts *opts
     const cs_gpt2_config *mc = &m->net->cfg;
     size_t kv_tokens = (size_t)R * (size_t)s->o.n_ctx;
     if (s->o.kv_cache_mb > 0 || s->o.kv_cache_tokens > 0) {
-        const size_t per_tok = (size_t)mc->n_layer * 2 * (size_t)mc->n_embd * (s->o.kv_dtype == CS_KV_BF16 ? 2 : 4);
+        const size_t per_tok = cs_kvpool_bytes_per_token((size_t)mc->n_layer, (size_t)mc->n_embd, s->o.kv_dtype);
         kv_tokens = s->o.kv_cache_tokens > 0 ? (size_t)s->o.kv_cache_tokens
                                              : ((size_t)s->o.kv_cache_mb << 20) / per_tok / CS_KV_BLOCK * CS_KV_BLOCK;
         if (kv_tokens < CS_KV_BLOCK) {
