@@ -134,6 +134,8 @@ typedef struct cs_gpt2_ws {
     float *lrows;  /* (R, C) final hidden rows that need logits */
     float *logits; /* (R, V) */
     int *row_seq, *row_pos; /* (T) which sequence / absolute position each row is */
+    int8_t *q8;  /* (max(T, R), K rounded up to 4) quantized int8 matmul input, or NULL (no pool) */
+    float *sx8;  /* its row scales */
     /* Calibration (int8 packing, gpt2.c): NULL normally; else (L * (3C + F) + C)
      * running per-channel max |x| of every matmul input: per layer the inputs of
      * qkv (C), proj (C), fc (C) and fcproj (F), then the LM head's (C). Set and

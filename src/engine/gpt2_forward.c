@@ -93,6 +93,15 @@ int cs_gpt2_ws_init(cs_gpt2_ws *ws, const cs_gpt2 *m, int max_tokens, int max_lo
     ws->logits = malloc(R * (size_t)c->vocab_size * sizeof(float));
     ws->row_seq = malloc(T * sizeof(int));
     ws->row_pos = malloc(T * sizeof(int));
+    if (pool && cs_pool_size(pool) > 1) { /* int8 inputs quantized once per matmul (see matmul) */
+        const size_t rows = T > R ? T : R, K = (F > C ? F : C) + 3;
+        ws->q8 = malloc(rows * K);
+        ws->sx8 = malloc(rows * sizeof(float));
+        if (!ws->q8 || !ws->sx8) {
+            cs_gpt2_ws_free(ws);
+            return cs_err_set(err, "out of memory for a %d-token workspace", max_tokens);
+        }
+    }
     if (!ws->x || !ws->h || !ws->qkv || !ws->ff || !ws->att || !ws->lrows || !ws->logits || !ws->row_seq ||
         !ws->row_pos) {
         cs_gpt2_ws_free(ws);
@@ -111,6 +120,8 @@ void cs_gpt2_ws_free(cs_gpt2_ws *ws) {
     free(ws->logits);
     free(ws->row_seq);
     free(ws->row_pos);
+    free(ws->q8);
+    free(ws->sx8);
     memset(ws, 0, sizeof *ws);
 }
 
@@ -128,6 +139,7 @@ typedef struct step_ctx {
     size_t mldx, mT;
     float *my;
     size_t mldy;
+    size_t qld; /* int8: bytes between the quantized rows in ws->q8 */
     /* row job (layernorm) */
     float *ly;
     const float *lx, *lw, *lb;
@@ -150,6 +162,24 @@ static void job_matmul(void *vc, int tid, size_t g0, size_t g1) {
     if (p0 < p1) c->m->kern->matmul(c->mat, c->mx, c->mldx, c->mT, c->my, c->mldy, p0, p1);
 }
 
+/* int8 on the pool: the input rows are quantized once per matmul (split by
+ * rows when there are many), and every chunk multiplies those (matmul_q8)
+ * instead of quantizing all rows again for its few panels. */
+static void job_quantize(void *vc, int tid, size_t r0, size_t r1) {
+    step_ctx *c = vc;
+    (void)tid;
+    c->m->kern->quantize_rows(c->mx + r0 * c->mldx, c->mldx, r1 - r0, c->mat->K, c->mat->smooth,
+                              c->ws->q8 + r0 * c->qld, c->qld, c->ws->sx8 + r0);
+}
+
+static void job_matmul_q8(void *vc, int tid, size_t g0, size_t g1) {
+    step_ctx *c = vc;
+    (void)tid;
+    size_t p0 = g0 * 4, p1 = g1 * 4 < c->mat->n_panels ? g1 * 4 : c->mat->n_panels;
+    if (p0 < p1)
+        c->m->kern->matmul_q8(c->mat, c->ws->q8, c->qld, c->ws->sx8, c->mx, c->mldx, c->mT, c->my, c->mldy, p0, p1);
+}
+
 static void matmul(step_ctx *c, const cs_pmat *w, const float *x, size_t ldx, size_t T, float *y, size_t ldy) {
     c->mat = w;
     c->mx = x;
@@ -157,6 +187,13 @@ static void matmul(step_ctx *c, const cs_pmat *w, const float *x, size_t ldx, si
     c->mT = T;
     c->my = y;
     c->mldy = ldy;
+    if (w->dt == CS_W_I8 && c->ws->pool && c->ws->q8) {
+        c->qld = (w->K + 3) / 4 * 4;
+        if (T * w->K >= 65536) run(c, T, 1, job_quantize);
+        else job_quantize(c, 0, 0, T);
+        run(c, (w->n_panels + 3) / 4, 1, job_matmul_q8);
+        return;
+    }
     run(c, (w->n_panels + 3) / 4, 1, job_matmul);
 }
 

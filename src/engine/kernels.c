@@ -74,7 +74,7 @@ void cs_kern_thread_cleanup(void) {
     qbuf_cap = 0;
 }
 
-static int8_t *qbuf(size_t bytes, float **sx, size_t T) {
+int8_t *cs_kern_qscratch(size_t bytes, float **sx, size_t T) {
     int8_t *buf = qbuf_mem;
     size_t cap = qbuf_cap;
     const size_t need = bytes + T * sizeof(float) + 64;
@@ -94,7 +94,7 @@ static int8_t *qbuf(size_t bytes, float **sx, size_t T) {
 int8_t *cs_kern_quantize(const cs_kern *k, const cs_pmat *m, const float *x, size_t ldx, size_t T, size_t *ldq,
                          float **sx) {
     *ldq = (m->K + 3) / 4 * 4;
-    int8_t *q = qbuf(T * *ldq, sx, T);
+    int8_t *q = cs_kern_qscratch(T * *ldq, sx, T);
     if (q) k->quantize_rows(x, ldx, T, m->K, m->smooth, q, *ldq, *sx);
     return q;
 }
@@ -197,12 +197,8 @@ float cs_pmat_get(const cs_pmat *m, size_t k, size_t n) {
 /* ------------------------------------------------------------ scalar reference */
 
 /* int8: exact integer dot products of quantized rows (see kernels.h). */
-static void matmul_i8_scalar(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy, size_t p0,
-                             size_t p1) {
-    size_t ldq;
-    float *sx;
-    int8_t *q = cs_kern_quantize(&cs_kern_scalar, m, x, ldx, T, &ldq, &sx);
-    if (!q) return;
+static void matmul_q8_scalar(const cs_pmat *m, const int8_t *q, size_t ldq, const float *sx, const float *x,
+                             size_t ldx, size_t T, float *y, size_t ldy, size_t p0, size_t p1) {
     const size_t K4 = ldq / 4;
     const int8_t *w = m->w;
     for (size_t p = p0; p < p1; p++)
@@ -216,6 +212,14 @@ static void matmul_i8_scalar(const cs_pmat *m, const float *x, size_t ldx, size_
                 y[t * ldy + n] = v + (m->bias ? m->bias[n] : 0.0f);
             }
     cs_pmat_outliers(m, x, ldx, T, y, ldy, p0, p1);
+}
+
+static void matmul_i8_scalar(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy, size_t p0,
+                             size_t p1) {
+    size_t ldq;
+    float *sx;
+    int8_t *q = cs_kern_quantize(&cs_kern_scalar, m, x, ldx, T, &ldq, &sx);
+    if (q) matmul_q8_scalar(m, q, ldq, sx, x, ldx, T, y, ldy, p0, p1);
 }
 
 static void matmul_scalar(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy, size_t p0,
@@ -384,7 +388,7 @@ static void attend_causal_scalar(const float *q, size_t ldq, const cs_kvhead *kv
 }
 
 const cs_kern cs_kern_scalar = {
-    .name = "scalar", .isa = CS_ISA_SCALAR, .matmul = matmul_scalar, .layernorm = layernorm_scalar,
+    .name = "scalar", .isa = CS_ISA_SCALAR, .matmul = matmul_scalar, .matmul_q8 = matmul_q8_scalar, .layernorm = layernorm_scalar,
     .gelu_tanh = gelu_scalar, .dot = dot_scalar, .axpy = axpy_scalar, .softmax = softmax_scalar,
     .quantize_rows = cs_quantize_rows, .attend = attend_scalar, .attend_causal = attend_causal_scalar,
     .dot_bf16 = dot_bf16_scalar, .axpy_bf16 = axpy_bf16_scalar, .attend_bf16 = attend_bf16_scalar,

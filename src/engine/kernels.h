@@ -118,6 +118,11 @@ struct cs_kern;
 int8_t *cs_kern_quantize(const struct cs_kern *k, const cs_pmat *m, const float *x, size_t ldx, size_t T, size_t *ldq,
                          float **sx);
 
+/* The calling thread's quantization scratch (the buffer cs_kern_quantize
+ * fills): bytes for rows and *sx for T scales after them; NULL when out of
+ * memory. */
+int8_t *cs_kern_qscratch(size_t bytes, float **sx, size_t T);
+
 /* attend built from a table's dot, softmax and axpy (the reference form). */
 void cs_attend_generic(const struct cs_kern *k, const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale,
                        float *att, float *out);
@@ -172,6 +177,12 @@ typedef struct cs_kern {
     /* y[t][n] for t < T and panels [p0, p1); rows of x and y are ldx / ldy floats apart. */
     void (*matmul)(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy, size_t p0,
                    size_t p1);
+    /* int8 matrices only: matmul on rows already quantized by quantize_rows
+     * (q: T rows ldq = K rounded up to 4 bytes apart, sx: their T scales;
+     * read only), so a matmul split over threads quantizes its input once.
+     * x is still read for the outlier channels. The same bits as matmul. */
+    void (*matmul_q8)(const cs_pmat *m, const int8_t *q, size_t ldq, const float *sx, const float *x, size_t ldx,
+                      size_t T, float *y, size_t ldy, size_t p0, size_t p1);
     /* One row: y = (x - mean) / sqrt(var + eps) * w + b. y may alias x. */
     void (*layernorm)(float *y, const float *x, const float *w, const float *b, size_t C, float eps);
     /* In place, GPT-2's tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). */

@@ -297,12 +297,8 @@ static INL T256 void rows_i8(const cs_pmat *m, const int8_t *wp, const int8_t *q
     store_i8(m, acc, sx, x, ldx, y, ldy, p, RT);
 }
 
-static T256 void matmul_i8(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy, size_t p0,
-                           size_t p1) {
-    size_t ldq;
-    float *sx;
-    int8_t *q = cs_kern_quantize(&cs_kern_avx2, m, x, ldx, T, &ldq, &sx);
-    if (!q) return;
+static T256 void matmul_q8_avx2(const cs_pmat *m, const int8_t *q, size_t ldq, const float *sx, const float *x,
+                                size_t ldx, size_t T, float *y, size_t ldy, size_t p0, size_t p1) {
     const size_t K4 = ldq / 4;
     for (size_t p = p0; p < p1; p++) {
         const int8_t *wp = (const int8_t *)m->w + p * K4 * 64;
@@ -317,6 +313,14 @@ static T256 void matmul_i8(const cs_pmat *m, const float *x, size_t ldx, size_t 
         }
 #undef RI8
     }
+}
+
+static T256 void matmul_i8(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy, size_t p0,
+                           size_t p1) {
+    size_t ldq;
+    float *sx;
+    const int8_t *q = cs_kern_quantize(&cs_kern_avx2, m, x, ldx, T, &ldq, &sx);
+    if (q) matmul_q8_avx2(m, q, ldq, sx, x, ldx, T, y, ldy, p0, p1);
 }
 
 static T256 void matmul_avx2(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy,
@@ -687,7 +691,7 @@ static T256 void attend_causal_avx2(const float *q, size_t ldq, const cs_kvhead 
 }
 
 const cs_kern cs_kern_avx2 = {
-    .name = "avx2", .isa = CS_ISA_AVX2, .matmul = matmul_avx2, .layernorm = layernorm_avx2,
+    .name = "avx2", .isa = CS_ISA_AVX2, .matmul = matmul_avx2, .matmul_q8 = matmul_q8_avx2, .layernorm = layernorm_avx2,
     .gelu_tanh = gelu_avx2, .dot = dot_avx2, .axpy = axpy_avx2, .softmax = softmax_avx2,
     .quantize_rows = quantize_avx2, .attend = attend_avx2, .attend_causal = attend_causal_avx2,
     .dot_bf16 = cs_dot_bf16_avx2, .axpy_bf16 = cs_axpy_bf16_avx2, .attend_bf16 = cs_attend_bf16_avx2,

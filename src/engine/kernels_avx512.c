@@ -264,16 +264,11 @@ static INL TVNNI void rows_vnni(const cs_pmat *m, const uint8_t *qu, size_t ldq,
 #undef TV
 }
 
-static TVNNI void matmul_i8_vnni(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy,
-                                 size_t p0, size_t p1) {
+/* The VNNI tiles on qu = xq + 128 (unsigned bytes, see rows_vnni). */
+static TVNNI void q8u_vnni(const cs_pmat *m, const uint8_t *qu, size_t ldq, const float *sx, const float *x,
+                           size_t ldx, size_t T, float *y, size_t ldy, size_t p0, size_t p1) {
     const size_t KQB = 128; /* 4 panels x 128 quads = 32 KB */
-    size_t ldq;
-    float *sx;
-    int8_t *q = cs_kern_quantize(&cs_kern_avx512, m, x, ldx, T, &ldq, &sx);
-    if (!q) return;
     const size_t K4 = ldq / 4;
-    uint8_t *qu = (uint8_t *)q;
-    for (size_t i = 0; i < T * ldq; i++) qu[i] ^= 0x80; /* xq + 128 as unsigned */
     const size_t wide = T <= 2 ? 8 : 4;
     size_t p = p0;
     while (p < p1) {
@@ -286,6 +281,35 @@ static TVNNI void matmul_i8_vnni(const cs_pmat *m, const float *x, size_t ldx, s
         p += np;
     }
     cs_pmat_outliers(m, x, ldx, T, y, ldy, p0, p1);
+}
+
+static TVNNI void matmul_i8_vnni(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy,
+                                 size_t p0, size_t p1) {
+    size_t ldq;
+    float *sx;
+    int8_t *q = cs_kern_quantize(&cs_kern_avx512, m, x, ldx, T, &ldq, &sx);
+    if (!q) return;
+    uint8_t *qu = (uint8_t *)q;
+    for (size_t i = 0; i < T * ldq; i++) qu[i] ^= 0x80; /* xq + 128 as unsigned */
+    q8u_vnni(m, qu, ldq, sx, x, ldx, T, y, ldy, p0, p1);
+}
+
+/* Shared quantized rows are read only: the unsigned copy goes to this
+ * thread's scratch. */
+static TVNNI void matmul_q8_vnni(const cs_pmat *m, const int8_t *q, size_t ldq, const float *sx, const float *x,
+                                 size_t ldx, size_t T, float *y, size_t ldy, size_t p0, size_t p1) {
+    float *unused;
+    uint8_t *qu = (uint8_t *)cs_kern_qscratch(T * ldq, &unused, 0);
+    if (!qu) return;
+    const uint8_t *qs = (const uint8_t *)q;
+    for (size_t i = 0; i < T * ldq; i++) qu[i] = qs[i] ^ 0x80;
+    q8u_vnni(m, qu, ldq, sx, x, ldx, T, y, ldy, p0, p1);
+}
+
+static T512 void matmul_q8_avx512(const cs_pmat *m, const int8_t *q, size_t ldq, const float *sx, const float *x,
+                                  size_t ldx, size_t T, float *y, size_t ldy, size_t p0, size_t p1) {
+    if (__builtin_cpu_supports("avx512vnni")) matmul_q8_vnni(m, q, ldq, sx, x, ldx, T, y, ldy, p0, p1);
+    else cs_kern_avx2.matmul_q8(m, q, ldq, sx, x, ldx, T, y, ldy, p0, p1); /* same exact integer result */
 }
 
 static T512 void matmul_avx512(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy,
@@ -491,7 +515,7 @@ static T512 void quantize_avx512(const float *x, size_t ldx, size_t T, size_t K,
 }
 
 const cs_kern cs_kern_avx512 = {
-    .name = "avx512", .isa = CS_ISA_AVX512, .matmul = matmul_avx512, .layernorm = layernorm_avx512,
+    .name = "avx512", .isa = CS_ISA_AVX512, .matmul = matmul_avx512, .matmul_q8 = matmul_q8_avx512, .layernorm = layernorm_avx512,
     .gelu_tanh = gelu_avx512, .dot = dot_avx512, .axpy = axpy_avx512, .softmax = softmax_avx512,
     .dot_bf16 = cs_dot_bf16_avx2, .axpy_bf16 = cs_axpy_bf16_avx2, .attend_bf16 = cs_attend_bf16_avx2,
     .quantize_rows = quantize_avx512, .attend = attend_avx512, .attend_causal = attend_causal_avx512,

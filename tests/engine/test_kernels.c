@@ -60,6 +60,27 @@ static void test_pack_roundtrip(void **state) {
     free(W);
 }
 
+/* matmul_q8 of this table and of the scalar one, on rows quantized once
+ * and split into two panel ranges: matmul's bits (y0), q left unchanged. */
+static void check_matmul_q8(const cs_kern *kern, const cs_pmat *m, const float *x, size_t ldx, size_t T,
+                            const float *y0, size_t ldy) {
+    const size_t ldq = (m->K + 3) / 4 * 4, P = m->n_panels;
+    int8_t *q = malloc(T * ldq), *q_copy = malloc(T * ldq);
+    float *sx = malloc(T * 4), *y = malloc(T * ldy * 4);
+    kern->quantize_rows(x, ldx, T, m->K, m->smooth, q, ldq, sx);
+    memcpy(q_copy, q, T * ldq);
+    const cs_kern *ks[2] = {kern, &cs_kern_scalar};
+    for (int i = 0; i < 2; i++) {
+        memset(y, 0, T * ldy * 4);
+        ks[i]->matmul_q8(m, q, ldq, sx, x, ldx, T, y, ldy, 0, P / 2);
+        ks[i]->matmul_q8(m, q, ldq, sx, x, ldx, T, y, ldy, P / 2, P);
+        if (memcmp(y, y0, T * ldy * 4))
+            fail_msg("%s matmul_q8 K=%zu N=%zu T=%zu: differs from matmul", ks[i]->name, m->K, m->N, T);
+        assert_memory_equal(q, q_copy, T * ldq);
+    }
+    free(q); free(q_copy); free(sx); free(y);
+}
+
 static void test_matmul_vs_scalar(void **state) {
     (void)state;
     const size_t Ks[] = {1, 7, 64, 100, 600, 2053}, Ns[] = {1, 15, 16, 17, 50, 64, 65, 130}, Ts[] = {1, 2, 3, 4, 5, 7, 9};
@@ -120,6 +141,8 @@ static void test_matmul_vs_scalar(void **state) {
                         /* padding between rows (ldy > N) must be untouched */
                         for (size_t t = 0; t < T; t++)
                             for (size_t n = N; n < ldy; n++) assert_true(y1[t * ldy + n] == 0.0f);
+                        if (dt == CS_W_I8) /* rows quantized once, shared read-only by both ranges */
+                            check_matmul_q8(kern, &m, x, ldx, T, y0, ldy);
                         checked++;
                         free(W); free(x); free(bias); free(y0); free(y1); free(w); free(sc); free(sm); free(r); free(ow);
                     }

@@ -116,6 +116,21 @@ static void test_threads_and_kernels_agree(void **state) {
     single(m, NULL, P2, 15, a);
     single(m, pool, P2, 15, b);
     assert_memory_equal(a, b, V * sizeof(float)); /* work split never changes the arithmetic */
+    /* int8 and bf16 too: with a pool, an int8 matmul's input is quantized once
+     * (by rows on the pool for the 60 x 3072 fc projection input) and shared
+     * by the threads' panel ranges; 60 tokens take one chunk */
+    int32_t p60[60];
+    for (int i = 0; i < 60; i++) p60[i] = P2[i % 15] + i;
+    for (int dt = CS_W_BF16; dt <= CS_W_I8; dt++) {
+        cs_gpt2 *mq = load("distil", (cs_wdtype)dt, NULL, NULL);
+        single(mq, NULL, p60, 60, a);
+        single(mq, pool, p60, 60, b);
+        assert_memory_equal(a, b, V * sizeof(float));
+        single(mq, NULL, P2, 15, a);
+        single(mq, pool, P2, 15, b);
+        assert_memory_equal(a, b, V * sizeof(float));
+        cs_gpt2_free(mq);
+    }
     single(ms, NULL, P0, 9, a);
     single(mb, pool, P0, 9, b);
     double md = 0, mx = 0;
