@@ -42,6 +42,20 @@ static int32_t greedy_pick(cs_sampler *s, float *logits) {
     return cs_sampler_pick(s, &greedy, logits, NULL, 0, NULL);
 }
 
+/* The decode loop picks its B tokens as the server's scheduler does: rows
+ * split over the pool when there are 8 or more, a sampler per thread. */
+typedef struct pick_ctx {
+    cs_sampler *smp;
+    float *logits;
+    int32_t *next;
+    size_t V;
+} pick_ctx;
+
+static void job_pick(void *vc, int tid, size_t b0, size_t b1) {
+    pick_ctx *c = vc;
+    for (size_t b = b0; b < b1; b++) c->next[b] = greedy_pick(&c->smp[tid], c->logits + b * c->V);
+}
+
 static int fail(const cs_err *err) {
     fprintf(stderr, "cserve bench: %s\n", err->msg);
     return 1;
@@ -144,8 +158,11 @@ int cs_cmd_bench(int argc, char **argv) {
     if (cs_pool_create(&pool, threads, &err)) return fail(&err);
     const cs_gpt2 *net = m->net;
     const size_t V = (size_t)net->cfg.vocab_size;
-    cs_sampler smp;
+    cs_sampler smp, *smps = calloc((size_t)cs_pool_size(pool), sizeof *smps);
+    if (!smps) return 1;
     if (cs_sampler_init(&smp, V, &err)) return fail(&err);
+    for (int i = 0; i < cs_pool_size(pool); i++)
+        if (cs_sampler_init(&smps[i], V, &err)) return fail(&err);
     if (prompt_len + 1 > net->cfg.n_positions || 16 + gen > net->cfg.n_positions) {
         fprintf(stderr, "cserve bench: prompt/gen exceed the model's %d positions\n", net->cfg.n_positions);
         return 2;
@@ -199,7 +216,9 @@ int cs_cmd_bench(int argc, char **argv) {
             for (int b = 0; b < B; b++)
                 sq[b] = (cs_gpt2_seq){.kv = &kv[b], .tokens = &next[b], .n = 1, .logits = logits + (size_t)b * V};
             if (cs_gpt2_step(net, &ws, sq, B, &err)) return fail(&err);
-            for (int b = 0; b < B; b++) next[b] = greedy_pick(&smp, logits + (size_t)b * V);
+            pick_ctx pc = {.smp = smps, .logits = logits, .next = next, .V = V};
+            if (B >= 8) cs_pool_for(pool, (size_t)B, 4, job_pick, &pc);
+            else job_pick(&pc, 0, 0, (size_t)B);
         }
         const double dt = now_s() - t0;
         printf("%s\"%d\": %.2f", first ? "" : ", ", B, (double)B * gen / dt);
@@ -218,6 +237,8 @@ int cs_cmd_bench(int argc, char **argv) {
     printf("}, \"peak_rss_mb\": %.1f}\n", ru.ru_maxrss / 1024.0);
     free(logits);
     free(ids);
+    for (int i = 0; i < cs_pool_size(pool); i++) cs_sampler_free(&smps[i]);
+    free(smps);
     cs_pool_free(pool);
     cs_sampler_free(&smp);
     cs_model_free(m);

@@ -389,14 +389,31 @@ int cs_gpt2_step(const cs_gpt2 *m, cs_gpt2_ws *ws, cs_gpt2_seq *seqs, int n_seqs
     if (R) {
         layernorm(&c, ws->lrows, ws->lrows, m->lnf_w, m->lnf_b, R);
         track_max(ws->amax ? ws->amax + (size_t)cf->n_layer * (3 * C + F) : NULL, ws->lrows, R, C);
-        matmul(&c, &m->lm_head, ws->lrows, C, R, ws->logits, V);
+        /* Straight into the callers' rows when they form one (R, V) array in
+         * step order (the scheduler's batch buffer): no copy of R x V floats
+         * while the other threads wait. */
+        float *dst = NULL;
+        int one_array = 1;
         lr = 0;
         for (int s = 0; s < n_seqs; s++) {
             const cs_gpt2_seq *q = &seqs[s];
             if (!q->logits) continue;
-            const size_t rows = q->all_logits ? (size_t)q->n : 1;
-            memcpy(q->logits, ws->logits + lr * V, rows * V * sizeof(float));
-            lr += rows;
+            if (!dst) dst = q->logits;
+            else if (q->logits != dst + lr * V) one_array = 0;
+            lr += q->all_logits ? (size_t)q->n : 1;
+        }
+        if (one_array) {
+            matmul(&c, &m->lm_head, ws->lrows, C, R, dst, V);
+        } else {
+            matmul(&c, &m->lm_head, ws->lrows, C, R, ws->logits, V);
+            lr = 0;
+            for (int s = 0; s < n_seqs; s++) {
+                const cs_gpt2_seq *q = &seqs[s];
+                if (!q->logits) continue;
+                const size_t rows = q->all_logits ? (size_t)q->n : 1;
+                memcpy(q->logits, ws->logits + lr * V, rows * V * sizeof(float));
+                lr += rows;
+            }
         }
     }
     for (int s = 0; s < n_seqs; s++) seqs[s].kv->n_past += seqs[s].n;

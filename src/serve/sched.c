@@ -66,7 +66,9 @@ struct cs_sched {
     seq **batch_seq;     /* (max_running) */
     seq **pre;           /* (max_running) prefill candidates of one step */
     float *logits;       /* (max_running, V) */
-    cs_sampler smp;
+    cs_sampler *smp;     /* (n_smp) one per pool thread: rows are sampled in parallel */
+    int n_smp;
+    int32_t *picked;     /* (max_running) each batch row's sampled token, or -1 */
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t wake, idle;
@@ -260,6 +262,20 @@ static void batch_add(cs_sched *s, int *nb, seq *q, int n, size_t V) {
 
 /* One iteration: admit, build the batch, run one step, sample, deliver.
  * Engine thread; callbacks run with no lock held. */
+/* Samples the next token of batch rows [b0, b1) (-1: no logits, or finished)
+ * with thread tid's sampler. Each row's draw depends only on its own logits,
+ * history and generator, so the split over threads changes nothing. */
+static void job_pick(void *ctx, int tid, size_t b0, size_t b1) {
+    cs_sched *s = ctx;
+    for (size_t b = b0; b < b1; b++) {
+        seq *q = s->batch_seq[b];
+        s->picked[b] = !s->batch[b].logits || q->finished
+                           ? -1
+                           : cs_sampler_pick(&s->smp[tid], &q->r->gen.sample, s->batch[b].logits, q->hist,
+                                             q->n_hist, &q->rng);
+    }
+}
+
 static void iterate(cs_sched *s) {
     const size_t V = (size_t)s->m->net->cfg.vocab_size;
     const int R = s->o.max_running;
@@ -342,12 +358,13 @@ static void iterate(cs_sched *s) {
             if (r->n_unfinished) fail_req(s, r, err.msg);
     } else {
         for (int b = 0; b < nb; b++) s->batch_seq[b]->n_fed += (size_t)s->batch[b].n;
+        if (nb >= 8) cs_pool_for(s->pool, (size_t)nb, 4, job_pick, s);
+        else job_pick(s, 0, 0, (size_t)nb);
         for (int b = 0; b < nb; b++) {
             seq *q = s->batch_seq[b];
             cs_req *r = q->r;
-            if (!s->batch[b].logits || q->finished) continue;
-            const int32_t tok =
-                cs_sampler_pick(&s->smp, &r->gen.sample, s->batch[b].logits, q->hist, q->n_hist, &q->rng);
+            const int32_t tok = s->picked[b];
+            if (tok < 0) continue;
             q->hist[q->n_hist++] = tok;
             q->n_gen++;
             gen_tokens++;
@@ -471,7 +488,8 @@ int cs_sched_create(cs_sched **out, const cs_model *m, const cs_sched_opts *opts
     s->batch_seq = calloc((size_t)R, sizeof *s->batch_seq);
     s->pre = calloc((size_t)R, sizeof *s->pre);
     s->logits = malloc((size_t)R * V * sizeof(float));
-    if (!s->kv || !s->order || !s->slot_seq || !s->batch || !s->batch_seq || !s->pre || !s->logits) {
+    s->picked = calloc((size_t)R, sizeof *s->picked);
+    if (!s->kv || !s->order || !s->slot_seq || !s->batch || !s->batch_seq || !s->pre || !s->logits || !s->picked) {
         cs_err_set(err, "out of memory");
         goto fail;
     }
@@ -480,9 +498,15 @@ int cs_sched_create(cs_sched **out, const cs_model *m, const cs_sched_opts *opts
     cs_kvpool_get_info(s->kvp, &pi);
     s->eng_kv_capacity = (uint64_t)pi.blocks_total * CS_KV_BLOCK;
     s->eng_kv_bpt = pi.bytes_per_token;
-    if (cs_pool_create(&s->pool, s->o.threads, err) || cs_sampler_init(&s->smp, V, err) ||
-        cs_gpt2_ws_init(&s->ws, m->net, s->o.step_tokens, R, s->pool, err))
+    if (cs_pool_create(&s->pool, s->o.threads, err)) goto fail;
+    s->smp = calloc((size_t)cs_pool_size(s->pool), sizeof *s->smp);
+    if (!s->smp) {
+        cs_err_set(err, "out of memory");
         goto fail;
+    }
+    for (; s->n_smp < cs_pool_size(s->pool); s->n_smp++)
+        if (cs_sampler_init(&s->smp[s->n_smp], V, err)) goto fail;
+    if (cs_gpt2_ws_init(&s->ws, m->net, s->o.step_tokens, R, s->pool, err)) goto fail;
     s->st.max_running = R;
     s->st.max_queued = s->o.max_queued;
     if (pthread_create(&s->thread, NULL, engine_main, s) != 0) {
@@ -493,7 +517,8 @@ int cs_sched_create(cs_sched **out, const cs_model *m, const cs_sched_opts *opts
     return 0;
 fail:
     cs_gpt2_ws_free(&s->ws);
-    cs_sampler_free(&s->smp);
+    for (int i = 0; i < s->n_smp; i++) cs_sampler_free(&s->smp[i]);
+    free(s->smp);
     cs_pool_free(s->pool);
     cs_kvpool_free(s->kvp);
     free(s->kv);
@@ -503,6 +528,7 @@ fail:
     free(s->batch_seq);
     free(s->pre);
     free(s->logits);
+    free(s->picked);
     free(s);
     return -1;
 }
@@ -522,7 +548,8 @@ void cs_sched_free(cs_sched *s) {
     for (int i = 0; i < s->o.max_running; i++) cs_gpt2_kv_free(&s->kv[i]);
     cs_kvpool_free(s->kvp);
     cs_gpt2_ws_free(&s->ws);
-    cs_sampler_free(&s->smp);
+    for (int i = 0; i < s->n_smp; i++) cs_sampler_free(&s->smp[i]);
+    free(s->smp);
     cs_pool_free(s->pool);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->wake);
@@ -534,6 +561,7 @@ void cs_sched_free(cs_sched *s) {
     free(s->batch_seq);
     free(s->pre);
     free(s->logits);
+    free(s->picked);
     free(s);
 }
 

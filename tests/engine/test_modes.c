@@ -73,9 +73,11 @@ static void test_batch_equals_single(void **state) {
     assert_memory_equal(got, ref, 3 * V * sizeof(float)); /* same per-row arithmetic: bitwise equal */
     assert_int_equal(kv[0].n_past, 9);
     assert_int_equal(kv[2].n_past, 15);
-    /* one decode token each */
+    /* one decode token each, logits rows in reverse order (not one array in
+     * step order: the step writes its own buffer and copies) */
     const int32_t nxt[3] = {100, 200, 300};
-    for (int i = 0; i < 3; i++) b[i] = (cs_gpt2_seq){.kv = &kv[i], .tokens = &nxt[i], .n = 1, .logits = got + i * V};
+    for (int i = 0; i < 3; i++)
+        b[i] = (cs_gpt2_seq){.kv = &kv[i], .tokens = &nxt[i], .n = 1, .logits = got + (size_t)(2 - i) * V};
     assert_int_equal(cs_gpt2_step(m, &ws, b, 3, &err), 0);
     int32_t s0[10], s1[5], s2[16];
     memcpy(s0, P0, sizeof P0);
@@ -84,9 +86,9 @@ static void test_batch_equals_single(void **state) {
     s1[4] = 200;
     memcpy(s2, P2, sizeof P2);
     s2[15] = 300;
-    single(m, NULL, s0, 10, ref);
+    single(m, NULL, s0, 10, ref + 2 * V);
     single(m, NULL, s1, 5, ref + V);
-    single(m, NULL, s2, 16, ref + 2 * V);
+    single(m, NULL, s2, 16, ref);
     assert_memory_equal(got, ref, 3 * V * sizeof(float));
     /* a batch over the workspace, or a bad id anywhere, fails and changes no cache */
     int32_t bad[2] = {5, (int32_t)V};

@@ -144,37 +144,40 @@ static void test_batched_equals_alone(void **state) {
 }
 
 /* A seeded sampled request gives the same tokens alone and inside a busy batch;
- * several sequences of one request differ from each other. */
+ * several sequences of one request differ from each other. With 3 threads and
+ * batches of 8 rows or more, rows are sampled in parallel (job_pick). */
 static void test_seeded_sampling_independent_of_batch(void **state) {
     (void)state;
-    cs_sched *s;
-    cs_err err;
-    cs_sched_opts o = {.max_running = 8, .max_queued = 8, .threads = 1};
-    assert_int_equal(cs_sched_create(&s, M, &o, &err), 0);
-    rec a, b, noise[3];
-    rec_init(&a, 1);
-    cs_req_params p = params(0, 24, 1, 77);
-    assert_int_equal(cs_sched_submit(s, &p, on_event, &a, NULL, &err), CS_SCHED_OK);
-    rec_wait(&a);
-    for (int i = 0; i < 3; i++) {
-        rec_init(&noise[i], 1);
-        cs_req_params q = params(i + 1, 30, 1, 1000 + i);
-        assert_int_equal(cs_sched_submit(s, &q, on_event, &noise[i], NULL, &err), CS_SCHED_OK);
+    for (int threads = 1; threads <= 3; threads += 2) {
+        cs_sched *s;
+        cs_err err;
+        cs_sched_opts o = {.max_running = 12, .max_queued = 12, .threads = threads};
+        assert_int_equal(cs_sched_create(&s, M, &o, &err), 0);
+        rec a, b, noise[9];
+        rec_init(&a, 1);
+        cs_req_params p = params(0, 24, 1, 77);
+        assert_int_equal(cs_sched_submit(s, &p, on_event, &a, NULL, &err), CS_SCHED_OK);
+        rec_wait(&a);
+        for (int i = 0; i < 9; i++) {
+            rec_init(&noise[i], 1);
+            cs_req_params q = params(1 + i % 3, 30, i % 3 != 2, 1000 + i); /* greedy rows among them */
+            assert_int_equal(cs_sched_submit(s, &q, on_event, &noise[i], NULL, &err), CS_SCHED_OK);
+        }
+        rec_init(&b, 1);
+        assert_int_equal(cs_sched_submit(s, &p, on_event, &b, NULL, &err), CS_SCHED_OK);
+        rec_wait(&b);
+        for (int i = 0; i < 9; i++) rec_wait(&noise[i]);
+        assert_memory_equal(a.toks[0], b.toks[0], 24 * sizeof(int32_t));
+        rec m;
+        rec_init(&m, 3);
+        p.n_seqs = 3;
+        assert_int_equal(cs_sched_submit(s, &p, on_event, &m, NULL, &err), CS_SCHED_OK);
+        rec_wait(&m);
+        assert_int_equal(m.n[0], 24);
+        assert_int_equal(m.n[2], 24);
+        assert_memory_not_equal(m.toks[1], m.toks[2], 24 * sizeof(int32_t));
+        cs_sched_free(s);
     }
-    rec_init(&b, 1);
-    assert_int_equal(cs_sched_submit(s, &p, on_event, &b, NULL, &err), CS_SCHED_OK);
-    rec_wait(&b);
-    for (int i = 0; i < 3; i++) rec_wait(&noise[i]);
-    assert_memory_equal(a.toks[0], b.toks[0], 24 * sizeof(int32_t));
-    rec m;
-    rec_init(&m, 3);
-    p.n_seqs = 3;
-    assert_int_equal(cs_sched_submit(s, &p, on_event, &m, NULL, &err), CS_SCHED_OK);
-    rec_wait(&m);
-    assert_int_equal(m.n[0], 24);
-    assert_int_equal(m.n[2], 24);
-    assert_memory_not_equal(m.toks[1], m.toks[2], 24 * sizeof(int32_t));
-    cs_sched_free(s);
 }
 
 static void test_admission_cancel_stop(void **state) {
