@@ -255,11 +255,11 @@ def main():
         if rl.get("int8_dot_gops_total"):
             w(f"| int8 dot peak ({rl.get('int8_dot_instr')}) | **{rl.get('int8_dot_gops_per_core')} "
               f"GOP/s per core**, {rl['int8_dot_gops_total']} GOP/s all threads |")
-        if rl.get("int8_madd16_gops_total"):
-            w(f"| int8, the AVX2 int8 kernel's exact sequence ({rl.get('int8_madd16_instr')}; "
+        if rl.get("int8_kernel_gops_total"):
+            w(f"| int8, the AVX2 int8 kernel's exact tile sequence ({rl.get('int8_kernel_instr')}; "
               "for reference, not a roofline) "
-              f"| {rl.get('int8_madd16_gops_per_core')} GOP/s per core, "
-              f"{rl['int8_madd16_gops_total']} GOP/s all threads |")
+              f"| {rl.get('int8_kernel_gops_per_core')} GOP/s per core, "
+              f"{rl['int8_kernel_gops_total']} GOP/s all threads |")
         if rl.get("features") is not None:
             feats = rl["features"] or "none of avx2, fma, avx512f, avx512bf16, avx512vnni, avxvnni"
             w(f"| CPU features seen by the probe | {feats} (ops counted as 2 per multiply-add) |")

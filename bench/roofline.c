@@ -17,9 +17,9 @@
  *                     128 OP, ymm (AVX-VNNI) 64 OP; else the AVX2 sequence vpmaddubsw (u8 x s8,
  *                     pairs summed into int16, saturating) + vpmaddwd by ones (into int32) +
  *                     vpaddd: 32 products = 64 OP per sequence.
- *         int8 madd16 (when there is no AVX512_VNNI, as on AVX2-only CPUs) the exact sequence the
- *                     AVX2 int8 kernel uses: vpmovsxbw from memory (weights widened to int16) +
- *                     vpmaddwd + vphaddd + vpaddd: 32 products = 64 OP per 32 weight bytes.
+ *         int8 kernel (when there is no AVX512_VNNI, as on AVX2-only CPUs) the exact sequence of
+ *                     the AVX2 int8 kernel's 4-row tile (see i8_kernel): vpsignb + vpmaddubsw +
+ *                     vpmaddwd + vpaddd per row and weight vector, vpabsb per weight vector.
  *
  * The vector width and instructions are picked at run time (AVX-512F, else AVX2+FMA, else
  * portable C with GCC vector extensions), so one `cc -O2` build works on any x86-64 (and
@@ -194,29 +194,40 @@ __attribute__((target("avx2"))) static double i8_avx2(long iters) {
     return (double)iters * 6 * 64;
 }
 
-/* The exact int8 sequence of src/engine/kernels_avx2.c (dot4_half): per 32 weight bytes, two
- * vpmovsxbw loads (widened to int16), two vpmaddwd by the activations, vphaddd, vpaddd:
- * 32 products (64 OP). The weights stream from a 4 KiB buffer that stays in L1, as a kernel's
- * current weight block does. */
-__attribute__((target("avx2"))) static double i8_madd16(long iters) {
+/* The exact int8 sequence of src/engine/kernels_avx2.c (tile_i8), a tile of 4 rows x one
+ * 16-column panel per group of 4 k: the panel's two 32-byte weight vectors loaded (from a 4 KiB
+ * buffer that stays in L1, as a kernel's current panel block does) and made absolute (vpabsb)
+ * once for the 4 rows; per row, its 4 activation bytes broadcast, vpsignb (the activations take
+ * the weights' signs), vpmaddubsw (|w| x signed x, exact: both sides within +-127), vpmaddwd by
+ * ones, vpaddd, for each vector: 4 x 64 products (512 OP) per trip. */
+__attribute__((target("avx2"))) static double i8_kernel(long iters) {
     static _Thread_local int8_t wb[4096] __attribute__((aligned(64)));
-    for (int i = 0; i < 4096; i++) wb[i] = (int8_t)(i * 37 + 11);
-    const __m256i xv = _mm256_set1_epi64x(0x0003fffe0005fff9LL);
-    __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0;
-#define HALF(c, o)                                                                              \
-    do {                                                                                        \
-        const __m256i lo = _mm256_cvtepi8_epi16(_mm_load_si128((const __m128i *)(w + (o))));    \
-        const __m256i hi = _mm256_cvtepi8_epi16(_mm_load_si128((const __m128i *)(w + (o) + 16))); \
-        c = _mm256_add_epi32(c, _mm256_hadd_epi32(_mm256_madd_epi16(lo, xv), _mm256_madd_epi16(hi, xv))); \
+    static _Thread_local int8_t xb[4 * 512] __attribute__((aligned(64)));
+    for (int i = 0; i < 4096; i++) wb[i] = (int8_t)((i * 37 + 11) % 255 - 127);
+    for (int i = 0; i < 4 * 512; i++) xb[i] = (int8_t)((i * 53 + 5) % 255 - 127);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00,
+            a31 = a00;
+#define ROW(r, c0, c1)                                                                               \
+    do {                                                                                             \
+        int32_t x4;                                                                                  \
+        memcpy(&x4, xq + (r) * 512, 4);                                                              \
+        const __m256i xv = _mm256_set1_epi32(x4);                                                    \
+        c0 = _mm256_add_epi32(c0, _mm256_madd_epi16(_mm256_maddubs_epi16(u0, _mm256_sign_epi8(xv, w0)), ones)); \
+        c1 = _mm256_add_epi32(c1, _mm256_madd_epi16(_mm256_maddubs_epi16(u1, _mm256_sign_epi8(xv, w1)), ones)); \
     } while (0)
     for (long i = 0; i < iters; i++) {
-        const int8_t *w = wb + (size_t)(i & 31) * 128;
-        HALF(c0, 0); HALF(c1, 32); HALF(c2, 64); HALF(c3, 96);
+        const int8_t *w = wb + (size_t)(i & 63) * 64, *xq = xb + (size_t)(i & 127) * 4;
+        const __m256i w0 = _mm256_load_si256((const __m256i *)(const void *)w);
+        const __m256i w1 = _mm256_load_si256((const __m256i *)(const void *)(w + 32));
+        const __m256i u0 = _mm256_abs_epi8(w0), u1 = _mm256_abs_epi8(w1);
+        ROW(0, a00, a01); ROW(1, a10, a11); ROW(2, a20, a21); ROW(3, a30, a31);
     }
-#undef HALF
-    __m256i s = _mm256_add_epi32(_mm256_add_epi32(c0, c1), _mm256_add_epi32(c2, c3));
+#undef ROW
+    __m256i s = _mm256_add_epi32(_mm256_add_epi32(_mm256_add_epi32(a00, a01), _mm256_add_epi32(a10, a11)),
+                                 _mm256_add_epi32(_mm256_add_epi32(a20, a21), _mm256_add_epi32(a30, a31)));
     __asm__ volatile("" : : "x"(s));
-    return (double)iters * 4 * 64;
+    return (double)iters * 512;
 }
 #endif
 
@@ -230,11 +241,11 @@ typedef struct {
     double per_core, total;
 } peak;
 
-enum { PK_BF16, PK_I8, PK_I8_MADD16, PK_N };
+enum { PK_BF16, PK_I8, PK_I8_KERNEL, PK_N };
 static peak peaks[PK_N] = {
     [PK_BF16] = {"bf16_dot", "gflops", NULL, NULL, 0, 0},
     [PK_I8] = {"int8_dot", "gops", NULL, NULL, 0, 0},
-    [PK_I8_MADD16] = {"int8_madd16", "gops", NULL, NULL, 0, 0},
+    [PK_I8_KERNEL] = {"int8_kernel", "gops", NULL, NULL, 0, 0},
 };
 static char features[128] = "";
 static const char *fma_instr = "fp32 multiply + add (portable C, 8 lanes), 16 FLOP";
@@ -281,8 +292,10 @@ static void pick_isa(void) {
             peaks[PK_I8].instr = "vpdpbusd ymm (AVX-VNNI), 64 OP", peaks[PK_I8].fn = i8_avxvnni;
         else
             peaks[PK_I8].instr = "vpmaddubsw + vpmaddwd + vpaddd ymm (AVX2), 64 OP", peaks[PK_I8].fn = i8_avx2;
-        peaks[PK_I8_MADD16].instr = "vpmovsxbw + vpmaddwd + vphaddd + vpaddd ymm (AVX2, exact), 64 OP";
-        peaks[PK_I8_MADD16].fn = i8_madd16;
+        peaks[PK_I8_KERNEL].instr =
+            "4 rows x (vpbroadcastd + 2 x (vpsignb + vpmaddubsw + vpmaddwd + vpaddd)) + 2 x vpabsb ymm "
+            "(AVX2, exact), 512 OP";
+        peaks[PK_I8_KERNEL].fn = i8_kernel;
     }
 #endif
 }
