@@ -304,6 +304,7 @@ static void embed_row(const cs_gpt2 *m, int32_t tok, int pos, float *x) {
 int cs_gpt2_step(const cs_gpt2 *m, cs_gpt2_ws *ws, cs_gpt2_seq *seqs, int n_seqs, cs_err *err) {
     const cs_gpt2_config *cf = &m->cfg;
     const size_t C = (size_t)cf->n_embd, F = (size_t)cf->n_inner, V = (size_t)cf->vocab_size;
+    const size_t H = (size_t)cf->n_head, hd = C / H;
     size_t T = 0, R = 0;
     for (int s = 0; s < n_seqs; s++) {
         const cs_gpt2_seq *q = &seqs[s];
@@ -350,20 +351,24 @@ int cs_gpt2_step(const cs_gpt2 *m, cs_gpt2_ws *ws, cs_gpt2_seq *seqs, int n_seqs
         layernorm(&c, h, x, ly->ln1_w, ly->ln1_b, T);
         track_max(amax, h, T, C);
         matmul(&c, &ly->qkv, h, C, T, qkv, 3 * C);
-        for (size_t i = 0; i < T; i++) { /* append this step's keys and values */
+        for (size_t i = 0; i < T; i++) { /* append this step's keys and values, head by head */
             cs_gpt2_kv *kv = seqs[ws->row_seq[i]].kv;
-            const size_t pos = (size_t)ws->row_pos[i], off = cs_kvpool_krow_off(C, l, pos);
-            const float *kx = qkv + i * 3 * C + C, *vx = kx + C;
-            if (cs_kvpool_dtype(kv->pool) == CS_KV_BF16) {
-                uint16_t *kb = (uint16_t *)kv->blk[pos / CS_KV_BLOCK] + off, *vb = kb + CS_KV_BLOCK * C;
-                for (size_t e = 0; e < C; e++) {
-                    kb[e] = cs_bf16_from_f32(kx[e]);
-                    vb[e] = cs_bf16_from_f32(vx[e]);
+            const size_t pos = (size_t)ws->row_pos[i];
+            const int bf16 = cs_kvpool_dtype(kv->pool) == CS_KV_BF16;
+            for (size_t h = 0; h < H; h++) {
+                const size_t off = cs_kvpool_krow_off(C, hd, l, h, pos);
+                const float *kx = qkv + i * 3 * C + C + h * hd, *vx = kx + C;
+                if (bf16) {
+                    uint16_t *kb = (uint16_t *)kv->blk[pos / CS_KV_BLOCK] + off, *vb = kb + CS_KV_BLOCK * C;
+                    for (size_t e = 0; e < hd; e++) {
+                        kb[e] = cs_bf16_from_f32(kx[e]);
+                        vb[e] = cs_bf16_from_f32(vx[e]);
+                    }
+                } else {
+                    float *kb = (float *)kv->blk[pos / CS_KV_BLOCK] + off;
+                    memcpy(kb, kx, hd * sizeof(float));
+                    memcpy(kb + CS_KV_BLOCK * C, vx, hd * sizeof(float));
                 }
-            } else {
-                float *kb = (float *)kv->blk[pos / CS_KV_BLOCK] + off;
-                memcpy(kb, kx, C * sizeof(float));
-                memcpy(kb + CS_KV_BLOCK * C, vx, C * sizeof(float));
             }
         }
         run(&c, T * (size_t)cf->n_head, 1, job_attention);

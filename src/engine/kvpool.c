@@ -106,7 +106,7 @@ size_t cs_kvpool_free_blocks(const cs_kvpool *p) { return p->n_blocks - p->n_use
 cs_kvdtype cs_kvpool_dtype(const cs_kvpool *p) { return p->dt; }
 
 cs_kvhead cs_kvpool_head(const cs_kvpool *p, void *const *blk, size_t l, size_t h, size_t hd) {
-    const size_t koff = l * 2 * CS_KV_BLOCK * p->n_embd + h * hd;
+    const size_t koff = cs_kvpool_krow_off(p->n_embd, hd, l, h, 0);
     return (cs_kvhead){.blk = (const void *const *)blk, .koff = koff, .voff = koff + CS_KV_BLOCK * p->n_embd,
-                       .ld = p->n_embd};
+                       .ld = hd};
 }

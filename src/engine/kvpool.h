@@ -1,10 +1,14 @@
 /* cs_kvpool: fixed-size blocks for paged KV caches.
  *
  * A block holds CS_KV_BLOCK positions of one sequence for every layer: per
- * layer l, CS_KV_BLOCK key rows then CS_KV_BLOCK value rows of n_embd elements
- * (fp32, or bf16 rounded to nearest even), so head h of layer l is the
- * cs_kvhead {koff = l * 2 * B * C + h * hd, voff = koff + B * C, ld = C}
- * (B = CS_KV_BLOCK, C = n_embd; see cs_kvpool_head). A sequence takes blocks
+ * layer l, the keys then the values (B * C elements each, fp32 or bf16
+ * rounded to nearest even), each head by head: head h's B rows of hd
+ * elements are contiguous, so head h of layer l is the cs_kvhead
+ * {koff = l * 2 * B * C + h * B * hd, voff = koff + B * C, ld = hd}
+ * (B = CS_KV_BLOCK, C = n_embd; see cs_kvpool_head). A decode step's
+ * attention for one head then reads B * hd contiguous elements per block
+ * (4 KiB for distilgpt2) instead of hd elements n_embd apart, which the
+ * hardware prefetchers follow. A sequence takes blocks
  * as it grows and gives them back when it ends, so memory follows the tokens
  * actually held, not slots x context.
  *
@@ -63,9 +67,10 @@ static inline size_t cs_kvpool_bytes_per_token(size_t n_layer, size_t n_embd, cs
     return n_layer * 2 * n_embd * (dt == CS_KV_BF16 ? 2 : 4);
 }
 
-/* Where position j's key row of layer l starts in its block (elements). */
-static inline size_t cs_kvpool_krow_off(size_t n_embd, size_t l, size_t j) {
-    return l * 2 * CS_KV_BLOCK * n_embd + (j % CS_KV_BLOCK) * n_embd;
+/* Where position j's key row of head h (size hd) of layer l starts in its
+ * block (elements); its value row is CS_KV_BLOCK * n_embd further. */
+static inline size_t cs_kvpool_krow_off(size_t n_embd, size_t hd, size_t l, size_t h, size_t j) {
+    return l * 2 * CS_KV_BLOCK * n_embd + h * CS_KV_BLOCK * hd + (j % CS_KV_BLOCK) * hd;
 }
 
 #endif

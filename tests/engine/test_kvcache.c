@@ -63,6 +63,15 @@ static void test_pool_accounting(void **state) {
     assert_int_equal(cs_kvpool_free_blocks(p), 2);
     assert_ptr_equal(cs_kvpool_alloc(p), b[4]); /* last freed, first reused */
     assert_ptr_equal(cs_kvpool_alloc(p), b[2]);
+    /* layout: within a block, one head's rows are contiguous (ld = hd); heads,
+     * then keys / values, then layers follow each other without overlap */
+    cs_kvhead h0 = cs_kvpool_head(p, b, 1, 0, 16), h3 = cs_kvpool_head(p, b, 1, 3, 16);
+    assert_int_equal(h0.ld, 16);
+    assert_ptr_equal(cs_kv_krow(&h0, 1), cs_kv_krow(&h0, 0) + 16);
+    assert_ptr_equal(cs_kv_krow(&h3, 0), cs_kv_krow(&h0, 0) + 3 * CS_KV_BLOCK * 16);
+    assert_ptr_equal(cs_kv_vrow(&h0, 0), cs_kv_krow(&h3, CS_KV_BLOCK - 1) + 16);
+    assert_ptr_equal(cs_kv_krow(&h0, CS_KV_BLOCK), (const float *)b[1] + cs_kvpool_krow_off(64, 16, 1, 0, 0));
+    assert_true(cs_kv_vrow(&h3, CS_KV_BLOCK - 1) + 16 == (const float *)b[0] + 2 * 2 * CS_KV_BLOCK * 64);
     cs_kvpool_get_info(p, &pi);
     assert_int_equal(pi.blocks_used, 5);
     assert_int_equal(pi.blocks_resident, 5);
