@@ -83,8 +83,9 @@ def main():
     w(f"- **model**: `{cfg['model']}` (synthetic distilgpt2-shaped GPT-2 checkpoint, random "
       "weights; `make models`)")
     w(f"- **request**: `POST /text/simple-gen {{\"input\": \"{cfg['prompt']}\"}}`, the seed's "
-      "request with the pipeline's default generation (sampling, max_length 50 counting the "
-      "prompt, so ~46 new tokens); the same for every system")
+      "request with the pipeline's default generation: sampling, top_k 50 and, with the seed's "
+      "transformers (>= 4.52), 256 new tokens; the `-legacy` systems use transformers <= 4.51's "
+      "max_length 50 counting the prompt (~46 new tokens); tok/req in the table shows which")
     w(f"- **load**: closed loop, concurrency {', '.join(map(str, cfg['concurrency']))}; "
       f"{cfg['duration_s']:.0f} s per level (at most {cfg['max_requests']} requests); client "
       f"timeout {cfg['timeout_s']:.0f} s; every system gets {cfg['threads']} CPUs / threads")
