@@ -158,9 +158,8 @@ int cs_cmd_bench(int argc, char **argv) {
     if (cs_pool_create(&pool, threads, &err)) return fail(&err);
     const cs_gpt2 *net = m->net;
     const size_t V = (size_t)net->cfg.vocab_size;
-    cs_sampler smp, *smps = calloc((size_t)cs_pool_size(pool), sizeof *smps);
+    cs_sampler *smps = calloc((size_t)cs_pool_size(pool), sizeof *smps); /* smps[0]: this thread's */
     if (!smps) return 1;
-    if (cs_sampler_init(&smp, V, &err)) return fail(&err);
     for (int i = 0; i < cs_pool_size(pool); i++)
         if (cs_sampler_init(&smps[i], V, &err)) return fail(&err);
     if (prompt_len + 1 > net->cfg.n_positions || 16 + gen > net->cfg.n_positions) {
@@ -209,7 +208,7 @@ int cs_cmd_bench(int argc, char **argv) {
             if (cs_gpt2_kv_attach(&kv[b], net, kvp, 16 + gen, &err)) return fail(&err);
             cs_gpt2_seq q = {.kv = &kv[b], .tokens = ids, .n = 16, .logits = logits};
             if (cs_gpt2_step(net, &ws, &q, 1, &err)) return fail(&err);
-            next[b] = greedy_pick(&smp, logits);
+            next[b] = greedy_pick(&smps[0], logits);
         }
         t0 = now_s();
         for (int g = 0; g < gen; g++) {
@@ -240,7 +239,6 @@ int cs_cmd_bench(int argc, char **argv) {
     for (int i = 0; i < cs_pool_size(pool); i++) cs_sampler_free(&smps[i]);
     free(smps);
     cs_pool_free(pool);
-    cs_sampler_free(&smp);
     cs_model_free(m);
     return 0;
 }

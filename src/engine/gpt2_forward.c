@@ -187,7 +187,7 @@ static void matmul(step_ctx *c, const cs_pmat *w, const float *x, size_t ldx, si
     c->mT = T;
     c->my = y;
     c->mldy = ldy;
-    if (w->dt == CS_W_I8 && c->ws->pool && c->ws->q8) {
+    if (w->dt == CS_W_I8 && c->ws->q8) { /* q8 exists only with a pool of 2+ threads */
         c->qld = (w->K + 3) / 4 * 4;
         if (T * w->K >= 65536) run(c, T, 1, job_quantize);
         else job_quantize(c, 0, 0, T);
