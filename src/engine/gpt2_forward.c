@@ -276,7 +276,7 @@ static void job_attention(void *vc, int tid, size_t i0, size_t i1) {
         const size_t i = pos - (size_t)kv->n_past; /* index in the chunk (n_past moves after the step) */
         if (i % ATT_ROWS) continue;                /* done by its block's first row */
         const size_t nq = (size_t)sq->n - i < ATT_ROWS ? (size_t)sq->n - i : ATT_ROWS;
-        if (bf16) cs_attend_causal_bf16_generic(m->kern, q, 3 * C, &kh, pos, nq, hd, scale, att, out, C);
+        if (bf16) m->kern->attend_causal_bf16(q, 3 * C, &kh, pos, nq, hd, scale, att, out, C);
         else m->kern->attend_causal(q, 3 * C, &kh, pos, nq, hd, scale, att, out, C);
     }
 }

@@ -387,11 +387,17 @@ static void attend_causal_scalar(const float *q, size_t ldq, const cs_kvhead *kv
     }
 }
 
+static void attend_causal_bf16_scalar(const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq,
+                                      size_t hd, float scale, float *att, float *out, size_t ldo) {
+    cs_attend_causal_bf16_generic(&cs_kern_scalar, q, ldq, kv, p0, nq, hd, scale, att, out, ldo);
+}
+
 const cs_kern cs_kern_scalar = {
     .name = "scalar", .isa = CS_ISA_SCALAR, .matmul = matmul_scalar, .matmul_q8 = matmul_q8_scalar, .layernorm = layernorm_scalar,
     .gelu_tanh = gelu_scalar, .dot = dot_scalar, .axpy = axpy_scalar, .softmax = softmax_scalar,
     .quantize_rows = cs_quantize_rows, .attend = attend_scalar, .attend_causal = attend_causal_scalar,
     .dot_bf16 = dot_bf16_scalar, .axpy_bf16 = axpy_bf16_scalar, .attend_bf16 = attend_bf16_scalar,
+    .attend_causal_bf16 = attend_causal_bf16_scalar,
 };
 
 /* ------------------------------------------------------------------ dispatch */

@@ -212,6 +212,9 @@ typedef struct cs_kern {
      * att: scratch of nq * (p0 + nq) floats. */
     void (*attend_causal)(const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq, size_t hd,
                           float scale, float *att, float *out, size_t ldo);
+    /* The same over a bf16 cache: every query gets attend_bf16's bits alone. */
+    void (*attend_causal_bf16)(const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq, size_t hd,
+                               float scale, float *att, float *out, size_t ldo);
     /* cs_quantize_rows, bit for bit. */
     void (*quantize_rows)(const float *x, size_t ldx, size_t T, size_t K, const float *r, int8_t *q, size_t ldq,
                           float *sx);
@@ -226,6 +229,8 @@ float cs_dot_bf16_avx2(const float *a, const uint16_t *b, size_t n);
 void cs_axpy_bf16_avx2(float *y, float a, const uint16_t *x, size_t n);
 void cs_attend_bf16_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
                          float *out);
+void cs_attend_causal_bf16_avx2(const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq, size_t hd,
+                                float scale, float *att, float *out, size_t ldo);
 
 /* Tables (defined in kernels_*.c). */
 extern const cs_kern cs_kern_scalar, cs_kern_avx2, cs_kern_avx512;

@@ -491,92 +491,117 @@ static T256 void quantize_avx2(const float *x, size_t ldx, size_t T, size_t K, c
     }
 }
 
-/* attend for one query with the arithmetic of cs_attend_generic over this
- * table's dot, softmax and axpy (so the same bits as attend_causal_avx2), but
+/* attend for one query: the same dot products, softmax and weighted sum as
+ * the table's dot, softmax and axpy (so the same bits as attend_causal_avx2), but
  * without a call per key: four keys' scores share each load of q, and the
  * weighted sum of values keeps up to 64 output floats in registers over all
- * keys (axpy's per-element FMA chain in key order). */
+ * keys (axpy's per-element FMA chain in key order). BF: the cache holds bf16,
+ * widened on load (exact), so the bits are those of the fp32 kernel over the
+ * rounded cache and of dot_bf16 / axpy_bf16 key by key; this reads half the
+ * bytes per key, which is what decode attention over long contexts waits on. */
+static INL T256 const void *kv_row(const cs_kvhead *kv, size_t off, size_t j, const int BF) {
+    const size_t i = off + (j % CS_KV_BLOCK) * kv->ld;
+    return BF ? (const void *)((const uint16_t *)kv->blk[j / CS_KV_BLOCK] + i)
+              : (const void *)((const float *)kv->blk[j / CS_KV_BLOCK] + i);
+}
+static INL T256 const void *kv_next(const void *row, size_t ld, const int BF) { /* the row below, same block */
+    return BF ? (const void *)((const uint16_t *)row + ld) : (const void *)((const float *)row + ld);
+}
+static INL T256 __m256 kv_load8(const void *row, size_t e, const int BF) {
+    return BF ? load_bf16x8((const uint16_t *)row + e) : _mm256_loadu_ps((const float *)row + e);
+}
+static INL T256 float kv_at(const void *row, size_t e, const int BF) {
+    return BF ? cs_f32_from_bf16(((const uint16_t *)row)[e]) : ((const float *)row)[e];
+}
+
 static INL T256 void attend_scores_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale,
-                                        float *att) {
+                                        float *att, const int BF) {
     size_t j = 0;
     for (; j + 4 <= n; j += 4) { /* 4 | CS_KV_BLOCK: the four rows share a block */
-        const float *k0 = cs_kv_krow(kv, j), *k1 = k0 + kv->ld, *k2 = k1 + kv->ld, *k3 = k2 + kv->ld;
+        const void *k0 = kv_row(kv, kv->koff, j, BF), *k1 = kv_next(k0, kv->ld, BF), *k2 = kv_next(k1, kv->ld, BF),
+                   *k3 = kv_next(k2, kv->ld, BF);
         __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
         size_t e = 0;
         for (; e + 16 <= hd; e += 16) {
             const __m256 qa = _mm256_loadu_ps(q + e), qb = _mm256_loadu_ps(q + e + 8);
-            a0 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k0 + e), a0);
-            b0 = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k0 + e + 8), b0);
-            a1 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k1 + e), a1);
-            b1 = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k1 + e + 8), b1);
-            a2 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k2 + e), a2);
-            b2 = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k2 + e + 8), b2);
-            a3 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k3 + e), a3);
-            b3 = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k3 + e + 8), b3);
+            a0 = _mm256_fmadd_ps(qa, kv_load8(k0, e, BF), a0);
+            b0 = _mm256_fmadd_ps(qb, kv_load8(k0, e + 8, BF), b0);
+            a1 = _mm256_fmadd_ps(qa, kv_load8(k1, e, BF), a1);
+            b1 = _mm256_fmadd_ps(qb, kv_load8(k1, e + 8, BF), b1);
+            a2 = _mm256_fmadd_ps(qa, kv_load8(k2, e, BF), a2);
+            b2 = _mm256_fmadd_ps(qb, kv_load8(k2, e + 8, BF), b2);
+            a3 = _mm256_fmadd_ps(qa, kv_load8(k3, e, BF), a3);
+            b3 = _mm256_fmadd_ps(qb, kv_load8(k3, e + 8, BF), b3);
         }
         for (; e + 8 <= hd; e += 8) {
             const __m256 qa = _mm256_loadu_ps(q + e);
-            a0 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k0 + e), a0);
-            a1 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k1 + e), a1);
-            a2 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k2 + e), a2);
-            a3 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k3 + e), a3);
+            a0 = _mm256_fmadd_ps(qa, kv_load8(k0, e, BF), a0);
+            a1 = _mm256_fmadd_ps(qa, kv_load8(k1, e, BF), a1);
+            a2 = _mm256_fmadd_ps(qa, kv_load8(k2, e, BF), a2);
+            a3 = _mm256_fmadd_ps(qa, kv_load8(k3, e, BF), a3);
         }
         float s0 = hsum256(_mm256_add_ps(a0, b0)), s1 = hsum256(_mm256_add_ps(a1, b1));
         float s2 = hsum256(_mm256_add_ps(a2, b2)), s3 = hsum256(_mm256_add_ps(a3, b3));
         for (; e < hd; e++) {
-            s0 += q[e] * k0[e];
-            s1 += q[e] * k1[e];
-            s2 += q[e] * k2[e];
-            s3 += q[e] * k3[e];
+            s0 += q[e] * kv_at(k0, e, BF);
+            s1 += q[e] * kv_at(k1, e, BF);
+            s2 += q[e] * kv_at(k2, e, BF);
+            s3 += q[e] * kv_at(k3, e, BF);
         }
         att[j] = s0 * scale;
         att[j + 1] = s1 * scale;
         att[j + 2] = s2 * scale;
         att[j + 3] = s3 * scale;
     }
-    for (; j < n; j++) att[j] = dot_avx2(q, cs_kv_krow(kv, j), hd) * scale;
+    for (; j < n; j++)
+        att[j] = (BF ? cs_dot_bf16_avx2(q, cs_kv_krow16(kv, j), hd) : dot_avx2(q, cs_kv_krow(kv, j), hd)) * scale;
 }
 
 /* out[e0 .. e0 + 8 NV) = sum over keys of att[j] v_j, in key order. */
 static INL T256 void attend_pv_avx2(const float *att, const cs_kvhead *kv, size_t n, size_t e0, float *out,
-                                    const int NV) {
+                                    const int NV, const int BF) {
     __m256 o[8];
     for (int c = 0; c < NV; c++) o[c] = _mm256_setzero_ps();
     for (size_t j = 0; j < n; j++) {
         const __m256 a = _mm256_set1_ps(att[j]);
-        const float *vj = cs_kv_vrow(kv, j) + e0;
-        for (int c = 0; c < NV; c++) o[c] = _mm256_fmadd_ps(a, _mm256_loadu_ps(vj + 8 * c), o[c]);
+        const void *vj = kv_row(kv, kv->voff, j, BF);
+        for (int c = 0; c < NV; c++) o[c] = _mm256_fmadd_ps(a, kv_load8(vj, e0 + 8 * (size_t)c, BF), o[c]);
     }
     for (int c = 0; c < NV; c++) _mm256_storeu_ps(out + e0 + 8 * c, o[c]);
 }
 
-static T256 void attend_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
-                             float *out) {
-    attend_scores_avx2(q, kv, n, hd, scale, att);
+static INL T256 void attend_any_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale,
+                                     float *att, float *out, const int BF) {
+    attend_scores_avx2(q, kv, n, hd, scale, att, BF);
     softmax_avx2(att, n);
     size_t e = 0;
-    for (; e + 64 <= hd; e += 64) attend_pv_avx2(att, kv, n, e, out, 8);
+    for (; e + 64 <= hd; e += 64) attend_pv_avx2(att, kv, n, e, out, 8, BF);
     switch ((hd - e) / 8) {
-    case 7: attend_pv_avx2(att, kv, n, e, out, 7); break;
-    case 6: attend_pv_avx2(att, kv, n, e, out, 6); break;
-    case 5: attend_pv_avx2(att, kv, n, e, out, 5); break;
-    case 4: attend_pv_avx2(att, kv, n, e, out, 4); break;
-    case 3: attend_pv_avx2(att, kv, n, e, out, 3); break;
-    case 2: attend_pv_avx2(att, kv, n, e, out, 2); break;
-    case 1: attend_pv_avx2(att, kv, n, e, out, 1); break;
+    case 7: attend_pv_avx2(att, kv, n, e, out, 7, BF); break;
+    case 6: attend_pv_avx2(att, kv, n, e, out, 6, BF); break;
+    case 5: attend_pv_avx2(att, kv, n, e, out, 5, BF); break;
+    case 4: attend_pv_avx2(att, kv, n, e, out, 4, BF); break;
+    case 3: attend_pv_avx2(att, kv, n, e, out, 3, BF); break;
+    case 2: attend_pv_avx2(att, kv, n, e, out, 2, BF); break;
+    case 1: attend_pv_avx2(att, kv, n, e, out, 1, BF); break;
     }
     e += (hd - e) / 8 * 8;
     for (; e < hd; e++) { /* axpy_avx2's scalar tail, key by key */
         float o = 0;
-        for (size_t j = 0; j < n; j++) o += att[j] * cs_kv_vrow(kv, j)[e];
+        for (size_t j = 0; j < n; j++) o += att[j] * kv_at(kv_row(kv, kv->voff, j, BF), e, BF);
         out[e] = o;
     }
 }
 
+static T256 void attend_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
+                             float *out) {
+    attend_any_avx2(q, kv, n, hd, scale, att, out, 0);
+}
+
 /* Also the AVX-512 table's (kernels_avx512.c): same sums, bf16 widened on load. */
-void cs_attend_bf16_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
-                         float *out) {
-    cs_attend_bf16_generic(&cs_kern_avx2, q, kv, n, hd, scale, att, out);
+T256 void cs_attend_bf16_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
+                              float *out) {
+    attend_any_avx2(q, kv, n, hd, scale, att, out, 1);
 }
 
 /* attend_causal in blocks of up to ATT_QB queries that share every key and
@@ -588,26 +613,26 @@ void cs_attend_bf16_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t h
  * then add past them), so the bits are attend_avx2's. */
 #define ATT_QB 6
 
-/* Scores of NB queries (qi) against key row kj. */
-static INL T256 void scores_avx2(const float *const *qi, const float *kj, size_t hd, float scale, float *sc,
-                                 const int NB) {
+/* Scores of NB queries (qi) against key row kj (fp32, or bf16 when BF). */
+static INL T256 void scores_avx2(const float *const *qi, const void *kj, size_t hd, float scale, float *sc,
+                                 const int NB, const int BF) {
     __m256 s0[ATT_QB], s1[ATT_QB];
     for (int i = 0; i < NB; i++) s0[i] = s1[i] = _mm256_setzero_ps();
     size_t e = 0;
     for (; e + 16 <= hd; e += 16) {
-        const __m256 k0 = _mm256_loadu_ps(kj + e), k1 = _mm256_loadu_ps(kj + e + 8);
+        const __m256 k0 = kv_load8(kj, e, BF), k1 = kv_load8(kj, e + 8, BF);
         for (int i = 0; i < NB; i++) {
             s0[i] = _mm256_fmadd_ps(_mm256_loadu_ps(qi[i] + e), k0, s0[i]);
             s1[i] = _mm256_fmadd_ps(_mm256_loadu_ps(qi[i] + e + 8), k1, s1[i]);
         }
     }
     for (; e + 8 <= hd; e += 8) {
-        const __m256 k0 = _mm256_loadu_ps(kj + e);
+        const __m256 k0 = kv_load8(kj, e, BF);
         for (int i = 0; i < NB; i++) s0[i] = _mm256_fmadd_ps(_mm256_loadu_ps(qi[i] + e), k0, s0[i]);
     }
     for (int i = 0; i < NB; i++) {
         float s = hsum256(_mm256_add_ps(s0[i], s1[i]));
-        for (size_t t = e; t < hd; t++) s += qi[i][t] * kj[t];
+        for (size_t t = e; t < hd; t++) s += qi[i][t] * kv_at(kj, t, BF);
         sc[i] = s * scale;
     }
 }
@@ -615,12 +640,12 @@ static INL T256 void scores_avx2(const float *const *qi, const float *kj, size_t
 /* Columns [e, e + 8 NV) of the NB outputs: query i weighs value rows
  * 0 .. last + i by its probabilities ai[i]. */
 static INL T256 void pv_avx2(float *const *ai, const cs_kvhead *kv, size_t last, float *const *oi, size_t e,
-                             const int NB, const int NV) {
+                             const int NB, const int NV, const int BF) {
     __m256 o[ATT_QB][2];
     for (int i = 0; i < NB; i++) o[i][0] = o[i][1] = _mm256_setzero_ps();
     for (size_t j = 0; j <= last; j++) { /* keys every query sees */
-        const float *vj = cs_kv_vrow(kv, j) + e;
-        const __m256 v0 = _mm256_loadu_ps(vj), v1 = NV > 1 ? _mm256_loadu_ps(vj + 8) : v0;
+        const void *vj = kv_row(kv, kv->voff, j, BF);
+        const __m256 v0 = kv_load8(vj, e, BF), v1 = NV > 1 ? kv_load8(vj, e + 8, BF) : v0;
         for (int i = 0; i < NB; i++) {
             const __m256 a = _mm256_broadcast_ss(ai[i] + j);
             o[i][0] = _mm256_fmadd_ps(a, v0, o[i][0]);
@@ -628,8 +653,8 @@ static INL T256 void pv_avx2(float *const *ai, const cs_kvhead *kv, size_t last,
         }
     }
     for (int t = 1; t < NB; t++) { /* the causal triangle: key last + t for queries t.. */
-        const float *vj = cs_kv_vrow(kv, last + (size_t)t) + e;
-        const __m256 v0 = _mm256_loadu_ps(vj), v1 = NV > 1 ? _mm256_loadu_ps(vj + 8) : v0;
+        const void *vj = kv_row(kv, kv->voff, last + (size_t)t, BF);
+        const __m256 v0 = kv_load8(vj, e, BF), v1 = NV > 1 ? kv_load8(vj, e + 8, BF) : v0;
         for (int i = 0; i < NB; i++) {
             if (i < t) continue;
             const __m256 a = _mm256_broadcast_ss(ai[i] + last + t);
@@ -645,7 +670,8 @@ static INL T256 void pv_avx2(float *const *ai, const cs_kvhead *kv, size_t last,
 
 /* NB queries whose first sits at position last (att rows la floats apart). */
 static INL T256 void causal_block_avx2(const float *q, size_t ldq, const cs_kvhead *kv, size_t last, size_t hd,
-                                       float scale, float *att, size_t la, float *out, size_t ldo, const int NB) {
+                                       float scale, float *att, size_t la, float *out, size_t ldo, const int NB,
+                                       const int BF) {
     const float *qi[ATT_QB];
     float *ai[ATT_QB], *oi[ATT_QB], sc[ATT_QB];
     for (int i = 0; i < NB; i++) {
@@ -654,40 +680,51 @@ static INL T256 void causal_block_avx2(const float *q, size_t ldq, const cs_kvhe
         oi[i] = out + (size_t)i * ldo;
     }
     for (size_t j = 0; j <= last; j++) {
-        scores_avx2(qi, cs_kv_krow(kv, j), hd, scale, sc, NB);
+        scores_avx2(qi, kv_row(kv, kv->koff, j, BF), hd, scale, sc, NB, BF);
         for (int i = 0; i < NB; i++) ai[i][j] = sc[i];
     }
     for (int t = 1; t < NB; t++) { /* the triangle: scores past a query's position are dropped */
-        scores_avx2(qi, cs_kv_krow(kv, last + (size_t)t), hd, scale, sc, NB);
+        scores_avx2(qi, kv_row(kv, kv->koff, last + (size_t)t, BF), hd, scale, sc, NB, BF);
         for (int i = t; i < NB; i++) ai[i][last + (size_t)t] = sc[i];
     }
     for (int i = 0; i < NB; i++) softmax_avx2(ai[i], last + (size_t)i + 1);
     size_t e = 0;
-    for (; e + 16 <= hd; e += 16) pv_avx2(ai, kv, last, oi, e, NB, 2);
-    for (; e + 8 <= hd; e += 8) pv_avx2(ai, kv, last, oi, e, NB, 1);
+    for (; e + 16 <= hd; e += 16) pv_avx2(ai, kv, last, oi, e, NB, 2, BF);
+    for (; e + 8 <= hd; e += 8) pv_avx2(ai, kv, last, oi, e, NB, 1, BF);
     for (; e < hd; e++) /* axpy_avx2's scalar tail */
         for (int i = 0; i < NB; i++) {
             float o = 0;
-            for (size_t j = 0; j <= last + (size_t)i; j++) o += ai[i][j] * cs_kv_vrow(kv, j)[e];
+            for (size_t j = 0; j <= last + (size_t)i; j++) o += ai[i][j] * kv_at(kv_row(kv, kv->voff, j, BF), e, BF);
             oi[i][e] = o;
         }
 }
 
-static T256 void attend_causal_avx2(const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq,
-                                    size_t hd, float scale, float *att, float *out, size_t ldo) {
+static INL T256 void causal_any_avx2(const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq, size_t hd,
+                                     float scale, float *att, float *out, size_t ldo, const int BF) {
     const size_t la = p0 + nq;
     for (size_t b = 0; b < nq; b += ATT_QB) {
         const float *qb = q + b * ldq;
         float *ab = att + b * la, *ob = out + b * ldo;
         switch (nq - b < ATT_QB ? nq - b : ATT_QB) {
-        case 6: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 6); break;
-        case 5: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 5); break;
-        case 4: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 4); break;
-        case 3: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 3); break;
-        case 2: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 2); break;
-        default: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 1); break;
+        case 6: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 6, BF); break;
+        case 5: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 5, BF); break;
+        case 4: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 4, BF); break;
+        case 3: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 3, BF); break;
+        case 2: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 2, BF); break;
+        default: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 1, BF); break;
         }
     }
+}
+
+static T256 void attend_causal_avx2(const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq,
+                                    size_t hd, float scale, float *att, float *out, size_t ldo) {
+    causal_any_avx2(q, ldq, kv, p0, nq, hd, scale, att, out, ldo, 0);
+}
+
+/* Also the AVX-512 table's: the bits of cs_attend_bf16_avx2 per query. */
+T256 void cs_attend_causal_bf16_avx2(const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq,
+                                     size_t hd, float scale, float *att, float *out, size_t ldo) {
+    causal_any_avx2(q, ldq, kv, p0, nq, hd, scale, att, out, ldo, 1);
 }
 
 const cs_kern cs_kern_avx2 = {
@@ -695,6 +732,7 @@ const cs_kern cs_kern_avx2 = {
     .gelu_tanh = gelu_avx2, .dot = dot_avx2, .axpy = axpy_avx2, .softmax = softmax_avx2,
     .quantize_rows = quantize_avx2, .attend = attend_avx2, .attend_causal = attend_causal_avx2,
     .dot_bf16 = cs_dot_bf16_avx2, .axpy_bf16 = cs_axpy_bf16_avx2, .attend_bf16 = cs_attend_bf16_avx2,
+    .attend_causal_bf16 = cs_attend_causal_bf16_avx2,
 };
 
 #else

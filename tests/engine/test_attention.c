@@ -1,5 +1,6 @@
 /* Blocked causal attention (attend_causal) against the per-query kernel
- * (attend), bit for bit, for every kernel table the CPU has: the engine's
+ * (attend), bit for bit, for every kernel table the CPU has, over an fp32
+ * cache and (attend_causal_bf16 against attend_bf16) over a bf16 one: the engine's
  * promise that a token's logits do not depend on how its prompt was chunked or
  * batched rests on this. Shapes cover head sizes with and without each
  * table's fast path, vector tails, ragged query blocks and the causal
@@ -24,10 +25,10 @@
 #define SENTINEL 12345.678f
 
 /* One shape: nq queries at positions p0 .. p0 + nq - 1 over p0 + nq cached
- * rows (row stride ld), q rows ldq apart, outputs ldo apart. Returns the number
- * of mismatching floats (and names the first). */
-static size_t check_shape(const cs_kern *k, size_t hd, size_t p0, size_t nq, size_t ld, size_t ldq, size_t ldo,
-                          float qscale) {
+ * rows (row stride ld; bf16 elements when bf), q rows ldq apart, outputs ldo
+ * apart. Returns the number of mismatching floats (and names the first). */
+static size_t check_shape_as(const cs_kern *k, size_t hd, size_t p0, size_t nq, size_t ld, size_t ldq, size_t ldo,
+                             float qscale, int bf) {
     const size_t npos = p0 + nq;
     float *q = malloc(nq * ldq * sizeof(float)), *kc = malloc(npos * ld * sizeof(float));
     float *vc = malloc(npos * ld * sizeof(float)), *att = malloc(nq * npos * sizeof(float));
@@ -44,11 +45,11 @@ static size_t check_shape(const cs_kern *k, size_t hd, size_t p0, size_t nq, siz
     for (size_t i = 0; i < nq * ldo; i++) o0[i] = o1[i] = SENTINEL;
     const float scale = 1.0f / sqrtf((float)hd);
     tu_paged pg;
-    tu_paged_make(&pg, kc, vc, npos, ld, 4);
+    tu_paged_make(&pg, kc, vc, npos, ld, bf ? 2 : 4);
     for (size_t i = 0; i < nq; i++) /* the per-query path, as the forward pass runs decode rows */
-        k->attend(q + i * ldq, &pg.h, p0 + i + 1, hd, scale, att, o0 + i * ldo);
+        (bf ? k->attend_bf16 : k->attend)(q + i * ldq, &pg.h, p0 + i + 1, hd, scale, att, o0 + i * ldo);
     for (size_t i = 0; i < nq * npos; i++) att[i] = NAN; /* the blocked kernel must not read stale scores */
-    k->attend_causal(q, ldq, &pg.h, p0, nq, hd, scale, att, o1, ldo);
+    (bf ? k->attend_causal_bf16 : k->attend_causal)(q, ldq, &pg.h, p0, nq, hd, scale, att, o1, ldo);
     tu_paged_free(&pg);
     size_t bad = 0;
     for (size_t i = 0; i < nq; i++)
@@ -56,13 +57,19 @@ static size_t check_shape(const cs_kern *k, size_t hd, size_t p0, size_t nq, siz
             const float a = o0[i * ldo + e], b = o1[i * ldo + e];
             if (memcmp(&a, &b, sizeof a) != 0) {
                 if (!bad)
-                    print_error("%s hd=%zu p0=%zu nq=%zu ld=%zu: query %zu elem %zu: %.9g (attend) vs %.9g\n",
-                                k->name, hd, p0, nq, ld, i, e, a, b);
+                    print_error("%s%s hd=%zu p0=%zu nq=%zu ld=%zu: query %zu elem %zu: %.9g (attend) vs %.9g\n",
+                                k->name, bf ? " bf16" : "", hd, p0, nq, ld, i, e, a, b);
                 bad++;
             }
         }
     free(q); free(kc); free(vc); free(att); free(o0); free(o1);
     return bad;
+}
+
+/* Both caches. */
+static size_t check_shape(const cs_kern *k, size_t hd, size_t p0, size_t nq, size_t ld, size_t ldq, size_t ldo,
+                          float qscale) {
+    return check_shape_as(k, hd, p0, nq, ld, ldq, ldo, qscale, 0) + check_shape_as(k, hd, p0, nq, ld, ldq, ldo, qscale, 1);
 }
 
 static const cs_kern *table(int i) { return cs_kern_for((cs_isa)i); }
@@ -83,6 +90,7 @@ static void test_blocked_matches_per_query(void **state) {
             continue;
         }
         assert_non_null(k->attend_causal);
+        assert_non_null(k->attend_causal_bf16);
         size_t bad = 0;
         for (size_t hi = 0; hi < sizeof hds / sizeof *hds; hi++)
             for (size_t pi = 0; pi < sizeof p0s / sizeof *p0s; pi++)
@@ -91,7 +99,7 @@ static void test_blocked_matches_per_query(void **state) {
                     /* packed heads (ld = 3 * hd + 5, odd), and a qkv-like layout */
                     bad += check_shape(k, hd, p0, nq, 3 * hd + 5, 3 * hd + 1, hd + 3, 1.0f);
                     bad += check_shape(k, hd, p0, nq, 4 * hd, 12 * hd, 4 * hd, 4.0f);
-                    checked += 2;
+                    checked += 4; /* each check_shape: fp32 and bf16 caches */
                 }
         if (bad) fail_msg("%s: %zu output floats differ from attend", k->name, bad);
     }
