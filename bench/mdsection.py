@@ -1,9 +1,9 @@
 """Sections of bench/RESULTS.md that a script other than report.py owns ("## Overload",
-"## KV cache memory", ...): replace one in place, or carry them over when report.py
+"## KV cache memory", "## Decode attention", ...): replace one in place, or carry them over when report.py
 rewrites the file. Standard library only."""
 
 # Written by their own scripts; report.py keeps them when it rewrites the file.
-OWNED = ("## Overload", "## KV cache memory")
+OWNED = ("## Overload", "## KV cache memory", "## Decode attention")
 
 
 def find(doc, title):

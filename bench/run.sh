@@ -42,6 +42,8 @@ else
 fi
 # KV cache memory per 1,000 tokens and 512-token sequences in 4 GiB (bench/kvmem.py).
 BENCH_CSERVE=build/cserve python3 bench/kvmem.py
+# Decode attention over the paged cache, kernel vs per-key form (bench/attention.py).
+BENCH_CSERVE=build/cserve python3 bench/attention.py
 t2=$(date +%s)
 
 # The tables, on the terminal too.

@@ -30,7 +30,8 @@ static double now_s(void) {
 static void usage(FILE *f) {
     fprintf(f, "usage: cserve bench --model DIR [--dtype fp32|bf16|int8] [--threads N] [--prompt-len 128]\n"
                "                    [--gen 64] [--batches 1,4,16,64] [--kv-cache-dtype fp32|bf16]\n"
-               "       cserve bench --kv-memory   (KV cache memory of distilgpt2 / gpt2-large shapes; no model)\n");
+               "       cserve bench --kv-memory   (KV cache memory of distilgpt2 / gpt2-large shapes; no model)\n"
+               "       cserve bench --attention   (decode attention over a paged KV cache, one thread; no model)\n");
 }
 
 static int32_t bench_id(int i) { return (int32_t)(((long)i * 7919 + 13) % 50000); }
@@ -118,17 +119,88 @@ static int kv_memory_report(void) {
 }
 
 
+/* --attention: one decode step's attention for 32 sequences of distilgpt2's
+ * shape (6 layers x 12 heads of 64) at 64, 256 and 1,024 cached positions,
+ * one thread, fp32 and bf16 caches. The pool is the engine's: the sequences
+ * take their blocks in lockstep, as a batch that grows together does, so one
+ * sequence's blocks lie 32 blocks apart. Reports the best of 5 passes and the
+ * cache bytes read per second, for the table's attend kernel and for the
+ * per-key form (cs_attend_generic: the same table's dot and axpy called key by
+ * key), in the same run. */
+static int attention_report(void) {
+    enum { S = 32, L = 6, H = 12, HD = 64, C = H * HD, REPS = 5 };
+    static const size_t ctxs[] = {64, 256, 1024};
+    const cs_kern *k = cs_kern_best();
+    float q[HD], out[HD], *att = malloc(1024 * sizeof(float));
+    void **blk = malloc(sizeof(void *) * S * (1024 / CS_KV_BLOCK));
+    if (!att || !blk) return 1;
+    for (int i = 0; i < HD; i++) q[i] = 0.05f * (float)((i * 37) % 23 - 11);
+    printf("{\"kernels\": \"%s\", \"sequences\": %d, \"n_layer\": %d, \"n_head\": %d, \"head_dim\": %d, "
+           "\"attention\": [", k->name, S, L, H, HD);
+    int first = 1;
+    for (size_t ci = 0; ci < sizeof ctxs / sizeof *ctxs; ci++)
+        for (int dt = 0; dt < 2; dt++) {
+            const size_t n = ctxs[ci], nb = n / CS_KV_BLOCK;
+            const cs_kvdtype kd = dt ? CS_KV_BF16 : CS_KV_F32;
+            cs_kvpool *p;
+            cs_err err;
+            if (cs_kvpool_create(&p, L, C, kd, S * n, &err)) return fail(&err);
+            cs_kvpool_info pi;
+            cs_kvpool_get_info(p, &pi);
+            uint32_t x = 12345;
+            for (size_t b = 0; b < nb; b++)
+                for (size_t sq = 0; sq < S; sq++) {
+                    void *bk = blk[sq * nb + b] = cs_kvpool_alloc(p);
+                    for (size_t e = 0; e < pi.block_bytes / (dt ? 2 : 4); e++) {
+                        x = x * 1664525u + 1013904223u;
+                        const float v = (float)(x >> 8) / 16777216.0f - 0.5f;
+                        if (dt) ((uint16_t *)bk)[e] = cs_bf16_from_f32(v);
+                        else ((float *)bk)[e] = v;
+                    }
+                }
+            double best[2] = {1e30, 1e30};
+            for (int rep = 0; rep < REPS; rep++)
+                for (int form = 0; form < 2; form++) {
+                    const double t0 = now_s();
+                    for (size_t l = 0; l < L; l++)
+                        for (size_t sq = 0; sq < S; sq++)
+                            for (size_t h = 0; h < H; h++) {
+                                const cs_kvhead kh = cs_kvpool_head(p, blk + sq * nb, l, h, HD);
+                                if (form == 0 && dt) k->attend_bf16(q, &kh, n, HD, 0.125f, att, out);
+                                else if (form == 0) k->attend(q, &kh, n, HD, 0.125f, att, out);
+                                else if (dt) cs_attend_bf16_generic(k, q, &kh, n, HD, 0.125f, att, out);
+                                else cs_attend_generic(k, q, &kh, n, HD, 0.125f, att, out);
+                            }
+                    const double t = now_s() - t0;
+                    if (t < best[form]) best[form] = t;
+                }
+            const double bytes = (double)S * (double)n * L * 2.0 * C * (dt ? 2 : 4);
+            printf("%s{\"positions\": %zu, \"kv_dtype\": \"%s\", \"cache_mb\": %.1f, \"kernel_ms\": %.3f, "
+                   "\"kernel_gbs\": %.2f, \"per_key_ms\": %.3f, \"per_key_gbs\": %.2f}",
+                   first ? "" : ", ", n, dt ? "bf16" : "fp32", bytes / 1e6, best[0] * 1e3, bytes / best[0] / 1e9,
+                   best[1] * 1e3, bytes / best[1] / 1e9);
+            fflush(stdout);
+            first = 0;
+            cs_kvpool_free(p);
+        }
+    printf("]}\n");
+    free(att);
+    free(blk);
+    return 0;
+}
+
 int cs_cmd_bench(int argc, char **argv) {
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},   {"dtype", required_argument, 0, 'd'},
         {"threads", required_argument, 0, 't'}, {"prompt-len", required_argument, 0, 'p'},
         {"gen", required_argument, 0, 'g'},     {"batches", required_argument, 0, 'b'},
         {"kv-cache-dtype", required_argument, 0, 'k'}, {"kv-memory", no_argument, 0, 'K'},
+        {"attention", no_argument, 0, 'A'},
         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
     const char *dir = NULL, *dtype = "fp32", *batches = "1,4,16,64", *kvdt = "fp32";
     int threads = 0, prompt_len = 128, gen = 64, c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "m:d:t:p:g:b:k:Kh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:d:t:p:g:b:k:KAh", opts, NULL)) != -1) {
         switch (c) {
         case 'm': dir = optarg; break;
         case 'd': dtype = optarg; break;
@@ -138,6 +210,7 @@ int cs_cmd_bench(int argc, char **argv) {
         case 'b': batches = optarg; break;
         case 'k': kvdt = optarg; break;
         case 'K': return kv_memory_report();
+        case 'A': return attention_report();
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
