@@ -128,11 +128,11 @@ static int kv_memory_report(void) {
  * per-key form (cs_attend_generic: the same table's dot and axpy called key by
  * key), in the same run. */
 static int attention_report(void) {
-    enum { S = 32, L = 6, H = 12, HD = 64, C = H * HD, REPS = 5 };
-    static const size_t ctxs[] = {64, 256, 1024};
+    enum { S = 32, L = 6, H = 12, HD = 64, C = H * HD, REPS = 5, MAXN = 1024 };
+    static const size_t ctxs[] = {64, 256, MAXN};
     const cs_kern *k = cs_kern_best();
-    float q[HD], out[HD], *att = malloc(1024 * sizeof(float));
-    void **blk = malloc(sizeof(void *) * S * (1024 / CS_KV_BLOCK));
+    float q[HD], out[HD], *att = malloc(MAXN * sizeof(float));
+    void **blk = malloc(sizeof(void *) * S * (MAXN / CS_KV_BLOCK));
     if (!att || !blk) return 1;
     for (int i = 0; i < HD; i++) q[i] = 0.05f * (float)((i * 37) % 23 - 11);
     printf("{\"kernels\": \"%s\", \"sequences\": %d, \"n_layer\": %d, \"n_head\": %d, \"head_dim\": %d, "

@@ -499,10 +499,10 @@ static T256 void quantize_avx2(const float *x, size_t ldx, size_t T, size_t K, c
  * widened on load (exact), so the bits are those of the fp32 kernel over the
  * rounded cache and of dot_bf16 / axpy_bf16 key by key; this reads half the
  * bytes per key, which is what decode attention over long contexts waits on. */
-static INL T256 const void *kv_row(const cs_kvhead *kv, size_t off, size_t j, const int BF) {
-    const size_t i = off + (j % CS_KV_BLOCK) * kv->ld;
-    return BF ? (const void *)((const uint16_t *)kv->blk[j / CS_KV_BLOCK] + i)
-              : (const void *)((const float *)kv->blk[j / CS_KV_BLOCK] + i);
+/* Key (V = 0) or value (V = 1) row j through kernels.h's block-table lookup. */
+static INL T256 const void *kv_row(const cs_kvhead *kv, const int V, size_t j, const int BF) {
+    if (BF) return V ? (const void *)cs_kv_vrow16(kv, j) : (const void *)cs_kv_krow16(kv, j);
+    return V ? (const void *)cs_kv_vrow(kv, j) : (const void *)cs_kv_krow(kv, j);
 }
 static INL T256 const void *kv_next(const void *row, size_t ld, const int BF) { /* the row below, same block */
     return BF ? (const void *)((const uint16_t *)row + ld) : (const void *)((const float *)row + ld);
@@ -514,7 +514,7 @@ static INL T256 float kv_at(const void *row, size_t e, const int BF) {
     return BF ? cs_f32_from_bf16(((const uint16_t *)row)[e]) : ((const float *)row)[e];
 }
 
-/* Prefetches the lines of cached row j (elements [e0, e1) at off) when j < n.
+/* Prefetches the lines of cached key or value row j (elements [e0, e1)) when j < n.
  * The decode kernels ask for the row one block ahead: a block's rows of one
  * head are their own 4 KiB (fp32, head size 64), blocks lie wherever the pool
  * put them, and the hardware's stream prefetchers stop at page boundaries, so
@@ -522,10 +522,10 @@ static INL T256 float kv_at(const void *row, size_t e, const int BF) {
  * 32 sequences x 12 heads x 6 layers over 256 cached positions (one thread,
  * blocks interleaved as lockstep sequences allocate them, 302 MB fp32):
  * 35-42 -> ~30 ms fp32, 26-31 -> 18-20 ms bf16. */
-static INL T256 void kv_prefetch(const cs_kvhead *kv, size_t off, size_t j, size_t n, size_t e0, size_t e1,
+static INL T256 void kv_prefetch(const cs_kvhead *kv, const int V, size_t j, size_t n, size_t e0, size_t e1,
                                  const int BF) {
     if (j >= n) return;
-    const char *r = (const char *)kv_row(kv, off, j, BF);
+    const char *r = (const char *)kv_row(kv, V, j, BF);
     for (size_t b = e0 * (BF ? 2 : 4); b < e1 * (BF ? 2 : 4); b += 64) _mm_prefetch(r + b, _MM_HINT_T0);
 }
 
@@ -533,9 +533,9 @@ static INL T256 void attend_scores_avx2(const float *q, const cs_kvhead *kv, siz
                                         float *att, const int BF) {
     size_t j = 0;
     for (; j + 4 <= n; j += 4) { /* 4 | CS_KV_BLOCK: the four rows share a block */
-        const void *k0 = kv_row(kv, kv->koff, j, BF), *k1 = kv_next(k0, kv->ld, BF), *k2 = kv_next(k1, kv->ld, BF),
+        const void *k0 = kv_row(kv, 0, j, BF), *k1 = kv_next(k0, kv->ld, BF), *k2 = kv_next(k1, kv->ld, BF),
                    *k3 = kv_next(k2, kv->ld, BF);
-        for (size_t r = 0; r < 4; r++) kv_prefetch(kv, kv->koff, j + CS_KV_BLOCK + r, n, 0, hd, BF);
+        for (size_t r = 0; r < 4; r++) kv_prefetch(kv, 0, j + CS_KV_BLOCK + r, n, 0, hd, BF);
         __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
         size_t e = 0;
         for (; e + 16 <= hd; e += 16) {
@@ -580,8 +580,8 @@ static INL T256 void attend_pv_avx2(const float *att, const cs_kvhead *kv, size_
     for (int c = 0; c < NV; c++) o[c] = _mm256_setzero_ps();
     for (size_t j = 0; j < n; j++) {
         const __m256 a = _mm256_set1_ps(att[j]);
-        const void *vj = kv_row(kv, kv->voff, j, BF);
-        kv_prefetch(kv, kv->voff, j + CS_KV_BLOCK, n, e0, e0 + 8 * (size_t)NV, BF);
+        const void *vj = kv_row(kv, 1, j, BF);
+        kv_prefetch(kv, 1, j + CS_KV_BLOCK, n, e0, e0 + 8 * (size_t)NV, BF);
         for (int c = 0; c < NV; c++) o[c] = _mm256_fmadd_ps(a, kv_load8(vj, e0 + 8 * (size_t)c, BF), o[c]);
     }
     for (int c = 0; c < NV; c++) _mm256_storeu_ps(out + e0 + 8 * c, o[c]);
@@ -605,7 +605,7 @@ static INL T256 void attend_any_avx2(const float *q, const cs_kvhead *kv, size_t
     e += (hd - e) / 8 * 8;
     for (; e < hd; e++) { /* axpy_avx2's scalar tail, key by key */
         float o = 0;
-        for (size_t j = 0; j < n; j++) o += att[j] * kv_at(kv_row(kv, kv->voff, j, BF), e, BF);
+        for (size_t j = 0; j < n; j++) o += att[j] * kv_at(kv_row(kv, 1, j, BF), e, BF);
         out[e] = o;
     }
 }
@@ -661,7 +661,7 @@ static INL T256 void pv_avx2(float *const *ai, const cs_kvhead *kv, size_t last,
     __m256 o[ATT_QB][2];
     for (int i = 0; i < NB; i++) o[i][0] = o[i][1] = _mm256_setzero_ps();
     for (size_t j = 0; j <= last; j++) { /* keys every query sees */
-        const void *vj = kv_row(kv, kv->voff, j, BF);
+        const void *vj = kv_row(kv, 1, j, BF);
         const __m256 v0 = kv_load8(vj, e, BF), v1 = NV > 1 ? kv_load8(vj, e + 8, BF) : v0;
         for (int i = 0; i < NB; i++) {
             const __m256 a = _mm256_broadcast_ss(ai[i] + j);
@@ -670,7 +670,7 @@ static INL T256 void pv_avx2(float *const *ai, const cs_kvhead *kv, size_t last,
         }
     }
     for (int t = 1; t < NB; t++) { /* the causal triangle: key last + t for queries t.. */
-        const void *vj = kv_row(kv, kv->voff, last + (size_t)t, BF);
+        const void *vj = kv_row(kv, 1, last + (size_t)t, BF);
         const __m256 v0 = kv_load8(vj, e, BF), v1 = NV > 1 ? kv_load8(vj, e + 8, BF) : v0;
         for (int i = 0; i < NB; i++) {
             if (i < t) continue;
@@ -697,11 +697,11 @@ static INL T256 void causal_block_avx2(const float *q, size_t ldq, const cs_kvhe
         oi[i] = out + (size_t)i * ldo;
     }
     for (size_t j = 0; j <= last; j++) {
-        scores_avx2(qi, kv_row(kv, kv->koff, j, BF), hd, scale, sc, NB, BF);
+        scores_avx2(qi, kv_row(kv, 0, j, BF), hd, scale, sc, NB, BF);
         for (int i = 0; i < NB; i++) ai[i][j] = sc[i];
     }
     for (int t = 1; t < NB; t++) { /* the triangle: scores past a query's position are dropped */
-        scores_avx2(qi, kv_row(kv, kv->koff, last + (size_t)t, BF), hd, scale, sc, NB, BF);
+        scores_avx2(qi, kv_row(kv, 0, last + (size_t)t, BF), hd, scale, sc, NB, BF);
         for (int i = t; i < NB; i++) ai[i][last + (size_t)t] = sc[i];
     }
     for (int i = 0; i < NB; i++) softmax_avx2(ai[i], last + (size_t)i + 1);
@@ -711,7 +711,7 @@ static INL T256 void causal_block_avx2(const float *q, size_t ldq, const cs_kvhe
     for (; e < hd; e++) /* axpy_avx2's scalar tail */
         for (int i = 0; i < NB; i++) {
             float o = 0;
-            for (size_t j = 0; j <= last + (size_t)i; j++) o += ai[i][j] * kv_at(kv_row(kv, kv->voff, j, BF), e, BF);
+            for (size_t j = 0; j <= last + (size_t)i; j++) o += ai[i][j] * kv_at(kv_row(kv, 1, j, BF), e, BF);
             oi[i][e] = o;
         }
 }
