@@ -29,7 +29,7 @@ static double now_s(void) {
 
 static void usage(FILE *f) {
     fprintf(f, "usage: cserve bench --model DIR [--dtype fp32|bf16|int8] [--threads N] [--prompt-len 128]\n"
-               "                    [--gen 64] [--batches 1,4,16,64] [--kv-cache-dtype fp32|bf16]\n"
+               "                    [--gen 64] [--batches 1,4,16,64] [--kv-cache-dtype fp32|bf16|int8]\n"
                "       cserve bench --kv-memory   (KV cache memory of distilgpt2 / gpt2-large shapes; no model)\n"
                "       cserve bench --attention   (decode attention over a paged KV cache, one thread; no model)\n");
 }
@@ -80,17 +80,17 @@ static size_t rss_bytes(void) {
 static int kv_memory_report(void) {
     static const struct {
         const char *name;
-        size_t L, C, ctx;
-    } shapes[] = {{"distilgpt2", 6, 768, 1024}, {"gpt2-large", 36, 1280, 1024}};
+        size_t L, C, H, ctx;
+    } shapes[] = {{"distilgpt2", 6, 768, 12, 1024}, {"gpt2-large", 36, 1280, 20, 1024}};
     const size_t budget = (size_t)4 << 30, seq_tokens = 512, seq_blocks = seq_tokens / CS_KV_BLOCK;
     printf("{\"kv_memory\": [");
     int first = 1;
     for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
-        for (int dt = 0; dt < 2; dt++) {
-            const size_t per_tok = cs_kvpool_bytes_per_token(shapes[si].L, shapes[si].C, dt ? CS_KV_BF16 : CS_KV_F32);
+        for (int dt = CS_KV_F32; dt <= CS_KV_I8; dt++) {
+            const size_t per_tok = cs_kvpool_bytes_per_token(shapes[si].L, shapes[si].C, shapes[si].H, (cs_kvdtype)dt);
             cs_kvpool *p;
             cs_err err;
-            if (cs_kvpool_create(&p, shapes[si].L, shapes[si].C, dt ? CS_KV_BF16 : CS_KV_F32,
+            if (cs_kvpool_create(&p, shapes[si].L, shapes[si].C, shapes[si].H, (cs_kvdtype)dt,
                                  budget / per_tok / CS_KV_BLOCK * CS_KV_BLOCK, &err))
                 return fail(&err);
             cs_kvpool_info pi;
@@ -107,7 +107,7 @@ static int kv_memory_report(void) {
             printf("%s{\"shape\": \"%s\", \"n_layer\": %zu, \"n_embd\": %zu, \"kv_dtype\": \"%s\", "
                    "\"bytes_per_1000_tokens\": %zu, \"measured_rss_per_1000_tokens\": %.0f, "
                    "\"block_bytes\": %zu, \"seqs_512_in_4gib\": %zu, \"full_context_slots_in_4gib\": %zu}",
-                   first ? "" : ", ", shapes[si].name, shapes[si].L, shapes[si].C, dt ? "bf16" : "fp32",
+                   first ? "" : ", ", shapes[si].name, shapes[si].L, shapes[si].C, cs_kvdtype_name((cs_kvdtype)dt),
                    per_tok * 1000, tokens > 0 ? (double)(r1 - r0) / tokens * 1000.0 : 0.0, pi.block_bytes, seqs,
                    budget / (shapes[si].ctx * shapes[si].L * 2 * shapes[si].C * 4));
             fflush(stdout);
@@ -121,7 +121,7 @@ static int kv_memory_report(void) {
 
 /* --attention: one decode step's attention for 32 sequences of distilgpt2's
  * shape (6 layers x 12 heads of 64) at 64, 256 and 1,024 cached positions,
- * one thread, fp32 and bf16 caches. The pool is the engine's: the sequences
+ * one thread, fp32, bf16 and int8 caches. The pool is the engine's: the sequences
  * take their blocks in lockstep, as a batch that grows together does, so one
  * sequence's blocks lie 32 blocks apart. Reports the best of 5 passes and the
  * cache bytes read per second, for the table's attend kernel and for the
@@ -139,23 +139,28 @@ static int attention_report(void) {
            "\"attention\": [", k->name, S, L, H, HD);
     int first = 1;
     for (size_t ci = 0; ci < sizeof ctxs / sizeof *ctxs; ci++)
-        for (int dt = 0; dt < 2; dt++) {
+        for (int dt = CS_KV_F32; dt <= CS_KV_I8; dt++) {
             const size_t n = ctxs[ci], nb = n / CS_KV_BLOCK;
-            const cs_kvdtype kd = dt ? CS_KV_BF16 : CS_KV_F32;
+            const cs_kvdtype kd = (cs_kvdtype)dt;
+            const size_t rb = cs_kv_row_bytes(kd, HD); /* one cached row of a head */
             cs_kvpool *p;
             cs_err err;
-            if (cs_kvpool_create(&p, L, C, kd, S * n, &err)) return fail(&err);
-            cs_kvpool_info pi;
-            cs_kvpool_get_info(p, &pi);
+            if (cs_kvpool_create(&p, L, C, H, kd, S * n, &err)) return fail(&err);
             uint32_t x = 12345;
             for (size_t b = 0; b < nb; b++)
                 for (size_t sq = 0; sq < S; sq++) {
-                    void *bk = blk[sq * nb + b] = cs_kvpool_alloc(p);
-                    for (size_t e = 0; e < pi.block_bytes / (dt ? 2 : 4); e++) {
-                        x = x * 1664525u + 1013904223u;
-                        const float v = (float)(x >> 8) / 16777216.0f - 0.5f;
-                        if (dt) ((uint16_t *)bk)[e] = cs_bf16_from_f32(v);
-                        else ((float *)bk)[e] = v;
+                    char *bk = blk[sq * nb + b] = cs_kvpool_alloc(p);
+                    for (size_t r = 0; r < (size_t)L * 2 * H * CS_KV_BLOCK; r++) { /* every row of the block */
+                        float v[HD];
+                        for (size_t e = 0; e < HD; e++) {
+                            x = x * 1664525u + 1013904223u;
+                            v[e] = (float)(x >> 8) / 16777216.0f - 0.5f;
+                        }
+                        char *row = bk + r * rb;
+                        if (kd == CS_KV_I8) cs_kv_quantize_row(v, HD, (int8_t *)row);
+                        else if (kd == CS_KV_BF16)
+                            for (size_t e = 0; e < HD; e++) ((uint16_t *)(void *)row)[e] = cs_bf16_from_f32(v[e]);
+                        else memcpy(row, v, sizeof v);
                     }
                 }
             double best[2] = {1e30, 1e30};
@@ -166,18 +171,21 @@ static int attention_report(void) {
                         for (size_t sq = 0; sq < S; sq++)
                             for (size_t h = 0; h < H; h++) {
                                 const cs_kvhead kh = cs_kvpool_head(p, blk + sq * nb, l, h, HD);
-                                if (form == 0 && dt) k->attend_bf16(q, &kh, n, HD, 0.125f, att, out);
-                                else if (form == 0) k->attend(q, &kh, n, HD, 0.125f, att, out);
-                                else if (dt) cs_attend_bf16_generic(k, q, &kh, n, HD, 0.125f, att, out);
+                                if (form == 0)
+                                    (kd == CS_KV_I8     ? k->attend_i8
+                                     : kd == CS_KV_BF16 ? k->attend_bf16
+                                                        : k->attend)(q, &kh, n, HD, 0.125f, att, out);
+                                else if (kd == CS_KV_I8) cs_attend_i8_generic(k, q, &kh, n, HD, 0.125f, att, out);
+                                else if (kd == CS_KV_BF16) cs_attend_bf16_generic(k, q, &kh, n, HD, 0.125f, att, out);
                                 else cs_attend_generic(k, q, &kh, n, HD, 0.125f, att, out);
                             }
                     const double t = now_s() - t0;
                     if (t < best[form]) best[form] = t;
                 }
-            const double bytes = (double)S * (double)n * L * 2.0 * C * (dt ? 2 : 4);
+            const double bytes = (double)S * (double)n * L * 2.0 * H * (double)rb;
             printf("%s{\"positions\": %zu, \"kv_dtype\": \"%s\", \"cache_mb\": %.1f, \"kernel_ms\": %.3f, "
                    "\"kernel_gbs\": %.2f, \"per_key_ms\": %.3f, \"per_key_gbs\": %.2f}",
-                   first ? "" : ", ", n, dt ? "bf16" : "fp32", bytes / 1e6, best[0] * 1e3, bytes / best[0] / 1e9,
+                   first ? "" : ", ", n, cs_kvdtype_name(kd), bytes / 1e6, best[0] * 1e3, bytes / best[0] / 1e9,
                    best[1] * 1e3, bytes / best[1] / 1e9);
             fflush(stdout);
             first = 0;
@@ -216,9 +224,8 @@ int cs_cmd_bench(int argc, char **argv) {
         }
     }
     cs_gpt2_opts mo = {0};
-    cs_kvdtype kdt = !strcmp(kvdt, "bf16") ? CS_KV_BF16 : CS_KV_F32;
-    if (!dir || prompt_len < 1 || gen < 1 || cs_wdtype_parse(dtype, &mo.dtype) ||
-        (strcmp(kvdt, "bf16") && strcmp(kvdt, "fp32"))) {
+    cs_kvdtype kdt = CS_KV_F32;
+    if (!dir || prompt_len < 1 || gen < 1 || cs_wdtype_parse(dtype, &mo.dtype) || cs_kvdtype_parse(kvdt, &kdt)) {
         usage(stderr);
         return 2;
     }
@@ -274,7 +281,7 @@ int cs_cmd_bench(int argc, char **argv) {
         cs_gpt2_ws ws;
         cs_kvpool *kvp; /* one pool for the batch, as a server's scheduler has */
         if (!kv || !sq || !next || cs_gpt2_ws_init(&ws, net, B > 16 ? B : 16, B, pool, &err)) return 1;
-        if (cs_kvpool_create(&kvp, (size_t)net->cfg.n_layer, (size_t)net->cfg.n_embd, kdt, (size_t)B * (16 + gen + 16),
+        if (cs_kvpool_create(&kvp, (size_t)net->cfg.n_layer, (size_t)net->cfg.n_embd, (size_t)net->cfg.n_head, kdt, (size_t)B * (16 + gen + 16),
                              &err))
             return fail(&err);
         for (int b = 0; b < B; b++) {

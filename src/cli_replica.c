@@ -41,7 +41,7 @@ static void usage(FILE *f) {
             "  --max-queued-requests N          waiting requests behind them (default 4096)\n"
             "  --kv-cache-mb N                  KV cache memory shared by its sequences (default 0: room for\n"
             "                                   every sequence at full context)\n"
-            "  --kv-cache-dtype fp32|bf16       KV cache element type (default fp32)\n"
+            "  --kv-cache-dtype fp32|bf16|int8  KV cache element type (default fp32)\n"
             "  --user-config JSON               generation defaults (Ray's user_config); clean_text:\n"
             "                                   options merged over --clean-opts\n"
             "  --chat-template FILE|JSON        template of /v1/chat/completions: a JSON object, or a file\n"
@@ -146,11 +146,10 @@ int cs_cmd_replica(int argc, char **argv) {
             }
             break;
         case O_KVDT:
-            if (strcmp(optarg, "fp32") != 0 && strcmp(optarg, "bf16") != 0) {
-                fprintf(stderr, "cserve replica: --kv-cache-dtype: expected fp32 or bf16, got '%s'\n", optarg);
+            if (cs_kvdtype_parse(optarg, &o.kv_dtype)) {
+                fprintf(stderr, "cserve replica: --kv-cache-dtype: expected fp32, bf16 or int8, got '%s'\n", optarg);
                 bad = 1;
             }
-            o.kv_bf16 = !strcmp(optarg, "bf16");
             break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;

@@ -66,7 +66,8 @@ static void usage(FILE *f) {
             "  --kv-cache-mb N                  memory for the KV cache, shared by all sequences in blocks of\n"
             "                                   16 tokens (default 0: room for every sequence at full context);\n"
             "                                   when it is full the newest sequence waits and is computed again\n"
-            "  --kv-cache-dtype fp32|bf16       KV cache element type (default fp32; bf16: half the memory)\n"
+            "  --kv-cache-dtype fp32|bf16|int8  KV cache element type (default fp32; bf16: half the memory,\n"
+            "                                   int8: 27%% of it, a scale per head row)\n"
             "  --api-key-file F                 API keys, one per line; also CSERVE_API_KEYS=k1,k2; a key may be\n"
             "                                   followed by max_ongoing=N (its own limit, as below)\n"
             "  --max-ongoing-per-key N          generation requests one API key may have in flight; more get 429\n"
@@ -448,9 +449,8 @@ int cs_cmd_serve(int argc, char **argv) {
             }
             break;
         case O_KVDT:
-            if (!strcmp(optarg, "fp32") || !strcmp(optarg, "bf16")) kv_dt = !strcmp(optarg, "bf16") ? CS_KV_BF16 : CS_KV_F32;
-            else {
-                fprintf(stderr, "cserve serve: --kv-cache-dtype: expected fp32 or bf16, got '%s'\n", optarg);
+            if (cs_kvdtype_parse(optarg, &kv_dt)) {
+                fprintf(stderr, "cserve serve: --kv-cache-dtype: expected fp32, bf16 or int8, got '%s'\n", optarg);
                 bad = 1;
             }
             break;

@@ -9,14 +9,23 @@
 
 #define ATT_ROWS 16 /* prompt rows per attention work item (see job_attention) */
 
+/* int8 KV cache, head sizes a power of two up to KV_ROT_MAX: keys and values
+ * are cached rotated by the Walsh-Hadamard transform H (k' = H k, v' = H v),
+ * queries turned the same way (q' = H q / hd, so q' . k' = q . k) and each
+ * output turned back (out = H out' / hd). A channel far larger than the rest
+ * (trained models' keys have such) would set a row's int8 step alone; H
+ * spreads it over every element of the row. */
+#define KV_ROT_MAX 256
+static int kv_rotated(cs_kvdtype dt, size_t hd) { return dt == CS_KV_I8 && hd <= KV_ROT_MAX && (hd & (hd - 1)) == 0; }
+
 static int kv_setup(cs_gpt2_kv *kv, const cs_gpt2 *m, cs_kvpool *pool, int own, int n_ctx, cs_err *err) {
     const cs_gpt2_config *c = &m->cfg;
     cs_kvpool_info pi;
     cs_kvpool_get_info(pool, &pi);
-    if (pi.n_layer != (size_t)c->n_layer || pi.n_embd != (size_t)c->n_embd) {
+    if (pi.n_layer != (size_t)c->n_layer || pi.n_embd != (size_t)c->n_embd || pi.n_head != (size_t)c->n_head) {
         if (own) cs_kvpool_free(pool);
-        return cs_err_set(err, "KV cache pool shaped for %zu layers x %zu, the model has %d x %d", pi.n_layer,
-                          pi.n_embd, c->n_layer, c->n_embd);
+        return cs_err_set(err, "KV cache pool shaped for %zu layers x %zu (%zu heads), the model has %d x %d (%d heads)",
+                          pi.n_layer, pi.n_embd, pi.n_head, c->n_layer, c->n_embd, c->n_head);
     }
     if ((size_t)n_ctx > pi.blocks_total * CS_KV_BLOCK) n_ctx = (int)(pi.blocks_total * CS_KV_BLOCK);
     kv->n_ctx = n_ctx;
@@ -35,7 +44,7 @@ int cs_gpt2_kv_init(cs_gpt2_kv *kv, const cs_gpt2 *m, int n_ctx, cs_kvdtype dt, 
     const cs_gpt2_config *c = &m->cfg;
     if (n_ctx <= 0 || n_ctx > c->n_positions) n_ctx = c->n_positions;
     cs_kvpool *pool;
-    if (cs_kvpool_create(&pool, (size_t)c->n_layer, (size_t)c->n_embd, dt, (size_t)n_ctx, err)) return -1;
+    if (cs_kvpool_create(&pool, (size_t)c->n_layer, (size_t)c->n_embd, (size_t)c->n_head, dt, (size_t)n_ctx, err)) return -1;
     return kv_setup(kv, m, pool, 1, n_ctx, err);
 }
 
@@ -265,19 +274,28 @@ static void job_attention(void *vc, int tid, size_t i0, size_t i1) {
         const cs_gpt2_kv *kv = sq->kv;
         const size_t pos = (size_t)ws->row_pos[r];
         const cs_kvhead kh = cs_kvpool_head(kv->pool, kv->blk, c->layer, h, hd);
-        const int bf16 = cs_kvpool_dtype(kv->pool) == CS_KV_BF16;
-        const float *q = ws->qkv + r * 3 * C + h * hd;
+        const cs_kvdtype dt = cs_kvpool_dtype(kv->pool);
+        float *q = ws->qkv + r * 3 * C + h * hd; /* this item's alone: may be turned in place */
         float *out = ws->h + r * C + h * hd;
+        const int rot = kv_rotated(dt, hd);
         if (sq->n == 1) {
-            if (bf16) m->kern->attend_bf16(q, &kh, pos + 1, hd, scale, att, out);
+            if (rot) cs_fwht(q, hd, 1.0f / (float)hd);
+            if (dt == CS_KV_I8) m->kern->attend_i8(q, &kh, pos + 1, hd, scale, att, out);
+            else if (dt == CS_KV_BF16) m->kern->attend_bf16(q, &kh, pos + 1, hd, scale, att, out);
             else m->kern->attend(q, &kh, pos + 1, hd, scale, att, out);
+            if (rot) cs_fwht(out, hd, 1.0f / (float)hd);
             continue;
         }
         const size_t i = pos - (size_t)kv->n_past; /* index in the chunk (n_past moves after the step) */
         if (i % ATT_ROWS) continue;                /* done by its block's first row */
         const size_t nq = (size_t)sq->n - i < ATT_ROWS ? (size_t)sq->n - i : ATT_ROWS;
-        if (bf16) m->kern->attend_causal_bf16(q, 3 * C, &kh, pos, nq, hd, scale, att, out, C);
+        if (rot)
+            for (size_t i = 0; i < nq; i++) cs_fwht(q + i * 3 * C, hd, 1.0f / (float)hd);
+        if (dt == CS_KV_I8) m->kern->attend_causal_i8(q, 3 * C, &kh, pos, nq, hd, scale, att, out, C);
+        else if (dt == CS_KV_BF16) m->kern->attend_causal_bf16(q, 3 * C, &kh, pos, nq, hd, scale, att, out, C);
         else m->kern->attend_causal(q, 3 * C, &kh, pos, nq, hd, scale, att, out, C);
+        if (rot)
+            for (size_t i = 0; i < nq; i++) cs_fwht(out + i * C, hd, 1.0f / (float)hd);
     }
 }
 
@@ -354,12 +372,26 @@ int cs_gpt2_step(const cs_gpt2 *m, cs_gpt2_ws *ws, cs_gpt2_seq *seqs, int n_seqs
         for (size_t i = 0; i < T; i++) { /* append this step's keys and values, head by head */
             cs_gpt2_kv *kv = seqs[ws->row_seq[i]].kv;
             const size_t pos = (size_t)ws->row_pos[i];
-            const int bf16 = cs_kvpool_dtype(kv->pool) == CS_KV_BF16;
+            const cs_kvdtype dt = cs_kvpool_dtype(kv->pool);
+            const size_t vd = cs_kvpool_voff_delta(C, hd, dt);
             for (size_t h = 0; h < H; h++) {
-                const size_t off = cs_kvpool_krow_off(C, hd, l, h, pos);
+                const size_t off = cs_kvpool_krow_off(C, hd, dt, l, h, pos);
                 const float *kx = qkv + i * 3 * C + C + h * hd, *vx = kx + C;
-                if (bf16) {
-                    uint16_t *kb = (uint16_t *)kv->blk[pos / CS_KV_BLOCK] + off, *vb = kb + CS_KV_BLOCK * C;
+                float tk[KV_ROT_MAX], tv[KV_ROT_MAX]; /* rotated rows (int8 cache) */
+                if (dt == CS_KV_I8) {
+                    int8_t *kb = (int8_t *)kv->blk[pos / CS_KV_BLOCK] + off;
+                    if (kv_rotated(dt, hd)) {
+                        memcpy(tk, kx, hd * sizeof(float));
+                        memcpy(tv, vx, hd * sizeof(float));
+                        cs_fwht(tk, hd, 1.0f);
+                        cs_fwht(tv, hd, 1.0f);
+                        kx = tk;
+                        vx = tv;
+                    }
+                    cs_kv_quantize_row(kx, hd, kb);
+                    cs_kv_quantize_row(vx, hd, kb + vd);
+                } else if (dt == CS_KV_BF16) {
+                    uint16_t *kb = (uint16_t *)kv->blk[pos / CS_KV_BLOCK] + off, *vb = kb + vd;
                     for (size_t e = 0; e < hd; e++) {
                         kb[e] = cs_bf16_from_f32(kx[e]);
                         vb[e] = cs_bf16_from_f32(vx[e]);
@@ -367,7 +399,7 @@ int cs_gpt2_step(const cs_gpt2 *m, cs_gpt2_ws *ws, cs_gpt2_seq *seqs, int n_seqs
                 } else {
                     float *kb = (float *)kv->blk[pos / CS_KV_BLOCK] + off;
                     memcpy(kb, kx, hd * sizeof(float));
-                    memcpy(kb + CS_KV_BLOCK * C, vx, hd * sizeof(float));
+                    memcpy(kb + vd, vx, hd * sizeof(float));
                 }
             }
         }

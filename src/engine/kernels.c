@@ -19,6 +19,44 @@ int cs_wdtype_parse(const char *s, cs_wdtype *out) {
     return 0;
 }
 
+const char *cs_kvdtype_name(cs_kvdtype dt) { return dt == CS_KV_F32 ? "fp32" : dt == CS_KV_BF16 ? "bf16" : "int8"; }
+
+int cs_kvdtype_parse(const char *s, cs_kvdtype *out) {
+    cs_wdtype w;
+    if (cs_wdtype_parse(s, &w)) return -1;
+    *out = w == CS_W_F32 ? CS_KV_F32 : w == CS_W_BF16 ? CS_KV_BF16 : CS_KV_I8;
+    return 0;
+}
+
+void cs_fwht(float *x, size_t n, float post) {
+    for (size_t h = 1; h < n; h *= 2)
+        for (size_t i = 0; i < n; i += 2 * h)
+            for (size_t j = i; j < i + h; j++) {
+                const float a = x[j], b = x[j + h];
+                x[j] = a + b;
+                x[j + h] = a - b;
+            }
+    if (post != 1.0f)
+        for (size_t i = 0; i < n; i++) x[i] *= post;
+}
+
+void cs_kv_quantize_row(const float *x, size_t hd, int8_t *row) {
+    float mx = 0;
+    int finite = 1;
+    for (size_t e = 0; e < hd; e++) {
+        finite &= isfinite(x[e]) != 0;
+        mx = fmaxf(mx, fabsf(x[e]));
+    }
+    /* in double: 127 / max overflows float for rows below ~4e-37 */
+    const double inv = finite && mx > 0 ? 127.0 / (double)mx : 0.0;
+    const float s = !finite ? NAN : mx / 127.0f;
+    for (size_t e = 0; e < hd; e++) {
+        const double v = nearbyint((double)x[e] * inv); /* |v| <= 127 */
+        row[e] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+    }
+    memcpy(row + hd, &s, sizeof s);
+}
+
 static size_t k_padded(cs_wdtype dt, size_t K) {
     return dt == CS_W_I8 ? (K + 3) / 4 * 4 : dt == CS_W_BF16 ? (K + 1) / 2 * 2 : K;
 }
@@ -296,6 +334,16 @@ static void axpy_bf16_scalar(float *y, float a, const uint16_t *x, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] += a * from_bf16(x[i]);
 }
 
+static float dot_i8_scalar(const float *a, const int8_t *b, size_t n) {
+    float s = 0;
+    for (size_t i = 0; i < n; i++) s += a[i] * (float)b[i];
+    return s;
+}
+
+static void axpy_i8_scalar(float *y, float a, const int8_t *x, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] += a * (float)x[i];
+}
+
 void cs_attend_generic(const cs_kern *k, const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale,
                        float *att, float *out) {
     for (size_t j = 0; j < n; j++) att[j] = k->dot(q, cs_kv_krow(kv, j), hd) * scale;
@@ -312,6 +360,20 @@ void cs_attend_bf16_generic(const cs_kern *k, const float *q, const cs_kvhead *k
     for (size_t j = 0; j < n; j++) k->axpy_bf16(out, att[j], cs_kv_vrow16(kv, j), hd);
 }
 
+void cs_attend_i8_generic(const cs_kern *k, const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale,
+                          float *att, float *out) {
+    for (size_t j = 0; j < n; j++) {
+        const int8_t *r = cs_kv_krow8(kv, j);
+        att[j] = k->dot_i8(q, r, hd) * cs_kv_row_scale(r, hd) * scale;
+    }
+    k->softmax(att, n);
+    memset(out, 0, hd * sizeof(float));
+    for (size_t j = 0; j < n; j++) {
+        const int8_t *r = cs_kv_vrow8(kv, j);
+        k->axpy_i8(out, att[j] * cs_kv_row_scale(r, hd), r, hd);
+    }
+}
+
 static void attend_scalar(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
                           float *out) {
     cs_attend_generic(&cs_kern_scalar, q, kv, n, hd, scale, att, out);
@@ -322,6 +384,11 @@ static void attend_bf16_scalar(const float *q, const cs_kvhead *kv, size_t n, si
     cs_attend_bf16_generic(&cs_kern_scalar, q, kv, n, hd, scale, att, out);
 }
 
+static void attend_i8_scalar(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
+                             float *out) {
+    cs_attend_i8_generic(&cs_kern_scalar, q, kv, n, hd, scale, att, out);
+}
+
 void cs_attend_causal_generic(const cs_kern *k, const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq,
                               size_t hd, float scale, float *att, float *out, size_t ldo) {
     for (size_t i = 0; i < nq; i++) k->attend(q + i * ldq, kv, p0 + i + 1, hd, scale, att, out + i * ldo);
@@ -330,6 +397,11 @@ void cs_attend_causal_generic(const cs_kern *k, const float *q, size_t ldq, cons
 void cs_attend_causal_bf16_generic(const cs_kern *k, const float *q, size_t ldq, const cs_kvhead *kv, size_t p0,
                                    size_t nq, size_t hd, float scale, float *att, float *out, size_t ldo) {
     for (size_t i = 0; i < nq; i++) k->attend_bf16(q + i * ldq, kv, p0 + i + 1, hd, scale, att, out + i * ldo);
+}
+
+void cs_attend_causal_i8_generic(const cs_kern *k, const float *q, size_t ldq, const cs_kvhead *kv, size_t p0,
+                                 size_t nq, size_t hd, float scale, float *att, float *out, size_t ldo) {
+    for (size_t i = 0; i < nq; i++) k->attend_i8(q + i * ldq, kv, p0 + i + 1, hd, scale, att, out + i * ldo);
 }
 
 /* attend_causal over blocks of NB <= ATT_QB_SCALAR queries: each key and
@@ -392,12 +464,18 @@ static void attend_causal_bf16_scalar(const float *q, size_t ldq, const cs_kvhea
     cs_attend_causal_bf16_generic(&cs_kern_scalar, q, ldq, kv, p0, nq, hd, scale, att, out, ldo);
 }
 
+static void attend_causal_i8_scalar(const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq, size_t hd,
+                                    float scale, float *att, float *out, size_t ldo) {
+    cs_attend_causal_i8_generic(&cs_kern_scalar, q, ldq, kv, p0, nq, hd, scale, att, out, ldo);
+}
+
 const cs_kern cs_kern_scalar = {
     .name = "scalar", .isa = CS_ISA_SCALAR, .matmul = matmul_scalar, .matmul_q8 = matmul_q8_scalar, .layernorm = layernorm_scalar,
     .gelu_tanh = gelu_scalar, .dot = dot_scalar, .axpy = axpy_scalar, .softmax = softmax_scalar,
     .quantize_rows = cs_quantize_rows, .attend = attend_scalar, .attend_causal = attend_causal_scalar,
     .dot_bf16 = dot_bf16_scalar, .axpy_bf16 = axpy_bf16_scalar, .attend_bf16 = attend_bf16_scalar,
-    .attend_causal_bf16 = attend_causal_bf16_scalar,
+    .attend_causal_bf16 = attend_causal_bf16_scalar, .dot_i8 = dot_i8_scalar, .axpy_i8 = axpy_i8_scalar,
+    .attend_i8 = attend_i8_scalar, .attend_causal_i8 = attend_causal_i8_scalar,
 };
 
 /* ------------------------------------------------------------------ dispatch */

@@ -55,10 +55,26 @@ typedef enum cs_wdtype { CS_W_F32, CS_W_BF16, CS_W_I8 } cs_wdtype;
  * see one head through a block table: the key row of position j is
  *   blk[j / CS_KV_BLOCK] + koff + (j % CS_KV_BLOCK) * ld
  * and its value row the same with voff (offsets and ld in elements of the
- * cache's dtype: fp32, or bf16 rounded to nearest even). */
+ * cache's dtype: fp32, bf16 rounded to nearest even, or int8 bytes).
+ *
+ * int8 cache: each row of a head (hd elements) is quantized on its own,
+ * symmetric, and carries its fp32 scale right after its hd bytes (so ld >=
+ * hd + 4; the pool uses hd + 4):
+ *   s = max|x| / 127, q[e] = round(x[e] * (127 / max|x|)) (s = 0 for a zero row),
+ *   x[e] ~ q[e] * s, |error| <= s / 2.
+ * Kernels widen q to fp32 and apply the scale once per row: a score is
+ * (dot(q_query, q_key) * s_key) * scale and the value sum weighs row j by
+ * att[j] * s_value (cs_attend_i8_generic), a quarter of fp32's bytes. */
 #define CS_KV_BLOCK 16
 
-typedef enum cs_kvdtype { CS_KV_F32, CS_KV_BF16 } cs_kvdtype;
+typedef enum cs_kvdtype { CS_KV_F32, CS_KV_BF16, CS_KV_I8 } cs_kvdtype;
+
+/* Bytes a cached row of hd elements takes in the pool, scale included. */
+static inline size_t cs_kv_row_bytes(cs_kvdtype dt, size_t hd) {
+    return dt == CS_KV_F32 ? 4 * hd : dt == CS_KV_BF16 ? 2 * hd : hd + 4;
+}
+const char *cs_kvdtype_name(cs_kvdtype dt);
+int cs_kvdtype_parse(const char *s, cs_kvdtype *out); /* "fp32"/"f32", "bf16", "int8"/"i8" */
 
 typedef struct cs_kvhead {
     const void *const *blk;
@@ -77,6 +93,25 @@ static inline const uint16_t *cs_kv_krow16(const cs_kvhead *h, size_t j) {
 static inline const uint16_t *cs_kv_vrow16(const cs_kvhead *h, size_t j) {
     return (const uint16_t *)h->blk[j / CS_KV_BLOCK] + h->voff + (j % CS_KV_BLOCK) * h->ld;
 }
+static inline const int8_t *cs_kv_krow8(const cs_kvhead *h, size_t j) {
+    return (const int8_t *)h->blk[j / CS_KV_BLOCK] + h->koff + (j % CS_KV_BLOCK) * h->ld;
+}
+static inline const int8_t *cs_kv_vrow8(const cs_kvhead *h, size_t j) {
+    return (const int8_t *)h->blk[j / CS_KV_BLOCK] + h->voff + (j % CS_KV_BLOCK) * h->ld;
+}
+/* The scale of an int8 row of hd elements (stored unaligned after them). */
+static inline float cs_kv_row_scale(const int8_t *row, size_t hd) {
+    float s;
+    __builtin_memcpy(&s, row + hd, sizeof s);
+    return s;
+}
+/* In place, the unnormalized Walsh-Hadamard transform of n floats (n a power
+ * of two; H H = n I), then times post (1, or 1 / n for the inverse). */
+void cs_fwht(float *x, size_t n, float post);
+
+/* Quantizes hd floats into an int8 row and its scale (see above); non-finite
+ * inputs give a non-finite scale, so they still poison the output. */
+void cs_kv_quantize_row(const float *x, size_t hd, int8_t *row);
 
 /* fp32 <-> bf16 (round to nearest even; inputs finite). */
 uint16_t cs_bf16_from_f32(float f);
@@ -131,6 +166,10 @@ void cs_attend_generic(const struct cs_kern *k, const float *q, const cs_kvhead 
 void cs_attend_bf16_generic(const struct cs_kern *k, const float *q, const cs_kvhead *kv, size_t n, size_t hd,
                             float scale, float *att, float *out);
 
+/* attend_i8 built from a table's dot_i8, softmax and axpy_i8. */
+void cs_attend_i8_generic(const struct cs_kern *k, const float *q, const cs_kvhead *kv, size_t n, size_t hd,
+                          float scale, float *att, float *out);
+
 /* attend_causal as one attend call per query (the reference it must match;
  * also the fallback for head sizes a table has no blocked form for). */
 void cs_attend_causal_generic(const struct cs_kern *k, const float *q, size_t ldq, const cs_kvhead *kv, size_t p0,
@@ -139,6 +178,10 @@ void cs_attend_causal_generic(const struct cs_kern *k, const float *q, size_t ld
 /* The same for a bf16 cache, one attend_bf16 call per query. */
 void cs_attend_causal_bf16_generic(const struct cs_kern *k, const float *q, size_t ldq, const cs_kvhead *kv,
                                    size_t p0, size_t nq, size_t hd, float scale, float *att, float *out, size_t ldo);
+
+/* The same for an int8 cache, one attend_i8 call per query. */
+void cs_attend_causal_i8_generic(const struct cs_kern *k, const float *q, size_t ldq, const cs_kvhead *kv, size_t p0,
+                                 size_t nq, size_t hd, float scale, float *att, float *out, size_t ldo);
 
 /* Frees the calling thread's scratch (call before a worker thread exits). */
 void cs_kern_thread_cleanup(void);
@@ -195,6 +238,10 @@ typedef struct cs_kern {
      * y += a * widen(x) (the same chain as axpy). */
     float (*dot_bf16)(const float *a, const uint16_t *b, size_t n);
     void (*axpy_bf16)(float *y, float a, const uint16_t *x, size_t n);
+    /* int8 x fp32, the same way: b / x widened to fp32 (exact), then dot's
+     * sum and axpy's chain. */
+    float (*dot_i8)(const float *a, const int8_t *b, size_t n);
+    void (*axpy_i8)(float *y, float a, const int8_t *x, size_t n);
     /* Attention of one query over n cached positions for one head of size hd
      * (fp32 cache): att[j] = softmax_j(scale * q . k_j), out = sum_j att[j]
      * v_j, rows found through kv's block table; att holds n floats of scratch. */
@@ -202,6 +249,9 @@ typedef struct cs_kern {
     /* The same over a bf16 cache (keys and values widened to fp32). */
     void (*attend_bf16)(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
                         float *out);
+    /* The same over an int8 cache: cs_attend_i8_generic's bits. */
+    void (*attend_i8)(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
+                      float *out);
     /* Causal attention of nq consecutive queries of one sequence for one head
      * (a prompt chunk): query i (q + i * ldq) sits at position p0 + i and sees
      * cached positions 0 .. p0 + i; its output goes to out + i * ldo. Every
@@ -215,6 +265,9 @@ typedef struct cs_kern {
     /* The same over a bf16 cache: every query gets attend_bf16's bits alone. */
     void (*attend_causal_bf16)(const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq, size_t hd,
                                float scale, float *att, float *out, size_t ldo);
+    /* The same over an int8 cache: every query gets attend_i8's bits alone. */
+    void (*attend_causal_i8)(const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq, size_t hd,
+                             float scale, float *att, float *out, size_t ldo);
     /* cs_quantize_rows, bit for bit. */
     void (*quantize_rows)(const float *x, size_t ldx, size_t T, size_t K, const float *r, int8_t *q, size_t ldq,
                           float *sx);
@@ -223,14 +276,20 @@ typedef struct cs_kern {
 const cs_kern *cs_kern_for(cs_isa isa); /* NULL when the CPU lacks it */
 const cs_kern *cs_kern_best(void);
 
-/* The AVX2 table's bf16-cache functions, which the AVX-512 table shares
- * (x86-64 builds only). */
+/* The AVX2 table's bf16- and int8-cache functions, which the AVX-512 table
+ * shares (x86-64 builds only). */
 float cs_dot_bf16_avx2(const float *a, const uint16_t *b, size_t n);
 void cs_axpy_bf16_avx2(float *y, float a, const uint16_t *x, size_t n);
 void cs_attend_bf16_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
                          float *out);
 void cs_attend_causal_bf16_avx2(const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq, size_t hd,
                                 float scale, float *att, float *out, size_t ldo);
+float cs_dot_i8_avx2(const float *a, const int8_t *b, size_t n);
+void cs_axpy_i8_avx2(float *y, float a, const int8_t *x, size_t n);
+void cs_attend_i8_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
+                       float *out);
+void cs_attend_causal_i8_avx2(const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq, size_t hd,
+                              float scale, float *att, float *out, size_t ldo);
 
 /* Tables (defined in kernels_*.c). */
 extern const cs_kern cs_kern_scalar, cs_kern_avx2, cs_kern_avx512;

@@ -409,6 +409,9 @@ static T256 void axpy_avx2(float *y, float a, const float *x, size_t n) {
 static INL T256 __m256 load_bf16x8(const uint16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)p)), 16));
 }
+static INL T256 __m256 load_i8x8(const int8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)p)));
+}
 
 /* dot_avx2's sum with b widened from bf16. */
 T256 float cs_dot_bf16_avx2(const float *a, const uint16_t *b, size_t n) {
@@ -429,6 +432,27 @@ T256 void cs_axpy_bf16_avx2(float *y, float a, const uint16_t *x, size_t n) {
     size_t i = 0;
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, load_bf16x8(x + i), _mm256_loadu_ps(y + i)));
     for (; i < n; i++) y[i] += a * cs_f32_from_bf16(x[i]);
+}
+
+/* dot_avx2's sum and axpy_avx2's chain with int8 widened to fp32 (exact). */
+T256 float cs_dot_i8_avx2(const float *a, const int8_t *b, size_t n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load_i8x8(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), load_i8x8(b + i + 8), s1);
+    }
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load_i8x8(b + i), s0);
+    float s = hsum256(_mm256_add_ps(s0, s1));
+    for (; i < n; i++) s += a[i] * (float)b[i];
+    return s;
+}
+
+T256 void cs_axpy_i8_avx2(float *y, float a, const int8_t *x, size_t n) {
+    const __m256 av = _mm256_set1_ps(a);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, load_i8x8(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * (float)x[i];
 }
 
 static T256 void softmax_avx2(float *x, size_t n) {
@@ -495,26 +519,43 @@ static T256 void quantize_avx2(const float *x, size_t ldx, size_t T, size_t K, c
  * the table's dot, softmax and axpy (so the same bits as attend_causal_avx2), but
  * without a call per key: four keys' scores share each load of q, and the
  * weighted sum of values keeps up to 64 output floats in registers over all
- * keys (axpy's per-element FMA chain in key order). BF: the cache holds bf16,
+ * keys (axpy's per-element FMA chain in key order). DT bf16: the cache holds bf16,
  * widened on load (exact), so the bits are those of the fp32 kernel over the
  * rounded cache and of dot_bf16 / axpy_bf16 key by key; this reads half the
- * bytes per key, which is what decode attention over long contexts waits on. */
-/* Key (V = 0) or value (V = 1) row j through kernels.h's block-table lookup. */
-static INL T256 const void *kv_row(const cs_kvhead *kv, const int V, size_t j, const int BF) {
-    if (BF) return V ? (const void *)cs_kv_vrow16(kv, j) : (const void *)cs_kv_krow16(kv, j);
+ * bytes per key, which is what decode attention over long contexts waits on.
+ * DT int8: rows widened the same way, each row's scale applied once (a
+ * quarter of fp32's bytes); the bits of cs_attend_i8_generic over this
+ * table's dot_i8 / axpy_i8. */
+/* Key (V = 0) or value (V = 1) row j through kernels.h's block-table lookup.
+ * DT is the cache's cs_kvdtype, a compile-time constant in every caller. */
+static INL T256 const void *kv_row(const cs_kvhead *kv, const int V, size_t j, const int DT) {
+    if (DT == CS_KV_I8) return V ? (const void *)cs_kv_vrow8(kv, j) : (const void *)cs_kv_krow8(kv, j);
+    if (DT == CS_KV_BF16) return V ? (const void *)cs_kv_vrow16(kv, j) : (const void *)cs_kv_krow16(kv, j);
     return V ? (const void *)cs_kv_vrow(kv, j) : (const void *)cs_kv_krow(kv, j);
 }
-static INL T256 const void *kv_next(const void *row, size_t ld, const int BF) { /* the row below, same block */
-    return BF ? (const void *)((const uint16_t *)row + ld) : (const void *)((const float *)row + ld);
+static INL T256 size_t kv_esize(const int DT) { return DT == CS_KV_F32 ? 4 : DT == CS_KV_BF16 ? 2 : 1; }
+static INL T256 const void *kv_next(const void *row, size_t ld, const int DT) { /* the row below, same block */
+    return (const char *)row + ld * kv_esize(DT);
 }
-static INL T256 __m256 kv_load8(const void *row, size_t e, const int BF) {
-    return BF ? load_bf16x8((const uint16_t *)row + e) : _mm256_loadu_ps((const float *)row + e);
+static INL T256 __m256 kv_load8(const void *row, size_t e, const int DT) {
+    if (DT == CS_KV_I8) return load_i8x8((const int8_t *)row + e);
+    return DT == CS_KV_BF16 ? load_bf16x8((const uint16_t *)row + e) : _mm256_loadu_ps((const float *)row + e);
 }
-static INL T256 float kv_at(const void *row, size_t e, const int BF) {
-    return BF ? cs_f32_from_bf16(((const uint16_t *)row)[e]) : ((const float *)row)[e];
+static INL T256 float kv_at(const void *row, size_t e, const int DT) {
+    if (DT == CS_KV_I8) return (float)((const int8_t *)row)[e];
+    return DT == CS_KV_BF16 ? cs_f32_from_bf16(((const uint16_t *)row)[e]) : ((const float *)row)[e];
+}
+/* A key row's score from its dot product (int8: times the row's scale first,
+ * as cs_attend_i8_generic), and a value row's weight from its probability. */
+static INL T256 float kv_score(float dot, const void *row, size_t hd, float scale, const int DT) {
+    return DT == CS_KV_I8 ? dot * cs_kv_row_scale((const int8_t *)row, hd) * scale : dot * scale;
+}
+static INL T256 float kv_weight(float a, const void *row, size_t hd, const int DT) {
+    return DT == CS_KV_I8 ? a * cs_kv_row_scale((const int8_t *)row, hd) : a;
 }
 
-/* Prefetches the lines of cached key or value row j (elements [e0, e1)) when j < n.
+/* Prefetches the lines of cached key or value row j (elements [e0, e1); an
+ * int8 row's scale too when e1 = hd) when j < n.
  * The decode kernels ask for the row one block ahead: a block's rows of one
  * head are their own 4 KiB (fp32, head size 64), blocks lie wherever the pool
  * put them, and the hardware's stream prefetchers stop at page boundaries, so
@@ -523,102 +564,112 @@ static INL T256 float kv_at(const void *row, size_t e, const int BF) {
  * blocks interleaved as lockstep sequences allocate them, 302 MB fp32):
  * 35-42 -> ~30 ms fp32, 26-31 -> 18-20 ms bf16. */
 static INL T256 void kv_prefetch(const cs_kvhead *kv, const int V, size_t j, size_t n, size_t e0, size_t e1,
-                                 const int BF) {
+                                 const int DT) {
     if (j >= n) return;
-    const char *r = (const char *)kv_row(kv, V, j, BF);
-    for (size_t b = e0 * (BF ? 2 : 4); b < e1 * (BF ? 2 : 4); b += 64) _mm_prefetch(r + b, _MM_HINT_T0);
+    const char *r = (const char *)kv_row(kv, V, j, DT);
+    const size_t b1 = e1 * kv_esize(DT) + (DT == CS_KV_I8 ? sizeof(float) : 0);
+    for (size_t b = e0 * kv_esize(DT); b < b1; b += 64) _mm_prefetch(r + b, _MM_HINT_T0);
+    if (DT == CS_KV_I8) _mm_prefetch(r + b1 - 1, _MM_HINT_T0); /* the line the scale ends in */
 }
 
 static INL T256 void attend_scores_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale,
-                                        float *att, const int BF) {
+                                        float *att, const int DT) {
     size_t j = 0;
     for (; j + 4 <= n; j += 4) { /* 4 | CS_KV_BLOCK: the four rows share a block */
-        const void *k0 = kv_row(kv, 0, j, BF), *k1 = kv_next(k0, kv->ld, BF), *k2 = kv_next(k1, kv->ld, BF),
-                   *k3 = kv_next(k2, kv->ld, BF);
-        for (size_t r = 0; r < 4; r++) kv_prefetch(kv, 0, j + CS_KV_BLOCK + r, n, 0, hd, BF);
+        const void *k0 = kv_row(kv, 0, j, DT), *k1 = kv_next(k0, kv->ld, DT), *k2 = kv_next(k1, kv->ld, DT),
+                   *k3 = kv_next(k2, kv->ld, DT);
+        for (size_t r = 0; r < 4; r++) kv_prefetch(kv, 0, j + CS_KV_BLOCK + r, n, 0, hd, DT);
         __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
         size_t e = 0;
         for (; e + 16 <= hd; e += 16) {
             const __m256 qa = _mm256_loadu_ps(q + e), qb = _mm256_loadu_ps(q + e + 8);
-            a0 = _mm256_fmadd_ps(qa, kv_load8(k0, e, BF), a0);
-            b0 = _mm256_fmadd_ps(qb, kv_load8(k0, e + 8, BF), b0);
-            a1 = _mm256_fmadd_ps(qa, kv_load8(k1, e, BF), a1);
-            b1 = _mm256_fmadd_ps(qb, kv_load8(k1, e + 8, BF), b1);
-            a2 = _mm256_fmadd_ps(qa, kv_load8(k2, e, BF), a2);
-            b2 = _mm256_fmadd_ps(qb, kv_load8(k2, e + 8, BF), b2);
-            a3 = _mm256_fmadd_ps(qa, kv_load8(k3, e, BF), a3);
-            b3 = _mm256_fmadd_ps(qb, kv_load8(k3, e + 8, BF), b3);
+            a0 = _mm256_fmadd_ps(qa, kv_load8(k0, e, DT), a0);
+            b0 = _mm256_fmadd_ps(qb, kv_load8(k0, e + 8, DT), b0);
+            a1 = _mm256_fmadd_ps(qa, kv_load8(k1, e, DT), a1);
+            b1 = _mm256_fmadd_ps(qb, kv_load8(k1, e + 8, DT), b1);
+            a2 = _mm256_fmadd_ps(qa, kv_load8(k2, e, DT), a2);
+            b2 = _mm256_fmadd_ps(qb, kv_load8(k2, e + 8, DT), b2);
+            a3 = _mm256_fmadd_ps(qa, kv_load8(k3, e, DT), a3);
+            b3 = _mm256_fmadd_ps(qb, kv_load8(k3, e + 8, DT), b3);
         }
         for (; e + 8 <= hd; e += 8) {
             const __m256 qa = _mm256_loadu_ps(q + e);
-            a0 = _mm256_fmadd_ps(qa, kv_load8(k0, e, BF), a0);
-            a1 = _mm256_fmadd_ps(qa, kv_load8(k1, e, BF), a1);
-            a2 = _mm256_fmadd_ps(qa, kv_load8(k2, e, BF), a2);
-            a3 = _mm256_fmadd_ps(qa, kv_load8(k3, e, BF), a3);
+            a0 = _mm256_fmadd_ps(qa, kv_load8(k0, e, DT), a0);
+            a1 = _mm256_fmadd_ps(qa, kv_load8(k1, e, DT), a1);
+            a2 = _mm256_fmadd_ps(qa, kv_load8(k2, e, DT), a2);
+            a3 = _mm256_fmadd_ps(qa, kv_load8(k3, e, DT), a3);
         }
         float s0 = hsum256(_mm256_add_ps(a0, b0)), s1 = hsum256(_mm256_add_ps(a1, b1));
         float s2 = hsum256(_mm256_add_ps(a2, b2)), s3 = hsum256(_mm256_add_ps(a3, b3));
         for (; e < hd; e++) {
-            s0 += q[e] * kv_at(k0, e, BF);
-            s1 += q[e] * kv_at(k1, e, BF);
-            s2 += q[e] * kv_at(k2, e, BF);
-            s3 += q[e] * kv_at(k3, e, BF);
+            s0 += q[e] * kv_at(k0, e, DT);
+            s1 += q[e] * kv_at(k1, e, DT);
+            s2 += q[e] * kv_at(k2, e, DT);
+            s3 += q[e] * kv_at(k3, e, DT);
         }
-        att[j] = s0 * scale;
-        att[j + 1] = s1 * scale;
-        att[j + 2] = s2 * scale;
-        att[j + 3] = s3 * scale;
+        att[j] = kv_score(s0, k0, hd, scale, DT);
+        att[j + 1] = kv_score(s1, k1, hd, scale, DT);
+        att[j + 2] = kv_score(s2, k2, hd, scale, DT);
+        att[j + 3] = kv_score(s3, k3, hd, scale, DT);
     }
-    for (; j < n; j++)
-        att[j] = (BF ? cs_dot_bf16_avx2(q, cs_kv_krow16(kv, j), hd) : dot_avx2(q, cs_kv_krow(kv, j), hd)) * scale;
+    for (; j < n; j++) {
+        const void *kj = kv_row(kv, 0, j, DT);
+        const float d = DT == CS_KV_I8    ? cs_dot_i8_avx2(q, (const int8_t *)kj, hd)
+                        : DT == CS_KV_BF16 ? cs_dot_bf16_avx2(q, (const uint16_t *)kj, hd)
+                                           : dot_avx2(q, (const float *)kj, hd);
+        att[j] = kv_score(d, kj, hd, scale, DT);
+    }
 }
 
 /* out[e0 .. e0 + 8 NV) = sum over keys of att[j] v_j, in key order. */
-static INL T256 void attend_pv_avx2(const float *att, const cs_kvhead *kv, size_t n, size_t e0, float *out,
-                                    const int NV, const int BF) {
+static INL T256 void attend_pv_avx2(const float *att, const cs_kvhead *kv, size_t n, size_t hd, size_t e0,
+                                    float *out, const int NV, const int DT) {
     __m256 o[8];
     for (int c = 0; c < NV; c++) o[c] = _mm256_setzero_ps();
     for (size_t j = 0; j < n; j++) {
-        const __m256 a = _mm256_set1_ps(att[j]);
-        const void *vj = kv_row(kv, 1, j, BF);
-        kv_prefetch(kv, 1, j + CS_KV_BLOCK, n, e0, e0 + 8 * (size_t)NV, BF);
-        for (int c = 0; c < NV; c++) o[c] = _mm256_fmadd_ps(a, kv_load8(vj, e0 + 8 * (size_t)c, BF), o[c]);
+        const void *vj = kv_row(kv, 1, j, DT);
+        const __m256 a = _mm256_set1_ps(kv_weight(att[j], vj, hd, DT));
+        kv_prefetch(kv, 1, j + CS_KV_BLOCK, n, e0, e0 + 8 * (size_t)NV, DT);
+        for (int c = 0; c < NV; c++) o[c] = _mm256_fmadd_ps(a, kv_load8(vj, e0 + 8 * (size_t)c, DT), o[c]);
     }
     for (int c = 0; c < NV; c++) _mm256_storeu_ps(out + e0 + 8 * c, o[c]);
 }
 
 static INL T256 void attend_any_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale,
-                                     float *att, float *out, const int BF) {
-    attend_scores_avx2(q, kv, n, hd, scale, att, BF);
+                                     float *att, float *out, const int DT) {
+    attend_scores_avx2(q, kv, n, hd, scale, att, DT);
     softmax_avx2(att, n);
     size_t e = 0;
-    for (; e + 64 <= hd; e += 64) attend_pv_avx2(att, kv, n, e, out, 8, BF);
+    for (; e + 64 <= hd; e += 64) attend_pv_avx2(att, kv, n, hd, e, out, 8, DT);
     switch ((hd - e) / 8) {
-    case 7: attend_pv_avx2(att, kv, n, e, out, 7, BF); break;
-    case 6: attend_pv_avx2(att, kv, n, e, out, 6, BF); break;
-    case 5: attend_pv_avx2(att, kv, n, e, out, 5, BF); break;
-    case 4: attend_pv_avx2(att, kv, n, e, out, 4, BF); break;
-    case 3: attend_pv_avx2(att, kv, n, e, out, 3, BF); break;
-    case 2: attend_pv_avx2(att, kv, n, e, out, 2, BF); break;
-    case 1: attend_pv_avx2(att, kv, n, e, out, 1, BF); break;
+    case 7: attend_pv_avx2(att, kv, n, hd, e, out, 7, DT); break;
+    case 6: attend_pv_avx2(att, kv, n, hd, e, out, 6, DT); break;
+    case 5: attend_pv_avx2(att, kv, n, hd, e, out, 5, DT); break;
+    case 4: attend_pv_avx2(att, kv, n, hd, e, out, 4, DT); break;
+    case 3: attend_pv_avx2(att, kv, n, hd, e, out, 3, DT); break;
+    case 2: attend_pv_avx2(att, kv, n, hd, e, out, 2, DT); break;
+    case 1: attend_pv_avx2(att, kv, n, hd, e, out, 1, DT); break;
     }
     e += (hd - e) / 8 * 8;
     for (; e < hd; e++) { /* axpy_avx2's scalar tail, key by key */
         float o = 0;
-        for (size_t j = 0; j < n; j++) o += att[j] * kv_at(kv_row(kv, 1, j, BF), e, BF);
+        for (size_t j = 0; j < n; j++) {
+            const void *vj = kv_row(kv, 1, j, DT);
+            o += kv_weight(att[j], vj, hd, DT) * kv_at(vj, e, DT);
+        }
         out[e] = o;
     }
 }
 
 static T256 void attend_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
                              float *out) {
-    attend_any_avx2(q, kv, n, hd, scale, att, out, 0);
+    attend_any_avx2(q, kv, n, hd, scale, att, out, CS_KV_F32);
 }
 
 /* Also the AVX-512 table's (kernels_avx512.c): same sums, bf16 widened on load. */
 T256 void cs_attend_bf16_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
                               float *out) {
-    attend_any_avx2(q, kv, n, hd, scale, att, out, 1);
+    attend_any_avx2(q, kv, n, hd, scale, att, out, CS_KV_BF16);
 }
 
 /* attend_causal in blocks of up to ATT_QB queries that share every key and
@@ -630,51 +681,51 @@ T256 void cs_attend_bf16_avx2(const float *q, const cs_kvhead *kv, size_t n, siz
  * then add past them), so the bits are attend_avx2's. */
 #define ATT_QB 6
 
-/* Scores of NB queries (qi) against key row kj (fp32, or bf16 when BF). */
+/* Scores of NB queries (qi) against key row kj (of the cache's dtype DT). */
 static INL T256 void scores_avx2(const float *const *qi, const void *kj, size_t hd, float scale, float *sc,
-                                 const int NB, const int BF) {
+                                 const int NB, const int DT) {
     __m256 s0[ATT_QB], s1[ATT_QB];
     for (int i = 0; i < NB; i++) s0[i] = s1[i] = _mm256_setzero_ps();
     size_t e = 0;
     for (; e + 16 <= hd; e += 16) {
-        const __m256 k0 = kv_load8(kj, e, BF), k1 = kv_load8(kj, e + 8, BF);
+        const __m256 k0 = kv_load8(kj, e, DT), k1 = kv_load8(kj, e + 8, DT);
         for (int i = 0; i < NB; i++) {
             s0[i] = _mm256_fmadd_ps(_mm256_loadu_ps(qi[i] + e), k0, s0[i]);
             s1[i] = _mm256_fmadd_ps(_mm256_loadu_ps(qi[i] + e + 8), k1, s1[i]);
         }
     }
     for (; e + 8 <= hd; e += 8) {
-        const __m256 k0 = kv_load8(kj, e, BF);
+        const __m256 k0 = kv_load8(kj, e, DT);
         for (int i = 0; i < NB; i++) s0[i] = _mm256_fmadd_ps(_mm256_loadu_ps(qi[i] + e), k0, s0[i]);
     }
     for (int i = 0; i < NB; i++) {
         float s = hsum256(_mm256_add_ps(s0[i], s1[i]));
-        for (size_t t = e; t < hd; t++) s += qi[i][t] * kv_at(kj, t, BF);
-        sc[i] = s * scale;
+        for (size_t t = e; t < hd; t++) s += qi[i][t] * kv_at(kj, t, DT);
+        sc[i] = kv_score(s, kj, hd, scale, DT);
     }
 }
 
 /* Columns [e, e + 8 NV) of the NB outputs: query i weighs value rows
  * 0 .. last + i by its probabilities ai[i]. */
-static INL T256 void pv_avx2(float *const *ai, const cs_kvhead *kv, size_t last, float *const *oi, size_t e,
-                             const int NB, const int NV, const int BF) {
+static INL T256 void pv_avx2(float *const *ai, const cs_kvhead *kv, size_t last, float *const *oi, size_t hd,
+                             size_t e, const int NB, const int NV, const int DT) {
     __m256 o[ATT_QB][2];
     for (int i = 0; i < NB; i++) o[i][0] = o[i][1] = _mm256_setzero_ps();
     for (size_t j = 0; j <= last; j++) { /* keys every query sees */
-        const void *vj = kv_row(kv, 1, j, BF);
-        const __m256 v0 = kv_load8(vj, e, BF), v1 = NV > 1 ? kv_load8(vj, e + 8, BF) : v0;
+        const void *vj = kv_row(kv, 1, j, DT);
+        const __m256 v0 = kv_load8(vj, e, DT), v1 = NV > 1 ? kv_load8(vj, e + 8, DT) : v0;
         for (int i = 0; i < NB; i++) {
-            const __m256 a = _mm256_broadcast_ss(ai[i] + j);
+            const __m256 a = _mm256_set1_ps(kv_weight(ai[i][j], vj, hd, DT));
             o[i][0] = _mm256_fmadd_ps(a, v0, o[i][0]);
             if (NV > 1) o[i][1] = _mm256_fmadd_ps(a, v1, o[i][1]);
         }
     }
     for (int t = 1; t < NB; t++) { /* the causal triangle: key last + t for queries t.. */
-        const void *vj = kv_row(kv, 1, last + (size_t)t, BF);
-        const __m256 v0 = kv_load8(vj, e, BF), v1 = NV > 1 ? kv_load8(vj, e + 8, BF) : v0;
+        const void *vj = kv_row(kv, 1, last + (size_t)t, DT);
+        const __m256 v0 = kv_load8(vj, e, DT), v1 = NV > 1 ? kv_load8(vj, e + 8, DT) : v0;
         for (int i = 0; i < NB; i++) {
             if (i < t) continue;
-            const __m256 a = _mm256_broadcast_ss(ai[i] + last + t);
+            const __m256 a = _mm256_set1_ps(kv_weight(ai[i][last + (size_t)t], vj, hd, DT));
             o[i][0] = _mm256_fmadd_ps(a, v0, o[i][0]);
             if (NV > 1) o[i][1] = _mm256_fmadd_ps(a, v1, o[i][1]);
         }
@@ -688,7 +739,7 @@ static INL T256 void pv_avx2(float *const *ai, const cs_kvhead *kv, size_t last,
 /* NB queries whose first sits at position last (att rows la floats apart). */
 static INL T256 void causal_block_avx2(const float *q, size_t ldq, const cs_kvhead *kv, size_t last, size_t hd,
                                        float scale, float *att, size_t la, float *out, size_t ldo, const int NB,
-                                       const int BF) {
+                                       const int DT) {
     const float *qi[ATT_QB];
     float *ai[ATT_QB], *oi[ATT_QB], sc[ATT_QB];
     for (int i = 0; i < NB; i++) {
@@ -697,51 +748,66 @@ static INL T256 void causal_block_avx2(const float *q, size_t ldq, const cs_kvhe
         oi[i] = out + (size_t)i * ldo;
     }
     for (size_t j = 0; j <= last; j++) {
-        scores_avx2(qi, kv_row(kv, 0, j, BF), hd, scale, sc, NB, BF);
+        scores_avx2(qi, kv_row(kv, 0, j, DT), hd, scale, sc, NB, DT);
         for (int i = 0; i < NB; i++) ai[i][j] = sc[i];
     }
     for (int t = 1; t < NB; t++) { /* the triangle: scores past a query's position are dropped */
-        scores_avx2(qi, kv_row(kv, 0, last + (size_t)t, BF), hd, scale, sc, NB, BF);
+        scores_avx2(qi, kv_row(kv, 0, last + (size_t)t, DT), hd, scale, sc, NB, DT);
         for (int i = t; i < NB; i++) ai[i][last + (size_t)t] = sc[i];
     }
     for (int i = 0; i < NB; i++) softmax_avx2(ai[i], last + (size_t)i + 1);
     size_t e = 0;
-    for (; e + 16 <= hd; e += 16) pv_avx2(ai, kv, last, oi, e, NB, 2, BF);
-    for (; e + 8 <= hd; e += 8) pv_avx2(ai, kv, last, oi, e, NB, 1, BF);
+    for (; e + 16 <= hd; e += 16) pv_avx2(ai, kv, last, oi, hd, e, NB, 2, DT);
+    for (; e + 8 <= hd; e += 8) pv_avx2(ai, kv, last, oi, hd, e, NB, 1, DT);
     for (; e < hd; e++) /* axpy_avx2's scalar tail */
         for (int i = 0; i < NB; i++) {
             float o = 0;
-            for (size_t j = 0; j <= last + (size_t)i; j++) o += ai[i][j] * kv_at(kv_row(kv, 1, j, BF), e, BF);
+            for (size_t j = 0; j <= last + (size_t)i; j++) {
+                const void *vj = kv_row(kv, 1, j, DT);
+                o += kv_weight(ai[i][j], vj, hd, DT) * kv_at(vj, e, DT);
+            }
             oi[i][e] = o;
         }
 }
 
 static INL T256 void causal_any_avx2(const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq, size_t hd,
-                                     float scale, float *att, float *out, size_t ldo, const int BF) {
+                                     float scale, float *att, float *out, size_t ldo, const int DT) {
     const size_t la = p0 + nq;
     for (size_t b = 0; b < nq; b += ATT_QB) {
         const float *qb = q + b * ldq;
         float *ab = att + b * la, *ob = out + b * ldo;
         switch (nq - b < ATT_QB ? nq - b : ATT_QB) {
-        case 6: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 6, BF); break;
-        case 5: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 5, BF); break;
-        case 4: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 4, BF); break;
-        case 3: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 3, BF); break;
-        case 2: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 2, BF); break;
-        default: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 1, BF); break;
+        case 6: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 6, DT); break;
+        case 5: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 5, DT); break;
+        case 4: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 4, DT); break;
+        case 3: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 3, DT); break;
+        case 2: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 2, DT); break;
+        default: causal_block_avx2(qb, ldq, kv, p0 + b, hd, scale, ab, la, ob, ldo, 1, DT); break;
         }
     }
 }
 
 static T256 void attend_causal_avx2(const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq,
                                     size_t hd, float scale, float *att, float *out, size_t ldo) {
-    causal_any_avx2(q, ldq, kv, p0, nq, hd, scale, att, out, ldo, 0);
+    causal_any_avx2(q, ldq, kv, p0, nq, hd, scale, att, out, ldo, CS_KV_F32);
 }
 
 /* Also the AVX-512 table's: the bits of cs_attend_bf16_avx2 per query. */
 T256 void cs_attend_causal_bf16_avx2(const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq,
                                      size_t hd, float scale, float *att, float *out, size_t ldo) {
-    causal_any_avx2(q, ldq, kv, p0, nq, hd, scale, att, out, ldo, 1);
+    causal_any_avx2(q, ldq, kv, p0, nq, hd, scale, att, out, ldo, CS_KV_BF16);
+}
+
+/* Also the AVX-512 table's: int8 rows widened on load, each row's scale
+ * applied once (to its dot product, or to its probability). */
+T256 void cs_attend_i8_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
+                            float *out) {
+    attend_any_avx2(q, kv, n, hd, scale, att, out, CS_KV_I8);
+}
+
+T256 void cs_attend_causal_i8_avx2(const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq, size_t hd,
+                                   float scale, float *att, float *out, size_t ldo) {
+    causal_any_avx2(q, ldq, kv, p0, nq, hd, scale, att, out, ldo, CS_KV_I8);
 }
 
 const cs_kern cs_kern_avx2 = {
@@ -749,7 +815,8 @@ const cs_kern cs_kern_avx2 = {
     .gelu_tanh = gelu_avx2, .dot = dot_avx2, .axpy = axpy_avx2, .softmax = softmax_avx2,
     .quantize_rows = quantize_avx2, .attend = attend_avx2, .attend_causal = attend_causal_avx2,
     .dot_bf16 = cs_dot_bf16_avx2, .axpy_bf16 = cs_axpy_bf16_avx2, .attend_bf16 = cs_attend_bf16_avx2,
-    .attend_causal_bf16 = cs_attend_causal_bf16_avx2,
+    .attend_causal_bf16 = cs_attend_causal_bf16_avx2, .dot_i8 = cs_dot_i8_avx2, .axpy_i8 = cs_axpy_i8_avx2,
+    .attend_i8 = cs_attend_i8_avx2, .attend_causal_i8 = cs_attend_causal_i8_avx2,
 };
 
 #else

@@ -7,7 +7,7 @@
 
 struct cs_kvpool {
     cs_kvdtype dt;
-    size_t n_layer, n_embd;
+    size_t n_layer, n_embd, n_head;
     size_t block_bytes, n_blocks;
     char *base;        /* n_blocks * block_bytes, reserved with mmap */
     size_t fresh;      /* blocks [fresh, n_blocks) have never been handed out */
@@ -17,12 +17,14 @@ struct cs_kvpool {
     size_t n_resident, n_used;
 };
 
-int cs_kvpool_create(cs_kvpool **out, size_t n_layer, size_t n_embd, cs_kvdtype dt, size_t max_tokens, cs_err *err) {
+int cs_kvpool_create(cs_kvpool **out, size_t n_layer, size_t n_embd, size_t n_head, cs_kvdtype dt, size_t max_tokens,
+                     cs_err *err) {
     *out = NULL;
-    if (n_layer == 0 || n_embd == 0) return cs_err_set(err, "KV cache: empty model shape");
+    if (n_layer == 0 || n_embd == 0 || n_head == 0) return cs_err_set(err, "KV cache: empty model shape");
+    if (n_embd % n_head) return cs_err_set(err, "KV cache: %zu heads do not divide n_embd %zu", n_head, n_embd);
     long pg = sysconf(_SC_PAGESIZE);
     const size_t page = pg > 0 ? (size_t)pg : 4096;
-    const size_t raw = cs_kvpool_bytes_per_token(n_layer, n_embd, dt) * CS_KV_BLOCK;
+    const size_t raw = cs_kvpool_bytes_per_token(n_layer, n_embd, n_head, dt) * CS_KV_BLOCK;
     const size_t bb = (raw + page - 1) / page * page;
     size_t nb = (max_tokens + CS_KV_BLOCK - 1) / CS_KV_BLOCK;
     if (nb == 0) nb = 1;
@@ -34,6 +36,7 @@ int cs_kvpool_create(cs_kvpool **out, size_t n_layer, size_t n_embd, cs_kvdtype 
     p->dt = dt;
     p->n_layer = n_layer;
     p->n_embd = n_embd;
+    p->n_head = n_head;
     p->block_bytes = bb;
     p->n_blocks = nb;
     p->stack = malloc(nb * sizeof *p->stack);
@@ -96,8 +99,9 @@ void cs_kvpool_trim(cs_kvpool *p) {
 }
 
 void cs_kvpool_get_info(const cs_kvpool *p, cs_kvpool_info *out) {
-    *out = (cs_kvpool_info){.dt = p->dt, .n_layer = p->n_layer, .n_embd = p->n_embd, .block_bytes = p->block_bytes,
-                            .bytes_per_token = cs_kvpool_bytes_per_token(p->n_layer, p->n_embd, p->dt), .blocks_total = p->n_blocks,
+    *out = (cs_kvpool_info){.dt = p->dt, .n_layer = p->n_layer, .n_embd = p->n_embd, .n_head = p->n_head,
+                            .block_bytes = p->block_bytes,
+                            .bytes_per_token = cs_kvpool_bytes_per_token(p->n_layer, p->n_embd, p->n_head, p->dt), .blocks_total = p->n_blocks,
                             .blocks_used = p->n_used, .blocks_resident = p->n_resident};
 }
 
@@ -106,7 +110,7 @@ size_t cs_kvpool_free_blocks(const cs_kvpool *p) { return p->n_blocks - p->n_use
 cs_kvdtype cs_kvpool_dtype(const cs_kvpool *p) { return p->dt; }
 
 cs_kvhead cs_kvpool_head(const cs_kvpool *p, void *const *blk, size_t l, size_t h, size_t hd) {
-    const size_t koff = cs_kvpool_krow_off(p->n_embd, hd, l, h, 0);
-    return (cs_kvhead){.blk = (const void *const *)blk, .koff = koff, .voff = koff + CS_KV_BLOCK * p->n_embd,
-                       .ld = hd};
+    const size_t koff = cs_kvpool_krow_off(p->n_embd, hd, p->dt, l, h, 0);
+    return (cs_kvhead){.blk = (const void *const *)blk, .koff = koff,
+                       .voff = koff + cs_kvpool_voff_delta(p->n_embd, hd, p->dt), .ld = cs_kvpool_ld(p->dt, hd)};
 }

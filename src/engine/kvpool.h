@@ -1,11 +1,13 @@
 /* cs_kvpool: fixed-size blocks for paged KV caches.
  *
  * A block holds CS_KV_BLOCK positions of one sequence for every layer: per
- * layer l, the keys then the values (B * C elements each, fp32 or bf16
- * rounded to nearest even), each head by head: head h's B rows of hd
- * elements are contiguous, so head h of layer l is the cs_kvhead
- * {koff = l * 2 * B * C + h * B * hd, voff = koff + B * C, ld = hd}
- * (B = CS_KV_BLOCK, C = n_embd; see cs_kvpool_head). A decode step's
+ * layer l, the keys then the values (B * H rows each: fp32, bf16 rounded to
+ * nearest even, or int8 with the row's scale after it; see kernels.h), each
+ * head by head: head h's B rows of ld elements are contiguous, so head h of
+ * layer l is the cs_kvhead
+ * {koff = l * 2 * B * H * ld + h * B * ld, voff = koff + B * H * ld, ld}
+ * (B = CS_KV_BLOCK, H heads of hd = C / H, ld = hd, or hd + 4 bytes for
+ * int8; see cs_kvpool_head). A decode step's
  * attention for one head then reads B * hd contiguous elements per block
  * (4 KiB for distilgpt2) instead of hd elements n_embd apart, which the
  * hardware prefetchers follow. A sequence takes blocks
@@ -33,10 +35,11 @@
 
 typedef struct cs_kvpool cs_kvpool;
 
-/* A pool for a model of n_layer x n_embd with room for max_tokens positions
- * (rounded up to whole blocks). Fails when the address space cannot be
- * reserved. */
-int cs_kvpool_create(cs_kvpool **out, size_t n_layer, size_t n_embd, cs_kvdtype dt, size_t max_tokens, cs_err *err);
+/* A pool for a model of n_layer x n_embd in n_head heads with room for
+ * max_tokens positions (rounded up to whole blocks). Fails when the address
+ * space cannot be reserved or n_head does not divide n_embd. */
+int cs_kvpool_create(cs_kvpool **out, size_t n_layer, size_t n_embd, size_t n_head, cs_kvdtype dt, size_t max_tokens,
+                     cs_err *err);
 void cs_kvpool_free(cs_kvpool *p);
 
 /* A free block, or NULL when every block is in use. */
@@ -48,9 +51,9 @@ void cs_kvpool_trim(cs_kvpool *p);
 
 typedef struct cs_kvpool_info {
     cs_kvdtype dt;
-    size_t n_layer, n_embd;
+    size_t n_layer, n_embd, n_head;
     size_t block_bytes;      /* one block, whole pages */
-    size_t bytes_per_token;  /* n_layer * 2 * n_embd * element size */
+    size_t bytes_per_token;  /* n_layer * 2 * n_head * cs_kv_row_bytes(dt, head size) */
     size_t blocks_total, blocks_used;
     size_t blocks_resident;  /* blocks whose pages have been touched since the last trim */
 } cs_kvpool_info;
@@ -63,14 +66,21 @@ cs_kvdtype cs_kvpool_dtype(const cs_kvpool *p);
 cs_kvhead cs_kvpool_head(const cs_kvpool *p, void *const *blk, size_t l, size_t h, size_t hd);
 
 /* Bytes one cached position takes over all layers: keys and values. */
-static inline size_t cs_kvpool_bytes_per_token(size_t n_layer, size_t n_embd, cs_kvdtype dt) {
-    return n_layer * 2 * n_embd * (dt == CS_KV_BF16 ? 2 : 4);
+static inline size_t cs_kvpool_bytes_per_token(size_t n_layer, size_t n_embd, size_t n_head, cs_kvdtype dt) {
+    return n_layer * 2 * n_head * cs_kv_row_bytes(dt, n_embd / n_head);
 }
 
+/* A cached row's stride in elements of dt (int8: hd bytes and the scale). */
+static inline size_t cs_kvpool_ld(cs_kvdtype dt, size_t hd) { return dt == CS_KV_I8 ? hd + sizeof(float) : hd; }
+
 /* Where position j's key row of head h (size hd) of layer l starts in its
- * block (elements); its value row is CS_KV_BLOCK * n_embd further. */
-static inline size_t cs_kvpool_krow_off(size_t n_embd, size_t hd, size_t l, size_t h, size_t j) {
-    return l * 2 * CS_KV_BLOCK * n_embd + h * CS_KV_BLOCK * hd + (j % CS_KV_BLOCK) * hd;
+ * block (elements of dt); its value row is cs_kvpool_voff_delta further. */
+static inline size_t cs_kvpool_krow_off(size_t n_embd, size_t hd, cs_kvdtype dt, size_t l, size_t h, size_t j) {
+    const size_t ld = cs_kvpool_ld(dt, hd), rows = CS_KV_BLOCK * (n_embd / hd);
+    return l * 2 * rows * ld + h * CS_KV_BLOCK * ld + (j % CS_KV_BLOCK) * ld;
+}
+static inline size_t cs_kvpool_voff_delta(size_t n_embd, size_t hd, cs_kvdtype dt) {
+    return CS_KV_BLOCK * (n_embd / hd) * cs_kvpool_ld(dt, hd);
 }
 
 #endif

@@ -568,11 +568,11 @@ static void check_textgen_args(const vctx *v, const loc *l, const json_t *args, 
         } else if (!strcmp(key, "kv_cache_dtype")) {
             char kd[16] = "";
             if (get_str(&av.v, &fl, x, kd, sizeof kd) == 0) {
-                if (strcmp(kd, "fp32") && strcmp(kd, "bf16")) {
+                if (strcmp(kd, "fp32") && strcmp(kd, "bf16") && strcmp(kd, "int8")) {
                     char got[96];
-                    v_fail(&av.v, &fl, "expected one of fp32, bf16, got %s", describe(got, sizeof got, x));
+                    v_fail(&av.v, &fl, "expected one of fp32, bf16, int8, got %s", describe(got, sizeof got, x));
                 } else {
-                    snprintf(a->textgen.kv_dtype, sizeof a->textgen.kv_dtype, "%s", strcmp(kd, "bf16") ? "fp32" : "bf16");
+                    snprintf(a->textgen.kv_dtype, sizeof a->textgen.kv_dtype, "%s", kd);
                 }
             }
         } else if (!strcmp(key, "versions")) {

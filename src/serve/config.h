@@ -110,7 +110,7 @@ typedef struct cs_scfg_deployment {
     char model[1024];    /* generator: its model (directory or Hub name) */
     char dtype[8];       /* generator: fp32 | bf16 | int8 */
     int kv_cache_mb;     /* generator: args.kv_cache_mb (0: room for every sequence at full context) */
-    char kv_dtype[8];    /* generator: args.kv_cache_dtype, fp32 | bf16 */
+    char kv_dtype[8];    /* generator: args.kv_cache_dtype, fp32 | bf16 | int8 */
     double weight;       /* generator: its share of the application's traffic (args.traffic) */
     char fallback[CS_SCFG_MAX_NAME]; /* args.fallback: where requests go when this one is
                                         overloaded or has no replicas ("" none) */
@@ -137,7 +137,7 @@ typedef struct cs_scfg_textgen {
     char model[1024]; /* TextGenService's model: directory or Hub name */
     char dtype[8];    /* fp32 | bf16 | int8 */
     int kv_cache_mb;  /* args.kv_cache_mb: each replica's KV cache memory (0: full context per sequence) */
-    char kv_dtype[8]; /* args.kv_cache_dtype: fp32 | bf16 */
+    char kv_dtype[8]; /* args.kv_cache_dtype: fp32 | bf16 | int8 */
     char session_header[64];            /* args.session_header: pins a client to one version ("" none) */
     char mirror[CS_SCFG_MAX_NAME];      /* args.mirror.deployment: shadow traffic target ("" none) */
     double mirror_percent;              /* args.mirror.percent, 0..100 */

@@ -182,7 +182,7 @@ int cs_replica_run(const cs_replica_opts *o) {
     if (lrc) goto out;
     cs_sched_opts so = {.max_running = o->max_running > 0 ? o->max_running : 32,
                         .max_queued = o->max_queued > 0 ? o->max_queued : 4096, .threads = o->threads,
-                        .kv_cache_mb = o->kv_cache_mb, .kv_dtype = o->kv_bf16 ? CS_KV_BF16 : CS_KV_F32};
+                        .kv_cache_mb = o->kv_cache_mb, .kv_dtype = o->kv_dtype};
     if (cs_sched_create(&sched, m, &so, &err)) goto out;
     pthread_mutex_lock(&p.mu);
     p.sched = sched;

@@ -37,6 +37,8 @@
 #ifndef CS_SERVE_REPLICA_H
 #define CS_SERVE_REPLICA_H
 
+#include "engine/kernels.h" /* cs_kvdtype */
+
 typedef struct cs_replica_opts {
     const char *unix_path;   /* listen here (else host:port) */
     const char *host;
@@ -52,7 +54,7 @@ typedef struct cs_replica_opts {
     int max_running;         /* scheduler sequences (max_ongoing_requests) */
     int max_queued;          /* scheduler queue behind them */
     int kv_cache_mb;         /* scheduler KV cache memory (0: room for every sequence at full context) */
-    int kv_bf16;             /* bf16 KV cache */
+    cs_kvdtype kv_dtype;     /* KV cache element type (CS_KV_F32 when zeroed) */
     double request_timeout_s;
     double graceful_shutdown_timeout_s;
     int access_log;

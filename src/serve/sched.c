@@ -466,7 +466,7 @@ int cs_sched_create(cs_sched **out, const cs_model *m, const cs_sched_opts *opts
     const cs_gpt2_config *mc = &m->net->cfg;
     size_t kv_tokens = (size_t)R * (size_t)s->o.n_ctx;
     if (s->o.kv_cache_mb > 0 || s->o.kv_cache_tokens > 0) {
-        const size_t per_tok = cs_kvpool_bytes_per_token((size_t)mc->n_layer, (size_t)mc->n_embd, s->o.kv_dtype);
+        const size_t per_tok = cs_kvpool_bytes_per_token((size_t)mc->n_layer, (size_t)mc->n_embd, (size_t)mc->n_head, s->o.kv_dtype);
         kv_tokens = s->o.kv_cache_tokens > 0 ? (size_t)s->o.kv_cache_tokens
                                              : ((size_t)s->o.kv_cache_mb << 20) / per_tok / CS_KV_BLOCK * CS_KV_BLOCK;
         if (kv_tokens < CS_KV_BLOCK) {
@@ -493,7 +493,7 @@ int cs_sched_create(cs_sched **out, const cs_model *m, const cs_sched_opts *opts
         cs_err_set(err, "out of memory");
         goto fail;
     }
-    if (cs_kvpool_create(&s->kvp, (size_t)mc->n_layer, (size_t)mc->n_embd, s->o.kv_dtype, kv_tokens, err)) goto fail;
+    if (cs_kvpool_create(&s->kvp, (size_t)mc->n_layer, (size_t)mc->n_embd, (size_t)mc->n_head, s->o.kv_dtype, kv_tokens, err)) goto fail;
     cs_kvpool_info pi;
     cs_kvpool_get_info(s->kvp, &pi);
     s->eng_kv_capacity = (uint64_t)pi.blocks_total * CS_KV_BLOCK;

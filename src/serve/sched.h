@@ -56,7 +56,7 @@ typedef struct cs_sched_opts {
      * preempted (computed again later). n_ctx is capped at what the pool holds. */
     int kv_cache_mb;
     int kv_cache_tokens;  /* the pool's size in tokens instead (wins over kv_cache_mb when > 0) */
-    cs_kvdtype kv_dtype;  /* CS_KV_F32 (default) or CS_KV_BF16 (half the memory) */
+    cs_kvdtype kv_dtype;  /* CS_KV_F32 (default), CS_KV_BF16 (half the memory) or CS_KV_I8 (27%) */
     int threads;          /* compute threads (default: cs_cpu_count()) */
     double max_duration_s;/* a request is finished this long after submit (0: CS_SCHED_MAX_DURATION_S,
                              < 0: no limit) */

@@ -1,6 +1,7 @@
 /* Blocked causal attention (attend_causal) against the per-query kernel
  * (attend), bit for bit, for every kernel table the CPU has, over an fp32
- * cache and (attend_causal_bf16 against attend_bf16) over a bf16 one: the engine's
+ * cache, (attend_causal_bf16 against attend_bf16) over a bf16 one and
+ * (attend_causal_i8 against attend_i8) over an int8 one: the engine's
  * promise that a token's logits do not depend on how its prompt was chunked or
  * batched rests on this. Shapes cover head sizes with and without each
  * table's fast path, vector tails, ragged query blocks and the causal
@@ -25,10 +26,10 @@
 #define SENTINEL 12345.678f
 
 /* One shape: nq queries at positions p0 .. p0 + nq - 1 over p0 + nq cached
- * rows (row stride ld; bf16 elements when bf), q rows ldq apart, outputs ldo
+ * rows (row stride ld; cache dtype dt), q rows ldq apart, outputs ldo
  * apart. Returns the number of mismatching floats (and names the first). */
 static size_t check_shape_as(const cs_kern *k, size_t hd, size_t p0, size_t nq, size_t ld, size_t ldq, size_t ldo,
-                             float qscale, int bf) {
+                             float qscale, cs_kvdtype dt) {
     const size_t npos = p0 + nq;
     float *q = malloc(nq * ldq * sizeof(float)), *kc = malloc(npos * ld * sizeof(float));
     float *vc = malloc(npos * ld * sizeof(float)), *att = malloc(nq * npos * sizeof(float));
@@ -45,11 +46,16 @@ static size_t check_shape_as(const cs_kern *k, size_t hd, size_t p0, size_t nq, 
     for (size_t i = 0; i < nq * ldo; i++) o0[i] = o1[i] = SENTINEL;
     const float scale = 1.0f / sqrtf((float)hd);
     tu_paged pg;
-    tu_paged_make(&pg, kc, vc, npos, ld, bf ? 2 : 4);
+    if (dt == CS_KV_I8) tu_paged_make_i8(&pg, kc, vc, npos, ld, hd);
+    else tu_paged_make(&pg, kc, vc, npos, ld, dt == CS_KV_BF16 ? 2 : 4);
     for (size_t i = 0; i < nq; i++) /* the per-query path, as the forward pass runs decode rows */
-        (bf ? k->attend_bf16 : k->attend)(q + i * ldq, &pg.h, p0 + i + 1, hd, scale, att, o0 + i * ldo);
+        (dt == CS_KV_I8     ? k->attend_i8
+         : dt == CS_KV_BF16 ? k->attend_bf16
+                            : k->attend)(q + i * ldq, &pg.h, p0 + i + 1, hd, scale, att, o0 + i * ldo);
     for (size_t i = 0; i < nq * npos; i++) att[i] = NAN; /* the blocked kernel must not read stale scores */
-    (bf ? k->attend_causal_bf16 : k->attend_causal)(q, ldq, &pg.h, p0, nq, hd, scale, att, o1, ldo);
+    (dt == CS_KV_I8     ? k->attend_causal_i8
+     : dt == CS_KV_BF16 ? k->attend_causal_bf16
+                        : k->attend_causal)(q, ldq, &pg.h, p0, nq, hd, scale, att, o1, ldo);
     tu_paged_free(&pg);
     size_t bad = 0;
     for (size_t i = 0; i < nq; i++)
@@ -57,8 +63,8 @@ static size_t check_shape_as(const cs_kern *k, size_t hd, size_t p0, size_t nq, 
             const float a = o0[i * ldo + e], b = o1[i * ldo + e];
             if (memcmp(&a, &b, sizeof a) != 0) {
                 if (!bad)
-                    print_error("%s%s hd=%zu p0=%zu nq=%zu ld=%zu: query %zu elem %zu: %.9g (attend) vs %.9g\n",
-                                k->name, bf ? " bf16" : "", hd, p0, nq, ld, i, e, a, b);
+                    print_error("%s %s hd=%zu p0=%zu nq=%zu ld=%zu: query %zu elem %zu: %.9g (attend) vs %.9g\n",
+                                k->name, cs_kvdtype_name(dt), hd, p0, nq, ld, i, e, a, b);
                 bad++;
             }
         }
@@ -66,10 +72,12 @@ static size_t check_shape_as(const cs_kern *k, size_t hd, size_t p0, size_t nq, 
     return bad;
 }
 
-/* Both caches. */
+/* Every cache dtype. */
 static size_t check_shape(const cs_kern *k, size_t hd, size_t p0, size_t nq, size_t ld, size_t ldq, size_t ldo,
                           float qscale) {
-    return check_shape_as(k, hd, p0, nq, ld, ldq, ldo, qscale, 0) + check_shape_as(k, hd, p0, nq, ld, ldq, ldo, qscale, 1);
+    return check_shape_as(k, hd, p0, nq, ld, ldq, ldo, qscale, CS_KV_F32) +
+           check_shape_as(k, hd, p0, nq, ld, ldq, ldo, qscale, CS_KV_BF16) +
+           check_shape_as(k, hd, p0, nq, ld, ldq, ldo, qscale, CS_KV_I8);
 }
 
 static const cs_kern *table(int i) { return cs_kern_for((cs_isa)i); }
@@ -91,6 +99,7 @@ static void test_blocked_matches_per_query(void **state) {
         }
         assert_non_null(k->attend_causal);
         assert_non_null(k->attend_causal_bf16);
+        assert_non_null(k->attend_causal_i8);
         size_t bad = 0;
         for (size_t hi = 0; hi < sizeof hds / sizeof *hds; hi++)
             for (size_t pi = 0; pi < sizeof p0s / sizeof *p0s; pi++)
@@ -99,7 +108,7 @@ static void test_blocked_matches_per_query(void **state) {
                     /* packed heads (ld = 3 * hd + 5, odd), and a qkv-like layout */
                     bad += check_shape(k, hd, p0, nq, 3 * hd + 5, 3 * hd + 1, hd + 3, 1.0f);
                     bad += check_shape(k, hd, p0, nq, 4 * hd, 12 * hd, 4 * hd, 4.0f);
-                    checked += 4; /* each check_shape: fp32 and bf16 caches */
+                    checked += 6; /* each check_shape: fp32, bf16 and int8 caches */
                 }
         if (bad) fail_msg("%s: %zu output floats differ from attend", k->name, bad);
     }
@@ -203,10 +212,128 @@ static void test_paged_and_bf16(void **state) {
     }
 }
 
+/* int8 cache (kernels.h): every table's dot_i8 / axpy_i8 give the bits of its
+ * dot / axpy over the widened row, its attend_i8 those of
+ * cs_attend_i8_generic over them, and the output stays within the bound the
+ * quantization implies: a key row quantized with step s_k moves its score by
+ * at most d_j = scale * sum|q| * s_k / 2, so each probability by a factor
+ * within e^(+-2 max d), and a value row with step s_v moves by s_v / 2:
+ *   |out - out_fp32| <= (e^(2 max d) - 1) * max|v| + max s_v / 2 (+ rounding).
+ * Rows include adversarial ones: a single outlier channel 100x the rest
+ * (the others then keep under 2 bits), all-zero rows, and tiny magnitudes. */
+static void test_int8_cache(void **state) {
+    (void)state;
+    const size_t hds[] = {8, 16, 24, 64, 72, 128}, ns[] = {1, 5, 16, 17, 64, 100};
+    size_t cases = 0;
+    for (int ti = 0; ti < CS_ISA_COUNT; ti++) {
+        const cs_kern *k = table(ti);
+        if (!k) continue;
+        assert_non_null(k->attend_i8);
+        assert_non_null(k->dot_i8);
+        assert_non_null(k->axpy_i8);
+        for (size_t hi = 0; hi < sizeof hds / sizeof *hds; hi++)
+            for (size_t ni = 0; ni < sizeof ns / sizeof *ns; ni++)
+                for (int kind = 0; kind < 3; kind++) {
+                    const size_t hd = hds[hi], n = ns[ni], ld = hd + 3;
+                    float *q = malloc(hd * 4), *kc = malloc(n * ld * 4), *vc = malloc(n * ld * 4), *att = malloc(n * 4);
+                    float o_ref[128], o_i8[128], o_gen[128];
+                    fill(q, hd, 2.0f);
+                    fill(kc, n * ld, 1.0f);
+                    fill(vc, n * ld, 2.0f);
+                    for (size_t j = 0; j < n; j++) {
+                        if (kind == 1) { /* one outlier channel per row, as trained GPT-2's activations have */
+                            kc[j * ld + (j * 7) % hd] = 100.0f;
+                            vc[j * ld + (j * 5 + 1) % hd] = -200.0f;
+                        } else if (kind == 2) { /* zero rows between rows of tiny values */
+                            for (size_t e = 0; e < hd; e++) {
+                                kc[j * ld + e] = j % 3 ? kc[j * ld + e] * 1e-30f : 0.0f;
+                                vc[j * ld + e] = j % 2 ? vc[j * ld + e] * 1e-30f : 0.0f;
+                            }
+                        }
+                    }
+                    tu_paged pf, p8;
+                    tu_paged_make(&pf, kc, vc, n, ld, 4);
+                    tu_paged_make_i8(&p8, kc, vc, n, ld, hd);
+                    const float scale = 0.125f;
+                    /* dot_i8 / axpy_i8: dot / axpy of the widened row */
+                    float wide[128], y0[128], y1[128];
+                    const int8_t *r0 = cs_kv_krow8(&p8.h, 0);
+                    for (size_t e = 0; e < hd; e++) {
+                        wide[e] = (float)r0[e];
+                        y0[e] = y1[e] = q[e];
+                    }
+                    const float d0 = k->dot_i8(q, r0, hd), d1 = k->dot(q, wide, hd);
+                    if (memcmp(&d0, &d1, 4)) fail_msg("%s dot_i8 hd=%zu: %.9g vs dot %.9g", k->name, hd, d0, d1);
+                    k->axpy_i8(y0, 0.37f, r0, hd);
+                    k->axpy(y1, 0.37f, wide, hd);
+                    if (memcmp(y0, y1, hd * 4)) fail_msg("%s axpy_i8 hd=%zu differs from axpy", k->name, hd);
+                    k->attend(q, &pf.h, n, hd, scale, att, o_ref);
+                    k->attend_i8(q, &p8.h, n, hd, scale, att, o_i8);
+                    cs_attend_i8_generic(k, q, &p8.h, n, hd, scale, att, o_gen);
+                    if (memcmp(o_i8, o_gen, hd * 4))
+                        fail_msg("%s attend_i8 hd=%zu n=%zu kind=%d: differs from cs_attend_i8_generic", k->name, hd, n,
+                                 kind);
+                    float qsum = 0, dmax = 0, vmax = 0, svmax = 0, err = 0;
+                    for (size_t e = 0; e < hd; e++) qsum += fabsf(q[e]);
+                    for (size_t j = 0; j < n; j++) {
+                        dmax = fmaxf(dmax, scale * qsum * cs_kv_row_scale(cs_kv_krow8(&p8.h, j), hd) / 2);
+                        svmax = fmaxf(svmax, cs_kv_row_scale(cs_kv_vrow8(&p8.h, j), hd) / 2);
+                        for (size_t e = 0; e < hd; e++) vmax = fmaxf(vmax, fabsf(vc[j * ld + e]));
+                    }
+                    for (size_t e = 0; e < hd; e++) err = fmaxf(err, fabsf(o_i8[e] - o_ref[e]));
+                    const float bound = (expf(2 * dmax) - 1) * vmax + svmax;
+                    if (!(err <= bound * 1.001f + 1e-6f * vmax))
+                        fail_msg("%s attend_i8 hd=%zu n=%zu kind=%d: error %g above the quantization bound %g", k->name,
+                                 hd, n, kind, err, bound);
+                    if (kind == 0 && !(err > 0)) fail_msg("%s attend_i8 hd=%zu n=%zu: no error: not int8?", k->name, hd, n);
+                    tu_paged_free(&pf);
+                    tu_paged_free(&p8);
+                    free(q); free(kc); free(vc); free(att);
+                    cases++;
+                }
+    }
+    printf("  %zu int8-cache cases within their bound\n", cases);
+}
+
+/* cs_kv_quantize_row: within half a step of every input, the scale right
+ * after the row, zero rows exact, non-finite rows poison their scale. */
+static void test_kv_quantize_row(void **state) {
+    (void)state;
+    float x[67];
+    int8_t row[67 + 4];
+    for (int kind = 0; kind < 4; kind++) {
+        fill(x, 67, kind == 0 ? 1.0f : kind == 1 ? 3e-38f : 1e30f);
+        if (kind == 3) x[40] = 5e3f; /* an outlier */
+        cs_kv_quantize_row(x, 67, row);
+        float mx = 0;
+        for (int e = 0; e < 67; e++) mx = fmaxf(mx, fabsf(x[e]));
+        const float s = cs_kv_row_scale(row, 67);
+        assert_true(s == mx / 127.0f);
+        for (int e = 0; e < 67; e++) {
+            assert_true(row[e] >= -127 && row[e] <= 127);
+            /* half a step, and the scale's own rounding (denormal below ~1.5e-36) */
+            if (!(fabsf((float)row[e] * s - x[e]) <= s * 0.5f * 1.0001f + 127 * 1.401298e-45f))
+                fail_msg("kind %d elem %d: %g -> %d * %g", kind, e, x[e], row[e], s);
+        }
+    }
+    memset(x, 0, sizeof x);
+    cs_kv_quantize_row(x, 67, row);
+    assert_true(cs_kv_row_scale(row, 67) == 0.0f);
+    for (int e = 0; e < 67; e++) assert_int_equal(row[e], 0);
+    x[3] = NAN;
+    cs_kv_quantize_row(x, 67, row);
+    assert_true(isnan(cs_kv_row_scale(row, 67)));
+    x[3] = INFINITY;
+    cs_kv_quantize_row(x, 67, row);
+    assert_false(isfinite(cs_kv_row_scale(row, 67)));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_blocked_matches_per_query),
                                        cmocka_unit_test(test_long_and_peaked),
                                        cmocka_unit_test(test_generic_reference),
-                                       cmocka_unit_test(test_paged_and_bf16)};
+                                       cmocka_unit_test(test_paged_and_bf16),
+                                       cmocka_unit_test(test_int8_cache),
+                                       cmocka_unit_test(test_kv_quantize_row)};
     return cmocka_run_group_tests_name("attention", tests, NULL, NULL);
 }

@@ -106,6 +106,24 @@ static inline void tu_paged_make(tu_paged *p, const float *kc, const float *vc, 
     p->h = (cs_kvhead){.blk = p->blk, .koff = 0, .voff = CS_KV_BLOCK * ld, .ld = ld};
 }
 
+/* The same rows in an int8 cache (kernels.h): the first hd elements of each
+ * source row quantized with cs_kv_quantize_row, rows ld + 4 bytes apart
+ * (unaligned scales when ld is odd), the bytes past a row's scale 0x7f. */
+static inline void tu_paged_make_i8(tu_paged *p, const float *kc, const float *vc, size_t npos, size_t ld, size_t hd) {
+    const size_t l8 = ld + sizeof(float), nb = (npos + CS_KV_BLOCK - 1) / CS_KV_BLOCK + 1, per = 2 * CS_KV_BLOCK * l8;
+    p->buf = malloc(nb * per);
+    p->blk = malloc(nb * sizeof *p->blk);
+    if (!p->buf || !p->blk) abort();
+    memset(p->buf, 0x7f, nb * per);
+    for (size_t b = 0; b < nb; b++) p->blk[b] = (char *)p->buf + (nb - 1 - b) * per;
+    for (size_t j = 0; j < npos; j++) {
+        int8_t *kr = (int8_t *)p->blk[j / CS_KV_BLOCK] + (j % CS_KV_BLOCK) * l8;
+        cs_kv_quantize_row(kc + j * ld, hd, kr);
+        cs_kv_quantize_row(vc + j * ld, hd, kr + CS_KV_BLOCK * l8);
+    }
+    p->h = (cs_kvhead){.blk = p->blk, .koff = 0, .voff = CS_KV_BLOCK * l8, .ld = l8};
+}
+
 static inline void tu_paged_free(tu_paged *p) {
     free(p->buf);
     free(p->blk);

@@ -663,7 +663,7 @@ static void test_app_errors(void **state) {
     app_bad(APP_HDR "    args: {model: m, foo: 1}\n",
             "t.yaml:4:27: args.foo: unknown argument of cserve.apps:text_generation (it takes: model, dtype, kv_cache_mb, kv_cache_dtype, versions, traffic, session_header, mirror, fallback, preprocess, remote)");
     app_bad(APP_HDR "    args: {dtype: fp16}\n", "args.dtype: expected one of fp32, bf16, int8, got \"fp16\"");
-    app_bad(APP_HDR "    args: {kv_cache_dtype: int8}\n", "args.kv_cache_dtype: expected one of fp32, bf16, got \"int8\"");
+    app_bad(APP_HDR "    args: {kv_cache_dtype: fp16}\n", "args.kv_cache_dtype: expected one of fp32, bf16, int8, got \"fp16\"");
     app_bad(APP_HDR "    args: {kv_cache_mb: -1}\n", "args.kv_cache_mb: expected an integer >= 0");
     app_bad(APP_HDR "    args: {kv_cache_mb: 1.5}\n", "args.kv_cache_mb: expected an integer >= 0");
     app_bad(APP_HDR "    args: {model: 5}\n", "args.model: expected a string, got 5");

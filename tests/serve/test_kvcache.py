@@ -71,18 +71,21 @@ def test_request_longer_than_the_cache_is_refused():
         stop_clean(s)
 
 
-def test_bf16_cache_serves():
-    s = Server("--kv-cache-dtype", "bf16", "--kv-cache-mb", "1")
+# tiny: 2 layers x 4 heads of 16; per token bf16 2*2*64*2 = 512 bytes, int8 2*2*4*(16 + 4) = 320 bytes
+# (each head row's 16 bytes and its fp32 scale); capacity in whole blocks of 16 tokens
+@pytest.mark.parametrize("dtype,per_token", [("bf16", 512), ("int8", 320)])
+def test_low_precision_cache_serves(dtype, per_token):
+    s = Server("--kv-cache-dtype", dtype, "--kv-cache-mb", "1")
     try:
         m = requests.get(s.url("/metrics"), timeout=T).text
-        assert metric(m, "cserve_kv_cache_capacity_tokens") == 2048  # bf16: 512 bytes per token
+        assert metric(m, "cserve_kv_cache_capacity_tokens") == (1 << 20) // per_token // 16 * 16
         assert len(complete(s, 0)) > 0
     finally:
         stop_clean(s)
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["--kv-cache-dtype", "int8"], "--kv-cache-dtype: expected fp32 or bf16, got 'int8'"),
+    (["--kv-cache-dtype", "fp16"], "--kv-cache-dtype: expected fp32, bf16 or int8, got 'fp16'"),
     (["--kv-cache-mb", "lots"], "--kv-cache-mb"),
     (["--kv-cache-mb", "-3"], "--kv-cache-mb"),
     (["--kv-cache-mb", "0.5"], "--kv-cache-mb: expected a whole number of MB, got '0.5'"),
@@ -95,7 +98,7 @@ def test_bad_options(args, msg):
 
 def test_config_args_reach_the_replicas():
     cfg = {"applications": [{"name": "app", "route_prefix": "/", "import_path": "cserve.apps:text_generation",
-                             "args": {"model": TINY, "kv_cache_mb": 2, "kv_cache_dtype": "bf16"},
+                             "args": {"model": TINY, "kv_cache_mb": 2, "kv_cache_dtype": "int8"},
                              "deployments": [{"name": "TextGenService", "num_replicas": 1}]}]}
     s = ControlServer(cfg)
     try:
@@ -118,6 +121,6 @@ def test_config_args_reach_the_replicas():
         for cmd in cmdlines:
             i = cmd.index(b"--kv-cache-mb")
             assert cmd[i + 1] == b"2"
-            assert cmd[cmd.index(b"--kv-cache-dtype") + 1] == b"bf16"
+            assert cmd[cmd.index(b"--kv-cache-dtype") + 1] == b"int8"
     finally:
         s.stop()

@@ -443,11 +443,11 @@ static void test_max_duration(void **state) {
  * is refused at submit with the cache's limit. */
 static void test_kv_pool_pressure(void **state) {
     (void)state;
-    for (int dt = 0; dt < 2; dt++) {
+    for (int dt = CS_KV_F32; dt <= CS_KV_I8; dt++) {
         cs_sched *s;
         cs_err err;
         cs_sched_opts o = {.max_running = 12, .max_queued = 12, .step_tokens = 16, .threads = 2,
-                           .kv_cache_tokens = 16 * CS_KV_BLOCK, .kv_dtype = dt ? CS_KV_BF16 : CS_KV_F32};
+                           .kv_cache_tokens = 16 * CS_KV_BLOCK, .kv_dtype = (cs_kvdtype)dt};
         assert_int_equal(cs_sched_create(&s, M, &o, &err), 0);
         enum { NR = 12 };
         static rec r[NR];
@@ -465,7 +465,7 @@ static void test_kv_pool_pressure(void **state) {
             if (st.kv_tokens == 0) break;
             usleep(10000);
         }
-        printf("  %s KV, 256-token pool: %llu preemptions, %llu steps\n", dt ? "bf16" : "fp32",
+        printf("  %s KV, 256-token pool: %llu preemptions, %llu steps\n", cs_kvdtype_name((cs_kvdtype)dt),
                (unsigned long long)st.preemptions, (unsigned long long)st.steps);
         assert_true(st.preemptions > 0);
         assert_int_equal(st.kv_capacity, 16 * CS_KV_BLOCK);
