@@ -2,7 +2,7 @@
 
 Runs `cserve bench --attention` (no model needed): one decode step's attention for 32 sequences
 of distilgpt2's shape (6 layers x 12 heads of 64) over the engine's paged KV pool, the sequences'
-blocks taken in lockstep, at 64, 256 and 1,024 cached positions, fp32 and bf16 caches, on one
+blocks taken in lockstep, at 64, 256 and 1,024 cached positions, fp32, bf16 and int8 caches, on one
 thread; the kernel table's attend against the per-key form (the same table's dot and axpy called
 key by key) in the same run, and against the one-thread memory bandwidth that bench/roofline.c
 measured by the latest `make bench` run (the "roofline" of build/bench/results.json, when present).
@@ -60,7 +60,9 @@ def main():
         f"{res['sequences']} sequences of distilgpt2's shape on one thread, best of 5: the cache is the engine's "
         "paged pool with the sequences' blocks taken in lockstep, as a batch that grows together takes them, so "
         "every 16 positions of a head start a new 4 KiB page (fp32). The kernel prefetches one block ahead; the "
-        "per-key form calls the same table's dot and axpy key by key (the bits are the same). "
+        "per-key form calls the same table's dot and axpy key by key (the bits are the same). An int8 cache "
+        "row is its 64 bytes and their fp32 scale (68 bytes; fp32 256, bf16 128): \"GB/s\" counts the bytes "
+        "of the cache's own dtype, so at a given time int8 reads fewer of them. "
         + (f"One-thread memory bandwidth measured by bench/roofline.c in the latest `make bench` run "
            f"(build/bench/results.json): {bw:.1f} GB/s."
            if bw else "No roofline in build/bench/results.json: no bandwidth column."), "",

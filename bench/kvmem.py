@@ -1,7 +1,7 @@
 """make bench: the "KV cache memory" section of bench/RESULTS.md.
 
 Runs `cserve bench --kv-memory` (no model needed): for distilgpt2's shape (6 layers x 768) and
-gpt2-large's (36 x 1280), in fp32 and bf16, a 4 GiB KV pool is filled with 512-token sequences,
+gpt2-large's (36 x 1280), in fp32, bf16 and int8, a 4 GiB KV pool is filled with 512-token sequences,
 every block written, and the process's resident memory is read before and after.
 Standard library only.
 
@@ -66,7 +66,8 @@ def main():
         "replica as sequences grow and given back when they end, so memory follows the tokens held. A 4 GiB pool "
         "is filled with 512-token sequences, every block written; \"measured\" is the process's resident memory "
         "growth per 1,000 cached tokens. Before paging each slot held a full-context fp32 buffer whatever its "
-        "length. `--kv-cache-dtype bf16` halves the bytes (error bounds: tests/engine/test_kvcache.c).", "",
+        "length. `--kv-cache-dtype bf16` halves the bytes; `int8` stores each head's row (64 elements) as bytes "
+        "with its fp32 scale, 68 bytes for fp32's 256 (error bounds: tests/engine/test_kvcache.c).", "",
         *rows, ""])
     results = os.environ.get("KV_RESULTS") or os.path.join(ROOT, "bench", "RESULTS.md")
     if results != "-":
