@@ -385,26 +385,6 @@ static T256 void gelu_avx2(float *x, size_t n) {
     }
 }
 
-static T256 float dot_avx2(const float *a, const float *b, size_t n) {
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-    size_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
-    }
-    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    float s = hsum256(_mm256_add_ps(s0, s1));
-    for (; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
-static T256 void axpy_avx2(float *y, float a, const float *x, size_t n) {
-    const __m256 av = _mm256_set1_ps(a);
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-    for (; i < n; i++) y[i] += a * x[i];
-}
-
 /* 8 bf16 values widened to fp32 (a bf16 is the top half of its fp32). */
 static INL T256 __m256 load_bf16x8(const uint16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)p)), 16));
@@ -413,47 +393,46 @@ static INL T256 __m256 load_i8x8(const int8_t *p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)p)));
 }
 
-/* dot_avx2's sum with b widened from bf16. */
-T256 float cs_dot_bf16_avx2(const float *a, const uint16_t *b, size_t n) {
+/* Elements of a KV cache's dtype DT (cs_kvdtype, a compile-time constant in
+ * every caller) widened to fp32: 8 from row + e, or the one at row[e]. */
+static INL T256 size_t kv_esize(const int DT) { return DT == CS_KV_F32 ? 4 : DT == CS_KV_BF16 ? 2 : 1; }
+static INL T256 __m256 kv_load8(const void *row, size_t e, const int DT) {
+    if (DT == CS_KV_I8) return load_i8x8((const int8_t *)row + e);
+    return DT == CS_KV_BF16 ? load_bf16x8((const uint16_t *)row + e) : _mm256_loadu_ps((const float *)row + e);
+}
+static INL T256 float kv_at(const void *row, size_t e, const int DT) {
+    if (DT == CS_KV_I8) return (float)((const int8_t *)row)[e];
+    return DT == CS_KV_BF16 ? cs_f32_from_bf16(((const uint16_t *)row)[e]) : ((const float *)row)[e];
+}
+
+/* dot and axpy with x / b in dtype DT widened on load (exact): the fp32 forms
+ * are the table's dot and axpy; bf16 and int8 the same sum and chain. */
+static INL T256 float dot_dt(const float *a, const void *b, size_t n, const int DT) {
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
     size_t i = 0;
     for (; i + 16 <= n; i += 16) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load_bf16x8(b + i), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), load_bf16x8(b + i + 8), s1);
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), kv_load8(b, i, DT), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), kv_load8(b, i + 8, DT), s1);
     }
-    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load_bf16x8(b + i), s0);
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), kv_load8(b, i, DT), s0);
     float s = hsum256(_mm256_add_ps(s0, s1));
-    for (; i < n; i++) s += a[i] * cs_f32_from_bf16(b[i]);
+    for (; i < n; i++) s += a[i] * kv_at(b, i, DT);
     return s;
 }
 
-T256 void cs_axpy_bf16_avx2(float *y, float a, const uint16_t *x, size_t n) {
+static INL T256 void axpy_dt(float *y, float a, const void *x, size_t n, const int DT) {
     const __m256 av = _mm256_set1_ps(a);
     size_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, load_bf16x8(x + i), _mm256_loadu_ps(y + i)));
-    for (; i < n; i++) y[i] += a * cs_f32_from_bf16(x[i]);
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, kv_load8(x, i, DT), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * kv_at(x, i, DT);
 }
 
-/* dot_avx2's sum and axpy_avx2's chain with int8 widened to fp32 (exact). */
-T256 float cs_dot_i8_avx2(const float *a, const int8_t *b, size_t n) {
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-    size_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load_i8x8(b + i), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), load_i8x8(b + i + 8), s1);
-    }
-    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load_i8x8(b + i), s0);
-    float s = hsum256(_mm256_add_ps(s0, s1));
-    for (; i < n; i++) s += a[i] * (float)b[i];
-    return s;
-}
-
-T256 void cs_axpy_i8_avx2(float *y, float a, const int8_t *x, size_t n) {
-    const __m256 av = _mm256_set1_ps(a);
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, load_i8x8(x + i), _mm256_loadu_ps(y + i)));
-    for (; i < n; i++) y[i] += a * (float)x[i];
-}
+static T256 float dot_avx2(const float *a, const float *b, size_t n) { return dot_dt(a, b, n, CS_KV_F32); }
+static T256 void axpy_avx2(float *y, float a, const float *x, size_t n) { axpy_dt(y, a, x, n, CS_KV_F32); }
+T256 float cs_dot_bf16_avx2(const float *a, const uint16_t *b, size_t n) { return dot_dt(a, b, n, CS_KV_BF16); }
+T256 void cs_axpy_bf16_avx2(float *y, float a, const uint16_t *x, size_t n) { axpy_dt(y, a, x, n, CS_KV_BF16); }
+T256 float cs_dot_i8_avx2(const float *a, const int8_t *b, size_t n) { return dot_dt(a, b, n, CS_KV_I8); }
+T256 void cs_axpy_i8_avx2(float *y, float a, const int8_t *x, size_t n) { axpy_dt(y, a, x, n, CS_KV_I8); }
 
 static T256 void softmax_avx2(float *x, size_t n) {
     float mx = -INFINITY;
@@ -533,17 +512,8 @@ static INL T256 const void *kv_row(const cs_kvhead *kv, const int V, size_t j, c
     if (DT == CS_KV_BF16) return V ? (const void *)cs_kv_vrow16(kv, j) : (const void *)cs_kv_krow16(kv, j);
     return V ? (const void *)cs_kv_vrow(kv, j) : (const void *)cs_kv_krow(kv, j);
 }
-static INL T256 size_t kv_esize(const int DT) { return DT == CS_KV_F32 ? 4 : DT == CS_KV_BF16 ? 2 : 1; }
 static INL T256 const void *kv_next(const void *row, size_t ld, const int DT) { /* the row below, same block */
     return (const char *)row + ld * kv_esize(DT);
-}
-static INL T256 __m256 kv_load8(const void *row, size_t e, const int DT) {
-    if (DT == CS_KV_I8) return load_i8x8((const int8_t *)row + e);
-    return DT == CS_KV_BF16 ? load_bf16x8((const uint16_t *)row + e) : _mm256_loadu_ps((const float *)row + e);
-}
-static INL T256 float kv_at(const void *row, size_t e, const int DT) {
-    if (DT == CS_KV_I8) return (float)((const int8_t *)row)[e];
-    return DT == CS_KV_BF16 ? cs_f32_from_bf16(((const uint16_t *)row)[e]) : ((const float *)row)[e];
 }
 /* A key row's score from its dot product (int8: times the row's scale first,
  * as cs_attend_i8_generic), and a value row's weight from its probability. */
