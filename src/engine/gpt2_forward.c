@@ -11,8 +11,8 @@
 
 /* int8 KV cache, head sizes a power of two up to KV_ROT_MAX: keys and values
  * are cached rotated by the Walsh-Hadamard transform H (k' = H k, v' = H v),
- * queries turned the same way (q' = H q / hd, so q' . k' = q . k) and each
- * output turned back (out = H out' / hd). A channel far larger than the rest
+ * queries turned the same way (q' = H q, scores scaled by 1 / hd more, so
+ * q' . k' / hd = q . k) and each output turned back (out = H out' / hd). A channel far larger than the rest
  * (trained models' keys have such) would set a row's int8 step alone; H
  * spreads it over every element of the row. */
 #define KV_ROT_MAX 256
@@ -278,24 +278,68 @@ static void job_attention(void *vc, int tid, size_t i0, size_t i1) {
         float *q = ws->qkv + r * 3 * C + h * hd; /* this item's alone: may be turned in place */
         float *out = ws->h + r * C + h * hd;
         const int rot = kv_rotated(dt, hd);
+        const float sc = rot ? scale / (float)hd : scale; /* q' = H q: its 1 / hd goes with the scale */
         if (sq->n == 1) {
-            if (rot) cs_fwht(q, hd, 1.0f / (float)hd);
-            if (dt == CS_KV_I8) m->kern->attend_i8(q, &kh, pos + 1, hd, scale, att, out);
+            if (rot) m->kern->fwht(q, hd, 1.0f);
+            if (dt == CS_KV_I8) m->kern->attend_i8(q, &kh, pos + 1, hd, sc, att, out);
             else if (dt == CS_KV_BF16) m->kern->attend_bf16(q, &kh, pos + 1, hd, scale, att, out);
             else m->kern->attend(q, &kh, pos + 1, hd, scale, att, out);
-            if (rot) cs_fwht(out, hd, 1.0f / (float)hd);
+            if (rot) m->kern->fwht(out, hd, 1.0f / (float)hd);
             continue;
         }
         const size_t i = pos - (size_t)kv->n_past; /* index in the chunk (n_past moves after the step) */
         if (i % ATT_ROWS) continue;                /* done by its block's first row */
         const size_t nq = (size_t)sq->n - i < ATT_ROWS ? (size_t)sq->n - i : ATT_ROWS;
         if (rot)
-            for (size_t i = 0; i < nq; i++) cs_fwht(q + i * 3 * C, hd, 1.0f / (float)hd);
-        if (dt == CS_KV_I8) m->kern->attend_causal_i8(q, 3 * C, &kh, pos, nq, hd, scale, att, out, C);
+            for (size_t i = 0; i < nq; i++) m->kern->fwht(q + i * 3 * C, hd, 1.0f);
+        if (dt == CS_KV_I8) m->kern->attend_causal_i8(q, 3 * C, &kh, pos, nq, hd, sc, att, out, C);
         else if (dt == CS_KV_BF16) m->kern->attend_causal_bf16(q, 3 * C, &kh, pos, nq, hd, scale, att, out, C);
         else m->kern->attend_causal(q, 3 * C, &kh, pos, nq, hd, scale, att, out, C);
         if (rot)
-            for (size_t i = 0; i < nq; i++) cs_fwht(out + i * C, hd, 1.0f / (float)hd);
+            for (size_t i = 0; i < nq; i++) m->kern->fwht(out + i * C, hd, 1.0f / (float)hd);
+    }
+}
+
+/* Appends this step's keys and values (from qkv) to each row's cache: items
+ * are (row, head); each writes its own row of its sequence's block, so items
+ * never share an output. int8 rows are rotated first (kv_rotated). */
+static void job_append(void *vc, int tid, size_t i0, size_t i1) {
+    step_ctx *c = vc;
+    (void)tid;
+    const cs_gpt2 *m = c->m;
+    cs_gpt2_ws *ws = c->ws;
+    const size_t C = (size_t)m->cfg.n_embd, H = (size_t)m->cfg.n_head, hd = C / H, l = c->layer;
+    for (size_t it = i0; it < i1; it++) {
+        const size_t i = it / H, h = it % H;
+        cs_gpt2_kv *kv = c->seqs[ws->row_seq[i]].kv;
+        const size_t pos = (size_t)ws->row_pos[i];
+        const cs_kvdtype dt = cs_kvpool_dtype(kv->pool);
+        const size_t vd = cs_kvpool_voff_delta(C, hd, dt), off = cs_kvpool_krow_off(C, hd, dt, l, h, pos);
+        const float *kx = ws->qkv + i * 3 * C + C + h * hd, *vx = kx + C;
+        if (dt == CS_KV_I8) {
+            int8_t *kb = (int8_t *)kv->blk[pos / CS_KV_BLOCK] + off;
+            float tk[KV_ROT_MAX], tv[KV_ROT_MAX]; /* the rotated rows */
+            if (kv_rotated(dt, hd)) {
+                memcpy(tk, kx, hd * sizeof(float));
+                memcpy(tv, vx, hd * sizeof(float));
+                m->kern->fwht(tk, hd, 1.0f);
+                m->kern->fwht(tv, hd, 1.0f);
+                kx = tk;
+                vx = tv;
+            }
+            m->kern->kv_quantize_row(kx, hd, kb);
+            m->kern->kv_quantize_row(vx, hd, kb + vd);
+        } else if (dt == CS_KV_BF16) {
+            uint16_t *kb = (uint16_t *)kv->blk[pos / CS_KV_BLOCK] + off, *vb = kb + vd;
+            for (size_t e = 0; e < hd; e++) {
+                kb[e] = cs_bf16_from_f32(kx[e]);
+                vb[e] = cs_bf16_from_f32(vx[e]);
+            }
+        } else {
+            float *kb = (float *)kv->blk[pos / CS_KV_BLOCK] + off;
+            memcpy(kb, kx, hd * sizeof(float));
+            memcpy(kb + vd, vx, hd * sizeof(float));
+        }
     }
 }
 
@@ -322,7 +366,6 @@ static void embed_row(const cs_gpt2 *m, int32_t tok, int pos, float *x) {
 int cs_gpt2_step(const cs_gpt2 *m, cs_gpt2_ws *ws, cs_gpt2_seq *seqs, int n_seqs, cs_err *err) {
     const cs_gpt2_config *cf = &m->cfg;
     const size_t C = (size_t)cf->n_embd, F = (size_t)cf->n_inner, V = (size_t)cf->vocab_size;
-    const size_t H = (size_t)cf->n_head, hd = C / H;
     size_t T = 0, R = 0;
     for (int s = 0; s < n_seqs; s++) {
         const cs_gpt2_seq *q = &seqs[s];
@@ -369,40 +412,7 @@ int cs_gpt2_step(const cs_gpt2 *m, cs_gpt2_ws *ws, cs_gpt2_seq *seqs, int n_seqs
         layernorm(&c, h, x, ly->ln1_w, ly->ln1_b, T);
         track_max(amax, h, T, C);
         matmul(&c, &ly->qkv, h, C, T, qkv, 3 * C);
-        for (size_t i = 0; i < T; i++) { /* append this step's keys and values, head by head */
-            cs_gpt2_kv *kv = seqs[ws->row_seq[i]].kv;
-            const size_t pos = (size_t)ws->row_pos[i];
-            const cs_kvdtype dt = cs_kvpool_dtype(kv->pool);
-            const size_t vd = cs_kvpool_voff_delta(C, hd, dt);
-            for (size_t h = 0; h < H; h++) {
-                const size_t off = cs_kvpool_krow_off(C, hd, dt, l, h, pos);
-                const float *kx = qkv + i * 3 * C + C + h * hd, *vx = kx + C;
-                float tk[KV_ROT_MAX], tv[KV_ROT_MAX]; /* rotated rows (int8 cache) */
-                if (dt == CS_KV_I8) {
-                    int8_t *kb = (int8_t *)kv->blk[pos / CS_KV_BLOCK] + off;
-                    if (kv_rotated(dt, hd)) {
-                        memcpy(tk, kx, hd * sizeof(float));
-                        memcpy(tv, vx, hd * sizeof(float));
-                        cs_fwht(tk, hd, 1.0f);
-                        cs_fwht(tv, hd, 1.0f);
-                        kx = tk;
-                        vx = tv;
-                    }
-                    cs_kv_quantize_row(kx, hd, kb);
-                    cs_kv_quantize_row(vx, hd, kb + vd);
-                } else if (dt == CS_KV_BF16) {
-                    uint16_t *kb = (uint16_t *)kv->blk[pos / CS_KV_BLOCK] + off, *vb = kb + vd;
-                    for (size_t e = 0; e < hd; e++) {
-                        kb[e] = cs_bf16_from_f32(kx[e]);
-                        vb[e] = cs_bf16_from_f32(vx[e]);
-                    }
-                } else {
-                    float *kb = (float *)kv->blk[pos / CS_KV_BLOCK] + off;
-                    memcpy(kb, kx, hd * sizeof(float));
-                    memcpy(kb + vd, vx, hd * sizeof(float));
-                }
-            }
-        }
+        run(&c, T * (size_t)cf->n_head, 8, job_append); /* this step's keys and values into the caches */
         run(&c, T * (size_t)cf->n_head, 1, job_attention);
         track_max(amax ? amax + C : NULL, h, T, C);
         matmul(&c, &ly->proj, h, C, T, qkv, C); /* q/k/v consumed: reuse as scratch */

@@ -47,12 +47,23 @@ void cs_kv_quantize_row(const float *x, size_t hd, int8_t *row) {
         finite &= isfinite(x[e]) != 0;
         mx = fmaxf(mx, fabsf(x[e]));
     }
-    /* in double: 127 / max overflows float for rows below ~4e-37 */
-    const double inv = finite && mx > 0 ? 127.0 / (double)mx : 0.0;
     const float s = !finite ? NAN : mx / 127.0f;
-    for (size_t e = 0; e < hd; e++) {
-        const double v = nearbyint((double)x[e] * inv); /* |v| <= 127 */
-        row[e] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+    if (!finite) {
+        memset(row, 0, hd);
+    } else if (mx < 1e-30f) { /* 127 / max would overflow float: in double */
+        const double inv = mx > 0 ? 127.0 / (double)mx : 0.0;
+        for (size_t e = 0; e < hd; e++) {
+            const double v = nearbyint((double)x[e] * inv); /* |v| <= 127 */
+            row[e] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+        }
+    } else {
+        /* |x * inv| <= 127 (+ rounding): adding and taking away 1.5 * 2^23
+         * rounds to nearest even, as nearbyintf does, without a libm call */
+        const float inv = 127.0f / mx, magic = 12582912.0f;
+        for (size_t e = 0; e < hd; e++) {
+            const float v = (x[e] * inv + magic) - magic;
+            row[e] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+        }
     }
     memcpy(row + hd, &s, sizeof s);
 }
@@ -475,7 +486,8 @@ const cs_kern cs_kern_scalar = {
     .quantize_rows = cs_quantize_rows, .attend = attend_scalar, .attend_causal = attend_causal_scalar,
     .dot_bf16 = dot_bf16_scalar, .axpy_bf16 = axpy_bf16_scalar, .attend_bf16 = attend_bf16_scalar,
     .attend_causal_bf16 = attend_causal_bf16_scalar, .dot_i8 = dot_i8_scalar, .axpy_i8 = axpy_i8_scalar,
-    .attend_i8 = attend_i8_scalar, .attend_causal_i8 = attend_causal_i8_scalar,
+    .attend_i8 = attend_i8_scalar, .attend_causal_i8 = attend_causal_i8_scalar, .fwht = cs_fwht,
+    .kv_quantize_row = cs_kv_quantize_row,
 };
 
 /* ------------------------------------------------------------------ dispatch */

@@ -106,11 +106,14 @@ static inline float cs_kv_row_scale(const int8_t *row, size_t hd) {
     return s;
 }
 /* In place, the unnormalized Walsh-Hadamard transform of n floats (n a power
- * of two; H H = n I), then times post (1, or 1 / n for the inverse). */
+ * of two; H H = n I): butterflies of span 1, 2, 4, ... in that order, then
+ * every element times post (1: no multiply). The scalar reference of every
+ * table's fwht. */
 void cs_fwht(float *x, size_t n, float post);
 
-/* Quantizes hd floats into an int8 row and its scale (see above); non-finite
- * inputs give a non-finite scale, so they still poison the output. */
+/* Quantizes hd floats into an int8 row and its scale (see above); a row with
+ * a non-finite input gets zero bytes and a NaN scale, so it still poisons
+ * the output. The scalar reference of every table's kv_quantize_row. */
 void cs_kv_quantize_row(const float *x, size_t hd, int8_t *row);
 
 /* fp32 <-> bf16 (round to nearest even; inputs finite). */
@@ -268,6 +271,9 @@ typedef struct cs_kern {
     /* The same over an int8 cache: every query gets attend_i8's bits alone. */
     void (*attend_causal_i8)(const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq, size_t hd,
                              float scale, float *att, float *out, size_t ldo);
+    /* cs_fwht and cs_kv_quantize_row, bit for bit (the int8 cache's append). */
+    void (*fwht)(float *x, size_t n, float post);
+    void (*kv_quantize_row)(const float *x, size_t hd, int8_t *row);
     /* cs_quantize_rows, bit for bit. */
     void (*quantize_rows)(const float *x, size_t ldx, size_t T, size_t K, const float *r, int8_t *q, size_t ldq,
                           float *sx);
@@ -285,6 +291,8 @@ void cs_attend_bf16_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t h
 void cs_attend_causal_bf16_avx2(const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq, size_t hd,
                                 float scale, float *att, float *out, size_t ldo);
 float cs_dot_i8_avx2(const float *a, const int8_t *b, size_t n);
+void cs_fwht_avx2(float *x, size_t n, float post);
+void cs_kv_quantize_row_avx2(const float *x, size_t hd, int8_t *row);
 void cs_axpy_i8_avx2(float *y, float a, const int8_t *x, size_t n);
 void cs_attend_i8_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
                        float *out);

@@ -768,6 +768,80 @@ T256 void cs_attend_causal_bf16_avx2(const float *q, size_t ldq, const cs_kvhead
     causal_any_avx2(q, ldq, kv, p0, nq, hd, scale, att, out, ldo, CS_KV_BF16);
 }
 
+/* cs_fwht's butterflies: spans 1, 2 and 4 inside each 8-float vector (the
+ * partner lanes swapped in, sums kept in the low lane of each pair and
+ * low - high differences in the high one), then spans of 8 and more between
+ * vectors; each output is the same add or subtract of the same two values as
+ * in the scalar form. Also the AVX-512 table's. */
+T256 void cs_fwht_avx2(float *x, size_t n, float post) {
+    if (n < 8) {
+        cs_fwht(x, n, post);
+        return;
+    }
+    for (size_t i = 0; i < n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i), sw;
+        sw = _mm256_permute_ps(v, 0xB1); /* span 1 */
+        v = _mm256_blend_ps(_mm256_add_ps(v, sw), _mm256_sub_ps(sw, v), 0xAA);
+        sw = _mm256_permute_ps(v, 0x4E); /* span 2 */
+        v = _mm256_blend_ps(_mm256_add_ps(v, sw), _mm256_sub_ps(sw, v), 0xCC);
+        sw = _mm256_permute2f128_ps(v, v, 0x01); /* span 4 */
+        v = _mm256_blend_ps(_mm256_add_ps(v, sw), _mm256_sub_ps(sw, v), 0xF0);
+        _mm256_storeu_ps(x + i, v);
+    }
+    for (size_t h = 8; h < n; h *= 2)
+        for (size_t i = 0; i < n; i += 2 * h)
+            for (size_t j = i; j < i + h; j += 8) {
+                const __m256 a = _mm256_loadu_ps(x + j), b = _mm256_loadu_ps(x + j + h);
+                _mm256_storeu_ps(x + j, _mm256_add_ps(a, b));
+                _mm256_storeu_ps(x + j + h, _mm256_sub_ps(a, b));
+            }
+    if (post != 1.0f) {
+        const __m256 p = _mm256_set1_ps(post);
+        for (size_t i = 0; i < n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), p));
+    }
+}
+
+/* cs_kv_quantize_row with the same arithmetic: the largest magnitude (exact
+ * in any order), 127 / max, and x * inv rounded by adding and taking away
+ * 1.5 * 2^23 (no FMA). Rows that are not finite or below 1e-30 go to the
+ * scalar form. Also the AVX-512 table's. */
+T256 void cs_kv_quantize_row_avx2(const float *x, size_t hd, int8_t *row) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), zero = _mm256_setzero_ps();
+    __m256 mv = zero, bad = zero; /* bad: x * 0 is NaN for inf and NaN */
+    size_t e = 0;
+    for (; e + 8 <= hd; e += 8) {
+        const __m256 v = _mm256_loadu_ps(x + e);
+        mv = _mm256_max_ps(mv, _mm256_andnot_ps(sign, v));
+        bad = _mm256_add_ps(bad, _mm256_mul_ps(v, zero));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    float mx = _mm_cvtss_f32(m4);
+    int finite = hsum256(bad) == 0.0f;
+    for (size_t t = e; t < hd; t++) {
+        finite &= isfinite(x[t]) != 0;
+        mx = fmaxf(mx, fabsf(x[t]));
+    }
+    if (!finite || mx < 1e-30f) {
+        cs_kv_quantize_row(x, hd, row);
+        return;
+    }
+    const float inv = 127.0f / mx, s = mx / 127.0f, magic = 12582912.0f;
+    const __m256 iv = _mm256_set1_ps(inv), mg = _mm256_set1_ps(magic);
+    for (e = 0; e + 8 <= hd; e += 8) {
+        const __m256 v = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(x + e), iv), mg), mg);
+        const __m256i i = _mm256_cvtps_epi32(v); /* integral already: exact */
+        const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+        _mm_storel_epi64((__m128i *)(void *)(row + e), _mm_packs_epi16(w, w));
+    }
+    for (; e < hd; e++) {
+        const float v = (x[e] * inv + magic) - magic;
+        row[e] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+    }
+    memcpy(row + hd, &s, sizeof s);
+}
+
 /* Also the AVX-512 table's: int8 rows widened on load, each row's scale
  * applied once (to its dot product, or to its probability). */
 T256 void cs_attend_i8_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
@@ -786,7 +860,8 @@ const cs_kern cs_kern_avx2 = {
     .quantize_rows = quantize_avx2, .attend = attend_avx2, .attend_causal = attend_causal_avx2,
     .dot_bf16 = cs_dot_bf16_avx2, .axpy_bf16 = cs_axpy_bf16_avx2, .attend_bf16 = cs_attend_bf16_avx2,
     .attend_causal_bf16 = cs_attend_causal_bf16_avx2, .dot_i8 = cs_dot_i8_avx2, .axpy_i8 = cs_axpy_i8_avx2,
-    .attend_i8 = cs_attend_i8_avx2, .attend_causal_i8 = cs_attend_causal_i8_avx2,
+    .attend_i8 = cs_attend_i8_avx2, .attend_causal_i8 = cs_attend_causal_i8_avx2, .fwht = cs_fwht_avx2,
+    .kv_quantize_row = cs_kv_quantize_row_avx2,
 };
 
 #else

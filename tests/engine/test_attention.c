@@ -321,11 +321,57 @@ static void test_kv_quantize_row(void **state) {
     assert_true(cs_kv_row_scale(row, 67) == 0.0f);
     for (int e = 0; e < 67; e++) assert_int_equal(row[e], 0);
     x[3] = NAN;
+    memset(row, 0x55, sizeof row);
     cs_kv_quantize_row(x, 67, row);
     assert_true(isnan(cs_kv_row_scale(row, 67)));
+    for (int e = 0; e < 67; e++) assert_int_equal(row[e], 0); /* defined bytes, not a NaN's conversion */
     x[3] = INFINITY;
     cs_kv_quantize_row(x, 67, row);
     assert_false(isfinite(cs_kv_row_scale(row, 67)));
+}
+
+/* The int8 cache's append: every table's fwht and kv_quantize_row give the
+ * scalar reference's bits (sizes with and without vector tails, rows with an
+ * outlier, tiny rows that take the double path, non-finite rows); and the
+ * transform is what it claims: H H x = n x, exactly for small integers. */
+static void test_rotate_quantize_tables(void **state) {
+    (void)state;
+    float x[256], y[256], z[256];
+    int8_t r0[260], r1[260];
+    for (int ti = 0; ti < CS_ISA_COUNT; ti++) {
+        const cs_kern *k = table(ti);
+        if (!k) continue;
+        assert_non_null(k->fwht);
+        assert_non_null(k->kv_quantize_row);
+        for (size_t n = 1; n <= 256; n *= 2)
+            for (int post = 0; post < 2; post++) {
+                fill(x, n, 3.0f);
+                memcpy(y, x, n * 4);
+                memcpy(z, x, n * 4);
+                const float p = post ? 1.0f / (float)n : 1.0f;
+                cs_fwht(y, n, p);
+                k->fwht(z, n, p);
+                if (memcmp(y, z, n * 4)) fail_msg("%s fwht n=%zu post=%g differs from cs_fwht", k->name, n, p);
+                for (size_t i = 0; i < n; i++) y[i] = z[i] = (float)((int)(i * 7 % 11) - 5);
+                k->fwht(z, n, 1.0f);
+                k->fwht(z, n, 1.0f / (float)n);
+                assert_memory_equal(y, z, n * 4);
+            }
+        const size_t hds[] = {1, 7, 8, 16, 24, 64, 67, 128, 256};
+        for (size_t hi = 0; hi < sizeof hds / sizeof *hds; hi++)
+            for (int kind = 0; kind < 5; kind++) {
+                const size_t hd = hds[hi];
+                fill(x, hd, kind == 2 ? 1e-33f : kind == 3 ? 3e37f : 1.5f);
+                if (kind == 1) x[hd / 2] = -300.0f;
+                if (kind == 4) x[hd - 1] = (hd & 1) ? INFINITY : NAN;
+                memset(r0, 0x33, sizeof r0);
+                memset(r1, 0x44, sizeof r1);
+                cs_kv_quantize_row(x, hd, r0);
+                k->kv_quantize_row(x, hd, r1);
+                if (memcmp(r0, r1, hd + 4))
+                    fail_msg("%s kv_quantize_row hd=%zu kind=%d differs from cs_kv_quantize_row", k->name, hd, kind);
+            }
+    }
 }
 
 int main(void) {
@@ -334,6 +380,7 @@ int main(void) {
                                        cmocka_unit_test(test_generic_reference),
                                        cmocka_unit_test(test_paged_and_bf16),
                                        cmocka_unit_test(test_int8_cache),
-                                       cmocka_unit_test(test_kv_quantize_row)};
+                                       cmocka_unit_test(test_kv_quantize_row),
+                                       cmocka_unit_test(test_rotate_quantize_tables)};
     return cmocka_run_group_tests_name("attention", tests, NULL, NULL);
 }
