@@ -9,7 +9,8 @@ turns them into bench/serving/RESULTS.md and results.png). Run with the serving 
 
 Environment (all optional):
   BENCH_SERVING_SYSTEMS      default seed,seed-batch,cserve,cserve-proxy,cserve-int8,seed-legacy,cserve-legacy,
-                             cserve-replicas,cserve-replicas-int8,cserve-platform
+                             cserve-replicas,cserve-replicas-int8,cserve-platform; a "-kvint8" or
+                             "-kvbf16" suffix on a plain cserve system sets --kv-cache-dtype
   BENCH_SERVING_THREADS      CPUs given to each system (default: CPUs in the affinity mask)
   BENCH_SERVING_CONCURRENCY  default 1,8,32,128
   BENCH_SERVING_DURATION     seconds of load per level (default 20)
@@ -709,7 +710,7 @@ class CserveProc:
     logging to build/bench-serving/logs/NAME.log, packed weights in
     build/bench-serving/pack-cache."""
 
-    def __init__(self, name, dtype, config=None, legacy=False):
+    def __init__(self, name, dtype, config=None, legacy=False, kv=None):
         self.name, self.dtype = name, dtype
         self.port = pick_port(PORT)
         self.admin_port = None
@@ -723,6 +724,8 @@ class CserveProc:
         if config is None:
             self.argv = [CSERVE, "serve", "--model", MODEL, "--host", HOST, "--port",
                          str(self.port), "--threads", str(THREADS), "--dtype", dtype]
+            if kv:
+                self.argv += ["--kv-cache-dtype", kv]
             if legacy:
                 self.argv += ["--pipeline-defaults", "4.51"]
         else:
@@ -814,8 +817,8 @@ def ab_compare(name, dtype, proxy_cs, save):
     return ab
 
 
-def run_cserve(name, dtype, save, proxy=False, legacy=False):
-    doc = {"system": name, "levels": [], "dtype": dtype, "legacy_lengths": legacy,
+def run_cserve(name, dtype, save, proxy=False, legacy=False, kv=None):
+    doc = {"system": name, "levels": [], "dtype": dtype, "kv_cache_dtype": kv or "fp32", "legacy_lengths": legacy,
            "version": cserve_version(), "git": git_state()}
     if proxy:
         doc["how"] = (f"`build/cserve serve --config FILE`: controller + HTTP proxy + admin API in "
@@ -825,13 +828,14 @@ def run_cserve(name, dtype, save, proxy=False, legacy=False):
                       f"the replica is a child process behind a Unix socket")
     else:
         doc["how"] = (f"`build/cserve serve --model DIR --threads {THREADS} --dtype {dtype}"
+                      + (f" --kv-cache-dtype {kv}" if kv else "")
                       + (" --pipeline-defaults 4.51" if legacy else "")
                       + "` (defaults otherwise: max_ongoing_requests 32, max_queued_requests 256)")
     if not cserve_usable(doc, name, ("--port", "--config", "--admin-port") if proxy
                          else ("--port",)):
         return doc
     cs = CserveProc(name, dtype, (lambda port: cserve_config(port, dtype)) if proxy else None,
-                    legacy=legacy)
+                    legacy=legacy, kv=kv)
     doc["packed_cache_before_start"] = ("present" if cs.cache_present
                                         else "absent (this start packs the weights)")
     try:
@@ -863,17 +867,21 @@ def run_cserve(name, dtype, save, proxy=False, legacy=False):
 # ---------------------------------------------------------------- machine, main
 
 def cserve_system(s):
-    """'cserve-proxy-int8' -> ('proxy', 'int8'); 'cserve' -> ('serve', 'fp32'); unknown: None."""
+    """'cserve-proxy-int8' -> ('proxy', 'int8', None); 'cserve' -> ('serve', 'fp32', None);
+    'cserve-int8-kvint8' -> ('serve', 'int8', 'int8') (KV cache dtype, serve only); unknown: None."""
     parts = s.split("-")[1:]
     if parts and parts[-1] == "legacy":
         parts.pop()
+    kv = None
+    if parts and parts[-1] in ("kvint8", "kvbf16"):
+        kv = parts.pop()[2:]
     kind = "serve"
     if parts and parts[0] in ("proxy", "replicas", "platform"):
         kind = parts.pop(0)
     dtype = parts.pop(0) if parts else "fp32"
-    if parts or dtype not in ("fp32", "int8", "bf16"):
-        return None, None
-    return kind, dtype
+    if parts or dtype not in ("fp32", "int8", "bf16") or (kv and kind != "serve"):
+        return None, None, None
+    return kind, dtype, kv
 
 
 def machine():
@@ -949,7 +957,7 @@ def main():
         elif s in ("seed-batch", "seed-batch-legacy"):
             doc["runs"].append(run_seed(s, True, save, legacy))
         elif s.startswith("cserve"):
-            kind, dtype = cserve_system(s)
+            kind, dtype, kv = cserve_system(s)
             if kind is None:
                 say(f"unknown system {s!r} in BENCH_SERVING_SYSTEMS")
                 continue
@@ -960,7 +968,7 @@ def main():
                 import mirror_zero
                 doc["runs"].append(mirror_zero.run(sys.modules[__name__], s, save))
             else:
-                doc["runs"].append(run_cserve(s, dtype, save, proxy=kind == "proxy", legacy=legacy))
+                doc["runs"].append(run_cserve(s, dtype, save, proxy=kind == "proxy", legacy=legacy, kv=kv))
         else:
             say(f"unknown system {s!r} in BENCH_SERVING_SYSTEMS")
             continue
