@@ -12,9 +12,9 @@
 /* int8 KV cache, head sizes a power of two up to KV_ROT_MAX: keys and values
  * are cached rotated by the Walsh-Hadamard transform H (k' = H k, v' = H v),
  * queries turned the same way (q' = H q, scores scaled by 1 / hd more, so
- * q' . k' / hd = q . k) and each output turned back (out = H out' / hd). A channel far larger than the rest
- * (trained models' keys have such) would set a row's int8 step alone; H
- * spreads it over every element of the row. */
+ * q' . k' / hd = q . k) and each output turned back (out = H out' / hd). A
+ * channel far larger than the rest (trained models' keys have such) would set
+ * a row's int8 step alone; H spreads it over every element of the row. */
 #define KV_ROT_MAX 256
 static int kv_rotated(cs_kvdtype dt, size_t hd) { return dt == CS_KV_I8 && hd <= KV_ROT_MAX && (hd & (hd - 1)) == 0; }
 
@@ -291,12 +291,12 @@ static void job_attention(void *vc, int tid, size_t i0, size_t i1) {
         if (i % ATT_ROWS) continue;                /* done by its block's first row */
         const size_t nq = (size_t)sq->n - i < ATT_ROWS ? (size_t)sq->n - i : ATT_ROWS;
         if (rot)
-            for (size_t i = 0; i < nq; i++) m->kern->fwht(q + i * 3 * C, hd, 1.0f);
+            for (size_t t = 0; t < nq; t++) m->kern->fwht(q + t * 3 * C, hd, 1.0f);
         if (dt == CS_KV_I8) m->kern->attend_causal_i8(q, 3 * C, &kh, pos, nq, hd, sc, att, out, C);
         else if (dt == CS_KV_BF16) m->kern->attend_causal_bf16(q, 3 * C, &kh, pos, nq, hd, scale, att, out, C);
         else m->kern->attend_causal(q, 3 * C, &kh, pos, nq, hd, scale, att, out, C);
         if (rot)
-            for (size_t i = 0; i < nq; i++) m->kern->fwht(out + i * C, hd, 1.0f / (float)hd);
+            for (size_t t = 0; t < nq; t++) m->kern->fwht(out + t * C, hd, 1.0f / (float)hd);
     }
 }
 
