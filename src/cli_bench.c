@@ -170,7 +170,7 @@ static int attention_report(void) {
                     for (size_t l = 0; l < L; l++)
                         for (size_t sq = 0; sq < S; sq++)
                             for (size_t h = 0; h < H; h++) {
-                                const cs_kvhead kh = cs_kvpool_head(p, blk + sq * nb, l, h, HD);
+                                const cs_kvhead kh = cs_kvpool_head(p, blk + sq * nb, l, h);
                                 if (form == 0)
                                     (kd == CS_KV_I8     ? k->attend_i8
                                      : kd == CS_KV_BF16 ? k->attend_bf16

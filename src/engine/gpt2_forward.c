@@ -273,7 +273,7 @@ static void job_attention(void *vc, int tid, size_t i0, size_t i1) {
         const cs_gpt2_seq *sq = &c->seqs[ws->row_seq[r]];
         const cs_gpt2_kv *kv = sq->kv;
         const size_t pos = (size_t)ws->row_pos[r];
-        const cs_kvhead kh = cs_kvpool_head(kv->pool, kv->blk, c->layer, h, hd);
+        const cs_kvhead kh = cs_kvpool_head(kv->pool, kv->blk, c->layer, h);
         const cs_kvdtype dt = cs_kvpool_dtype(kv->pool);
         float *q = ws->qkv + r * 3 * C + h * hd; /* this item's alone: may be turned in place */
         float *out = ws->h + r * C + h * hd;

@@ -109,7 +109,8 @@ size_t cs_kvpool_free_blocks(const cs_kvpool *p) { return p->n_blocks - p->n_use
 
 cs_kvdtype cs_kvpool_dtype(const cs_kvpool *p) { return p->dt; }
 
-cs_kvhead cs_kvpool_head(const cs_kvpool *p, void *const *blk, size_t l, size_t h, size_t hd) {
+cs_kvhead cs_kvpool_head(const cs_kvpool *p, void *const *blk, size_t l, size_t h) {
+    const size_t hd = p->n_embd / p->n_head;
     const size_t koff = cs_kvpool_krow_off(p->n_embd, hd, p->dt, l, h, 0);
     return (cs_kvhead){.blk = (const void *const *)blk, .koff = koff,
                        .voff = koff + cs_kvpool_voff_delta(p->n_embd, hd, p->dt), .ld = cs_kvpool_ld(p->dt, hd)};

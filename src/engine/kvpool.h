@@ -62,8 +62,8 @@ void cs_kvpool_get_info(const cs_kvpool *p, cs_kvpool_info *out);
 size_t cs_kvpool_free_blocks(const cs_kvpool *p);
 cs_kvdtype cs_kvpool_dtype(const cs_kvpool *p);
 
-/* The view of head h (size hd) of layer l through a sequence's block table. */
-cs_kvhead cs_kvpool_head(const cs_kvpool *p, void *const *blk, size_t l, size_t h, size_t hd);
+/* The view of head h of layer l through a sequence's block table. */
+cs_kvhead cs_kvpool_head(const cs_kvpool *p, void *const *blk, size_t l, size_t h);
 
 /* Bytes one cached position takes over all layers: keys and values. */
 static inline size_t cs_kvpool_bytes_per_token(size_t n_layer, size_t n_embd, size_t n_head, cs_kvdtype dt) {

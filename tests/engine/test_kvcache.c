@@ -70,7 +70,7 @@ static void test_pool_accounting(void **state) {
     assert_ptr_equal(cs_kvpool_alloc(p), b[2]);
     /* layout: within a block, one head's rows are contiguous (ld = hd); heads,
      * then keys / values, then layers follow each other without overlap */
-    cs_kvhead h0 = cs_kvpool_head(p, b, 1, 0, 16), h3 = cs_kvpool_head(p, b, 1, 3, 16);
+    cs_kvhead h0 = cs_kvpool_head(p, b, 1, 0), h3 = cs_kvpool_head(p, b, 1, 3);
     assert_int_equal(h0.ld, 16);
     assert_ptr_equal(cs_kv_krow(&h0, 1), cs_kv_krow(&h0, 0) + 16);
     assert_ptr_equal(cs_kv_krow(&h3, 0), cs_kv_krow(&h0, 0) + 3 * CS_KV_BLOCK * 16);
@@ -106,7 +106,7 @@ static void test_pool_int8_layout(void **state) {
     assert_int_equal(pi.n_head, 4);
     void *b[3];
     for (int i = 0; i < 3; i++) assert_non_null(b[i] = cs_kvpool_alloc(p));
-    cs_kvhead h0 = cs_kvpool_head(p, b, 1, 0, 16), h3 = cs_kvpool_head(p, b, 1, 3, 16);
+    cs_kvhead h0 = cs_kvpool_head(p, b, 1, 0), h3 = cs_kvpool_head(p, b, 1, 3);
     assert_int_equal(h0.ld, 20);
     assert_ptr_equal(cs_kv_krow8(&h0, 1), cs_kv_krow8(&h0, 0) + 20);
     assert_ptr_equal(cs_kv_krow8(&h3, 0), cs_kv_krow8(&h0, 0) + 3 * CS_KV_BLOCK * 20);
@@ -119,7 +119,7 @@ static void test_pool_int8_layout(void **state) {
     const size_t off = cs_kvpool_krow_off(64, 16, CS_KV_I8, 1, 2, 21);
     cs_kv_quantize_row(x, 16, (int8_t *)b[1] + off);
     cs_kv_quantize_row(v, 16, (int8_t *)b[1] + off + cs_kvpool_voff_delta(64, 16, CS_KV_I8));
-    cs_kvhead h2 = cs_kvpool_head(p, b, 1, 2, 16);
+    cs_kvhead h2 = cs_kvpool_head(p, b, 1, 2);
     const int8_t *kr = cs_kv_krow8(&h2, 21), *vr = cs_kv_vrow8(&h2, 21);
     for (int e = 0; e < 16; e++) {
         assert_true(fabsf((float)kr[e] * cs_kv_row_scale(kr, 16) - x[e]) <= 2.0f / 254.0f);
