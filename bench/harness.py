@@ -258,6 +258,8 @@ def run_cserve(dtype):
             f"{cold.get('load_s')} s, peak RSS {cold.get('peak_rss_mb')} MB")
     if merged.get("kernels"):
         extra["kernels"] = merged["kernels"]
+    if merged.get("kv_cache_dtype"):
+        extra["KV cache"] = f"{merged['kv_cache_dtype']} (--kv-cache-dtype auto)"
     if any(h is not None for _, h in loads):
         extra["load_s per process (packed-weight cache hit)"] = ", ".join(
             f"{ls} ({'hit' if h else 'miss'})" for ls, h in loads)

@@ -29,7 +29,7 @@ static double now_s(void) {
 
 static void usage(FILE *f) {
     fprintf(f, "usage: cserve bench --model DIR [--dtype fp32|bf16|int8] [--threads N] [--prompt-len 128]\n"
-               "                    [--gen 64] [--batches 1,4,16,64] [--kv-cache-dtype fp32|bf16|int8]\n"
+               "                    [--gen 64] [--batches 1,4,16,64] [--kv-cache-dtype auto|fp32|bf16|int8]\n"
                "       cserve bench --kv-memory   (KV cache memory of distilgpt2 / gpt2-large shapes; no model)\n"
                "       cserve bench --attention   (decode attention over a paged KV cache, one thread; no model)\n");
 }
@@ -205,7 +205,7 @@ int cs_cmd_bench(int argc, char **argv) {
         {"kv-cache-dtype", required_argument, 0, 'k'}, {"kv-memory", no_argument, 0, 'K'},
         {"attention", no_argument, 0, 'A'},
         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
-    const char *dir = NULL, *dtype = "fp32", *batches = "1,4,16,64", *kvdt = "fp32";
+    const char *dir = NULL, *dtype = "fp32", *batches = "1,4,16,64", *kvdt = "auto";
     int threads = 0, prompt_len = 128, gen = 64, c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:d:t:p:g:b:k:KAh", opts, NULL)) != -1) {
@@ -225,7 +225,7 @@ int cs_cmd_bench(int argc, char **argv) {
     }
     cs_gpt2_opts mo = {0};
     cs_kvdtype kdt = CS_KV_F32;
-    if (!dir || prompt_len < 1 || gen < 1 || cs_wdtype_parse(dtype, &mo.dtype) || cs_kvdtype_parse(kvdt, &kdt)) {
+    if (!dir || prompt_len < 1 || gen < 1 || cs_wdtype_parse(dtype, &mo.dtype) || cs_kvdtype_resolve(kvdt, mo.dtype, &kdt)) {
         usage(stderr);
         return 2;
     }
@@ -268,7 +268,7 @@ int cs_cmd_bench(int argc, char **argv) {
     cs_gpt2_state_free(&st);
     printf("{\"engine\": \"cserve\", \"dtype\": \"%s\", \"kv_cache_dtype\": \"%s\", \"kernels\": \"%s\", \"threads\": %d, \"load_s\": %.4f, "
            "\"packed_cache_hit\": %s, \"prefill_tokens\": %d, \"prefill_tokens_per_s\": %.2f, \"gen\": %d, \"decode\": {",
-           cs_wdtype_name(mo.dtype), kvdt, net->kern->name, cs_pool_size(pool), load_s, net->from_cache ? "true" : "false",
+           cs_wdtype_name(mo.dtype), cs_kvdtype_name(kdt), net->kern->name, cs_pool_size(pool), load_s, net->from_cache ? "true" : "false",
            prompt_len, prompt_len / prefill_s, gen);
     char *list = strdup(batches), *save = NULL;
     int first = 1;

@@ -41,7 +41,9 @@ static void usage(FILE *f) {
             "  --max-queued-requests N          waiting requests behind them (default 4096)\n"
             "  --kv-cache-mb N                  KV cache memory shared by its sequences (default 0: room for\n"
             "                                   every sequence at full context)\n"
-            "  --kv-cache-dtype fp32|bf16|int8  KV cache element type (default fp32)\n"
+            "  --kv-cache-dtype auto|fp32|bf16|int8\n"
+            "                                   KV cache element type (default auto: fp32 for fp32 weights,\n"
+            "                                   bf16 for bf16 and int8 ones)\n"
             "  --user-config JSON               generation defaults (Ray's user_config); clean_text:\n"
             "                                   options merged over --clean-opts\n"
             "  --chat-template FILE|JSON        template of /v1/chat/completions: a JSON object, or a file\n"
@@ -145,12 +147,16 @@ int cs_cmd_replica(int argc, char **argv) {
                 bad = 1;
             }
             break;
-        case O_KVDT:
-            if (cs_kvdtype_parse(optarg, &o.kv_dtype)) {
-                fprintf(stderr, "cserve replica: --kv-cache-dtype: expected fp32, bf16 or int8, got '%s'\n", optarg);
+        case O_KVDT: {
+            cs_kvdtype kv_check;
+            if (cs_kvdtype_resolve(optarg, CS_W_F32, &kv_check)) {
+                fprintf(stderr, "cserve replica: --kv-cache-dtype: expected auto, fp32, bf16 or int8, got '%s'\n",
+                        optarg);
                 bad = 1;
             }
+            o.kv_dtype = optarg;
             break;
+        }
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }

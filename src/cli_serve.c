@@ -66,8 +66,10 @@ static void usage(FILE *f) {
             "  --kv-cache-mb N                  memory for the KV cache, shared by all sequences in blocks of\n"
             "                                   16 tokens (default 0: room for every sequence at full context);\n"
             "                                   when it is full the newest sequence waits and is computed again\n"
-            "  --kv-cache-dtype fp32|bf16|int8  KV cache element type (default fp32; bf16: half the memory,\n"
-            "                                   int8: 27%% of it, a scale per head row)\n"
+            "  --kv-cache-dtype auto|fp32|bf16|int8\n"
+            "                                   KV cache element type (default auto: fp32 for fp32 weights, bf16\n"
+            "                                   for bf16 and int8 ones; bf16: half the memory, int8: 27%% of it,\n"
+            "                                   a scale per head row)\n"
             "  --api-key-file F                 API keys, one per line; also CSERVE_API_KEYS=k1,k2; a key may be\n"
             "                                   followed by max_ongoing=N (its own limit, as below)\n"
             "  --max-ongoing-per-key N          generation requests one API key may have in flight; more get 429\n"
@@ -406,7 +408,7 @@ int cs_cmd_serve(int argc, char **argv) {
     double max_dur = CS_SCHED_MAX_DURATION_S;
     double hdr_to = CS_HTTP_HEADER_TIMEOUT_S, body_rate = CS_HTTP_MIN_BODY_RATE, max_conn = 0, max_conn_ip = -1;
     double per_key = 0, kv_mb = 0;
-    cs_kvdtype kv_dt = CS_KV_F32;
+    const char *kv_arg = "auto";
     int access_log = 1, c, port_set = 0, host_set = 0;
     const char *config = NULL, *admin_host = "127.0.0.1";
     double admin_port = 8265;
@@ -448,12 +450,16 @@ int cs_cmd_serve(int argc, char **argv) {
                 bad = 1;
             }
             break;
-        case O_KVDT:
-            if (cs_kvdtype_parse(optarg, &kv_dt)) {
-                fprintf(stderr, "cserve serve: --kv-cache-dtype: expected fp32, bf16 or int8, got '%s'\n", optarg);
+        case O_KVDT: {
+            cs_kvdtype kv_check;
+            if (cs_kvdtype_resolve(optarg, CS_W_F32, &kv_check)) {
+                fprintf(stderr, "cserve serve: --kv-cache-dtype: expected auto, fp32, bf16 or int8, got '%s'\n",
+                        optarg);
                 bad = 1;
             }
+            kv_arg = optarg;
             break;
+        }
         case O_KEYS: key_file = optarg; break;
         case O_NOLOG: access_log = 0; break;
         case O_CONFIG: config = optarg; break;
@@ -555,14 +561,17 @@ int cs_cmd_serve(int argc, char **argv) {
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     if (lrc) goto out;
     cs_api_log("info", "listening on %s:%d", host, cs_http_port(http));
+    cs_kvdtype kv_dt;
+    cs_kvdtype_resolve(kv_arg, mopts.dtype, &kv_dt); /* checked while parsing */
     cs_sched_opts so = {.max_running = (int)ongoing, .max_queued = (int)queued, .threads = (int)threads,
                         .max_duration_s = max_dur > 0 ? max_dur : -1, .kv_cache_mb = (int)kv_mb, .kv_dtype = kv_dt};
     if (cs_sched_create(&sched, m, &so, &err)) goto out;
     if (pipedef && cs_api_set_user_config(api, pipedef, &err)) goto out;
     cs_api_attach(api, m, sched);
-    cs_api_log("info", "ready: model %s from %s (%d layers, %d wide, context %d), max_ongoing_requests %d, "
-                       "max_queued_requests %d",
-               name, dir, m->net->cfg.n_layer, m->net->cfg.n_embd, m->net->cfg.n_positions, (int)ongoing, (int)queued);
+    cs_api_log("info", "ready: model %s from %s (%d layers, %d wide, context %d), %s weights, %s KV cache, "
+                       "max_ongoing_requests %d, max_queued_requests %d",
+               name, dir, m->net->cfg.n_layer, m->net->cfg.n_embd, m->net->cfg.n_positions,
+               cs_wdtype_name(mopts.dtype), cs_kvdtype_name(kv_dt), (int)ongoing, (int)queued);
 
     int sig = 0;
     while (sigwait(&sigs, &sig) != 0) {

@@ -9,8 +9,10 @@ turns them into bench/serving/RESULTS.md and results.png). Run with the serving 
 
 Environment (all optional):
   BENCH_SERVING_SYSTEMS      default seed,seed-batch,cserve,cserve-proxy,cserve-int8,seed-legacy,cserve-legacy,
-                             cserve-replicas,cserve-replicas-int8,cserve-platform; a "-kvint8" or
-                             "-kvbf16" suffix on a plain cserve system sets --kv-cache-dtype
+                             cserve-replicas,cserve-replicas-int8,cserve-platform; a "-kvint8",
+                             "-kvbf16" or "-kvfp32" suffix on a plain cserve system sets
+                             --kv-cache-dtype (without one: auto, fp32 for fp32 weights, bf16
+                             for bf16 and int8 ones)
   BENCH_SERVING_THREADS      CPUs given to each system (default: CPUs in the affinity mask)
   BENCH_SERVING_CONCURRENCY  default 1,8,32,128
   BENCH_SERVING_DURATION     seconds of load per level (default 20)
@@ -818,7 +820,7 @@ def ab_compare(name, dtype, proxy_cs, save):
 
 
 def run_cserve(name, dtype, save, proxy=False, legacy=False, kv=None):
-    doc = {"system": name, "levels": [], "dtype": dtype, "kv_cache_dtype": kv or "fp32", "legacy_lengths": legacy,
+    doc = {"system": name, "levels": [], "dtype": dtype, "kv_cache_dtype": kv or ("fp32" if dtype == "fp32" else "bf16"), "legacy_lengths": legacy,
            "version": cserve_version(), "git": git_state()}
     if proxy:
         doc["how"] = (f"`build/cserve serve --config FILE`: controller + HTTP proxy + admin API in "
@@ -830,7 +832,8 @@ def run_cserve(name, dtype, save, proxy=False, legacy=False, kv=None):
         doc["how"] = (f"`build/cserve serve --model DIR --threads {THREADS} --dtype {dtype}"
                       + (f" --kv-cache-dtype {kv}" if kv else "")
                       + (" --pipeline-defaults 4.51" if legacy else "")
-                      + "` (defaults otherwise: max_ongoing_requests 32, max_queued_requests 256)")
+                      + "` (defaults otherwise: max_ongoing_requests 32, max_queued_requests 256"
+                      + ("" if kv else f", KV cache {doc['kv_cache_dtype']} by --kv-cache-dtype auto") + ")")
     if not cserve_usable(doc, name, ("--port", "--config", "--admin-port") if proxy
                          else ("--port",)):
         return doc
@@ -873,7 +876,7 @@ def cserve_system(s):
     if parts and parts[-1] == "legacy":
         parts.pop()
     kv = None
-    if parts and parts[-1] in ("kvint8", "kvbf16"):
+    if parts and parts[-1] in ("kvint8", "kvbf16", "kvfp32"):
         kv = parts.pop()[2:]
     kind = "serve"
     if parts and parts[0] in ("proxy", "replicas", "platform"):

@@ -11,7 +11,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-ORDER = ["seed", "seed-batch", "cserve", "cserve-proxy", "cserve-int8", "cserve-int8-kvint8", "cserve-proxy-int8",
+ORDER = ["seed", "seed-batch", "cserve", "cserve-proxy", "cserve-int8", "cserve-int8-kvint8", "cserve-int8-kvfp32", "cserve-proxy-int8",
          "seed-legacy", "seed-batch-legacy", "cserve-legacy", "cserve-int8-legacy",
          "cserve-bf16", "cserve-proxy-bf16", "cserve-replicas", "cserve-replicas-int8",
          "cserve-replicas-bf16", "cserve-platform"]
@@ -20,6 +20,7 @@ LABEL = {"seed": "seed (Ray Serve + FastAPI + pipeline)",
          "cserve": "cserve serve (fp32)",
          "cserve-int8": "cserve serve (int8)",
          "cserve-int8-kvint8": "cserve serve (int8, int8 KV cache)",
+         "cserve-int8-kvfp32": "cserve serve (int8, fp32 KV cache)",
          "cserve-bf16": "cserve serve (bf16)",
          "cserve-platform": "cserve serve --config, mirror and scale to zero",
          "seed-legacy": "seed, max_length 50 (transformers <= 4.51 lengths)",
@@ -172,7 +173,7 @@ def main():
     w("")
 
     # ---- ratios
-    pairs = [(c, s) for c in ("cserve", "cserve-int8", "cserve-int8-kvint8", "cserve-bf16") for s in ("seed", "seed-batch")
+    pairs = [(c, s) for c in ("cserve", "cserve-int8", "cserve-int8-kvint8", "cserve-int8-kvfp32", "cserve-bf16") for s in ("seed", "seed-batch")
              if c in by and s in by and not by[c].get("error") and not by[s].get("error")]
     pairs += [(c, s) for c in ("cserve-legacy", "cserve-int8-legacy") for s in ("seed-legacy", "seed-batch-legacy")
               if c in by and s in by and not by[c].get("error") and not by[s].get("error")]

@@ -28,6 +28,16 @@ int cs_kvdtype_parse(const char *s, cs_kvdtype *out) {
     return 0;
 }
 
+cs_kvdtype cs_kvdtype_auto(cs_wdtype weights) { return weights == CS_W_F32 ? CS_KV_F32 : CS_KV_BF16; }
+
+int cs_kvdtype_resolve(const char *s, cs_wdtype weights, cs_kvdtype *out) {
+    if (!strcmp(s, "auto")) {
+        *out = cs_kvdtype_auto(weights);
+        return 0;
+    }
+    return cs_kvdtype_parse(s, out);
+}
+
 void cs_fwht(float *x, size_t n, float post) {
     for (size_t h = 1; h < n; h *= 2)
         for (size_t i = 0; i < n; i += 2 * h)

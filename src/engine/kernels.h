@@ -75,6 +75,13 @@ static inline size_t cs_kv_row_bytes(cs_kvdtype dt, size_t hd) {
 }
 const char *cs_kvdtype_name(cs_kvdtype dt);
 int cs_kvdtype_parse(const char *s, cs_kvdtype *out); /* "fp32"/"f32", "bf16", "int8"/"i8" */
+/* The KV cache type "auto" picks for a weight format: fp32 for fp32 weights
+ * (the exact mode stays exact), bf16 for bf16 and int8 weights (a 16-bit cache
+ * for reduced-precision weights: half the bytes to store and to read per
+ * decode step, an error far below the weights' own). */
+cs_kvdtype cs_kvdtype_auto(cs_wdtype weights);
+/* "auto" (cs_kvdtype_auto of the weights) or a cs_kvdtype_parse name; -1 otherwise. */
+int cs_kvdtype_resolve(const char *s, cs_wdtype weights, cs_kvdtype *out);
 
 typedef struct cs_kvhead {
     const void *const *blk;

@@ -568,12 +568,12 @@ static void check_textgen_args(const vctx *v, const loc *l, const json_t *args, 
         } else if (!strcmp(key, "kv_cache_dtype")) {
             char kd[16] = "";
             if (get_str(&av.v, &fl, x, kd, sizeof kd) == 0) {
-                if (strcmp(kd, "fp32") && strcmp(kd, "bf16") && strcmp(kd, "int8")) {
+                if (strcmp(kd, "auto") && strcmp(kd, "fp32") && strcmp(kd, "bf16") && strcmp(kd, "int8")) {
                     char got[96];
-                    v_fail(&av.v, &fl, "expected one of fp32, bf16, int8, got %s", describe(got, sizeof got, x));
-                } else {
+                    v_fail(&av.v, &fl, "expected one of auto, fp32, bf16, int8, got %s", describe(got, sizeof got, x));
+                } else { /* auto is the replicas' default: kept as unset, so either spelling is the same config */
                     snprintf(a->textgen.kv_dtype, sizeof a->textgen.kv_dtype, "%s",
-                             !strcmp(kd, "int8") ? "int8" : !strcmp(kd, "bf16") ? "bf16" : "fp32");
+                             !strcmp(kd, "int8") ? "int8" : !strcmp(kd, "bf16") ? "bf16" : !strcmp(kd, "fp32") ? "fp32" : "");
                 }
             }
         } else if (!strcmp(key, "versions")) {

@@ -26,7 +26,8 @@
  *                                 "distilgpt2"), dtype (fp32|bf16|int8, default fp32),
  *                                 kv_cache_mb (each replica's KV cache memory, default 0:
  *                                 room for every sequence at full context), kv_cache_dtype
- *                                 (fp32|bf16, default fp32; all generators of the app), and
+ *                                 (auto|fp32|bf16|int8, default auto: fp32 for fp32 weights,
+ *                                 bf16 for bf16/int8; all generators of the app), and
  *                                 cserve's extensions (all inside args, so Ray's schema
  *                                 accepts the file):
  *       versions: {NAME: {model, dtype}}   more generator deployments (A/B versions)
@@ -110,7 +111,7 @@ typedef struct cs_scfg_deployment {
     char model[1024];    /* generator: its model (directory or Hub name) */
     char dtype[8];       /* generator: fp32 | bf16 | int8 */
     int kv_cache_mb;     /* generator: args.kv_cache_mb (0: room for every sequence at full context) */
-    char kv_dtype[8];    /* generator: args.kv_cache_dtype, fp32 | bf16 | int8 */
+    char kv_dtype[8];    /* generator: args.kv_cache_dtype, fp32 | bf16 | int8 ("": auto) */
     double weight;       /* generator: its share of the application's traffic (args.traffic) */
     char fallback[CS_SCFG_MAX_NAME]; /* args.fallback: where requests go when this one is
                                         overloaded or has no replicas ("" none) */
@@ -137,7 +138,7 @@ typedef struct cs_scfg_textgen {
     char model[1024]; /* TextGenService's model: directory or Hub name */
     char dtype[8];    /* fp32 | bf16 | int8 */
     int kv_cache_mb;  /* args.kv_cache_mb: each replica's KV cache memory (0: full context per sequence) */
-    char kv_dtype[8]; /* args.kv_cache_dtype: fp32 | bf16 | int8 */
+    char kv_dtype[8]; /* args.kv_cache_dtype: fp32 | bf16 | int8 ("": auto, by the weights) */
     char session_header[64];            /* args.session_header: pins a client to one version ("" none) */
     char mirror[CS_SCFG_MAX_NAME];      /* args.mirror.deployment: shadow traffic target ("" none) */
     double mirror_percent;              /* args.mirror.percent, 0..100 */

@@ -154,6 +154,11 @@ int cs_replica_run(const cs_replica_opts *o) {
         cs_err_set(&err, "dtype: expected fp32, bf16 or int8, got '%s'", o->dtype);
         goto out;
     }
+    cs_kvdtype kv_dt;
+    if (cs_kvdtype_resolve(o->kv_dtype ? o->kv_dtype : "auto", mopts.dtype, &kv_dt)) {
+        cs_err_set(&err, "kv_cache_dtype: expected auto, fp32, bf16 or int8, got '%s'", o->kv_dtype);
+        goto out;
+    }
     if (o->user_config && *o->user_config) {
         json_error_t je;
         if (!(uc = json_loads(o->user_config, JSON_REJECT_DUPLICATES, &je)) || !json_is_object(uc)) {
@@ -182,15 +187,15 @@ int cs_replica_run(const cs_replica_opts *o) {
     if (lrc) goto out;
     cs_sched_opts so = {.max_running = o->max_running > 0 ? o->max_running : 32,
                         .max_queued = o->max_queued > 0 ? o->max_queued : 4096, .threads = o->threads,
-                        .kv_cache_mb = o->kv_cache_mb, .kv_dtype = o->kv_dtype};
+                        .kv_cache_mb = o->kv_cache_mb, .kv_dtype = kv_dt};
     if (cs_sched_create(&sched, m, &so, &err)) goto out;
     pthread_mutex_lock(&p.mu);
     p.sched = sched;
     pthread_mutex_unlock(&p.mu);
     cs_api_attach(p.api, m, sched);
     atomic_store(&p.ready, 1);
-    cs_api_log("info", "replica %s ready: model %s (%s), %d threads, max_running %d", rid, name, dir,
-               o->threads, so.max_running);
+    cs_api_log("info", "replica %s ready: model %s (%s), %s weights, %s KV cache, %d threads, max_running %d", rid,
+               name, dir, cs_wdtype_name(mopts.dtype), cs_kvdtype_name(kv_dt), o->threads, so.max_running);
 
     int sig = 0;
     while (sigwait(&sigs, &sig) != 0) {

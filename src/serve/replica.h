@@ -54,7 +54,7 @@ typedef struct cs_replica_opts {
     int max_running;         /* scheduler sequences (max_ongoing_requests) */
     int max_queued;          /* scheduler queue behind them */
     int kv_cache_mb;         /* scheduler KV cache memory (0: room for every sequence at full context) */
-    cs_kvdtype kv_dtype;     /* KV cache element type (CS_KV_F32 when zeroed) */
+    const char *kv_dtype;    /* KV cache element type: auto | fp32 | bf16 | int8 (NULL: auto) */
     double request_timeout_s;
     double graceful_shutdown_timeout_s;
     int access_log;

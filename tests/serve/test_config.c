@@ -208,6 +208,12 @@ static void test_json_input(void **state) {
     assert_true(a->deps[0].health_check_timeout_s == 10);
     assert_true(json_real_value(json_object_get(a->deps[0].user_config, "temperature")) == 0.5);
     cs_scfg_free(c);
+    /* kv_cache_dtype auto is the replicas' default: kept unset (no flag, the same config as leaving it
+     * out), for the app's generator and its versions alike */
+    c = ok("{\"applications\": [{\"import_path\": \"cserve.apps:text_generation\", \"args\": {\"dtype\": \"int8\",\n"
+           "  \"kv_cache_dtype\": \"auto\", \"versions\": {\"B\": {\"model\": \"m2\"}}}}]}");
+    for (int i = 0; i < 2; i++) assert_string_equal(c->apps[0].deps[i].kv_dtype, "");
+    cs_scfg_free(c);
     /* errors in JSON text carry line:col too */
     bad("{\"applications\": [\n  {\"import_path\": \"x:y\",\n"
         "   \"deployments\": [{\"name\": \"D\", \"num_replicas\": 0}]}]}",
@@ -663,7 +669,7 @@ static void test_app_errors(void **state) {
     app_bad(APP_HDR "    args: {model: m, foo: 1}\n",
             "t.yaml:4:27: args.foo: unknown argument of cserve.apps:text_generation (it takes: model, dtype, kv_cache_mb, kv_cache_dtype, versions, traffic, session_header, mirror, fallback, preprocess, remote)");
     app_bad(APP_HDR "    args: {dtype: fp16}\n", "args.dtype: expected one of fp32, bf16, int8, got \"fp16\"");
-    app_bad(APP_HDR "    args: {kv_cache_dtype: fp16}\n", "args.kv_cache_dtype: expected one of fp32, bf16, int8, got \"fp16\"");
+    app_bad(APP_HDR "    args: {kv_cache_dtype: fp16}\n", "args.kv_cache_dtype: expected one of auto, fp32, bf16, int8, got \"fp16\"");
     app_bad(APP_HDR "    args: {kv_cache_mb: -1}\n", "args.kv_cache_mb: expected an integer >= 0");
     app_bad(APP_HDR "    args: {kv_cache_mb: 1.5}\n", "args.kv_cache_mb: expected an integer >= 0");
     app_bad(APP_HDR "    args: {model: 5}\n", "args.model: expected a string, got 5");

@@ -84,8 +84,31 @@ def test_low_precision_cache_serves(dtype, per_token):
         stop_clean(s)
 
 
+# --kv-cache-dtype auto (the default): fp32 weights keep an fp32 cache (tiny: 1,024 bytes per token),
+# bf16 and int8 weights get a bf16 one (512); an explicit type wins over the weights.
+@pytest.mark.parametrize("args,per_token,name", [
+    ([], 1024, "fp32"),
+    (["--dtype", "bf16"], 512, "bf16"),
+    (["--dtype", "int8"], 512, "bf16"),
+    (["--dtype", "int8", "--kv-cache-dtype", "auto"], 512, "bf16"),
+    (["--kv-cache-dtype", "auto", "--dtype", "fp32"], 1024, "fp32"),
+    (["--dtype", "int8", "--kv-cache-dtype", "fp32"], 1024, "fp32"),
+    (["--kv-cache-dtype", "int8", "--dtype", "bf16"], 320, "int8"),
+])
+def test_auto_cache_follows_the_weights(args, per_token, name):
+    s = Server(*args, "--kv-cache-mb", "1")
+    try:
+        m = requests.get(s.url("/metrics"), timeout=T).text
+        assert metric(m, "cserve_kv_cache_capacity_tokens") == (1 << 20) // per_token // 16 * 16
+        assert f" weights, {name} KV cache" in s.log(), s.log()[-3000:]
+        assert len(complete(s, 0)) > 0
+    finally:
+        stop_clean(s)
+
+
 @pytest.mark.parametrize("args,msg", [
-    (["--kv-cache-dtype", "fp16"], "--kv-cache-dtype: expected fp32, bf16 or int8, got 'fp16'"),
+    (["--kv-cache-dtype", "fp16"], "--kv-cache-dtype: expected auto, fp32, bf16 or int8, got 'fp16'"),
+    (["--kv-cache-dtype", "AUTO"], "--kv-cache-dtype: expected auto, fp32, bf16 or int8, got 'AUTO'"),
     (["--kv-cache-mb", "lots"], "--kv-cache-mb"),
     (["--kv-cache-mb", "-3"], "--kv-cache-mb"),
     (["--kv-cache-mb", "0.5"], "--kv-cache-mb: expected a whole number of MB, got '0.5'"),
@@ -96,6 +119,46 @@ def test_bad_options(args, msg):
     assert r.returncode == 2 and msg in r.stderr, r.stderr
 
 
+def replica_cmdlines(s):
+    cmdlines = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == s.proc.pid and b"replica" in cmd:
+            cmdlines.append(cmd)
+    assert cmdlines, "no replica process found"
+    return cmdlines
+
+
+@pytest.mark.parametrize("kv", [None, "auto"])
+def test_config_auto_cache_follows_each_versions_weights(kv):
+    """args.kv_cache_dtype unset or auto: no flag reaches the replicas, and each version's replica
+    picks by its own weights: the fp32 version an fp32 cache, the int8 version a bf16 one."""
+    args = {"model": TINY, "versions": {"q": {"model": TINY, "dtype": "int8"}}, "traffic": {"TextGenService": 50, "q": 50}}
+    if kv:
+        args["kv_cache_dtype"] = kv
+    cfg = {"applications": [{"name": "app", "route_prefix": "/", "import_path": "cserve.apps:text_generation",
+                             "args": args, "deployments": [{"name": "TextGenService", "num_replicas": 1}]}]}
+    s = ControlServer(cfg)
+    try:
+        r = requests.post(s.url("/v1/completions"), json={"prompt": "hello", "max_tokens": 4}, timeout=T)
+        assert r.status_code == 200, r.text
+        cmdlines = replica_cmdlines(s)
+        assert len(cmdlines) == 2, cmdlines
+        assert all(b"--kv-cache-dtype" not in cmd for cmd in cmdlines), cmdlines
+        log = s.log()
+        assert "fp32 weights, fp32 KV cache" in log and "int8 weights, bf16 KV cache" in log, log[-5000:]
+    finally:
+        s.stop()
+
+
 def test_config_args_reach_the_replicas():
     cfg = {"applications": [{"name": "app", "route_prefix": "/", "import_path": "cserve.apps:text_generation",
                              "args": {"model": TINY, "kv_cache_mb": 2, "kv_cache_dtype": "int8"},
@@ -104,21 +167,7 @@ def test_config_args_reach_the_replicas():
     try:
         r = requests.post(s.url("/v1/completions"), json={"prompt": "hello", "max_tokens": 4}, timeout=T)
         assert r.status_code == 200, r.text
-        cmdlines = []
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmd = f.read().split(b"\0")
-            except (OSError, ValueError, IndexError):
-                continue
-            if ppid == s.proc.pid and b"replica" in cmd:
-                cmdlines.append(cmd)
-        assert cmdlines, "no replica process found"
-        for cmd in cmdlines:
+        for cmd in replica_cmdlines(s):
             i = cmd.index(b"--kv-cache-mb")
             assert cmd[i + 1] == b"2"
             assert cmd[cmd.index(b"--kv-cache-dtype") + 1] == b"int8"
