@@ -89,7 +89,9 @@ static void usage(FILE *f) {
             "  --admin-port N                   admin API port (default 8265; 0: any free port)\n"
             "  --api-key-file F, --max-ongoing-per-key N, --cors-origin O, --no-access-log,\n"
             "  --graceful-shutdown-timeout-s S, --header-timeout-s S, --min-body-rate B, --max-connections N,\n"
-            "  --max-connections-per-ip N       as above, for the proxy listener\n\n"
+            "  --max-connections-per-ip N       as above, for the proxy listener\n"
+            "The model's options (--model, --dtype, --kv-cache-*, --threads, --max-ongoing-requests, ...)\n"
+            "are refused here: the config sets them (args, the deployment, http_options).\n\n"
             "cserve router --config FILE: the same, for a config whose deployments all have remote replicas\n"
             "(args.remote: `cserve replica --listen HOST:PORT` on other hosts, a static list or a DNS name);\n"
             "refuses a config that would start local replica processes.\n\n"
@@ -417,9 +419,28 @@ int cs_cmd_serve(int argc, char **argv) {
     cs_gpt2_opts mopts = {0};
     json_t *pipedef = NULL; /* --pipeline-defaults, as the user_config key */
     const char *chat_tpl = NULL;
+    /* Options only the single-model server reads, and where a config sets the same thing
+     * (NULL: nowhere): with --config they are refused rather than silently ignored. */
+    static const struct {
+        int val;
+        const char *where;
+    } solo[] = {{'m', "the application's args.model"},
+                {O_PREFIX, "the application's route_prefix"},
+                {O_ONGOING, "the deployment's max_ongoing_requests"},
+                {O_QUEUED, "the deployment's max_queued_requests"},
+                {O_RTO, "http_options.request_timeout_s"},
+                {O_KATO, "http_options.keep_alive_timeout_s"},
+                {O_DTYPE, "the application's args.dtype"},
+                {O_THREADS, "the deployment's ray_actor_options.num_cpus"},
+                {O_KVMB, "the application's args.kv_cache_mb"},
+                {O_KVDT, "the application's args.kv_cache_dtype"},
+                {O_MAXDUR, NULL}};
+    int solo_given = -1; /* index in solo[] of the first one given */
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:h", opts, NULL)) != -1) {
         int bad = 0;
+        for (int i = 0; solo_given < 0 && i < (int)(sizeof solo / sizeof solo[0]); i++)
+            if (solo[i].val == c) solo_given = i;
         switch (c) {
         case 'm': model = optarg; break;
         case O_HOST: host = optarg, host_set = 1; break;
@@ -494,11 +515,21 @@ int cs_cmd_serve(int argc, char **argv) {
                             .access_log = access_log, .grace = grace, .cors = cors, .per_key = (int)per_key,
                             .hdr_to = hdr_to, .body_rate = body_rate, .max_conn = max_conn,
                             .max_conn_ip = max_conn_ip, .router = router};
-        if (optind != argc || pipedef || chat_tpl) {
+        if (optind != argc || pipedef || chat_tpl || solo_given >= 0) {
             if (pipedef) fprintf(stderr, "cserve serve: --pipeline-defaults: with a config, set it in the "
                                          "deployment's user_config (pipeline_defaults: \"4.51\")\n");
             else if (chat_tpl) fprintf(stderr, "cserve serve: --chat-template: with a config, set it in the "
                                                "deployment's user_config (chat_template: {...})\n");
+            else if (solo_given >= 0) {
+                const char *name = "?";
+                for (const struct option *o = opts; o->name; o++)
+                    if (o->val == solo[solo_given].val) name = o->name;
+                if (solo[solo_given].where)
+                    fprintf(stderr, "cserve serve: --%s: with a config, set it in %s\n", name, solo[solo_given].where);
+                else
+                    fprintf(stderr, "cserve serve: --%s: not read with a config (its replicas finish a generation "
+                                    "after %.0f s)\n", name, CS_SCHED_MAX_DURATION_S);
+            }
             else fprintf(stderr, "cserve serve: unexpected argument '%s'\n", argv[optind]);
             json_decref(pipedef);
             return 2;

@@ -934,3 +934,23 @@ def test_bad_config_at_start(tmp_path, name):
     assert os.path.basename(path) in err, err
     for w in words:
         assert w in err, (name, w, err)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--dtype", "int8"], "--dtype: with a config, set it in the application's args.dtype"),
+    (["--kv-cache-dtype", "int8"], "--kv-cache-dtype: with a config, set it in the application's args.kv_cache_dtype"),
+    (["--model", TINY], "--model: with a config, set it in the application's args.model"),
+    (["--threads", "4"], "--threads: with a config, set it in the deployment's ray_actor_options.num_cpus"),
+    (["--request-timeout-s", "5", "--dtype", "bf16"],
+     "--request-timeout-s: with a config, set it in http_options.request_timeout_s"),
+    (["--max-stream-duration-s", "5"], "--max-stream-duration-s: not read with a config"),
+])
+def test_single_model_options_refused_with_a_config(tmp_path, args, msg):
+    """Options only `serve --model` reads used to be dropped without a word next to --config (a
+    server started with --dtype int8 served fp32): each is refused, naming where a config sets it."""
+    path = tmp_path / "serve.yaml"
+    write_yaml(path, config(app_cfg()))
+    r = subprocess.run([BIN, "serve", "--config", str(path), "--host", "127.0.0.1", "--port", "0", "--admin-port", "0",
+                        *args], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 2 and msg in r.stderr, (r.returncode, r.stderr[-3000:])
+    assert "listening on" not in r.stderr, r.stderr[-3000:]
