@@ -389,8 +389,9 @@ def main():
     w("## Definitions\n")
     w(f"- **prefill**: one sequence, a {P}-token prompt, time until the last token's logits "
       "(only those logits are computed); tok/s = prompt length / time. The Python peers take "
-      "the best of 3 after a warm-up; each `cserve bench` process times one call after a "
-      "16-token warm-up, and the best of its (one per batch size) processes is kept.")
+      "the best of 3 after a warm-up at full size; so does each `cserve bench` process (since "
+      "2026-12-02; before, it timed one call after a 16-token warm-up), and the best of its (one "
+      "per batch size) processes is kept.")
     w(f"- **decode B**: B sequences, each first prefilled with the same 16-token prompt, then {G} "
       "greedy decode steps each with EOS ignored; only the decode steps are timed; tok/s = "
       f"B x {G} / time. transformers and CTranslate2 only expose whole generate() calls, so their "

@@ -260,11 +260,16 @@ int cs_cmd_bench(int argc, char **argv) {
     for (int i = 0; i < prompt_len; i++) ids[i] = bench_id(i);
     cs_gpt2_state st;
     if (cs_gpt2_state_init(&st, net, prompt_len + 1, prompt_len, pool, &err)) return fail(&err);
-    cs_gpt2_forward(net, &st, ids, 16, logits, 0, &err); /* warm-up: first touch of the weights */
-    cs_gpt2_state_reset(&st);
-    t0 = now_s();
-    if (cs_gpt2_forward(net, &st, ids, (size_t)prompt_len, logits, 0, &err)) return fail(&err);
-    const double prefill_s = now_s() - t0;
+    /* As the peers' runners: one untimed call at full size (first touch of the weights and of
+     * the scratch for prompt_len rows), then the best of 3. */
+    double prefill_s = 0;
+    for (int r = -1; r < 3; r++) {
+        cs_gpt2_state_reset(&st);
+        t0 = now_s();
+        if (cs_gpt2_forward(net, &st, ids, (size_t)prompt_len, logits, 0, &err)) return fail(&err);
+        const double dt = now_s() - t0;
+        if (r == 0 || (r > 0 && dt < prefill_s)) prefill_s = dt;
+    }
     cs_gpt2_state_free(&st);
     printf("{\"engine\": \"cserve\", \"dtype\": \"%s\", \"kv_cache_dtype\": \"%s\", \"kernels\": \"%s\", \"threads\": %d, \"load_s\": %.4f, "
            "\"packed_cache_hit\": %s, \"prefill_tokens\": %d, \"prefill_tokens_per_s\": %.2f, \"gen\": %d, \"decode\": {",
