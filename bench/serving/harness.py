@@ -819,8 +819,18 @@ def ab_compare(name, dtype, proxy_cs, save):
     return ab
 
 
+def logged_kv_dtype(log_path):
+    """The KV cache type in the server's (or its first replica's) ready line, or None."""
+    try:
+        with open(log_path, errors="replace") as f:
+            m = re.search(r"weights, (\w+) KV cache", f.read())
+    except OSError:
+        return None
+    return m.group(1) if m else None
+
+
 def run_cserve(name, dtype, save, proxy=False, legacy=False, kv=None):
-    doc = {"system": name, "levels": [], "dtype": dtype, "kv_cache_dtype": kv or ("fp32" if dtype == "fp32" else "bf16"), "legacy_lengths": legacy,
+    doc = {"system": name, "levels": [], "dtype": dtype, "kv_cache_dtype": kv, "legacy_lengths": legacy,
            "version": cserve_version(), "git": git_state()}
     if proxy:
         doc["how"] = (f"`build/cserve serve --config FILE`: controller + HTTP proxy + admin API in "
@@ -832,8 +842,7 @@ def run_cserve(name, dtype, save, proxy=False, legacy=False, kv=None):
         doc["how"] = (f"`build/cserve serve --model DIR --threads {THREADS} --dtype {dtype}"
                       + (f" --kv-cache-dtype {kv}" if kv else "")
                       + (" --pipeline-defaults 4.51" if legacy else "")
-                      + "` (defaults otherwise: max_ongoing_requests 32, max_queued_requests 256"
-                      + ("" if kv else f", KV cache {doc['kv_cache_dtype']} by --kv-cache-dtype auto") + ")")
+                      + "` (defaults otherwise: max_ongoing_requests 32, max_queued_requests 256)")
     if not cserve_usable(doc, name, ("--port", "--config", "--admin-port") if proxy
                          else ("--port",)):
         return doc
@@ -848,6 +857,11 @@ def run_cserve(name, dtype, save, proxy=False, legacy=False, kv=None):
         doc["start_to_first_response_s"] = round(first_response(
             cs.port, t0, t0 + min(START_TIMEOUT, 180), cs.alive), 2)
         say(f"{name}: first response {doc['start_to_first_response_s']} s after launch")
+        logged = logged_kv_dtype(cs.log_path)   # what --kv-cache-dtype auto picked, as the server says
+        if logged and not kv:
+            doc["kv_cache_dtype"] = logged
+            if not proxy:
+                doc["how"] = doc["how"][:-1] + f", KV cache {logged} by --kv-cache-dtype auto)"
         save()
         measure(name, cs.port, cs.procs, cs.alive, doc, save)
         if proxy and AB_PAIRS > 0 and cs.alive():
