@@ -165,6 +165,17 @@ uint16_t cs_bf16_from_f32(float f) {
     return (uint16_t)(x >> 16);
 }
 
+float cs_bf16_round(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7F800000u) == 0) x &= 0x80000000u;                  /* zero or denormal: signed zero */
+    else if ((x & 0x7FFFFFFFu) > 0x7F800000u) x |= 0x00400000u;     /* NaN: stays a (quiet) NaN */
+    else x += 0x7FFFu + ((x >> 16) & 1u);                           /* nearest even; overflow to inf */
+    x &= 0xFFFF0000u;
+    memcpy(&f, &x, 4);
+    return f;
+}
+
 float cs_f32_from_bf16(uint16_t h) {
     uint32_t x = (uint32_t)h << 16;
     float f;
@@ -288,17 +299,30 @@ static void matmul_scalar(const cs_pmat *m, const float *x, size_t ldx, size_t T
         return;
     }
     const size_t K = m->K;
+    float *xb = NULL;
+    if (m->dt == CS_W_BF16) { /* activations rounded to bf16 (kernels.h) */
+        float *unused;
+        if (!(xb = (float *)(void *)cs_kern_qscratch(T * K * sizeof(float), &unused, 0))) return;
+        for (size_t t = 0; t < T; t++)
+            for (size_t k = 0; k < K; k++) xb[t * K + k] = cs_bf16_round(x[t * ldx + k]);
+    }
     for (size_t p = p0; p < p1; p++) {
         for (size_t t = 0; t < T; t++) {
             float acc[CS_PANEL] = {0};
-            const float *xr = x + t * ldx;
-            for (size_t k = 0; k < K; k++) {
-                const size_t o = (p * K + k) * CS_PANEL;
-                for (size_t j = 0; j < CS_PANEL; j++) {
-                    const float w = m->dt == CS_W_F32 ? ((const float *)m->w)[o + j]
-                                                      : from_bf16(((const uint16_t *)m->w)[bf16_off(K, k, p * CS_PANEL + j)]);
-                    acc[j] += xr[k] * w;
-                }
+            if (m->dt == CS_W_F32) {
+                const float *xr = x + t * ldx;
+                for (size_t k = 0; k < K; k++)
+                    for (size_t j = 0; j < CS_PANEL; j++) acc[j] += xr[k] * ((const float *)m->w)[(p * K + k) * CS_PANEL + j];
+            } else {
+                /* pair by pair, odd k first; x * w is exact, so acc + x * w rounds once, as an FMA */
+                const float *xr = xb + t * K;
+                const uint16_t *w = m->w;
+                for (size_t k = 0; k < K; k += 2)
+                    for (size_t j = 0; j < CS_PANEL; j++) {
+                        const size_t n = p * CS_PANEL + j;
+                        if (k + 1 < K) acc[j] += xr[k + 1] * from_bf16(w[bf16_off(K, k + 1, n)]);
+                        acc[j] += xr[k] * from_bf16(w[bf16_off(K, k, n)]);
+                    }
             }
             for (size_t j = 0; j < CS_PANEL; j++) {
                 const size_t n = p * CS_PANEL + j;

@@ -10,9 +10,13 @@
  * W is stored in panels of 16 output columns: panel p holds W[k][16p .. 16p+15]
  * for k = 0..K-1, contiguous, so one panel row is one 64-byte (fp32) vector.
  * Columns past N in the last panel are zero. dtypes: fp32; bf16 (weights rounded
- * to nearest even, activations fp32, the same sequential fp32 sum over k as
- * fp32; panels interleave pairs of k, so that one 32-bit lane holds k and k+1
- * and widening to fp32 is one shift or mask: element
+ * to nearest even, and so are the activations (cs_bf16_round): products of
+ * two bf16 are exact in fp32 and added into one fp32 sum per output, pair of
+ * k by pair of k, odd k first: acc = fma(x[k+1], w[k+1], acc), then
+ * fma(x[k], w[k], acc), which is vdpbf16ps (AVX512_BF16) where the CPU has it
+ * and two FMAs elsewhere, the same bits; panels interleave pairs of k, so
+ * that one 32-bit lane holds k and k+1 (vdpbf16ps's operand) and widening to
+ * fp32 is one shift or mask: element
  * ((p * K2 + k / 2) * 16 + n % 16) * 2 + k % 2, K2 = ceil(K / 2)); int8:
  * symmetric weights with one fp32 scale per output column, W[k][n] ~
  * q[k][n] * scale[n], multiplied with activations quantized per row
@@ -126,6 +130,10 @@ void cs_kv_quantize_row(const float *x, size_t hd, int8_t *row);
 /* fp32 <-> bf16 (round to nearest even; inputs finite). */
 uint16_t cs_bf16_from_f32(float f);
 float cs_f32_from_bf16(uint16_t h);
+/* An activation as the bf16 matmuls see it (kernels.h, bf16), widened back
+ * to fp32: round to nearest even, denormals to (signed) zero, NaN stays NaN;
+ * what vcvtneps2bf16 gives. */
+float cs_bf16_round(float f);
 
 typedef struct cs_pmat {
     cs_wdtype dt;
@@ -289,8 +297,15 @@ typedef struct cs_kern {
 const cs_kern *cs_kern_for(cs_isa isa); /* NULL when the CPU lacks it */
 const cs_kern *cs_kern_best(void);
 
-/* The AVX2 table's bf16- and int8-cache functions, which the AVX-512 table
- * shares (x86-64 builds only). */
+/* The AVX2 table's attention family (fp32, bf16 and int8 caches), which the
+ * AVX-512 table shares (x86-64 builds only). */
+float cs_dot_avx2(const float *a, const float *b, size_t n);
+void cs_axpy_avx2(float *y, float a, const float *x, size_t n);
+void cs_softmax_avx2(float *x, size_t n);
+void cs_attend_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att, float *out);
+void cs_attend_causal_avx2(const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq, size_t hd,
+                           float scale, float *att, float *out, size_t ldo);
+const float *cs_bf16_round_rows_avx2(const float *x, size_t ldx, size_t T, size_t K); /* T x K, thread scratch */
 float cs_dot_bf16_avx2(const float *a, const uint16_t *b, size_t n);
 void cs_axpy_bf16_avx2(float *y, float a, const uint16_t *x, size_t n);
 void cs_attend_bf16_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,

@@ -145,11 +145,13 @@ static T256 void matmul_f32(const cs_pmat *m, const float *x, size_t ldx, size_t
     }
 }
 
-/* bf16 (see kernels.h): per pair of k, even-k weights are the low half of each
- * 32-bit lane (shift), odd-k the high half (mask). A tile is RT rows x CP
- * panels over pairs [j0, j1): each panel's even-k weights are widened once for
- * all rows, then its odd-k ones, so each output still gets the even-k FMA and
- * then the odd-k FMA of every pair in order, as fp32 does over k. */
+/* bf16 (see kernels.h), on x rounded to bf16 (cs_bf16_round_rows_avx2): per
+ * pair of k, even-k weights are the low half of each 32-bit lane (shift),
+ * odd-k the high half (mask). A tile is RT rows x CP panels over pairs
+ * [j0, j1): each panel's odd-k weights are widened once for all rows, then its
+ * even-k ones, so each output gets the odd-k FMA and then the even-k FMA of
+ * every pair in order: products of two bf16 are exact in fp32, so these are
+ * vdpbf16ps's bits. */
 static INL T256 void bf16_half(const float *x, size_t ldx, size_t k, __m256 w0, __m256 w1, __m256 acc[][8], int c,
                                const int RT) {
     _Pragma("GCC unroll 8")
@@ -169,11 +171,11 @@ static INL T256 void bf16_pair(const float *x, size_t ldx, const uint16_t *w, si
         const uint16_t *wj = w + ((size_t)c * K2 + j) * 32;
         const __m256i w0 = _mm256_loadu_si256((const __m256i *)wj);
         const __m256i w1 = _mm256_loadu_si256((const __m256i *)(wj + 16));
-        bf16_half(x, ldx, 2 * j, _mm256_castsi256_ps(_mm256_slli_epi32(w0, 16)),
-                  _mm256_castsi256_ps(_mm256_slli_epi32(w1, 16)), acc, c, RT);
         if (odd)
             bf16_half(x, ldx, 2 * j + 1, _mm256_castsi256_ps(_mm256_and_si256(w0, hi)),
                       _mm256_castsi256_ps(_mm256_and_si256(w1, hi)), acc, c, RT);
+        bf16_half(x, ldx, 2 * j, _mm256_castsi256_ps(_mm256_slli_epi32(w0, 16)),
+                  _mm256_castsi256_ps(_mm256_slli_epi32(w1, 16)), acc, c, RT);
     }
 }
 
@@ -323,11 +325,41 @@ static T256 void matmul_i8(const cs_pmat *m, const float *x, size_t ldx, size_t 
     if (q) matmul_q8_avx2(m, q, ldq, sx, x, ldx, T, y, ldy, p0, p1);
 }
 
+/* cs_bf16_round (kernels.h) on 8 floats. */
+static INL T256 __m256 bf16_round8(__m256 x) {
+    const __m256i u = _mm256_castps_si256(x), expo = _mm256_set1_epi32(0x7F800000),
+                  absm = _mm256_set1_epi32(0x7FFFFFFF);
+    const __m256i up = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF),
+                                                            _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1))));
+    const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, absm), expo);
+    const __m256i den = _mm256_cmpeq_epi32(_mm256_and_si256(u, expo), _mm256_setzero_si256());
+    __m256i r = _mm256_blendv_epi8(up, _mm256_or_si256(u, _mm256_set1_epi32(0x00400000)), nan);
+    r = _mm256_blendv_epi8(r, _mm256_and_si256(u, _mm256_set1_epi32((int)0x80000000u)), den);
+    return _mm256_castsi256_ps(_mm256_and_si256(r, _mm256_set1_epi32((int)0xFFFF0000u)));
+}
+
+/* Also the AVX-512 table's where the CPU lacks AVX512_BF16. */
+T256 const float *cs_bf16_round_rows_avx2(const float *x, size_t ldx, size_t T, size_t K) {
+    float *unused;
+    float *r = (float *)(void *)cs_kern_qscratch(T * K * sizeof(float), &unused, 0);
+    if (!r) return NULL;
+    for (size_t t = 0; t < T; t++) {
+        size_t k = 0;
+        for (; k + 8 <= K; k += 8) _mm256_storeu_ps(r + t * K + k, bf16_round8(_mm256_loadu_ps(x + t * ldx + k)));
+        for (; k < K; k++) r[t * K + k] = cs_bf16_round(x[t * ldx + k]);
+    }
+    return r;
+}
+
 static T256 void matmul_avx2(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy,
                              size_t p0, size_t p1) {
     switch (m->dt) {
     case CS_W_F32: matmul_f32(m, x, ldx, T, y, ldy, p0, p1); break;
-    case CS_W_BF16: matmul_bf16(m, x, ldx, T, y, ldy, p0, p1); break;
+    case CS_W_BF16: {
+        const float *xr = cs_bf16_round_rows_avx2(x, ldx, T, m->K);
+        if (xr) matmul_bf16(m, xr, m->K, T, y, ldy, p0, p1);
+        break;
+    }
     case CS_W_I8: matmul_i8(m, x, ldx, T, y, ldy, p0, p1); break;
     }
 }
@@ -427,14 +459,14 @@ static INL T256 void axpy_dt(float *y, float a, const void *x, size_t n, const i
     for (; i < n; i++) y[i] += a * kv_at(x, i, DT);
 }
 
-static T256 float dot_avx2(const float *a, const float *b, size_t n) { return dot_dt(a, b, n, CS_KV_F32); }
-static T256 void axpy_avx2(float *y, float a, const float *x, size_t n) { axpy_dt(y, a, x, n, CS_KV_F32); }
+T256 float cs_dot_avx2(const float *a, const float *b, size_t n) { return dot_dt(a, b, n, CS_KV_F32); }
+T256 void cs_axpy_avx2(float *y, float a, const float *x, size_t n) { axpy_dt(y, a, x, n, CS_KV_F32); }
 T256 float cs_dot_bf16_avx2(const float *a, const uint16_t *b, size_t n) { return dot_dt(a, b, n, CS_KV_BF16); }
 T256 void cs_axpy_bf16_avx2(float *y, float a, const uint16_t *x, size_t n) { axpy_dt(y, a, x, n, CS_KV_BF16); }
 T256 float cs_dot_i8_avx2(const float *a, const int8_t *b, size_t n) { return dot_dt(a, b, n, CS_KV_I8); }
 T256 void cs_axpy_i8_avx2(float *y, float a, const int8_t *x, size_t n) { axpy_dt(y, a, x, n, CS_KV_I8); }
 
-static T256 void softmax_avx2(float *x, size_t n) {
+T256 void cs_softmax_avx2(float *x, size_t n) {
     float mx = -INFINITY;
     for (size_t i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
     const __m256 m = _mm256_set1_ps(mx);
@@ -586,7 +618,7 @@ static INL T256 void attend_scores_avx2(const float *q, const cs_kvhead *kv, siz
         const void *kj = kv_row(kv, 0, j, DT);
         const float d = DT == CS_KV_I8    ? cs_dot_i8_avx2(q, (const int8_t *)kj, hd)
                         : DT == CS_KV_BF16 ? cs_dot_bf16_avx2(q, (const uint16_t *)kj, hd)
-                                           : dot_avx2(q, (const float *)kj, hd);
+                                           : cs_dot_avx2(q, (const float *)kj, hd);
         att[j] = kv_score(d, kj, hd, scale, DT);
     }
 }
@@ -608,7 +640,7 @@ static INL T256 void attend_pv_avx2(const float *att, const cs_kvhead *kv, size_
 static INL T256 void attend_any_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale,
                                      float *att, float *out, const int DT) {
     attend_scores_avx2(q, kv, n, hd, scale, att, DT);
-    softmax_avx2(att, n);
+    cs_softmax_avx2(att, n);
     size_t e = 0;
     for (; e + 64 <= hd; e += 64) attend_pv_avx2(att, kv, n, hd, e, out, 8, DT);
     switch ((hd - e) / 8) {
@@ -631,7 +663,7 @@ static INL T256 void attend_any_avx2(const float *q, const cs_kvhead *kv, size_t
     }
 }
 
-static T256 void attend_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
+T256 void cs_attend_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
                              float *out) {
     attend_any_avx2(q, kv, n, hd, scale, att, out, CS_KV_F32);
 }
@@ -644,11 +676,11 @@ T256 void cs_attend_bf16_avx2(const float *q, const cs_kvhead *kv, size_t n, siz
 
 /* attend_causal in blocks of up to ATT_QB queries that share every key and
  * value vector they load (attend reloads both once per query, and calls dot
- * and axpy once per key). For each (query, key) the score is dot_avx2's sum
+ * and axpy once per key). For each (query, key) the score is cs_dot_avx2's sum
  * (two 8-lane chains over 16-float steps, one more 8-float step, hsum256, the
- * scalar tail), softmax_avx2 is the same call, and each output element is
- * axpy_avx2's chain over keys (FMA on the first hd / 8 * 8 elements, multiply
- * then add past them), so the bits are attend_avx2's. */
+ * scalar tail), cs_softmax_avx2 is the same call, and each output element is
+ * cs_axpy_avx2's chain over keys (FMA on the first hd / 8 * 8 elements, multiply
+ * then add past them), so the bits are cs_attend_avx2's. */
 #define ATT_QB 6
 
 /* Scores of NB queries (qi) against key row kj (of the cache's dtype DT). */
@@ -725,7 +757,7 @@ static INL T256 void causal_block_avx2(const float *q, size_t ldq, const cs_kvhe
         scores_avx2(qi, kv_row(kv, 0, last + (size_t)t, DT), hd, scale, sc, NB, DT);
         for (int i = t; i < NB; i++) ai[i][last + (size_t)t] = sc[i];
     }
-    for (int i = 0; i < NB; i++) softmax_avx2(ai[i], last + (size_t)i + 1);
+    for (int i = 0; i < NB; i++) cs_softmax_avx2(ai[i], last + (size_t)i + 1);
     size_t e = 0;
     for (; e + 16 <= hd; e += 16) pv_avx2(ai, kv, last, oi, hd, e, NB, 2, DT);
     for (; e + 8 <= hd; e += 8) pv_avx2(ai, kv, last, oi, hd, e, NB, 1, DT);
@@ -757,7 +789,7 @@ static INL T256 void causal_any_avx2(const float *q, size_t ldq, const cs_kvhead
     }
 }
 
-static T256 void attend_causal_avx2(const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq,
+T256 void cs_attend_causal_avx2(const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq,
                                     size_t hd, float scale, float *att, float *out, size_t ldo) {
     causal_any_avx2(q, ldq, kv, p0, nq, hd, scale, att, out, ldo, CS_KV_F32);
 }
@@ -856,8 +888,8 @@ T256 void cs_attend_causal_i8_avx2(const float *q, size_t ldq, const cs_kvhead *
 
 const cs_kern cs_kern_avx2 = {
     .name = "avx2", .isa = CS_ISA_AVX2, .matmul = matmul_avx2, .matmul_q8 = matmul_q8_avx2, .layernorm = layernorm_avx2,
-    .gelu_tanh = gelu_avx2, .dot = dot_avx2, .axpy = axpy_avx2, .softmax = softmax_avx2,
-    .quantize_rows = quantize_avx2, .attend = attend_avx2, .attend_causal = attend_causal_avx2,
+    .gelu_tanh = gelu_avx2, .dot = cs_dot_avx2, .axpy = cs_axpy_avx2, .softmax = cs_softmax_avx2,
+    .quantize_rows = quantize_avx2, .attend = cs_attend_avx2, .attend_causal = cs_attend_causal_avx2,
     .dot_bf16 = cs_dot_bf16_avx2, .axpy_bf16 = cs_axpy_bf16_avx2, .attend_bf16 = cs_attend_bf16_avx2,
     .attend_causal_bf16 = cs_attend_causal_bf16_avx2, .dot_i8 = cs_dot_i8_avx2, .axpy_i8 = cs_axpy_i8_avx2,
     .attend_i8 = cs_attend_i8_avx2, .attend_causal_i8 = cs_attend_causal_i8_avx2, .fwht = cs_fwht_avx2,

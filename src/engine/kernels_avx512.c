@@ -12,6 +12,10 @@
 
 #define LOADW_F32(p) _mm512_loadu_ps((const float *)(p))
 
+static INL T512 __mmask16 tail_mask(size_t left) {
+    return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+}
+
 /* Every packed format stores a panel as R rows of 64 bytes (fp32: one k, bf16:
  * a k pair, int8: a k quad). The weight block after rows [r0, r1) of panels
  * [p, p + np) is the same panels further on, else the next np panels from row
@@ -114,9 +118,10 @@ static INL void prefetch_rows(const char *pf, size_t R, int CP, size_t i) {
 /* k-blocks sized so a 4-panel weight block (~32 KB) stays in L1 across row tiles */
 DEFINE_TILE(f32, float, LOADW_F32, 128)
 
-/* bf16 (see kernels.h): per pair of k, the even-k weights of 4 panels are
- * widened (shift) and used by every row, then the odd-k ones (mask): one
- * integer op per 16 weights, and the same FMA order over k as fp32. */
+/* bf16 without AVX512_BF16 (see kernels.h), on x already rounded to bf16: per
+ * pair of k, the odd-k weights of 4 panels are widened (mask) and used by
+ * every row, then the even-k ones (shift): one integer op per 16 weights, and
+ * vdpbf16ps's order (odd k, then even k) in FMAs of exact products. */
 #define BF16_HALF(H, SHIFT)                                                                        \
     if ((H) == 0 || 2 * j + 1 < K) {                                                                \
         for (int c = 0; c < CP; c++) wv[c] = SHIFT;                                                   \
@@ -146,8 +151,8 @@ static INL T512 void tile_bf16(const cs_pmat *m, const float *x, size_t ldx, flo
         if (pf) prefetch_rows(pf, K2, CP, j - j0);
         __m512 wv[4];
         for (int c = 0; c < CP; c++) raw[c] = _mm512_loadu_si512((const void *)(w + ((size_t)c * K2 + j) * 32));
-        BF16_HALF(0, _mm512_castsi512_ps(_mm512_slli_epi32(raw[c], 16)))
         BF16_HALF(1, _mm512_castsi512_ps(_mm512_and_si512(raw[c], hi)))
+        BF16_HALF(0, _mm512_castsi512_ps(_mm512_slli_epi32(raw[c], 16)))
     }
     for (int c = 0; c < CP; c++) {
         const size_t n0 = (p + (size_t)c) * CS_PANEL;
@@ -188,16 +193,40 @@ static T512 void matmul_bf16(const cs_pmat *m, const float *x, size_t ldx, size_
     }
 }
 
-/* int8 with AVX512-VNNI: vpdpbusd multiplies 4 unsigned activation bytes
- * (xq + 128) with 4 signed weight bytes per column and adds into int32;
- * 128 * colsum[n] removes the offset, so the sum is exactly sum xq * q. Partial
- * sums between k-blocks are kept in y as int32 bits. */
-#define TVNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
-static INL TVNNI void tile_vnni(const cs_pmat *m, const uint8_t *qu, size_t ldq, const float *sx, float *y, size_t ldy,
-                                size_t p, size_t kq0, size_t kq1, int first, int last, const int RT, const int CP,
-                                const char *pf) {
-    const size_t K4 = ldq / 4;
-    const int8_t *w = (const int8_t *)m->w + p * K4 * 64;
+/* Dot-product tiles. vpdpbusd (AVX512_VNNI) and vdpbf16ps (AVX512_BF16) both
+ * take one 4-byte group of activations per step (4 unsigned bytes / 2 bf16)
+ * broadcast against a 64-byte weight row per panel (16 columns x the same
+ * group of k), and the int8 and bf16 packings are exactly that shape: panel
+ * p, step s at byte (p * S + s) * 64, S steps per column (K4 quads or K2
+ * pairs). One tile serves both; partial sums between k-blocks are kept in y
+ * as raw 32-bit lanes (int32 or fp32 bits).
+ *   int8: vpdpbusd multiplies the activation bytes xq + 128 with the signed
+ *     weight bytes and adds into int32; 128 * colsum[n] removes the offset,
+ *     so the sum is exactly sum xq * q (kernels.h).
+ *   bf16: vdpbf16ps adds x[k+1] w[k+1], then x[k] w[k], each exact product
+ *     with one rounding: kernels.h's bf16 order, which the other tables
+ *     compute with FMA. */
+#define TDOT __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx512vnni,avx512bf16")))
+enum { DOT_I8, DOT_BF16 };
+/* acc += dot(a, w) in place. GCC 12 compiles the intrinsics on an array of
+ * accumulators into a register copy per instruction, and with every tile
+ * shape inlined into one caller it kept the accumulators on the stack (the
+ * int8 kernel ran at ~45% of vpdpbusd's rate); the instruction with its
+ * accumulator as an in-out operand, in one function per tile shape, keeps
+ * the tile in registers. */
+#define DOT_STEP(OP, acc, a, w)                                                        \
+    do {                                                                               \
+        __m512i a_ = (acc);                                                            \
+        if ((OP) == DOT_I8) __asm__("vpdpbusd %2, %1, %0" : "+v"(a_) : "v"(a), "v"(w)); \
+        else __asm__("vdpbf16ps %2, %1, %0" : "+v"(a_) : "v"(a), "v"(w));              \
+        (acc) = a_;                                                                    \
+    } while (0)
+
+static INL TDOT void tile_dot(const cs_pmat *m, const uint8_t *a, size_t lda, const float *sx, float *y, size_t ldy,
+                              size_t p, size_t s0, size_t s1, int first, int last, const int RT, const int CP,
+                              const int OP, const char *pf) {
+    const size_t S = lda / 4;
+    const uint8_t *w = (const uint8_t *)m->w + p * S * 64;
     __m512i acc[6][8];
     __mmask16 mk[8];
     for (int c = 0; c < CP; c++) {
@@ -208,15 +237,15 @@ static INL TVNNI void tile_vnni(const cs_pmat *m, const uint8_t *qu, size_t ldq,
         for (int c = 0; c < CP; c++)
             acc[r][c] = first ? _mm512_setzero_si512()
                               : _mm512_maskz_loadu_epi32(mk[c], y + (size_t)r * ldy + (p + (size_t)c) * CS_PANEL);
-    for (size_t kq = kq0; kq < kq1; kq++) {
+    for (size_t s = s0; s < s1; s++) {
         __m512i wv[8];
-        if (pf) prefetch_rows(pf, K4, CP, kq - kq0);
-        for (int c = 0; c < CP; c++) wv[c] = _mm512_loadu_si512((const void *)(w + ((size_t)c * K4 + kq) * 64));
+        if (pf) prefetch_rows(pf, S, CP, s - s0);
+        for (int c = 0; c < CP; c++) wv[c] = _mm512_loadu_si512((const void *)(w + ((size_t)c * S + s) * 64));
         for (int r = 0; r < RT; r++) {
-            int32_t xq4;
-            memcpy(&xq4, qu + (size_t)r * ldq + 4 * kq, 4);
-            const __m512i xb = _mm512_set1_epi32(xq4);
-            for (int c = 0; c < CP; c++) acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], xb, wv[c]);
+            int32_t a4;
+            memcpy(&a4, a + (size_t)r * lda + 4 * s, 4);
+            const __m512i ab = _mm512_set1_epi32(a4);
+            for (int c = 0; c < CP; c++) DOT_STEP(OP, acc[r][c], ab, wv[c]);
         }
     }
     for (int c = 0; c < CP; c++) {
@@ -225,9 +254,14 @@ static INL TVNNI void tile_vnni(const cs_pmat *m, const uint8_t *qu, size_t ldq,
             for (int r = 0; r < RT; r++) _mm512_mask_storeu_epi32(y + (size_t)r * ldy + n0, mk[c], acc[r][c]);
             continue;
         }
+        const __m512 bi = m->bias ? _mm512_maskz_loadu_ps(mk[c], m->bias + n0) : _mm512_setzero_ps();
+        if (OP == DOT_BF16) { /* bf16 matrices carry no scale */
+            for (int r = 0; r < RT; r++)
+                _mm512_mask_storeu_ps(y + (size_t)r * ldy + n0, mk[c], _mm512_add_ps(_mm512_castsi512_ps(acc[r][c]), bi));
+            continue;
+        }
         const __m512i off = _mm512_slli_epi32(_mm512_loadu_si512((const void *)(m->colsum + n0)), 7);
         const __m512 sc = _mm512_loadu_ps(m->scale + n0);
-        const __m512 bi = m->bias ? _mm512_maskz_loadu_ps(mk[c], m->bias + n0) : _mm512_setzero_ps();
         for (int r = 0; r < RT; r++) {
             const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][c], off));
             const __m512 v = _mm512_add_ps(_mm512_mul_ps(f, _mm512_mul_ps(_mm512_set1_ps(sx[r]), sc)), bi);
@@ -236,54 +270,92 @@ static INL TVNNI void tile_vnni(const cs_pmat *m, const uint8_t *qu, size_t ldq,
     }
 }
 
-static INL TVNNI void rows_vnni(const cs_pmat *m, const uint8_t *qu, size_t ldq, const float *sx, size_t T, float *y,
-                                size_t ldy, size_t p, size_t np, size_t kq0, size_t kq1, int first, int last,
-                                const char *pf) {
-    size_t t = 0;
-#define TV(rt, cp) tile_vnni(m, qu + t * ldq, ldq, sx + t, y + t * ldy, ldy, p, kq0, kq1, first, last, rt, cp, \
-                             t || cp == 1 ? NULL : pf)
-    if (np == 8) {
-        for (; t + 2 <= T; t += 2) TV(2, 8);
-        if (t < T) TV(1, 8);
-        return;
+#define TILE_DOT_FN(op, OP, rt, cp)                                                                          \
+    static __attribute__((noinline)) TDOT void tile_##op##_##rt##x##cp(                                       \
+        const cs_pmat *m, const uint8_t *a, size_t lda, const float *sx, float *y, size_t ldy, size_t p,      \
+        size_t s0, size_t s1, int first, int last, const char *pf) {                                          \
+        tile_dot(m, a, lda, sx, y, ldy, p, s0, s1, first, last, rt, cp, OP, pf);                              \
     }
-    if (np == 1) {
-        for (; t + 6 <= T; t += 6) TV(6, 1);
-        for (; t < T; t++) TV(1, 1);
-        return;
-    }
-    for (; t + 6 <= T; t += 6) TV(6, 4);
-    switch (T - t) {
-    case 5: TV(5, 4); break;
-    case 4: TV(4, 4); break;
-    case 3: TV(3, 4); break;
-    case 2: TV(2, 4); break;
-    case 1: TV(1, 4); break;
-    default: break;
-    }
-#undef TV
-}
+#define TILE_DOT_FNS(op, OP)                                                                                 \
+    TILE_DOT_FN(op, OP, 2, 8) TILE_DOT_FN(op, OP, 1, 8) TILE_DOT_FN(op, OP, 6, 1) TILE_DOT_FN(op, OP, 1, 1)  \
+    TILE_DOT_FN(op, OP, 6, 4) TILE_DOT_FN(op, OP, 5, 4) TILE_DOT_FN(op, OP, 4, 4) TILE_DOT_FN(op, OP, 3, 4)  \
+    TILE_DOT_FN(op, OP, 2, 4) TILE_DOT_FN(op, OP, 1, 4)
+TILE_DOT_FNS(i8, DOT_I8)
+TILE_DOT_FNS(dbf16, DOT_BF16)
 
-/* The VNNI tiles on qu = xq + 128 (unsigned bytes, see rows_vnni). */
-static TVNNI void q8u_vnni(const cs_pmat *m, const uint8_t *qu, size_t ldq, const float *sx, const float *x,
-                           size_t ldx, size_t T, float *y, size_t ldy, size_t p0, size_t p1) {
-    const size_t KQB = 128; /* 4 panels x 128 quads = 32 KB */
-    const size_t K4 = ldq / 4;
-    const size_t wide = T <= 2 ? 8 : 4;
-    size_t p = p0;
-    while (p < p1) {
-        const size_t np = p + wide <= p1 ? wide : p + 4 <= p1 ? 4 : 1;
-        for (size_t kq0 = 0; kq0 < K4; kq0 += KQB) {
-            const size_t kq1 = kq0 + KQB < K4 ? kq0 + KQB : K4;
-            rows_vnni(m, qu, ldq, sx, T, y, ldy, p, np, kq0, kq1, kq0 == 0, kq1 == K4,
-                      next_block(m->w, K4, p, np, p1, kq0, kq1));
-        }
-        p += np;
+/* Rows in tiles of up to 6 over 4 panels, or 1-2 rows over 8 panels so a
+ * decode step still has 8 independent chains; steps in blocks of 128 (4
+ * panels x 128 x 64 B = 32 KB of weights, reused from L1 by every row tile). */
+#define DEFINE_MATMUL_DOT(op)                                                                                  \
+    static TDOT void matmul_##op(const cs_pmat *m, const uint8_t *a, size_t lda, const float *sx, size_t T,     \
+                                 float *y, size_t ldy, size_t p0, size_t p1) {                                 \
+        const size_t SB = 128, S = lda / 4, wide = T <= 2 ? 8 : 4;                                             \
+        size_t p = p0;                                                                                        \
+        while (p < p1) {                                                                                      \
+            const size_t np = p + wide <= p1 ? wide : p + 4 <= p1 ? 4 : 1;                                    \
+            for (size_t s0 = 0; s0 < S; s0 += SB) {                                                           \
+                const size_t s1 = s0 + SB < S ? s0 + SB : S;                                                  \
+                const int first = s0 == 0, last = s1 == S;                                                    \
+                const char *pf = next_block(m->w, S, p, np, p1, s0, s1);                                      \
+                size_t t = 0;                                                                                 \
+                if (np == 8) {                                                                                \
+                    for (; t + 2 <= T; t += 2) TD(op, 2, 8);                                                  \
+                    if (t < T) TD(op, 1, 8);                                                                  \
+                } else if (np == 1) {                                                                         \
+                    for (; t + 6 <= T; t += 6) TD(op, 6, 1);                                                  \
+                    for (; t < T; t++) TD(op, 1, 1);                                                          \
+                } else {                                                                                      \
+                    for (; t + 6 <= T; t += 6) TD(op, 6, 4);                                                  \
+                    switch (T - t) {                                                                          \
+                    case 5: TD(op, 5, 4); break;                                                              \
+                    case 4: TD(op, 4, 4); break;                                                              \
+                    case 3: TD(op, 3, 4); break;                                                              \
+                    case 2: TD(op, 2, 4); break;                                                              \
+                    case 1: TD(op, 1, 4); break;                                                              \
+                    default: break;                                                                           \
+                    }                                                                                         \
+                }                                                                                             \
+            }                                                                                                 \
+            p += np;                                                                                          \
+        }                                                                                                     \
     }
+#define TD(op, rt, cp)                                                                                         \
+    tile_##op##_##rt##x##cp(m, a + t * lda, lda, sx ? sx + t : NULL, y + t * ldy, ldy, p, s0, s1, first, last, \
+                            t || cp == 1 ? NULL : pf)
+DEFINE_MATMUL_DOT(i8)
+DEFINE_MATMUL_DOT(dbf16)
+#undef TD
+
+/* The VNNI tiles on qu = xq + 128 (unsigned bytes), then the outlier rows. */
+static TDOT void q8u_vnni(const cs_pmat *m, const uint8_t *qu, size_t ldq, const float *sx, const float *x,
+                          size_t ldx, size_t T, float *y, size_t ldy, size_t p0, size_t p1) {
+    matmul_i8(m, qu, ldq, sx, T, y, ldy, p0, p1);
     cs_pmat_outliers(m, x, ldx, T, y, ldy, p0, p1);
 }
 
-static TVNNI void matmul_i8_vnni(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy,
+/* bf16 with AVX512_BF16: x rounded to bf16 pairs (vcvtne2ps2bf16: nearest
+ * even, denormals to zero, as kernels.h defines it) in this thread's scratch,
+ * rows of K2 pairs, the pad after an odd K zero. */
+static TDOT void matmul_bf16_dot(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy,
+                                 size_t p0, size_t p1) {
+    const size_t K = m->K, K2 = (K + 1) / 2, lda = 4 * K2;
+    float *unused;
+    uint8_t *a = (uint8_t *)cs_kern_qscratch(T * lda, &unused, 0);
+    if (!a) return;
+    for (size_t t = 0; t < T; t++) {
+        const float *xr = x + t * ldx;
+        uint16_t *ar = (uint16_t *)(void *)(a + t * lda);
+        for (size_t k = 0; k < 2 * K2; k += 32) {
+            const __mmask16 l0 = k < K ? tail_mask(K - k) : 0, l1 = k + 16 < K ? tail_mask(K - k - 16) : 0;
+            const __m512bh h = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(l1, xr + k + 16), _mm512_maskz_loadu_ps(l0, xr + k));
+            const size_t left = 2 * K2 - k;
+            _mm512_mask_storeu_epi16(ar + k, left >= 32 ? (__mmask32)~0u : (__mmask32)((1u << left) - 1), (__m512i)h);
+        }
+    }
+    matmul_dbf16(m, a, lda, NULL, T, y, ldy, p0, p1);
+}
+
+static TDOT void matmul_i8_vnni(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y, size_t ldy,
                                  size_t p0, size_t p1) {
     size_t ldq;
     float *sx;
@@ -296,7 +368,7 @@ static TVNNI void matmul_i8_vnni(const cs_pmat *m, const float *x, size_t ldx, s
 
 /* Shared quantized rows are read only: the unsigned copy goes to this
  * thread's scratch. */
-static TVNNI void matmul_q8_vnni(const cs_pmat *m, const int8_t *q, size_t ldq, const float *sx, const float *x,
+static TDOT void matmul_q8_vnni(const cs_pmat *m, const int8_t *q, size_t ldq, const float *sx, const float *x,
                                  size_t ldx, size_t T, float *y, size_t ldy, size_t p0, size_t p1) {
     float *unused;
     uint8_t *qu = (uint8_t *)cs_kern_qscratch(T * ldq, &unused, 0);
@@ -316,7 +388,13 @@ static T512 void matmul_avx512(const cs_pmat *m, const float *x, size_t ldx, siz
                                size_t p0, size_t p1) {
     switch (m->dt) {
     case CS_W_F32: matmul_f32(m, x, ldx, T, y, ldy, p0, p1); break;
-    case CS_W_BF16: matmul_bf16(m, x, ldx, T, y, ldy, p0, p1); break;
+    case CS_W_BF16:
+        if (__builtin_cpu_supports("avx512bf16")) matmul_bf16_dot(m, x, ldx, T, y, ldy, p0, p1);
+        else {
+            const float *xr = cs_bf16_round_rows_avx2(x, ldx, T, m->K);
+            if (xr) matmul_bf16(m, xr, m->K, T, y, ldy, p0, p1);
+        }
+        break;
     case CS_W_I8:
         if (__builtin_cpu_supports("avx512vnni")) matmul_i8_vnni(m, x, ldx, T, y, ldy, p0, p1);
         else cs_kern_avx2.matmul(m, x, ldx, T, y, ldy, p0, p1); /* same exact integer result */
@@ -341,9 +419,6 @@ static INL T512 __m512 exp512(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-static INL T512 __mmask16 tail_mask(size_t left) {
-    return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-}
 
 static T512 void layernorm_avx512(float *y, const float *x, const float *w, const float *b, size_t C, float eps) {
     __m512 s = _mm512_setzero_ps();
@@ -378,112 +453,6 @@ static T512 void gelu_avx512(float *x, size_t n) {
     }
 }
 
-static T512 float dot_avx512(const float *a, const float *b, size_t n) {
-    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-    size_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
-        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
-    }
-    for (; i < n; i += 16) {
-        const __mmask16 mk = tail_mask(n - i);
-        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, a + i), _mm512_maskz_loadu_ps(mk, b + i), s0);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
-}
-
-static T512 void axpy_avx512(float *y, float a, const float *x, size_t n) {
-    const __m512 av = _mm512_set1_ps(a);
-    for (size_t i = 0; i < n; i += 16) {
-        const __mmask16 mk = tail_mask(n - i);
-        _mm512_mask_storeu_ps(y + i, mk,
-                              _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(mk, x + i), _mm512_maskz_loadu_ps(mk, y + i)));
-    }
-}
-
-static T512 void softmax_avx512(float *x, size_t n) {
-    __m512 mx = _mm512_set1_ps(-INFINITY);
-    for (size_t i = 0; i < n; i += 16)
-        mx = _mm512_mask_max_ps(mx, tail_mask(n - i), mx, _mm512_maskz_loadu_ps(tail_mask(n - i), x + i));
-    const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
-    __m512 s = _mm512_setzero_ps();
-    for (size_t i = 0; i < n; i += 16) {
-        const __mmask16 mk = tail_mask(n - i);
-        const __m512 e = _mm512_maskz_mov_ps(mk, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + i), m)));
-        _mm512_mask_storeu_ps(x + i, mk, e);
-        s = _mm512_add_ps(s, e);
-    }
-    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(s));
-    for (size_t i = 0; i < n; i += 16) {
-        const __mmask16 mk = tail_mask(n - i);
-        _mm512_mask_storeu_ps(x + i, mk, _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, x + i), inv));
-    }
-}
-
-/* Attention for head sizes that are a multiple of 16 up to 128: q and the
- * output stay in registers, four key rows are dotted at once, and each value
- * row is loaded once (the generic form reloads and stores out per row). */
-static INL T512 void attend_nv(const float *q, const cs_kvhead *kv, size_t n, float scale, float *att, float *out,
-                               const int NV) {
-    const size_t ld = kv->ld;
-    __m512 qv[8], o[8];
-    for (int c = 0; c < NV; c++) qv[c] = _mm512_loadu_ps(q + 16 * c);
-    size_t j = 0;
-    for (; j + 4 <= n; j += 4) { /* 4 | CS_KV_BLOCK: the four rows share a block */
-        const float *k0 = cs_kv_krow(kv, j);
-        __m512 s0 = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k0)), s1 = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k0 + ld));
-        __m512 s2 = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k0 + 2 * ld));
-        __m512 s3 = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k0 + 3 * ld));
-        for (int c = 1; c < NV; c++) {
-            s0 = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(k0 + 16 * c), s0);
-            s1 = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(k0 + ld + 16 * c), s1);
-            s2 = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(k0 + 2 * ld + 16 * c), s2);
-            s3 = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(k0 + 3 * ld + 16 * c), s3);
-        }
-        att[j] = _mm512_reduce_add_ps(s0) * scale;
-        att[j + 1] = _mm512_reduce_add_ps(s1) * scale;
-        att[j + 2] = _mm512_reduce_add_ps(s2) * scale;
-        att[j + 3] = _mm512_reduce_add_ps(s3) * scale;
-    }
-    for (; j < n; j++) {
-        const float *kj = cs_kv_krow(kv, j);
-        __m512 s = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kj));
-        for (int c = 1; c < NV; c++) s = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(kj + 16 * c), s);
-        att[j] = _mm512_reduce_add_ps(s) * scale;
-    }
-    softmax_avx512(att, n);
-    for (int c = 0; c < NV; c++) o[c] = _mm512_setzero_ps();
-    for (j = 0; j < n; j++) {
-        const __m512 a = _mm512_set1_ps(att[j]);
-        const float *vj = cs_kv_vrow(kv, j);
-        for (int c = 0; c < NV; c++) o[c] = _mm512_fmadd_ps(a, _mm512_loadu_ps(vj + 16 * c), o[c]);
-    }
-    for (int c = 0; c < NV; c++) _mm512_storeu_ps(out + 16 * c, o[c]);
-}
-
-static T512 void attend_avx512(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
-                               float *out) {
-    switch (hd) {
-    case 16: attend_nv(q, kv, n, scale, att, out, 1); return;
-    case 32: attend_nv(q, kv, n, scale, att, out, 2); return;
-    case 48: attend_nv(q, kv, n, scale, att, out, 3); return;
-    case 64: attend_nv(q, kv, n, scale, att, out, 4); return;
-    case 80: attend_nv(q, kv, n, scale, att, out, 5); return;
-    case 96: attend_nv(q, kv, n, scale, att, out, 6); return;
-    case 128: attend_nv(q, kv, n, scale, att, out, 8); return;
-    default: cs_attend_generic(&cs_kern_avx512, q, kv, n, hd, scale, att, out);
-    }
-}
-
-/* attend_causal: one attend call per query. The blocked form (every loaded key
- * and value shared by several queries, as the AVX2 and scalar tables do) is
- * not used here until it has been checked bit for bit against attend_nv on
- * AVX-512 hardware (tests/engine/test_attention.c). */
-static T512 void attend_causal_avx512(const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq,
-                                      size_t hd, float scale, float *att, float *out, size_t ldo) {
-    cs_attend_causal_generic(&cs_kern_avx512, q, ldq, kv, p0, nq, hd, scale, att, out, ldo);
-}
-
 /* cs_quantize_rows with the same arithmetic (see quantize_avx2). */
 static INL T512 void quantize_row_avx512(const float *xr, size_t K, const float *r, int8_t *qr, size_t ldq, float *sx,
                                          const int HR) {
@@ -516,12 +485,17 @@ static T512 void quantize_avx512(const float *x, size_t ldx, size_t T, size_t K,
 
 const cs_kern cs_kern_avx512 = {
     .name = "avx512", .isa = CS_ISA_AVX512, .matmul = matmul_avx512, .matmul_q8 = matmul_q8_avx512, .layernorm = layernorm_avx512,
-    .gelu_tanh = gelu_avx512, .dot = dot_avx512, .axpy = axpy_avx512, .softmax = softmax_avx512,
-    .dot_bf16 = cs_dot_bf16_avx2, .axpy_bf16 = cs_axpy_bf16_avx2, .attend_bf16 = cs_attend_bf16_avx2,
-    .attend_causal_bf16 = cs_attend_causal_bf16_avx2, .dot_i8 = cs_dot_i8_avx2, .axpy_i8 = cs_axpy_i8_avx2,
-    .attend_i8 = cs_attend_i8_avx2, .attend_causal_i8 = cs_attend_causal_i8_avx2, .fwht = cs_fwht_avx2,
-    .kv_quantize_row = cs_kv_quantize_row_avx2,
-    .quantize_rows = quantize_avx512, .attend = attend_avx512, .attend_causal = attend_causal_avx512,
+    .gelu_tanh = gelu_avx512, .quantize_rows = quantize_avx512,
+    /* The attention family is the AVX2 table's, all of it: a bf16 or int8
+     * cache must give the bits of the fp32 cache's attend over its widened
+     * rows, and one implementation keeps that true (an AVX-512 fp32 attend
+     * next to the AVX2 bf16 / int8 ones broke it, tests/engine/test_attention.c
+     * on Zen 4). Decode attention is bound by memory, not by vector width. */
+    .dot = cs_dot_avx2, .axpy = cs_axpy_avx2, .softmax = cs_softmax_avx2, .attend = cs_attend_avx2,
+    .attend_causal = cs_attend_causal_avx2, .dot_bf16 = cs_dot_bf16_avx2, .axpy_bf16 = cs_axpy_bf16_avx2,
+    .attend_bf16 = cs_attend_bf16_avx2, .attend_causal_bf16 = cs_attend_causal_bf16_avx2, .dot_i8 = cs_dot_i8_avx2,
+    .axpy_i8 = cs_axpy_i8_avx2, .attend_i8 = cs_attend_i8_avx2, .attend_causal_i8 = cs_attend_causal_i8_avx2,
+    .fwht = cs_fwht_avx2, .kv_quantize_row = cs_kv_quantize_row_avx2,
 };
 
 #else /* not x86-64: the table exists but cs_kern_for never returns it */
