@@ -321,6 +321,14 @@ void cs_attend_i8_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd,
 void cs_attend_causal_i8_avx2(const float *q, size_t ldq, const cs_kvhead *kv, size_t p0, size_t nq, size_t hd,
                               float scale, float *att, float *out, size_t ldo);
 
+/* The AVX-512 table's optional instructions: AVX512_VNNI (int8 matmuls) and
+ * AVX512_BF16 (bf16 matmuls), used where the CPU has them and the cap allows
+ * (default: all). Without them the table computes the same bits with other
+ * instructions; tests cap them to run that path on CPUs that have them. Not
+ * to be called while kernels run. */
+enum { CS_AVX512_VNNI = 1u, CS_AVX512_BF16 = 2u };
+void cs_kern_avx512_cap(unsigned features);
+
 /* Tables (defined in kernels_*.c). */
 extern const cs_kern cs_kern_scalar, cs_kern_avx2, cs_kern_avx512;
 

@@ -193,6 +193,13 @@ static T512 void matmul_bf16(const cs_pmat *m, const float *x, size_t ldx, size_
     }
 }
 
+static unsigned avx512_cap = ~0u;
+void cs_kern_avx512_cap(unsigned features) { avx512_cap = features; }
+static int has(unsigned feature) {
+    if (!(avx512_cap & feature)) return 0;
+    return feature == CS_AVX512_VNNI ? __builtin_cpu_supports("avx512vnni") : __builtin_cpu_supports("avx512bf16");
+}
+
 /* Dot-product tiles. vpdpbusd (AVX512_VNNI) and vdpbf16ps (AVX512_BF16) both
  * take one 4-byte group of activations per step (4 unsigned bytes / 2 bf16)
  * broadcast against a 64-byte weight row per panel (16 columns x the same
@@ -380,7 +387,7 @@ static TDOT void matmul_q8_vnni(const cs_pmat *m, const int8_t *q, size_t ldq, c
 
 static T512 void matmul_q8_avx512(const cs_pmat *m, const int8_t *q, size_t ldq, const float *sx, const float *x,
                                   size_t ldx, size_t T, float *y, size_t ldy, size_t p0, size_t p1) {
-    if (__builtin_cpu_supports("avx512vnni")) matmul_q8_vnni(m, q, ldq, sx, x, ldx, T, y, ldy, p0, p1);
+    if (has(CS_AVX512_VNNI)) matmul_q8_vnni(m, q, ldq, sx, x, ldx, T, y, ldy, p0, p1);
     else cs_kern_avx2.matmul_q8(m, q, ldq, sx, x, ldx, T, y, ldy, p0, p1); /* same exact integer result */
 }
 
@@ -389,14 +396,14 @@ static T512 void matmul_avx512(const cs_pmat *m, const float *x, size_t ldx, siz
     switch (m->dt) {
     case CS_W_F32: matmul_f32(m, x, ldx, T, y, ldy, p0, p1); break;
     case CS_W_BF16:
-        if (__builtin_cpu_supports("avx512bf16")) matmul_bf16_dot(m, x, ldx, T, y, ldy, p0, p1);
+        if (has(CS_AVX512_BF16)) matmul_bf16_dot(m, x, ldx, T, y, ldy, p0, p1);
         else {
             const float *xr = cs_bf16_round_rows_avx2(x, ldx, T, m->K);
             if (xr) matmul_bf16(m, xr, m->K, T, y, ldy, p0, p1);
         }
         break;
     case CS_W_I8:
-        if (__builtin_cpu_supports("avx512vnni")) matmul_i8_vnni(m, x, ldx, T, y, ldy, p0, p1);
+        if (has(CS_AVX512_VNNI)) matmul_i8_vnni(m, x, ldx, T, y, ldy, p0, p1);
         else cs_kern_avx2.matmul(m, x, ldx, T, y, ldy, p0, p1); /* same exact integer result */
         break;
     }
@@ -500,4 +507,5 @@ const cs_kern cs_kern_avx512 = {
 
 #else /* not x86-64: the table exists but cs_kern_for never returns it */
 const cs_kern cs_kern_avx512 = {0};
+void cs_kern_avx512_cap(unsigned features) { (void)features; }
 #endif
