@@ -557,21 +557,32 @@ static INL T256 float kv_weight(float a, const void *row, size_t hd, const int D
 }
 
 /* Prefetches the lines of cached key or value row j (elements [e0, e1); an
- * int8 row's scale too when e1 = hd) when j < n.
- * The decode kernels ask for the row one block ahead: a block's rows of one
- * head are their own 4 KiB (fp32, head size 64), blocks lie wherever the pool
- * put them, and the hardware's stream prefetchers stop at page boundaries, so
- * without this every block began with misses to memory. Decode attention of
- * 32 sequences x 12 heads x 6 layers over 256 cached positions (one thread,
- * blocks interleaved as lockstep sequences allocate them, 302 MB fp32):
- * 35-42 -> ~30 ms fp32, 26-31 -> 18-20 ms bf16. */
+ * int8 row's scale too when e1 = hd) when j < n, into L1 (far = 0) or L2.
+ * A block's rows of one head are their own 2-4 KiB, blocks lie wherever the
+ * pool put them, and the hardware's stream prefetchers stop at page
+ * boundaries, so without this every block began with misses to memory. The
+ * decode kernels ask for each row twice: one block ahead into L1 and three
+ * blocks ahead into L2 (KV_FAR), so that more misses are in flight than L1's
+ * fill buffers allow. Decode attention of 32 sequences x 12 heads x 6 layers
+ * (one thread, blocks interleaved as lockstep sequences allocate them; Zen 4
+ * EPYC, 3 runs each, ms): 256 positions fp32 29-33 -> 21-22, bf16 14.5-16 ->
+ * 11-12, int8 10-11 -> 8-11; 1,024 positions fp32 122-131 -> 73-85, bf16
+ * 59-63 -> 42-49 (one block ahead into L1 alone, on Zen 3 before: 35-42 ->
+ * ~30 ms fp32 and 26-31 -> 18-20 bf16 at 256 positions, against none). */
+#define KV_FAR (3 * CS_KV_BLOCK)
 static INL T256 void kv_prefetch(const cs_kvhead *kv, const int V, size_t j, size_t n, size_t e0, size_t e1,
-                                 const int DT) {
+                                 const int DT, const int far) {
     if (j >= n) return;
     const char *r = (const char *)kv_row(kv, V, j, DT);
     const size_t b1 = e1 * kv_esize(DT) + (DT == CS_KV_I8 ? sizeof(float) : 0);
-    for (size_t b = e0 * kv_esize(DT); b < b1; b += 64) _mm_prefetch(r + b, _MM_HINT_T0);
-    if (DT == CS_KV_I8) _mm_prefetch(r + b1 - 1, _MM_HINT_T0); /* the line the scale ends in */
+    for (size_t b = e0 * kv_esize(DT); b < b1; b += 64) {
+        if (far) _mm_prefetch(r + b, _MM_HINT_T1);
+        else _mm_prefetch(r + b, _MM_HINT_T0);
+    }
+    if (DT == CS_KV_I8) { /* the line the scale ends in */
+        if (far) _mm_prefetch(r + b1 - 1, _MM_HINT_T1);
+        else _mm_prefetch(r + b1 - 1, _MM_HINT_T0);
+    }
 }
 
 static INL T256 void attend_scores_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale,
@@ -580,7 +591,10 @@ static INL T256 void attend_scores_avx2(const float *q, const cs_kvhead *kv, siz
     for (; j + 4 <= n; j += 4) { /* 4 | CS_KV_BLOCK: the four rows share a block */
         const void *k0 = kv_row(kv, 0, j, DT), *k1 = kv_next(k0, kv->ld, DT), *k2 = kv_next(k1, kv->ld, DT),
                    *k3 = kv_next(k2, kv->ld, DT);
-        for (size_t r = 0; r < 4; r++) kv_prefetch(kv, 0, j + CS_KV_BLOCK + r, n, 0, hd, DT);
+        for (size_t r = 0; r < 4; r++) {
+            kv_prefetch(kv, 0, j + CS_KV_BLOCK + r, n, 0, hd, DT, 0);
+            kv_prefetch(kv, 0, j + KV_FAR + r, n, 0, hd, DT, 1);
+        }
         __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
         size_t e = 0;
         for (; e + 16 <= hd; e += 16) {
@@ -631,7 +645,8 @@ static INL T256 void attend_pv_avx2(const float *att, const cs_kvhead *kv, size_
     for (size_t j = 0; j < n; j++) {
         const void *vj = kv_row(kv, 1, j, DT);
         const __m256 a = _mm256_set1_ps(kv_weight(att[j], vj, hd, DT));
-        kv_prefetch(kv, 1, j + CS_KV_BLOCK, n, e0, e0 + 8 * (size_t)NV, DT);
+        kv_prefetch(kv, 1, j + CS_KV_BLOCK, n, e0, e0 + 8 * (size_t)NV, DT, 0);
+        kv_prefetch(kv, 1, j + KV_FAR, n, e0, e0 + 8 * (size_t)NV, DT, 1);
         for (int c = 0; c < NV; c++) o[c] = _mm256_fmadd_ps(a, kv_load8(vj, e0 + 8 * (size_t)c, DT), o[c]);
     }
     for (int c = 0; c < NV; c++) _mm256_storeu_ps(out + e0 + 8 * c, o[c]);
