@@ -312,7 +312,11 @@ TILE_DOT_FNS(dbf16, DOT_BF16)
                     for (; t + 6 <= T; t += 6) TD(op, 6, 1);                                                  \
                     for (; t < T; t++) TD(op, 1, 1);                                                          \
                 } else {                                                                                      \
-                    for (; t + 6 <= T; t += 6) TD(op, 6, 4);                                                  \
+                    for (; t + 6 <= T && T - t != 7 && T - t != 8; t += 6) TD(op, 6, 4);                    \
+                    if (T - t >= 7) { /* 7 / 8 left: 4 + 3 / 4 + 4 rows, not 6 + 1 / 6 + 2 */                   \
+                        TD(op, 4, 4);                                                                         \
+                        t += 4;                                                                               \
+                    }                                                                                         \
                     switch (T - t) {                                                                          \
                     case 5: TD(op, 5, 4); break;                                                              \
                     case 4: TD(op, 4, 4); break;                                                              \
