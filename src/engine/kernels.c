@@ -158,13 +158,6 @@ int8_t *cs_kern_quantize(const cs_kern *k, const cs_pmat *m, const float *x, siz
     return q;
 }
 
-uint16_t cs_bf16_from_f32(float f) {
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    x += 0x7fff + ((x >> 16) & 1); /* round to nearest even (inputs are finite) */
-    return (uint16_t)(x >> 16);
-}
-
 float cs_bf16_round(float f) {
     uint32_t x;
     memcpy(&x, &f, 4);
@@ -176,12 +169,6 @@ float cs_bf16_round(float f) {
     return f;
 }
 
-float cs_f32_from_bf16(uint16_t h) {
-    uint32_t x = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &x, 4);
-    return f;
-}
 
 void cs_pmat_pack(cs_wdtype dt, const float *W, size_t K, size_t N, size_t ldw, int transposed, void *w_out,
                   float *scale_out) {

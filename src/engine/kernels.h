@@ -127,9 +127,20 @@ void cs_fwht(float *x, size_t n, float post);
  * the output. The scalar reference of every table's kv_quantize_row. */
 void cs_kv_quantize_row(const float *x, size_t hd, int8_t *row);
 
-/* fp32 <-> bf16 (round to nearest even; inputs finite). */
-uint16_t cs_bf16_from_f32(float f);
-float cs_f32_from_bf16(uint16_t h);
+/* fp32 <-> bf16 (round to nearest even; inputs finite). Inline: the KV
+ * cache's append converts every key and value element with it. */
+static inline uint16_t cs_bf16_from_f32(float f) {
+    uint32_t x;
+    __builtin_memcpy(&x, &f, 4);
+    x += 0x7fff + ((x >> 16) & 1);
+    return (uint16_t)(x >> 16);
+}
+static inline float cs_f32_from_bf16(uint16_t h) {
+    const uint32_t x = (uint32_t)h << 16;
+    float f;
+    __builtin_memcpy(&f, &x, 4);
+    return f;
+}
 /* An activation as the bf16 matmuls see it (kernels.h, bf16), widened back
  * to fp32: round to nearest even, denormals to (signed) zero, NaN stays NaN;
  * what vcvtneps2bf16 gives. */
