@@ -430,7 +430,6 @@ static INL T512 __m512 exp512(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-
 static T512 void layernorm_avx512(float *y, const float *x, const float *w, const float *b, size_t C, float eps) {
     __m512 s = _mm512_setzero_ps();
     for (size_t i = 0; i < C; i += 16) s = _mm512_add_ps(s, _mm512_maskz_loadu_ps(tail_mask(C - i), x + i));
