@@ -169,7 +169,6 @@ float cs_bf16_round(float f) {
     return f;
 }
 
-
 void cs_pmat_pack(cs_wdtype dt, const float *W, size_t K, size_t N, size_t ldw, int transposed, void *w_out,
                   float *scale_out) {
     cs_pmat_pack_smooth(dt, W, K, N, ldw, transposed, NULL, w_out, scale_out);
