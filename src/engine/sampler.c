@@ -53,7 +53,8 @@ int cs_sampler_init(cs_sampler *s, size_t vocab, cs_err *err) {
     s->seen = calloc(vocab, 1);
     s->keys = vocab <= SIZE_MAX / (2 * sizeof *s->keys) ? malloc(2 * vocab * sizeof *s->keys) : NULL;
     s->w = malloc(vocab * sizeof *s->w);
-    if (!s->vals || !s->idx || !s->seen || !s->keys || !s->w) {
+    s->cand = malloc(vocab * sizeof *s->cand);
+    if (!s->vals || !s->idx || !s->seen || !s->keys || !s->w || !s->cand) {
         cs_sampler_free(s);
         return cs_err_set(err, "out of memory for sampler scratch");
     }
@@ -66,6 +67,7 @@ void cs_sampler_free(cs_sampler *s) {
     free(s->seen);
     free(s->keys);
     free(s->w);
+    free(s->cand);
     memset(s, 0, sizeof *s);
 }
 
@@ -132,7 +134,8 @@ void cs_sampler_temperature(float *scores, size_t V, float t) {
 
 /* k-th largest of v[0..n) (1-based k, ties counted), with a min-heap of the k
  * largest seen so far in h (k entries): one compare per element once the heap
- * holds large values, so it is a single fast pass for the small k of top-k. */
+ * holds large values, so it is a single fast pass for the small k of top-k.
+ * The smallest and largest of v come out of the same pass where asked. */
 static void sift_down(float *h, size_t k, size_t i) {
     const float x = h[i];
     for (;;) {
@@ -146,36 +149,51 @@ static void sift_down(float *h, size_t k, size_t i) {
     h[i] = x;
 }
 
-static float kth_largest(const float *v, size_t n, size_t k, float *h) {
+static float kth_largest(const float *v, size_t n, size_t k, float *h, float *mn_out, float *mx_out) {
     memcpy(h, v, k * sizeof *h);
     for (size_t i = k / 2; i-- > 0;) sift_down(h, k, i);
+    float mn = v[0], mx = v[0]; /* of the whole input, on the way (one pass for both) */
+    for (size_t i = 1; i < k; i++) mn = v[i] < mn ? v[i] : mn, mx = v[i] > mx ? v[i] : mx;
     size_t i = k;
 #ifdef CS_SSE2
     /* Skip 16 at a time while none beats the heap's minimum (the usual case). */
-    for (; i + 16 <= n; i += 16) {
-        const __m128 t = _mm_set1_ps(h[0]);
-        const __m128 g = _mm_or_ps(_mm_or_ps(_mm_cmpgt_ps(_mm_loadu_ps(v + i), t), _mm_cmpgt_ps(_mm_loadu_ps(v + i + 4), t)),
-                                   _mm_or_ps(_mm_cmpgt_ps(_mm_loadu_ps(v + i + 8), t), _mm_cmpgt_ps(_mm_loadu_ps(v + i + 12), t)));
-        if (!_mm_movemask_ps(g)) continue;
-        for (size_t j = i; j < i + 16; j++)
-            if (v[j] > h[0]) {
-                h[0] = v[j];
-                sift_down(h, k, 0);
-            }
+    if (i + 16 <= n) {
+        __m128 lo = _mm_set1_ps(mn), hi = _mm_set1_ps(mx);
+        for (; i + 16 <= n; i += 16) {
+            const __m128 t = _mm_set1_ps(h[0]), a = _mm_loadu_ps(v + i), b = _mm_loadu_ps(v + i + 4),
+                         c = _mm_loadu_ps(v + i + 8), d = _mm_loadu_ps(v + i + 12);
+            lo = _mm_min_ps(lo, _mm_min_ps(_mm_min_ps(a, b), _mm_min_ps(c, d)));
+            hi = _mm_max_ps(hi, _mm_max_ps(_mm_max_ps(a, b), _mm_max_ps(c, d)));
+            const __m128 g = _mm_or_ps(_mm_or_ps(_mm_cmpgt_ps(a, t), _mm_cmpgt_ps(b, t)),
+                                       _mm_or_ps(_mm_cmpgt_ps(c, t), _mm_cmpgt_ps(d, t)));
+            if (!_mm_movemask_ps(g)) continue;
+            for (size_t j = i; j < i + 16; j++)
+                if (v[j] > h[0]) {
+                    h[0] = v[j];
+                    sift_down(h, k, 0);
+                }
+        }
+        float l4[4], h4[4];
+        _mm_storeu_ps(l4, lo);
+        _mm_storeu_ps(h4, hi);
+        for (int j = 0; j < 4; j++) mn = l4[j] < mn ? l4[j] : mn, mx = h4[j] > mx ? h4[j] : mx;
     }
 #endif
-    for (; i < n; i++)
+    for (; i < n; i++) {
+        mn = v[i] < mn ? v[i] : mn, mx = v[i] > mx ? v[i] : mx;
         if (v[i] > h[0]) {
             h[0] = v[i];
             sift_down(h, k, 0);
         }
+    }
+    if (mn_out) *mn_out = mn, *mx_out = mx;
     return h[0];
 }
 
 void cs_sampler_top_k(cs_sampler *s, float *scores, int k) {
     const size_t V = s->V;
     if (k <= 0 || (size_t)k >= V) return;
-    const float kth = kth_largest(scores, V, (size_t)k, s->vals);
+    const float kth = kth_largest(scores, V, (size_t)k, s->vals, NULL, NULL);
     for (size_t i = 0; i < V; i++) scores[i] = scores[i] < kth ? -INFINITY : scores[i];
 }
 
@@ -224,29 +242,37 @@ static void radix_sort(uint64_t *a, uint64_t *tmp, size_t n) {
     }
 }
 
+/* top-p on a list of n finite candidates kept in ascending id order, their
+ * scores in val: the removed ones become -inf in val. Sorted ascending by
+ * (score, id); as the list is in id order, the position j breaks ties the
+ * same way. */
+static void top_p_list(cs_sampler *s, float *val, size_t n, float top_p) {
+    if (n == 0) return;
+    float mx = -INFINITY;
+    for (size_t j = 0; j < n; j++) {
+        s->keys[j] = order_key(val[j], (uint32_t)j);
+        mx = val[j] > mx ? val[j] : mx;
+    }
+    radix_sort(s->keys, s->keys + s->V, n);
+    float sum = 0;
+    for (size_t i = 0; i < n; i++) sum += (s->vals[i] = expf(val[(uint32_t)s->keys[i]] - mx));
+    const float thresh = (float)(1.0 - (double)top_p);
+    double cum = 0;
+    for (size_t i = 0; i + 1 < n; i++) { /* the last (most likely) is always kept */
+        cum += (double)(s->vals[i] / sum);
+        if ((float)cum <= thresh) val[(uint32_t)s->keys[i]] = -INFINITY;
+        else break; /* cumulative sums only grow */
+    }
+}
+
 void cs_sampler_top_p(cs_sampler *s, float *scores, float top_p) {
     if (top_p >= 1.0f) return;
     /* Only finite scores can survive; -inf ones have zero probability and are
      * removed whatever their position in the ascending order. */
     const size_t n = gather_finite(scores, s->V, s->idx);
-    float mx = -INFINITY;
-    for (size_t j = 0; j < n; j++) {
-        const float v = scores[s->idx[j]];
-        s->keys[j] = order_key(v, (uint32_t)s->idx[j]);
-        mx = v > mx ? v : mx;
-    }
-    if (n == 0) return;
-    radix_sort(s->keys, s->keys + s->V, n);
-    for (size_t i = 0; i < n; i++) s->idx[i] = (int32_t)(uint32_t)s->keys[i];
-    float sum = 0;
-    for (size_t i = 0; i < n; i++) sum += (s->vals[i] = expf(scores[s->idx[i]] - mx));
-    const float thresh = (float)(1.0 - (double)top_p);
-    double cum = 0;
-    for (size_t i = 0; i + 1 < n; i++) { /* the last (most likely) is always kept */
-        cum += (double)(s->vals[i] / sum);
-        if ((float)cum <= thresh) scores[s->idx[i]] = -INFINITY;
-        else break; /* cumulative sums only grow */
-    }
+    for (size_t j = 0; j < n; j++) s->cand[j] = scores[s->idx[j]];
+    top_p_list(s, s->cand, n, top_p);
+    for (size_t j = 0; j < n; j++) scores[s->idx[j]] = s->cand[j];
 }
 
 /* First index of the maximum (NaN-free input). */
@@ -274,25 +300,102 @@ void cs_sampler_process(cs_sampler *s, const cs_sample_params *p, float *scores,
     cs_sampler_top_p(s, scores, p->top_p);
 }
 
-int32_t cs_sampler_pick(cs_sampler *s, const cs_sample_params *p, float *scores, const int32_t *hist, size_t n_hist,
-                        cs_rng *rng) {
-    const size_t V = s->V;
-    cs_sampler_process(s, p, scores, hist, n_hist);
-    if (!p->do_sample) return (int32_t)first_argmax(scores, V);
-    const size_t n = gather_finite(scores, V, s->idx);
+/* The draw among the n candidates (ids in ascending order, scores in val;
+ * -inf ones skipped): softmax weights in double, one uniform, walked in id
+ * order. */
+static int32_t draw_list(cs_sampler *s, const int32_t *id, const float *val, size_t n, cs_rng *rng) {
     size_t best = 0;
     float mx = -INFINITY;
     for (size_t j = 0; j < n; j++)
-        if (scores[s->idx[j]] > mx) mx = scores[s->idx[j]], best = (size_t)s->idx[j];
+        if (val[j] > mx) mx = val[j], best = (size_t)id[j];
     double total = 0, *w = s->w;
-    for (size_t j = 0; j < n; j++) total += (w[j] = exp((double)(scores[s->idx[j]] - mx)));
+    for (size_t j = 0; j < n; j++) total += (w[j] = val[j] == -INFINITY ? 0.0 : exp((double)(val[j] - mx)));
     double u = cs_rng_uniform(rng) * total, acc = 0;
     size_t last = best;
     for (size_t j = 0; j < n; j++) {
-        const size_t i = (size_t)s->idx[j];
+        if (val[j] == -INFINITY) continue;
+        const size_t i = (size_t)id[j];
         acc += w[j];
         last = i;
         if (u < acc) return (int32_t)i;
     }
     return (int32_t)last; /* rounding at the very end of the range */
+}
+
+/* Temperature then top-k (then top-p and the draw) without a pass that writes
+ * the vocabulary: the same candidates and scores as the processors in turn.
+ * x / t is monotone in x (t > 0, rounding keeps order), so the k-th largest
+ * of the divided scores is the k-th largest of x divided, and the survivors
+ * are the ids with x / t >= that: an interval x >= x0, x0 found by bisecting
+ * the float order between the minimum and the k-th largest (a division may
+ * map neighbours below the k-th to the same quotient: they survive too, as
+ * they do after a division of everything). Returns -1 where the processors
+ * would do something else: non-finite scores, or scores / t overflowing
+ * (cs_sampler_temperature's shifted form). */
+static uint32_t f_key(float f) { /* float order as unsigned order (no NaN; -0 below +0) */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u & 0x80000000u ? ~u : u | 0x80000000u;
+}
+static float key_f(uint32_t k) {
+    const uint32_t u = k & 0x80000000u ? k & 0x7FFFFFFFu : ~k;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static size_t gather_at_least(const float *x, size_t n, float x0, int32_t *idx) {
+    size_t c = 0, i = 0;
+#ifdef CS_SSE2
+    const __m128 t = _mm_set1_ps(x0);
+    for (; i + 16 <= n; i += 16) {
+        const int b = _mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(x + i), t)) |
+                      _mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(x + i + 4), t)) << 4 |
+                      _mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(x + i + 8), t)) << 8 |
+                      _mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(x + i + 12), t)) << 12;
+        for (unsigned m = (unsigned)b; m; m &= m - 1) idx[c++] = (int32_t)(i + (size_t)__builtin_ctz(m));
+    }
+#endif
+    for (; i < n; i++)
+        if (x[i] >= x0) idx[c++] = (int32_t)i;
+    return c;
+}
+static int32_t pick_top_k(cs_sampler *s, const cs_sample_params *p, const float *x, cs_rng *rng) {
+    const size_t V = s->V, k = (size_t)p->top_k;
+    const float t = p->temperature;
+    float mn, mx, x0 = kth_largest(x, V, k, s->vals, &mn, &mx);
+    if (!isfinite(mn) || !isfinite(mx)) return -1;
+    if (t != 1.0f && !isfinite(fmaxf(fabsf(mx), fabsf(mn)) / t)) return -1;
+    if (t != 1.0f) {
+        const float thr = x0 / t;
+        uint32_t lo = f_key(mn), hi = f_key(x0); /* the answer is in [lo, hi]; key_f(hi) / t >= thr */
+        while (lo < hi) {
+            const uint32_t mid = lo + (hi - lo) / 2;
+            if (key_f(mid) / t >= thr) hi = mid;
+            else lo = mid + 1;
+        }
+        x0 = key_f(hi);
+    }
+    const size_t n = gather_at_least(x, V, x0, s->idx);
+    for (size_t j = 0; j < n; j++) s->cand[j] = t != 1.0f ? x[s->idx[j]] / t : x[s->idx[j]];
+    if (p->top_p < 1.0f) top_p_list(s, s->cand, n, p->top_p);
+    return draw_list(s, s->idx, s->cand, n, rng);
+}
+
+int32_t cs_sampler_pick(cs_sampler *s, const cs_sample_params *p, float *scores, const int32_t *hist, size_t n_hist,
+                        cs_rng *rng) {
+    const size_t V = s->V;
+    if (p->do_sample && p->top_k > 0 && (size_t)p->top_k < V) {
+        cs_sampler_repetition_penalty(s, scores, hist, n_hist, p->repetition_penalty);
+        const int32_t tok = pick_top_k(s, p, scores, rng);
+        if (tok >= 0) return tok;
+        cs_sampler_temperature(scores, V, p->temperature);
+        cs_sampler_top_k(s, scores, p->top_k);
+        cs_sampler_top_p(s, scores, p->top_p);
+    } else {
+        cs_sampler_process(s, p, scores, hist, n_hist);
+        if (!p->do_sample) return (int32_t)first_argmax(scores, V);
+    }
+    const size_t n = gather_finite(scores, V, s->idx);
+    for (size_t j = 0; j < n; j++) s->cand[j] = scores[s->idx[j]];
+    return draw_list(s, s->idx, s->cand, n, rng);
 }

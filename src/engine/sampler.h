@@ -48,6 +48,7 @@ typedef struct cs_sampler {
     uint8_t *seen;   /* (V) repetition-penalty marks */
     uint64_t *keys;  /* (2V) top-p sort keys and radix scratch */
     double *w;       /* (V) draw weights */
+    float *cand;     /* (V) candidates' scores, in the order of idx */
 } cs_sampler;
 
 int cs_sampler_init(cs_sampler *s, size_t vocab, cs_err *err);
@@ -62,8 +63,10 @@ void cs_sampler_top_p(cs_sampler *s, float *scores, float top_p);
 /* All processors of p (as generate() would apply them), in place. */
 void cs_sampler_process(cs_sampler *s, const cs_sample_params *p, float *scores, const int32_t *hist, size_t n_hist);
 
-/* Picks the next token; scores (V) is modified. hist: ids so far (prompt and
- * generated) for the repetition penalty. */
+/* Picks the next token; scores (V) is modified (what it holds afterwards is
+ * unspecified). hist: ids so far (prompt and generated) for the repetition
+ * penalty. With top-k it finds the same candidates and scores as the
+ * processors in turn without writing the vocabulary (sampler.c, pick_top_k). */
 int32_t cs_sampler_pick(cs_sampler *s, const cs_sample_params *p, float *scores, const int32_t *hist, size_t n_hist,
                         cs_rng *rng);
 

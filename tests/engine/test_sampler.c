@@ -227,6 +227,108 @@ static void test_filters_vs_sorting(void **state) {
     cs_sampler_free(&s);
 }
 
+/* The reference draw, written from the contract in sampler.h: over the ids
+ * the processors left finite, in id order, weights exp(score - max) in double,
+ * one uniform times their total, walked until it is passed. */
+static int32_t ref_draw(const float *sc, size_t V, cs_rng *r) {
+    float mx = -INFINITY;
+    size_t best = 0;
+    for (size_t i = 0; i < V; i++)
+        if (sc[i] > mx) mx = sc[i], best = i;
+    double total = 0;
+    for (size_t i = 0; i < V; i++)
+        if (sc[i] != -INFINITY) total += exp((double)(sc[i] - mx));
+    const double u = cs_rng_uniform(r) * total;
+    double acc = 0;
+    size_t last = best;
+    for (size_t i = 0; i < V; i++) {
+        if (sc[i] == -INFINITY) continue;
+        acc += exp((double)(sc[i] - mx));
+        last = i;
+        if (u < acc) return (int32_t)i;
+    }
+    return (int32_t)last;
+}
+
+/* cs_sampler_pick with top-k finds its candidates without dividing and
+ * masking the vocabulary; it must draw exactly what the processors in turn
+ * and the draw above give, for the same generator: scores packed a few ulps
+ * apart (a temperature above 1 maps neighbours below the k-th onto its
+ * quotient, and they survive), both zero signs, -inf scores and overflowing
+ * temperatures (the paths it hands back), with top-p and a repetition penalty. */
+static void test_top_k_pick_matches_processors(void **state) {
+    (void)state;
+    enum { V = 50257, TRIALS = 4 * 7 * 6 * 3 };
+    cs_sampler s;
+    assert_int_equal(cs_sampler_init(&s, V, NULL), 0);
+    float *x = malloc(V * sizeof *x), *a = malloc(V * sizeof *a), *b = malloc(V * sizeof *b);
+    const float temps[] = {1.0f, 0.7f, 3.99f, 37.5f, 1e-3f, 1e-38f, 100.0f};
+    const int ks[] = {1, 2, 50, 640, 3000, V - 1};
+    const float tps[] = {1.0f, 0.9f, 0.5f};
+    const int32_t hist[] = {3, 17, 17, 50000, 4};
+    uint64_t r = 99;
+    int differ = 0, ties_seen = 0, made_ties = 0;
+    for (int trial = 0; trial < TRIALS; trial++) {
+        const float t = temps[trial % 7]; /* every combination once */
+        const int k = ks[(trial / 7) % 6];
+        const float tp = tps[(trial / 42) % 3];
+        const int shape = trial / 126;
+        for (size_t i = 0; i < V; i++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            const uint32_t q = (uint32_t)(r >> 33);
+            if (shape == 0) { /* a cluster of scores a few ulps apart just below 8: over 3.99 the quotients
+                                 are just above 2, where a float's step is half of x's own step / 3.99 */
+                x[i] = 8.0f;
+                x[i] = nextafterf(x[i], 0.0f) - (float)(q % 2000) * 0x1p-21f; /* q + 1 steps of 2^-21 below 8 */
+                if (q % 7 == 0) x[i] = (float)(q % 1000) * -0.01f;
+            } else if (shape == 1) { /* logits-like spread, both zero signs */
+                x[i] = ((float)(q % 200000) - 150000.0f) * 1e-4f;
+                if (q % 97 == 0) x[i] = (q & 1) ? -0.0f : 0.0f;
+            } else if (shape == 2) { /* few distinct values */
+                x[i] = (float)(q % 9) - 4.0f;
+            } else { /* some -inf (already filtered) */
+                x[i] = ((float)(q % 5000)) * 1e-3f;
+                if (q % 5 == 0) x[i] = -INFINITY;
+            }
+        }
+        if (trial % 11 == 0) x[r % V] = 3e38f; /* overflows / t for t < 1 */
+        const cs_sample_params p = {.do_sample = 1, .temperature = t, .top_k = k, .top_p = tp,
+                                    .repetition_penalty = trial % 2 ? 1.3f : 1.0f};
+        memcpy(a, x, V * sizeof *x);
+        memcpy(b, x, V * sizeof *x);
+        cs_rng ra, rb;
+        cs_rng_seed(&ra, (uint64_t)trial);
+        cs_rng_seed(&rb, (uint64_t)trial);
+        const int32_t got = cs_sampler_pick(&s, &p, a, hist, 5, &ra);
+        cs_sampler_process(&s, &p, b, hist, 5);
+        size_t kept = 0;
+        for (size_t i = 0; i < V; i++) kept += b[i] != -INFINITY;
+        ties_seen += tp == 1.0f && kept > (size_t)k;
+        if (t != 1.0f && tp == 1.0f) { /* more kept than top-k of the undivided scores: the division made ties */
+            memcpy(a, x, V * sizeof *x);
+            cs_sampler_repetition_penalty(&s, a, hist, 5, p.repetition_penalty);
+            cs_sampler_top_k(&s, a, k);
+            size_t kept_raw = 0;
+            for (size_t i = 0; i < V; i++) kept_raw += a[i] != -INFINITY;
+            made_ties += kept > kept_raw;
+            memcpy(a, x, V * sizeof *x);
+        }
+        const int32_t want = ref_draw(b, V, &rb);
+        if (got != want) differ++;
+        assert_int_equal(got, want);
+        assert_true(cs_rng_next(&ra) == cs_rng_next(&rb)); /* one uniform each */
+    }
+    print_message("top-k picks: %d trials, %d differ, %d kept ties, %d made by the division\n", TRIALS, differ,
+                  ties_seen, made_ties);
+    assert_int_equal(differ, 0);
+    assert_true(ties_seen > 10); /* the cases meant to keep more than k did */
+    assert_true(made_ties > 0);  /* and some only after the division (the inputs are fixed) */
+    free(x);
+    free(a);
+    free(b);
+    cs_sampler_free(&s);
+}
+
 static void test_params_check(void **state) {
     (void)state;
     cs_err e;
@@ -261,6 +363,7 @@ int main(void) {
         cmocka_unit_test(test_params_check),
         cmocka_unit_test(test_tiny_temperature_is_greedy),
         cmocka_unit_test(test_filters_vs_sorting),
+        cmocka_unit_test(test_top_k_pick_matches_processors),
     };
     return cmocka_run_group_tests_name("sampler", tests, NULL, NULL);
 }

@@ -10,7 +10,9 @@
  *   - top-p keeps exactly what the ascending (score, id) cumulative softmax
  *     cut keeps (the most likely always);
  *   - the temperature path leaves no +inf / NaN; pick returns a kept id
- *     (greedy: the first arg-max), and the same seed gives the same id. */
+ *     (greedy: the first arg-max), and the same seed gives the same id;
+ *   - a sampled pick is the id the draw's definition (sampler.h) takes from
+ *     what the processors keep (pick finds top-k's candidates its own way). */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -58,6 +60,27 @@ static void ref_top_p(float *x, size_t V, float p, float *tmp, int32_t *id) {
         if ((float)cum <= thresh) x[id[i]] = -INFINITY;
         else break;
     }
+}
+
+/* Over the kept ids in id order: weights exp(score - max) in double, one
+ * uniform times their total, walked until passed. */
+static int32_t ref_draw(const float *x, size_t V, cs_rng *r) {
+    float mx = -INFINITY;
+    size_t best = 0;
+    for (size_t i = 0; i < V; i++)
+        if (x[i] > mx) mx = x[i], best = i;
+    double total = 0, acc = 0;
+    for (size_t i = 0; i < V; i++)
+        if (x[i] != -INFINITY) total += exp((double)(x[i] - mx));
+    const double u = cs_rng_uniform(r) * total;
+    size_t last = best;
+    for (size_t i = 0; i < V; i++) {
+        if (x[i] == -INFINITY) continue;
+        acc += exp((double)(x[i] - mx));
+        last = i;
+        if (u < acc) return (int32_t)i;
+    }
+    return (int32_t)last;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n) {
@@ -113,6 +136,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n) {
     memcpy(z, x, V * sizeof *x);
     cs_sampler_process(&s, &p, z, hist, n_hist);
     if (z[t1] == -INFINITY) fz_fail("pick %d was filtered out", t1);
+    if (p.do_sample) {
+        cs_rng r3;
+        cs_rng_seed(&r3, d[7]);
+        const int32_t t3 = ref_draw(z, V, &r3);
+        if (t3 != t1) fz_fail("pick %d, the draw over what the processors keep %d (k %d, t %g)", t1, t3, p.top_k, p.temperature);
+    }
     if (!p.do_sample)
         for (size_t i = 0; i < V; i++)
             if (z[i] > z[t1] || (z[i] == z[t1] && (int32_t)i < t1)) fz_fail("greedy pick %d is not the first arg-max", t1);
