@@ -480,6 +480,24 @@ static void fill_header(pack_header *h, const cs_gpt2 *m, const struct stat *sb,
     h->total = total;
 }
 
+/* Packed weights in 2 MB pages where the kernel can: every decode step
+ * streams all of them, and with 4 KB pages that is a TLB miss every 4 KB of
+ * each of the panels a tile reads side by side. A hint, asked before the
+ * first touch (a page cache filled on demand then uses 2 MB folios; pages
+ * already cached keep theirs); its failure changes nothing. One thread, T =
+ * 32 rows, distilgpt2's matrices cycled from 12 copies each (beyond L3),
+ * 2 MB against 4 KB pages, 3 runs each (Zen 4 EPYC): int8 (VNNI) 298-307 ->
+ * 319-333 GOP/s, fp32 85-92 -> 91-97 GFLOP/s. A file mapping here: the int8
+ * pack read into a cold page cache is 45 of its 86 MB in 2 MB mappings
+ * without the hint, 86 with it. */
+static void weights_hugepage(void *p, size_t len) {
+#ifdef MADV_HUGEPAGE
+    if (len >= ((size_t)2 << 20)) (void)madvise(p, len, MADV_HUGEPAGE);
+#else
+    (void)p, (void)len;
+#endif
+}
+
 /* Maps an existing, matching cache file; 0 on success, -1 if absent/stale. */
 static int map_cache(cs_gpt2 *m, const char *path, const pack_header *want) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -490,6 +508,7 @@ static int map_cache(cs_gpt2 *m, const char *path, const pack_header *want) {
         p = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_SHARED, fd, 0);
     close(fd);
     if (p == MAP_FAILED) return -1;
+    weights_hugepage(p, (size_t)sb.st_size);
     pack_header h;
     memcpy(&h, p, sizeof h);
     if (memcmp(&h, want, sizeof h) != 0) {
@@ -595,7 +614,8 @@ int cs_gpt2_load(cs_gpt2 **out, const cs_gpt2_config *cfg, const char *path, con
     if (m->wdtype == CS_W_I8 && calibrate(cfg, path, m->kern, &amax, err)) goto fail;
     w = (walk){.m = m, .err = err, .st = st, .tmp = malloc(tmp_n * sizeof(float)), .amax = amax,
                .sm = malloc((C > F ? C : F) * sizeof(double)), .sf = malloc((C > F ? C : F) * sizeof(float))};
-    if (posix_memalign(&m->blob, 64, total) != 0) m->blob = NULL;
+    if (posix_memalign(&m->blob, (size_t)2 << 20, total) != 0) m->blob = NULL;
+    else weights_hugepage(m->blob, total);
     if (!w.tmp || !w.sm || !w.sf || !m->blob) {
         free(w.tmp);
         free(w.sm);
