@@ -291,12 +291,17 @@ TILE_DOT_FNS(i8, DOT_I8)
 TILE_DOT_FNS(dbf16, DOT_BF16)
 
 /* Rows in tiles of up to 6 over 4 panels, or 1-2 rows over 8 panels so a
- * decode step still has 8 independent chains; steps in blocks of 128 (4
- * panels x 128 x 64 B = 32 KB of weights, reused from L1 by every row tile). */
+ * decode step still has 8 independent chains; steps in blocks of 384 (4
+ * panels x 384 x 64 B = 96 KB of weights, reused from L2 by every row tile;
+ * K = 768 is one block for int8 and bf16 alike, so no partial sums go through
+ * y). Blocks of 128 (32 KB, meant for L1, which the activations share) were
+ * slower: one thread, weights cycled from 12 copies beyond L3, 3 runs each
+ * (Zen 4 EPYC), int8 T = 32 291-337 -> 336-353 GOP/s, T = 64 337-356 ->
+ * 354-377; bf16 T = 32 159-188 -> 195-196, T = 64 186-188 -> 200-211. */
 #define DEFINE_MATMUL_DOT(op)                                                                                  \
     static TDOT void matmul_##op(const cs_pmat *m, const uint8_t *a, size_t lda, const float *sx, size_t T,     \
                                  float *y, size_t ldy, size_t p0, size_t p1) {                                 \
-        const size_t SB = 128, S = lda / 4, wide = T <= 2 ? 8 : 4;                                             \
+        const size_t SB = 384, S = lda / 4, wide = T <= 2 ? 8 : 4;                                             \
         size_t p = p0;                                                                                        \
         while (p < p1) {                                                                                      \
             const size_t np = p + wide <= p1 ? wide : p + 4 <= p1 ? 4 : 1;                                    \
