@@ -91,17 +91,24 @@ def main():
     w(f"- **load**: closed loop, concurrency {', '.join(map(str, cfg['concurrency']))}; "
       f"{cfg['duration_s']:.0f} s per level (at most {cfg['max_requests']} requests); client "
       f"timeout {cfg['timeout_s']:.0f} s; every system gets {cfg['threads']} CPUs / threads")
-    cs = next((r for r in runs if r["system"].startswith("cserve") and r.get("git")), None)
-    if cs:
-        g = cs["git"]
+    # one line per binary: kept runs may come from an earlier commit than the rest
+    states = {}
+    for r in runs:
+        if not (r["system"].startswith("cserve") and r.get("git")):
+            continue
+        g = r["git"]
         subj = g.get("subject") or ""
         if len(subj) > 80:
             subj = subj[:subj.rfind(" ", 0, 80)] + " ..."
-        state = (f"commit `{g.get('commit')}` ({subj})"
+        state = (f"{r.get('version') or 'build/cserve'}: commit `{g.get('commit')}` ({subj})"
                  + (f" + {g['src_uncommitted_files']} uncommitted file(s) under src/"
                     if g.get("src_uncommitted_files") else ", src/ clean")
                  + f"; binary built {g.get('binary_mtime')}")
-        w(f"- **cserve measured**: {cs.get('version') or 'build/cserve'}: {state}")
+        states.setdefault(state, []).append(r["system"])
+    if len(states) == 1:
+        w(f"- **cserve measured**: {next(iter(states))}")
+    for state, systems in (states.items() if len(states) > 1 else ()):
+        w(f"- **cserve measured** ({', '.join(systems)}): {state}")
     seed = by.get("seed") or by.get("seed-batch")
     if seed and seed.get("versions"):
         v = seed["versions"]
