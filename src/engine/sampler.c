@@ -1,5 +1,6 @@
 #include "engine/sampler.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -197,23 +198,27 @@ void cs_sampler_top_k(cs_sampler *s, float *scores, int k) {
     for (size_t i = 0; i < V; i++) scores[i] = scores[i] < kth ? -INFINITY : scores[i];
 }
 
-/* Ids of the scores that are not -inf (what the filters left), in id order. */
-static size_t gather_finite(const float *x, size_t n, int32_t *idx) {
+/* Ids of the scores >= x0, in id order. */
+static size_t gather_at_least(const float *x, size_t n, float x0, int32_t *idx) {
     size_t c = 0, i = 0;
 #ifdef CS_SSE2
-    const __m128 ninf = _mm_set1_ps(-INFINITY);
+    const __m128 t = _mm_set1_ps(x0);
     for (; i + 16 <= n; i += 16) {
-        const int b = _mm_movemask_ps(_mm_cmpneq_ps(_mm_loadu_ps(x + i), ninf)) |
-                      _mm_movemask_ps(_mm_cmpneq_ps(_mm_loadu_ps(x + i + 4), ninf)) << 4 |
-                      _mm_movemask_ps(_mm_cmpneq_ps(_mm_loadu_ps(x + i + 8), ninf)) << 8 |
-                      _mm_movemask_ps(_mm_cmpneq_ps(_mm_loadu_ps(x + i + 12), ninf)) << 12;
+        const int b = _mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(x + i), t)) |
+                      _mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(x + i + 4), t)) << 4 |
+                      _mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(x + i + 8), t)) << 8 |
+                      _mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(x + i + 12), t)) << 12;
         for (unsigned m = (unsigned)b; m; m &= m - 1) idx[c++] = (int32_t)(i + (size_t)__builtin_ctz(m));
     }
 #endif
     for (; i < n; i++)
-        if (x[i] != -INFINITY) idx[c++] = (int32_t)i;
+        if (x[i] >= x0) idx[c++] = (int32_t)i;
     return c;
 }
+
+/* Ids of the scores that are not -inf (what the filters left), in id order
+ * (NaN-free input). */
+static size_t gather_finite(const float *x, size_t n, int32_t *idx) { return gather_at_least(x, n, -FLT_MAX, idx); }
 
 /* Sort key: ascending by score (as compared with <: -0 equals +0), then by id. */
 static uint64_t order_key(float f, uint32_t id) {
@@ -342,22 +347,6 @@ static float key_f(uint32_t k) {
     float f;
     memcpy(&f, &u, 4);
     return f;
-}
-static size_t gather_at_least(const float *x, size_t n, float x0, int32_t *idx) {
-    size_t c = 0, i = 0;
-#ifdef CS_SSE2
-    const __m128 t = _mm_set1_ps(x0);
-    for (; i + 16 <= n; i += 16) {
-        const int b = _mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(x + i), t)) |
-                      _mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(x + i + 4), t)) << 4 |
-                      _mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(x + i + 8), t)) << 8 |
-                      _mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(x + i + 12), t)) << 12;
-        for (unsigned m = (unsigned)b; m; m &= m - 1) idx[c++] = (int32_t)(i + (size_t)__builtin_ctz(m));
-    }
-#endif
-    for (; i < n; i++)
-        if (x[i] >= x0) idx[c++] = (int32_t)i;
-    return c;
 }
 static int32_t pick_top_k(cs_sampler *s, const cs_sample_params *p, const float *x, cs_rng *rng) {
     const size_t V = s->V, k = (size_t)p->top_k;
