@@ -115,8 +115,13 @@ static INL void prefetch_rows(const char *pf, size_t R, int CP, size_t i) {
         }                                                                                             \
     }
 
-/* k-blocks sized so a 4-panel weight block (~32 KB) stays in L1 across row tiles */
-DEFINE_TILE(f32, float, LOADW_F32, 128)
+/* k-blocks of 768 (4 panels x 768 x 64 B = 192 KB of weights, reused from L2
+ * by every row tile; K = 768 is one block): blocks of 128 (~32 KB, meant for
+ * L1, which the rows of x share) reloaded partial sums at every edge and ran
+ * slower once the weights sat in 2 MB pages (gpt2.c): one thread, 3 runs,
+ * weights streamed from 12 copies, T = 32 84-94 -> 95-103 GFLOP/s, T = 64
+ * 97-99 -> 104-107; in cache, T = 64, the LM head 95 -> 104-105. */
+DEFINE_TILE(f32, float, LOADW_F32, 768)
 
 /* bf16 without AVX512_BF16 (see kernels.h), on x already rounded to bf16: per
  * pair of k, the odd-k weights of 4 panels are widened (mask) and used by
