@@ -110,6 +110,10 @@ static void min_max(const float *x, size_t n, float *mn_out, float *mx_out) {
     *mx_out = mx;
 }
 
+/* Whether scores in [mn, mx] divide by t without overflow (else the shifted
+ * form below); pick_top_k asks the same to know it would be this path. */
+static int divides_plainly(float mn, float mx, float t) { return isfinite(fmaxf(fabsf(mx), fabsf(mn)) / t); }
+
 void cs_sampler_temperature(float *scores, size_t V, float t) {
     if (t == 1.0f || V == 0) return;
     float mn, mx;
@@ -123,7 +127,7 @@ void cs_sampler_temperature(float *scores, size_t V, float t) {
             }
         if (mx < mn) return; /* nothing finite */
     }
-    if (isfinite(fmaxf(fabsf(mx), fabsf(mn)) / t)) {
+    if (divides_plainly(mn, mx, t)) {
         for (size_t i = 0; i < V; i++) scores[i] = scores[i] / t;
         return;
     }
@@ -220,14 +224,21 @@ static size_t gather_at_least(const float *x, size_t n, float x0, int32_t *idx) 
  * (NaN-free input). */
 static size_t gather_finite(const float *x, size_t n, int32_t *idx) { return gather_at_least(x, n, -FLT_MAX, idx); }
 
-/* Sort key: ascending by score (as compared with <: -0 equals +0), then by id. */
-static uint64_t order_key(float f, uint32_t id) {
-    if (f == 0) f = 0.0f;
+/* Float order as unsigned order (no NaN; -0 just below +0), and back. */
+static uint32_t f_key(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
-    u = u & 0x80000000u ? ~u : u | 0x80000000u;
-    return (uint64_t)u << 32 | id;
+    return u & 0x80000000u ? ~u : u | 0x80000000u;
 }
+static float key_f(uint32_t k) {
+    const uint32_t u = k & 0x80000000u ? k & 0x7FFFFFFFu : ~k;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Sort key: ascending by score (as compared with <: -0 equals +0), then by id. */
+static uint64_t order_key(float f, uint32_t id) { return (uint64_t)f_key(f == 0 ? 0.0f : f) << 32 | id; }
 
 /* LSD radix sort of n distinct keys, 8 bits a pass; passes where every key
  * has the same digit are skipped. Result in a (tmp: n more). */
@@ -337,23 +348,12 @@ static int32_t draw_list(cs_sampler *s, const int32_t *id, const float *val, siz
  * they do after a division of everything). Returns -1 where the processors
  * would do something else: non-finite scores, or scores / t overflowing
  * (cs_sampler_temperature's shifted form). */
-static uint32_t f_key(float f) { /* float order as unsigned order (no NaN; -0 below +0) */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u & 0x80000000u ? ~u : u | 0x80000000u;
-}
-static float key_f(uint32_t k) {
-    const uint32_t u = k & 0x80000000u ? k & 0x7FFFFFFFu : ~k;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
 static int32_t pick_top_k(cs_sampler *s, const cs_sample_params *p, const float *x, cs_rng *rng) {
     const size_t V = s->V, k = (size_t)p->top_k;
     const float t = p->temperature;
     float mn, mx, x0 = kth_largest(x, V, k, s->vals, &mn, &mx);
     if (!isfinite(mn) || !isfinite(mx)) return -1;
-    if (t != 1.0f && !isfinite(fmaxf(fabsf(mx), fabsf(mn)) / t)) return -1;
+    if (t != 1.0f && !divides_plainly(mn, mx, t)) return -1;
     if (t != 1.0f) {
         const float thr = x0 / t;
         uint32_t lo = f_key(mn), hi = f_key(x0); /* the answer is in [lo, hi]; key_f(hi) / t >= thr */
