@@ -7,6 +7,7 @@ import concurrent.futures as cf
 import os
 import re
 import subprocess
+import threading
 
 import pytest
 import requests
@@ -16,7 +17,7 @@ from test_api import pytestmark  # noqa: F401
 from test_control import ControlServer
 
 # tiny: 2 layers x 64 wide, fp32: 1,024 bytes per token, so 1 MB holds 1,024 tokens
-N_REQ = 12
+N_REQ = 24
 MAX_TOKENS = 100
 
 
@@ -26,7 +27,9 @@ def metric(text, name):
     return float(m.group(1))
 
 
-def complete(s, i):
+def complete(s, i, barrier=None):
+    if barrier:
+        barrier.wait(timeout=60)  # all requests leave together, so they overlap on a slow machine too
     r = requests.post(s.url("/v1/completions"), json={"prompt": f"request number {i} says", "max_tokens": MAX_TOKENS,
                                                       "temperature": 0, "ignore_eos": True}, timeout=120)
     assert r.status_code == 200, (r.status_code, r.text)
@@ -41,13 +44,15 @@ def small_cache():
 
 
 def test_requests_outgrowing_the_cache_all_complete_exactly(small_cache):
-    """12 concurrent greedy requests need ~1,400 tokens of KV; the pool holds 1,024. Sequences are
-    preempted and computed again, and every answer equals the same request sent alone."""
+    """24 concurrent greedy requests need ~2,700 tokens of KV (any 10 of them at their full length
+    more than the pool's 1,024). Sequences are preempted and computed again, and every answer equals
+    the same request sent alone."""
     s = small_cache
     m0 = requests.get(s.url("/metrics"), timeout=T).text
     assert metric(m0, "cserve_kv_cache_capacity_tokens") == 1024
+    start = threading.Barrier(N_REQ)
     with cf.ThreadPoolExecutor(N_REQ) as ex:
-        together = list(ex.map(lambda i: complete(s, i), range(N_REQ)))
+        together = list(ex.map(lambda i: complete(s, i, start), range(N_REQ)))
     m1 = requests.get(s.url("/metrics"), timeout=T).text
     assert metric(m1, "cserve_scheduler_preemptions_total") > metric(m0, "cserve_scheduler_preemptions_total")
     assert metric(m1, "vllm:num_preemptions_total") == metric(m1, "cserve_scheduler_preemptions_total")
