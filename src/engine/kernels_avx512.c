@@ -503,22 +503,276 @@ static T512 void quantize_avx512(const float *x, size_t ldx, size_t T, size_t K,
     }
 }
 
+/* Decode attention (attend, attend_bf16, attend_i8) in 16-lane registers,
+ * with the AVX2 family's bits: a key's score is dot_dt's sum (two 8-lane FMA
+ * chains over 16-element steps are one 16-lane chain here; its halves are
+ * added and reduced as hsum256 does), the softmax is cs_softmax_avx2 itself,
+ * and each output element is axpy's FMA chain in key order. One template for
+ * the three cache types, so a bf16 or int8 cache still gives the fp32 attend's
+ * bits over its widened rows (tests/engine/test_attention.c), and the AVX-512
+ * table still matches the AVX2 one bit for bit (test_kernels). Head sizes
+ * that are multiples of 16 up to 128; others go to the AVX2 kernels.
+ *
+ * Why not the AVX2 code: with the rows in L2 (one head, 256 positions) it
+ * spends ~35 cycles a key whatever the cache type, a third of it finding rows
+ * through the block table and asking for each row's prefetch; over a server's
+ * cache (most of it in DRAM) ~17 ns a key for bf16. Here rows are walked block
+ * by block from one base pointer, q stays in registers, each 64-byte step
+ * is one load and one FMA, and prefetches go by address ranges: a block's
+ * next rows into L1 one block ahead, three blocks ahead into L2, and this
+ * block's values into L2 while its keys are scored (the second pass then
+ * starts from L2, not from DRAM). */
+static INL T512 size_t kvz_esize(const int DT) { return DT == CS_KV_F32 ? 4 : DT == CS_KV_BF16 ? 2 : 1; }
+static INL T512 __m512 kvz_load16(const char *row, size_t e, const int DT) {
+    if (DT == CS_KV_I8)
+        return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(row + e))));
+    if (DT == CS_KV_BF16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(row + 2 * e))), 16));
+    return _mm512_loadu_ps((const float *)(const void *)row + e);
+}
+/* hsum256(s0 + s1) of kernels_avx2.c's dot_dt, s0 / s1 the low / high lanes */
+static INL T512 float kvz_hsum(__m512 z) {
+    const __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(z), _mm512_extractf32x8_ps(z, 1));
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+/* int8 rows carry their scale after hd elements */
+static INL T512 float kvz_scale(const char *row, size_t hd, const int DT) {
+    return DT == CS_KV_I8 ? cs_kv_row_scale((const int8_t *)(const void *)row, hd) : 1.0f;
+}
+/* The lines of bytes [lo, hi) from p, into L1 (far = 0) or L2. */
+static INL T512 void kvz_prefetch(const char *p, size_t lo, size_t hi, const int far) {
+    for (size_t o = lo & ~(size_t)63; o < hi; o += 64) {
+        if (far) _mm_prefetch(p + o, _MM_HINT_T1);
+        else _mm_prefetch(p + o, _MM_HINT_T0);
+    }
+}
+/* One key's score from its 16-lane dot chain, as attend_scores_avx2. */
+static INL T512 float kvz_score(__m512 acc, const char *row, size_t hd, float scale, const int DT) {
+    const float d = kvz_hsum(acc);
+    return DT == CS_KV_I8 ? d * kvz_scale(row, hd, DT) * scale : d * scale;
+}
+
+static INL T512 void attend_z(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
+                              float *out, const int DT, const int NZ) {
+    const size_t es = kvz_esize(DT), rb = kv->ld * es; /* bytes from one row to the next in a block */
+    const size_t nb = (n + CS_KV_BLOCK - 1) / CS_KV_BLOCK;
+    const char *const *blk = (const char *const *)kv->blk;
+    const size_t ko = kv->koff * es, vo = kv->voff * es;
+    __m512 qz[8];
+    for (int c = 0; c < NZ; c++) qz[c] = _mm512_loadu_ps(q + 16 * c);
+    for (size_t b = 0; b < nb; b++) {
+        const char *kb = blk[b] + ko;
+        const char *k1 = b + 1 < nb ? blk[b + 1] + ko : NULL, *k3 = b + 3 < nb ? blk[b + 3] + ko : NULL;
+        const size_t j0 = b * CS_KV_BLOCK, m = n - j0 < CS_KV_BLOCK ? n - j0 : CS_KV_BLOCK;
+        size_t r = 0;
+        for (; r + 4 <= m; r += 4) {
+            if (k1) kvz_prefetch(k1, r * rb, (r + 4) * rb, 0);
+            if (k3) kvz_prefetch(k3, r * rb, (r + 4) * rb, 1);
+            kvz_prefetch(blk[b] + vo, r * rb, (r + 4) * rb, 1);
+            const char *r0 = kb + r * rb, *r1 = r0 + rb, *r2 = r1 + rb, *r3 = r2 + rb;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (int c = 0; c < NZ; c++) {
+                a0 = _mm512_fmadd_ps(qz[c], kvz_load16(r0, 16 * (size_t)c, DT), a0);
+                a1 = _mm512_fmadd_ps(qz[c], kvz_load16(r1, 16 * (size_t)c, DT), a1);
+                a2 = _mm512_fmadd_ps(qz[c], kvz_load16(r2, 16 * (size_t)c, DT), a2);
+                a3 = _mm512_fmadd_ps(qz[c], kvz_load16(r3, 16 * (size_t)c, DT), a3);
+            }
+            att[j0 + r] = kvz_score(a0, r0, hd, scale, DT);
+            att[j0 + r + 1] = kvz_score(a1, r1, hd, scale, DT);
+            att[j0 + r + 2] = kvz_score(a2, r2, hd, scale, DT);
+            att[j0 + r + 3] = kvz_score(a3, r3, hd, scale, DT);
+        }
+        for (; r < m; r++) { /* the last block's last keys */
+            const char *r0 = kb + r * rb;
+            __m512 a0 = _mm512_setzero_ps();
+            for (int c = 0; c < NZ; c++) a0 = _mm512_fmadd_ps(qz[c], kvz_load16(r0, 16 * (size_t)c, DT), a0);
+            att[j0 + r] = kvz_score(a0, r0, hd, scale, DT);
+        }
+        if (m % 4) kvz_prefetch(blk[b] + vo, (m & ~(size_t)3) * rb, m * rb, 1);
+    }
+    cs_softmax_avx2(att, n);
+    __m512 o[8];
+    for (int c = 0; c < NZ; c++) o[c] = _mm512_setzero_ps();
+    for (size_t b = 0; b < nb; b++) {
+        const char *vb = blk[b] + vo, *v1 = b + 1 < nb ? blk[b + 1] + vo : NULL;
+        const size_t j0 = b * CS_KV_BLOCK, m = n - j0 < CS_KV_BLOCK ? n - j0 : CS_KV_BLOCK;
+        for (size_t r = 0; r < m; r++) {
+            if (v1 && r % 4 == 0) kvz_prefetch(v1, r * rb, (r + 4) * rb, 0);
+            const char *vr = vb + r * rb;
+            const __m512 a = _mm512_set1_ps(DT == CS_KV_I8 ? att[j0 + r] * kvz_scale(vr, hd, DT) : att[j0 + r]);
+            for (int c = 0; c < NZ; c++) o[c] = _mm512_fmadd_ps(a, kvz_load16(vr, 16 * (size_t)c, DT), o[c]);
+        }
+    }
+    for (int c = 0; c < NZ; c++) _mm512_storeu_ps(out + 16 * c, o[c]);
+}
+
+#define ATTEND_Z(NAME, DT, FALLBACK)                                                                          \
+    static T512 void NAME(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att, \
+                          float *out) {                                                                       \
+        switch (hd % 16 || n == 0 ? 0 : hd / 16) {                                                            \
+        case 1: attend_z(q, kv, n, hd, scale, att, out, DT, 1); return;                                       \
+        case 2: attend_z(q, kv, n, hd, scale, att, out, DT, 2); return;                                       \
+        case 3: attend_z(q, kv, n, hd, scale, att, out, DT, 3); return;                                       \
+        case 4: attend_z(q, kv, n, hd, scale, att, out, DT, 4); return;                                       \
+        case 5: attend_z(q, kv, n, hd, scale, att, out, DT, 5); return;                                       \
+        case 6: attend_z(q, kv, n, hd, scale, att, out, DT, 6); return;                                       \
+        case 7: attend_z(q, kv, n, hd, scale, att, out, DT, 7); return;                                       \
+        case 8: attend_z(q, kv, n, hd, scale, att, out, DT, 8); return;                                       \
+        default: FALLBACK(q, kv, n, hd, scale, att, out);                                                     \
+        }                                                                                                     \
+    }
+ATTEND_Z(attend_avx512, CS_KV_F32, cs_attend_avx2)
+ATTEND_Z(attend_bf16_avx512, CS_KV_BF16, cs_attend_bf16_avx2)
+ATTEND_Z(attend_i8_avx512, CS_KV_I8, cs_attend_i8_avx2)
+#undef ATTEND_Z
+
 const cs_kern cs_kern_avx512 = {
     .name = "avx512", .isa = CS_ISA_AVX512, .matmul = matmul_avx512, .matmul_q8 = matmul_q8_avx512, .layernorm = layernorm_avx512,
     .gelu_tanh = gelu_avx512, .quantize_rows = quantize_avx512,
-    /* The attention family is the AVX2 table's, all of it: a bf16 or int8
-     * cache must give the bits of the fp32 cache's attend over its widened
-     * rows, and one implementation keeps that true (an AVX-512 fp32 attend
-     * next to the AVX2 bf16 / int8 ones broke it, tests/engine/test_attention.c
-     * on Zen 4). Decode attention is bound by memory, not by vector width. */
-    .dot = cs_dot_avx2, .axpy = cs_axpy_avx2, .softmax = cs_softmax_avx2, .attend = cs_attend_avx2,
+    /* The attention family gives the AVX2 table's bits, all of it: a bf16 or
+     * int8 cache must give the bits of the fp32 cache's attend over its
+     * widened rows, and prefill must give decode's. Decode attention is its
+     * own 16-lane template for the three cache types (attend_z) with those
+     * bits; the rest is the AVX2 code. */
+    .dot = cs_dot_avx2, .axpy = cs_axpy_avx2, .softmax = cs_softmax_avx2, .attend = attend_avx512,
     .attend_causal = cs_attend_causal_avx2, .dot_bf16 = cs_dot_bf16_avx2, .axpy_bf16 = cs_axpy_bf16_avx2,
-    .attend_bf16 = cs_attend_bf16_avx2, .attend_causal_bf16 = cs_attend_causal_bf16_avx2, .dot_i8 = cs_dot_i8_avx2,
-    .axpy_i8 = cs_axpy_i8_avx2, .attend_i8 = cs_attend_i8_avx2, .attend_causal_i8 = cs_attend_causal_i8_avx2,
+    .attend_bf16 = attend_bf16_avx512, .attend_causal_bf16 = cs_attend_causal_bf16_avx2, .dot_i8 = cs_dot_i8_avx2,
+    .axpy_i8 = cs_axpy_i8_avx2, .attend_i8 = attend_i8_avx512, .attend_causal_i8 = cs_attend_causal_i8_avx2,
     .fwht = cs_fwht_avx2, .kv_quantize_row = cs_kv_quantize_row_avx2,
 };
 
 #else /* not x86-64: the table exists but cs_kern_for never returns it */
+/* Decode attention (attend, attend_bf16, attend_i8) in 16-lane registers,
+ * with the AVX2 family's bits: a key's score is dot_dt's sum (two 8-lane FMA
+ * chains over 16-element steps are one 16-lane chain here; its halves are
+ * added and reduced as hsum256 does), the softmax is cs_softmax_avx2 itself,
+ * and each output element is axpy's FMA chain in key order. One template for
+ * the three cache types, so a bf16 or int8 cache still gives the fp32 attend's
+ * bits over its widened rows (tests/engine/test_attention.c), and the AVX-512
+ * table still matches the AVX2 one bit for bit (test_kernels). Head sizes
+ * that are multiples of 16 up to 128; others go to the AVX2 kernels.
+ *
+ * Why not the AVX2 code: with the rows in L2 (one head, 256 positions) it
+ * spends ~35 cycles a key whatever the cache type, a third of it finding rows
+ * through the block table and asking for each row's prefetch; over a server's
+ * cache (most of it in DRAM) ~17 ns a key for bf16. Here rows are walked block
+ * by block from one base pointer, q stays in registers, each 64-byte step
+ * is one load and one FMA, and prefetches go by address ranges: a block's
+ * next rows into L1 one block ahead, three blocks ahead into L2, and this
+ * block's values into L2 while its keys are scored (the second pass then
+ * starts from L2, not from DRAM). */
+static INL T512 size_t kvz_esize(const int DT) { return DT == CS_KV_F32 ? 4 : DT == CS_KV_BF16 ? 2 : 1; }
+static INL T512 __m512 kvz_load16(const char *row, size_t e, const int DT) {
+    if (DT == CS_KV_I8)
+        return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(row + e))));
+    if (DT == CS_KV_BF16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(row + 2 * e))), 16));
+    return _mm512_loadu_ps((const float *)(const void *)row + e);
+}
+/* hsum256(s0 + s1) of kernels_avx2.c's dot_dt, s0 / s1 the low / high lanes */
+static INL T512 float kvz_hsum(__m512 z) {
+    const __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(z), _mm512_extractf32x8_ps(z, 1));
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+/* int8 rows carry their scale after hd elements */
+static INL T512 float kvz_scale(const char *row, size_t hd, const int DT) {
+    return DT == CS_KV_I8 ? cs_kv_row_scale((const int8_t *)(const void *)row, hd) : 1.0f;
+}
+/* The lines of bytes [lo, hi) from p, into L1 (far = 0) or L2. */
+static INL T512 void kvz_prefetch(const char *p, size_t lo, size_t hi, const int far) {
+    for (size_t o = lo & ~(size_t)63; o < hi; o += 64) {
+        if (far) _mm_prefetch(p + o, _MM_HINT_T1);
+        else _mm_prefetch(p + o, _MM_HINT_T0);
+    }
+}
+/* One key's score from its 16-lane dot chain, as attend_scores_avx2. */
+static INL T512 float kvz_score(__m512 acc, const char *row, size_t hd, float scale, const int DT) {
+    const float d = kvz_hsum(acc);
+    return DT == CS_KV_I8 ? d * kvz_scale(row, hd, DT) * scale : d * scale;
+}
+
+static INL T512 void attend_z(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
+                              float *out, const int DT, const int NZ) {
+    const size_t es = kvz_esize(DT), rb = kv->ld * es; /* bytes from one row to the next in a block */
+    const size_t nb = (n + CS_KV_BLOCK - 1) / CS_KV_BLOCK;
+    const char *const *blk = (const char *const *)kv->blk;
+    const size_t ko = kv->koff * es, vo = kv->voff * es;
+    __m512 qz[8];
+    for (int c = 0; c < NZ; c++) qz[c] = _mm512_loadu_ps(q + 16 * c);
+    for (size_t b = 0; b < nb; b++) {
+        const char *kb = blk[b] + ko;
+        const char *k1 = b + 1 < nb ? blk[b + 1] + ko : NULL, *k3 = b + 3 < nb ? blk[b + 3] + ko : NULL;
+        const size_t j0 = b * CS_KV_BLOCK, m = n - j0 < CS_KV_BLOCK ? n - j0 : CS_KV_BLOCK;
+        size_t r = 0;
+        for (; r + 4 <= m; r += 4) {
+            if (k1) kvz_prefetch(k1, r * rb, (r + 4) * rb, 0);
+            if (k3) kvz_prefetch(k3, r * rb, (r + 4) * rb, 1);
+            kvz_prefetch(blk[b] + vo, r * rb, (r + 4) * rb, 1);
+            const char *r0 = kb + r * rb, *r1 = r0 + rb, *r2 = r1 + rb, *r3 = r2 + rb;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (int c = 0; c < NZ; c++) {
+                a0 = _mm512_fmadd_ps(qz[c], kvz_load16(r0, 16 * (size_t)c, DT), a0);
+                a1 = _mm512_fmadd_ps(qz[c], kvz_load16(r1, 16 * (size_t)c, DT), a1);
+                a2 = _mm512_fmadd_ps(qz[c], kvz_load16(r2, 16 * (size_t)c, DT), a2);
+                a3 = _mm512_fmadd_ps(qz[c], kvz_load16(r3, 16 * (size_t)c, DT), a3);
+            }
+            att[j0 + r] = kvz_score(a0, r0, hd, scale, DT);
+            att[j0 + r + 1] = kvz_score(a1, r1, hd, scale, DT);
+            att[j0 + r + 2] = kvz_score(a2, r2, hd, scale, DT);
+            att[j0 + r + 3] = kvz_score(a3, r3, hd, scale, DT);
+        }
+        for (; r < m; r++) { /* the last block's last keys */
+            const char *r0 = kb + r * rb;
+            __m512 a0 = _mm512_setzero_ps();
+            for (int c = 0; c < NZ; c++) a0 = _mm512_fmadd_ps(qz[c], kvz_load16(r0, 16 * (size_t)c, DT), a0);
+            att[j0 + r] = kvz_score(a0, r0, hd, scale, DT);
+        }
+        if (m % 4) kvz_prefetch(blk[b] + vo, (m & ~(size_t)3) * rb, m * rb, 1);
+    }
+    cs_softmax_avx2(att, n);
+    __m512 o[8];
+    for (int c = 0; c < NZ; c++) o[c] = _mm512_setzero_ps();
+    for (size_t b = 0; b < nb; b++) {
+        const char *vb = blk[b] + vo, *v1 = b + 1 < nb ? blk[b + 1] + vo : NULL;
+        const size_t j0 = b * CS_KV_BLOCK, m = n - j0 < CS_KV_BLOCK ? n - j0 : CS_KV_BLOCK;
+        for (size_t r = 0; r < m; r++) {
+            if (v1 && r % 4 == 0) kvz_prefetch(v1, r * rb, (r + 4) * rb, 0);
+            const char *vr = vb + r * rb;
+            const __m512 a = _mm512_set1_ps(DT == CS_KV_I8 ? att[j0 + r] * kvz_scale(vr, hd, DT) : att[j0 + r]);
+            for (int c = 0; c < NZ; c++) o[c] = _mm512_fmadd_ps(a, kvz_load16(vr, 16 * (size_t)c, DT), o[c]);
+        }
+    }
+    for (int c = 0; c < NZ; c++) _mm512_storeu_ps(out + 16 * c, o[c]);
+}
+
+#define ATTEND_Z(NAME, DT, FALLBACK)                                                                          \
+    static T512 void NAME(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att, \
+                          float *out) {                                                                       \
+        switch (hd % 16 || n == 0 ? 0 : hd / 16) {                                                            \
+        case 1: attend_z(q, kv, n, hd, scale, att, out, DT, 1); return;                                       \
+        case 2: attend_z(q, kv, n, hd, scale, att, out, DT, 2); return;                                       \
+        case 3: attend_z(q, kv, n, hd, scale, att, out, DT, 3); return;                                       \
+        case 4: attend_z(q, kv, n, hd, scale, att, out, DT, 4); return;                                       \
+        case 5: attend_z(q, kv, n, hd, scale, att, out, DT, 5); return;                                       \
+        case 6: attend_z(q, kv, n, hd, scale, att, out, DT, 6); return;                                       \
+        case 7: attend_z(q, kv, n, hd, scale, att, out, DT, 7); return;                                       \
+        case 8: attend_z(q, kv, n, hd, scale, att, out, DT, 8); return;                                       \
+        default: FALLBACK(q, kv, n, hd, scale, att, out);                                                     \
+        }                                                                                                     \
+    }
+ATTEND_Z(attend_avx512, CS_KV_F32, cs_attend_avx2)
+ATTEND_Z(attend_bf16_avx512, CS_KV_BF16, cs_attend_bf16_avx2)
+ATTEND_Z(attend_i8_avx512, CS_KV_I8, cs_attend_i8_avx2)
+#undef ATTEND_Z
+
 const cs_kern cs_kern_avx512 = {0};
 void cs_kern_avx512_cap(unsigned features) { (void)features; }
 #endif

@@ -2,6 +2,7 @@
 
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -9,13 +10,37 @@ struct cs_kvpool {
     cs_kvdtype dt;
     size_t n_layer, n_embd, n_head;
     size_t block_bytes, n_blocks;
-    char *base;        /* n_blocks * block_bytes, reserved with mmap */
+    char *base;        /* n_blocks * block_bytes, reserved with mmap (2 MB aligned when that large) */
     size_t fresh;      /* blocks [fresh, n_blocks) have never been handed out */
     uint32_t *stack;   /* freed blocks, reused last in first out */
     size_t n_stack;
     uint8_t *resident; /* per block: pages touched since the last trim */
     size_t n_resident, n_used;
 };
+
+/* Address space for len bytes of zeroed pages, committed on first touch. A
+ * region of 2 MB or more starts on a 2 MB boundary and asks for 2 MB pages:
+ * a decode step's attention reads each sequence's blocks a head at a time,
+ * 2-4 KiB here and there across the pool, so with 4 KiB pages nearly every
+ * read of a head's rows began with a TLB miss (the pool of a busy server is
+ * 100s of MB, the TLBs cover a few). NULL on failure. */
+#define KV_HUGE ((size_t)2 << 20)
+static void *reserve(size_t len) {
+    const int prot = PROT_READ | PROT_WRITE, fl = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+    if (len < KV_HUGE) {
+        void *m = mmap(NULL, len, prot, fl, -1, 0);
+        return m == MAP_FAILED ? NULL : m;
+    }
+    char *m = mmap(NULL, len + KV_HUGE, prot, fl, -1, 0);
+    if (m == MAP_FAILED) return NULL;
+    char *a = (char *)(((uintptr_t)m + KV_HUGE - 1) & ~(uintptr_t)(KV_HUGE - 1));
+    if (a > m) munmap(m, (size_t)(a - m));
+    munmap(a + len, (size_t)(m + KV_HUGE - a));
+#ifdef MADV_HUGEPAGE
+    (void)madvise(a, len, MADV_HUGEPAGE); /* a hint: without it, 4 KiB pages */
+#endif
+    return a;
+}
 
 int cs_kvpool_create(cs_kvpool **out, size_t n_layer, size_t n_embd, size_t n_head, cs_kvdtype dt, size_t max_tokens,
                      cs_err *err) {
@@ -41,8 +66,8 @@ int cs_kvpool_create(cs_kvpool **out, size_t n_layer, size_t n_embd, size_t n_he
     p->n_blocks = nb;
     p->stack = malloc(nb * sizeof *p->stack);
     p->resident = calloc(nb, 1);
-    void *m = mmap(NULL, nb * bb, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (m == MAP_FAILED) {
+    void *m = reserve(nb * bb);
+    if (!m) {
         free(p->stack);
         free(p->resident);
         free(p);
@@ -87,6 +112,18 @@ void cs_kvpool_release(cs_kvpool *p, void *blk) {
 }
 
 void cs_kvpool_trim(cs_kvpool *p) {
+    if (p->n_used == 0 && p->n_resident > 0 &&
+        madvise(p->base, p->n_blocks * p->block_bytes, MADV_DONTNEED) == 0) {
+        /* all free: one call over the whole pool drops its 2 MB pages whole,
+         * so the next use gets 2 MB pages again (madvise on single blocks
+         * splits those a block shares with its neighbours, for good), and
+         * blocks are handed out from the start again, in address order */
+        p->fresh = 0;
+        p->n_stack = 0;
+        memset(p->resident, 0, p->n_blocks);
+        p->n_resident = 0;
+        return;
+    }
     for (size_t i = 0; i < p->n_stack; i++) {
         const size_t b = p->stack[i];
         if (!p->resident[b]) continue;

@@ -14,11 +14,12 @@
  * as it grows and gives them back when it ends, so memory follows the tokens
  * actually held, not slots x context.
  *
- * The pool reserves address space for its capacity once and the kernel
- * commits pages when a block is first written; cs_kvpool_trim hands the pages
- * of free blocks back (the next use of such a block costs a page fault per
- * 4 KiB, and zeroed pages). Freed blocks are reused last-in first-out, so the
- * memory touched stays at the high-water mark of tokens held.
+ * The pool reserves address space for its capacity once (2 MB aligned, in
+ * 2 MB pages where the kernel grants them) and the kernel commits pages when
+ * a block is first written; cs_kvpool_trim hands the pages of free blocks
+ * back (the next use of such a block costs page faults and zeroed pages).
+ * Freed blocks are reused last-in first-out, so the memory touched stays at
+ * the high-water mark of tokens held (in 2 MB steps).
  *
  * Thread-safety: none. A pool and its blocks are used by one thread at a time
  * (the scheduler's engine thread); forward passes only read and write the

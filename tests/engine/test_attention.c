@@ -374,6 +374,51 @@ static void test_rotate_quantize_tables(void **state) {
     }
 }
 
+/* The AVX-512 table's decode attention is its own code (16-lane registers,
+ * rows walked block by block) that must give the AVX2 table's bits for every
+ * cache type: over short and long contexts, partial last blocks, head sizes
+ * it takes (multiples of 16) and those it hands back, and odd row strides. */
+static void test_decode_tables_agree(void **state) {
+    (void)state;
+    const cs_kern *a = table(CS_ISA_AVX2), *z = table(CS_ISA_AVX512);
+    if (!a || !z) {
+        printf("  (AVX2 or AVX-512 not supported by this CPU: skipped)\n");
+        skip();
+    }
+    const size_t hds[] = {16, 32, 48, 64, 72, 80, 96, 128, 130};
+    const size_t ns[] = {1, 2, 3, 4, 5, 15, 16, 17, 31, 33, 64, 67, 300};
+    size_t checked = 0;
+    for (size_t hi = 0; hi < sizeof hds / sizeof *hds; hi++)
+        for (size_t ni = 0; ni < sizeof ns / sizeof *ns; ni++)
+            for (int dt = CS_KV_F32; dt <= CS_KV_I8; dt++) {
+                const size_t hd = hds[hi], n = ns[ni], ld = 3 * hd + 5;
+                float *q = malloc(hd * sizeof(float)), *kc = malloc(n * ld * sizeof(float));
+                float *vc = malloc(n * ld * sizeof(float)), *att = malloc(n * sizeof(float));
+                float *o0 = malloc(hd * sizeof(float)), *o1 = malloc(hd * sizeof(float));
+                assert_true(q && kc && vc && att && o0 && o1);
+                fill(q, hd, ni % 2 ? 6.0f : 1.0f); /* odd: peaked softmaxes */
+                fill(kc, n * ld, 1.0f);
+                fill(vc, n * ld, 2.0f);
+                tu_paged pg;
+                if (dt == CS_KV_I8) tu_paged_make_i8(&pg, kc, vc, n, ld, hd);
+                else tu_paged_make(&pg, kc, vc, n, ld, dt == CS_KV_BF16 ? 2 : 4);
+                const float scale = 1.0f / sqrtf((float)hd);
+                const cs_kern *ks[2] = {a, z};
+                float *os[2] = {o0, o1};
+                for (int t = 0; t < 2; t++)
+                    (dt == CS_KV_I8     ? ks[t]->attend_i8
+                     : dt == CS_KV_BF16 ? ks[t]->attend_bf16
+                                        : ks[t]->attend)(q, &pg.h, n, hd, scale, att, os[t]);
+                if (memcmp(o0, o1, hd * sizeof(float)))
+                    fail_msg("%s cache hd=%zu n=%zu: avx512 attend differs from avx2", cs_kvdtype_name((cs_kvdtype)dt),
+                             hd, n);
+                tu_paged_free(&pg);
+                free(q); free(kc); free(vc); free(att); free(o0); free(o1);
+                checked++;
+            }
+    printf("  %zu shapes checked bitwise\n", checked);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_blocked_matches_per_query),
                                        cmocka_unit_test(test_long_and_peaked),
@@ -381,6 +426,7 @@ int main(void) {
                                        cmocka_unit_test(test_paged_and_bf16),
                                        cmocka_unit_test(test_int8_cache),
                                        cmocka_unit_test(test_kv_quantize_row),
-                                       cmocka_unit_test(test_rotate_quantize_tables)};
+                                       cmocka_unit_test(test_rotate_quantize_tables),
+                                       cmocka_unit_test(test_decode_tables_agree)};
     return cmocka_run_group_tests_name("attention", tests, NULL, NULL);
 }
