@@ -521,7 +521,16 @@ static T512 void quantize_avx512(const float *x, size_t ldx, size_t T, size_t K,
  * is one load and one FMA, and prefetches go by address ranges: a block's
  * next rows into L1 one block ahead, three blocks ahead into L2, and this
  * block's values into L2 while its keys are scored (the second pass then
- * starts from L2, not from DRAM). */
+ * starts from L2, not from DRAM). The forward pass calls this head by head
+ * (items (row, head), head inner), and the next head's rows lie right after
+ * this head's in every block (kvpool.h), so each block's next-head keys and
+ * values go into L2 too: the next call then reads L2, not DRAM, and every
+ * block is one 4-8 KiB run read at once instead of two halves a call apart
+ * (after the last head those lines are the next layer's or past the block:
+ * wasted, and a prefetch does not fault). 32 sequences, one thread, 3
+ * alternations: bf16 cache 256 / 1,024 positions 14.8 / 14.6 -> 17.9 / 18.5
+ * GB/s, fp32 16.2 / 16.2 -> 21.7 / 21.0; in the int8 server at 32 clients
+ * attention's share of the CPU 24.4% -> 21.0%. */
 static INL T512 size_t kvz_esize(const int DT) { return DT == CS_KV_F32 ? 4 : DT == CS_KV_BF16 ? 2 : 1; }
 static INL T512 __m512 kvz_load16(const char *row, size_t e, const int DT) {
     if (DT == CS_KV_I8)
@@ -573,6 +582,7 @@ static INL T512 void attend_z(const float *q, const cs_kvhead *kv, size_t n, siz
             if (k1) kvz_prefetch(k1, r * rb, (r + 4) * rb, 0);
             if (k3) kvz_prefetch(k3, r * rb, (r + 4) * rb, 1);
             kvz_prefetch(blk[b] + vo, r * rb, (r + 4) * rb, 1);
+            kvz_prefetch(kb + CS_KV_BLOCK * rb, r * rb, (r + 4) * rb, 1); /* the next head's keys */
             const char *r0 = kb + r * rb, *r1 = r0 + rb, *r2 = r1 + rb, *r3 = r2 + rb;
             __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
             for (int c = 0; c < NZ; c++) {
@@ -602,6 +612,7 @@ static INL T512 void attend_z(const float *q, const cs_kvhead *kv, size_t n, siz
         const size_t j0 = b * CS_KV_BLOCK, m = n - j0 < CS_KV_BLOCK ? n - j0 : CS_KV_BLOCK;
         for (size_t r = 0; r < m; r++) {
             if (v1 && r % 4 == 0) kvz_prefetch(v1, r * rb, (r + 4) * rb, 0);
+            if (r % 4 == 0) kvz_prefetch(vb + CS_KV_BLOCK * rb, r * rb, (r + 4) * rb, 1); /* its values */
             const char *vr = vb + r * rb;
             const __m512 a = _mm512_set1_ps(DT == CS_KV_I8 ? att[j0 + r] * kvz_scale(vr, hd, DT) : att[j0 + r]);
             for (int c = 0; c < NZ; c++) o[c] = _mm512_fmadd_ps(a, kvz_load16(vr, 16 * (size_t)c, DT), o[c]);
