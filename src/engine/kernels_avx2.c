@@ -585,6 +585,18 @@ static INL T256 void kv_prefetch(const cs_kvhead *kv, const int V, size_t j, siz
     }
 }
 
+/* The next head's four rows after row (and the three below it, same block)
+ * into L2: the forward pass calls attend head by head, and the next head's
+ * rows lie right after this head's in every block (kvpool.h), so the next
+ * call reads L2, not DRAM (as kernels_avx512.c's attend_z; after the last
+ * head these lines are the next layer's or past the block: wasted, and a
+ * prefetch does not fault). */
+static INL T256 void kv_prefetch_next_head(const void *row, size_t ld, const int DT) {
+    const size_t rb = ld * kv_esize(DT);
+    const char *p = (const char *)row + CS_KV_BLOCK * rb;
+    for (size_t o = 0; o < 4 * rb; o += 64) _mm_prefetch(p + o, _MM_HINT_T1);
+}
+
 static INL T256 void attend_scores_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale,
                                         float *att, const int DT) {
     size_t j = 0;
@@ -595,6 +607,7 @@ static INL T256 void attend_scores_avx2(const float *q, const cs_kvhead *kv, siz
             kv_prefetch(kv, 0, j + CS_KV_BLOCK + r, n, 0, hd, DT, 0);
             kv_prefetch(kv, 0, j + KV_FAR + r, n, 0, hd, DT, 1);
         }
+        kv_prefetch_next_head(k0, kv->ld, DT);
         __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
         size_t e = 0;
         for (; e + 16 <= hd; e += 16) {
@@ -647,6 +660,7 @@ static INL T256 void attend_pv_avx2(const float *att, const cs_kvhead *kv, size_
         const __m256 a = _mm256_set1_ps(kv_weight(att[j], vj, hd, DT));
         kv_prefetch(kv, 1, j + CS_KV_BLOCK, n, e0, e0 + 8 * (size_t)NV, DT, 0);
         kv_prefetch(kv, 1, j + KV_FAR, n, e0, e0 + 8 * (size_t)NV, DT, 1);
+        if (e0 == 0 && j % 4 == 0) kv_prefetch_next_head(vj, kv->ld, DT);
         for (int c = 0; c < NV; c++) o[c] = _mm256_fmadd_ps(a, kv_load8(vj, e0 + 8 * (size_t)c, DT), o[c]);
     }
     for (int c = 0; c < NV; c++) _mm256_storeu_ps(out + e0 + 8 * c, o[c]);
