@@ -309,7 +309,8 @@ const cs_kern *cs_kern_for(cs_isa isa); /* NULL when the CPU lacks it */
 const cs_kern *cs_kern_best(void);
 
 /* The AVX2 table's attention family (fp32, bf16 and int8 caches), which the
- * AVX-512 table shares (x86-64 builds only). */
+ * AVX-512 table shares (x86-64 builds only), but for decode attention: its
+ * own kernels give these bits and fall back to these for other head sizes. */
 float cs_dot_avx2(const float *a, const float *b, size_t n);
 void cs_axpy_avx2(float *y, float a, const float *x, size_t n);
 void cs_softmax_avx2(float *x, size_t n);

@@ -697,7 +697,9 @@ T256 void cs_attend_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t h
     attend_any_avx2(q, kv, n, hd, scale, att, out, CS_KV_F32);
 }
 
-/* Also the AVX-512 table's (kernels_avx512.c): same sums, bf16 widened on load. */
+/* Same sums, bf16 widened on load. The AVX-512 table's decode kernel
+ * (kernels_avx512.c, attend_z) gives these bits, and falls back to this one
+ * for head sizes that are not multiples of 16 up to 128. */
 T256 void cs_attend_bf16_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
                               float *out) {
     attend_any_avx2(q, kv, n, hd, scale, att, out, CS_KV_BF16);
@@ -903,8 +905,8 @@ T256 void cs_kv_quantize_row_avx2(const float *x, size_t hd, int8_t *row) {
     memcpy(row + hd, &s, sizeof s);
 }
 
-/* Also the AVX-512 table's: int8 rows widened on load, each row's scale
- * applied once (to its dot product, or to its probability). */
+/* int8 rows widened on load, each row's scale applied once (to its dot
+ * product, or to its probability); the AVX-512 table's fallback, as above. */
 T256 void cs_attend_i8_avx2(const float *q, const cs_kvhead *kv, size_t n, size_t hd, float scale, float *att,
                             float *out) {
     attend_any_avx2(q, kv, n, hd, scale, att, out, CS_KV_I8);
