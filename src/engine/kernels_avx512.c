@@ -25,10 +25,23 @@ static INL const char *next_block(const void *w, size_t R, size_t p, size_t np, 
     return pn + np <= p1 && rn + (r1 - r0) <= R ? (const char *)w + (pn * R + rn) * 64 : NULL;
 }
 
-/* Row i of each of the CP panels of the block at pf, into L2 (the tiles call it
- * once per row while they work on the block before it). */
-static INL void prefetch_rows(const char *pf, size_t R, int CP, size_t i) {
-    for (int c = 0; c < CP; c++) _mm_prefetch(pf + ((size_t)c * R + i) * 64, _MM_HINT_T1);
+/* The next block's prefetch into L2, shared by the n row tiles that work on
+ * the block before it: its 64-byte lines in row order (row i of each of the
+ * CP panels, then row i + 1), tile j taking lines j, j + n, j + 2n, ... as it
+ * reaches their rows. Issued all by the first tile, the block's misses came
+ * in one burst and a step stalled on them; spread over the block's whole
+ * time, one thread, T = 32 rows, 2 MB pages, 5 runs each (Zen 4 EPYC): the
+ * int8 LM head (39 MB, beyond L3) 313-352 -> 353-376 GOP/s, without any
+ * prefetch 310-333; distilgpt2's other matrices cycled from 12 copies
+ * 378-381 -> 371-394. Two blocks ahead was no better. */
+typedef struct {
+    const char *pf; /* the next block, or NULL: no prefetch */
+    size_t next, n; /* this tile's next line; the number of tiles sharing */
+} pf_share;
+static INL void prefetch_step(pf_share *s, size_t R, int CP, size_t i) {
+    if (!s->pf) return;
+    for (; s->next < (i + 1) * (size_t)CP; s->next += s->n)
+        _mm_prefetch(s->pf + ((s->next % (size_t)CP) * R + s->next / (size_t)CP) * 64, _MM_HINT_T1);
 }
 
 /* Register tile: RT rows of x times CP panels (16 columns each) over k in
@@ -39,7 +52,7 @@ static INL void prefetch_rows(const char *pf, size_t R, int CP, size_t i) {
 #define DEFINE_TILE(S, TYPE, LOADW, KB)                                                               \
     static INL T512 void tile_##S(const cs_pmat *m, const float *x, size_t ldx, float *y, size_t ldy, \
                                   size_t p, size_t k0, size_t k1, int first, int last, const int RT,   \
-                                  const int CP, const char *pf) {                                      \
+                                  const int CP, pf_share pf) {                                         \
         const size_t K = m->K;                                                                        \
         const TYPE *w = (const TYPE *)m->w + p * K * CS_PANEL;                                        \
         __m512 acc[6][8];                                                                             \
@@ -54,7 +67,7 @@ static INL void prefetch_rows(const char *pf, size_t R, int CP, size_t i) {
                                   : _mm512_maskz_loadu_ps(mk[c], y + (size_t)r * ldy + (p + (size_t)c) * CS_PANEL); \
         for (size_t k = k0; k < k1; k++) {                                                            \
             __m512 wv[8];                                                                             \
-            if (pf) prefetch_rows(pf, K, CP, k - k0);                                                 \
+            prefetch_step(&pf, K, CP, k - k0);                                                        \
             for (int c = 0; c < CP; c++) wv[c] = LOADW(w + ((size_t)c * K + k) * CS_PANEL);           \
             for (int r = 0; r < RT; r++) {                                                            \
                 const __m512 xb = _mm512_set1_ps(x[(size_t)r * ldx + k]);                             \
@@ -77,26 +90,30 @@ static INL void prefetch_rows(const char *pf, size_t R, int CP, size_t i) {
      * step still has 8 independent FMA chains. */                                \
     static INL T512 void rows_##S(const cs_pmat *m, const float *x, size_t ldx, size_t T, float *y,    \
                                   size_t ldy, size_t p, size_t np, size_t k0, size_t k1, int first, int last, const char *pf) { \
-        size_t t = 0;                                                                                 \
+        size_t t = 0, j = 0;                                                                          \
         if (np == 8) {                                                                                \
-            for (; t + 2 <= T; t += 2) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, k0, k1, first, last, 2, 8, t ? NULL : pf); \
-            if (t < T) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, k0, k1, first, last, 1, 8, t ? NULL : pf); \
+            const size_t n = (T + 1) / 2;                                                             \
+            for (; t + 2 <= T; t += 2) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, k0, k1, first, last, 2, 8, (pf_share){pf, j++, n}); \
+            if (t < T) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, k0, k1, first, last, 1, 8, (pf_share){pf, j, n}); \
             return;                                                                                   \
         }                                                                                             \
         if (np == 1) {                                                                                \
-            for (; t + 6 <= T; t += 6) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, k0, k1, first, last, 6, 1, NULL); \
-            for (; t < T; t++) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, k0, k1, first, last, 1, 1, NULL); \
+            const pf_share none = {NULL, 0, 1};                                                       \
+            for (; t + 6 <= T; t += 6) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, k0, k1, first, last, 6, 1, none); \
+            for (; t < T; t++) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, k0, k1, first, last, 1, 1, none); \
             return;                                                                                   \
         }                                                                                             \
-        for (; t + 6 <= T; t += 6) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, k0, k1, first, last, 6, 4, t ? NULL : pf); \
+        const size_t n = (T + 5) / 6;                                                                 \
+        for (; t + 6 <= T; t += 6) tile_##S(m, x + t * ldx, ldx, y + t * ldy, ldy, p, k0, k1, first, last, 6, 4, (pf_share){pf, j++, n}); \
         const float *xt = x + t * ldx;                                                                \
         float *yt = y + t * ldy;                                                                      \
+        const pf_share last_pf = {pf, j, n};                                                          \
         switch (T - t) {                                                                              \
-        case 5: tile_##S(m, xt, ldx, yt, ldy, p, k0, k1, first, last, 5, 4, t ? NULL : pf); break;                   \
-        case 4: tile_##S(m, xt, ldx, yt, ldy, p, k0, k1, first, last, 4, 4, t ? NULL : pf); break;                   \
-        case 3: tile_##S(m, xt, ldx, yt, ldy, p, k0, k1, first, last, 3, 4, t ? NULL : pf); break;                   \
-        case 2: tile_##S(m, xt, ldx, yt, ldy, p, k0, k1, first, last, 2, 4, t ? NULL : pf); break;                   \
-        case 1: tile_##S(m, xt, ldx, yt, ldy, p, k0, k1, first, last, 1, 4, t ? NULL : pf); break;                   \
+        case 5: tile_##S(m, xt, ldx, yt, ldy, p, k0, k1, first, last, 5, 4, last_pf); break;          \
+        case 4: tile_##S(m, xt, ldx, yt, ldy, p, k0, k1, first, last, 4, 4, last_pf); break;          \
+        case 3: tile_##S(m, xt, ldx, yt, ldy, p, k0, k1, first, last, 3, 4, last_pf); break;          \
+        case 2: tile_##S(m, xt, ldx, yt, ldy, p, k0, k1, first, last, 2, 4, last_pf); break;          \
+        case 1: tile_##S(m, xt, ldx, yt, ldy, p, k0, k1, first, last, 1, 4, last_pf); break;          \
         default: break;                                                                               \
         }                                                                                             \
     }                                                                                                 \
@@ -137,7 +154,7 @@ DEFINE_TILE(f32, float, LOADW_F32, 768)
     }
 
 static INL T512 void tile_bf16(const cs_pmat *m, const float *x, size_t ldx, float *y, size_t ldy, size_t p,
-                               size_t j0, size_t j1, int first, int last, const int RT, const int CP, const char *pf) {
+                               size_t j0, size_t j1, int first, int last, const int RT, const int CP, pf_share pf) {
     const size_t K = m->K, K2 = (K + 1) / 2;
     const uint16_t *w = (const uint16_t *)m->w + p * K2 * 32;
     const __m512i hi = _mm512_set1_epi32((int)0xFFFF0000u);
@@ -153,7 +170,7 @@ static INL T512 void tile_bf16(const cs_pmat *m, const float *x, size_t ldx, flo
                               : _mm512_maskz_loadu_ps(mk[c], y + (size_t)r * ldy + (p + (size_t)c) * CS_PANEL);
     for (size_t j = j0; j < j1; j++) {
         __m512i raw[4];
-        if (pf) prefetch_rows(pf, K2, CP, j - j0);
+        prefetch_step(&pf, K2, CP, j - j0);
         __m512 wv[4];
         for (int c = 0; c < CP; c++) raw[c] = _mm512_loadu_si512((const void *)(w + ((size_t)c * K2 + j) * 32));
         BF16_HALF(1, _mm512_castsi512_ps(_mm512_and_si512(raw[c], hi)))
@@ -177,8 +194,9 @@ static T512 void matmul_bf16(const cs_pmat *m, const float *x, size_t ldx, size_
             const size_t j1 = j0 + JB < K2 ? j0 + JB : K2;
             const int first = j0 == 0, last = j1 == K2;
             const char *pf = np == 4 ? next_block(m->w, K2, p, 4, p1, j0, j1) : NULL;
-            size_t t = 0;
-#define TB(rt, cp) tile_bf16(m, x + t * ldx, ldx, y + t * ldy, ldy, p, j0, j1, first, last, rt, cp, t ? NULL : pf)
+            size_t t = 0, pj = 0;
+            const size_t pn = (T + 5) / 6;
+#define TB(rt, cp) tile_bf16(m, x + t * ldx, ldx, y + t * ldy, ldy, p, j0, j1, first, last, rt, cp, (pf_share){pf, pj++, pn})
             if (np == 1) {
                 for (; t < T; t++) TB(1, 1);
                 continue;
@@ -236,7 +254,7 @@ enum { DOT_I8, DOT_BF16 };
 
 static INL TDOT void tile_dot(const cs_pmat *m, const uint8_t *a, size_t lda, const float *sx, float *y, size_t ldy,
                               size_t p, size_t s0, size_t s1, int first, int last, const int RT, const int CP,
-                              const int OP, const char *pf) {
+                              const int OP, pf_share pf) {
     const size_t S = lda / 4;
     const uint8_t *w = (const uint8_t *)m->w + p * S * 64;
     __m512i acc[6][8];
@@ -251,7 +269,7 @@ static INL TDOT void tile_dot(const cs_pmat *m, const uint8_t *a, size_t lda, co
                               : _mm512_maskz_loadu_epi32(mk[c], y + (size_t)r * ldy + (p + (size_t)c) * CS_PANEL);
     for (size_t s = s0; s < s1; s++) {
         __m512i wv[8];
-        if (pf) prefetch_rows(pf, S, CP, s - s0);
+        prefetch_step(&pf, S, CP, s - s0);
         for (int c = 0; c < CP; c++) wv[c] = _mm512_loadu_si512((const void *)(w + ((size_t)c * S + s) * 64));
         for (int r = 0; r < RT; r++) {
             int32_t a4;
@@ -285,7 +303,7 @@ static INL TDOT void tile_dot(const cs_pmat *m, const uint8_t *a, size_t lda, co
 #define TILE_DOT_FN(op, OP, rt, cp)                                                                          \
     static __attribute__((noinline)) TDOT void tile_##op##_##rt##x##cp(                                       \
         const cs_pmat *m, const uint8_t *a, size_t lda, const float *sx, float *y, size_t ldy, size_t p,      \
-        size_t s0, size_t s1, int first, int last, const char *pf) {                                          \
+        size_t s0, size_t s1, int first, int last, pf_share pf) {                                             \
         tile_dot(m, a, lda, sx, y, ldy, p, s0, s1, first, last, rt, cp, OP, pf);                              \
     }
 #define TILE_DOT_FNS(op, OP)                                                                                 \
@@ -303,6 +321,13 @@ TILE_DOT_FNS(dbf16, DOT_BF16)
  * slower: one thread, weights cycled from 12 copies beyond L3, 3 runs each
  * (Zen 4 EPYC), int8 T = 32 291-337 -> 336-353 GOP/s, T = 64 337-356 ->
  * 354-377; bf16 T = 32 159-188 -> 195-196, T = 64 186-188 -> 200-211. */
+/* The number of row tiles DEFINE_MATMUL_DOT's 4-panel loop uses for T rows. */
+static size_t row_tiles(size_t T) {
+    size_t t = 0, n = 0;
+    for (; t + 6 <= T && T - t != 7 && T - t != 8; t += 6) n++;
+    if (T - t >= 7) n++, t += 4;
+    return n + (T > t);
+}
 #define DEFINE_MATMUL_DOT(op)                                                                                  \
     static TDOT void matmul_##op(const cs_pmat *m, const uint8_t *a, size_t lda, const float *sx, size_t T,     \
                                  float *y, size_t ldy, size_t p0, size_t p1) {                                 \
@@ -314,7 +339,8 @@ TILE_DOT_FNS(dbf16, DOT_BF16)
                 const size_t s1 = s0 + SB < S ? s0 + SB : S;                                                  \
                 const int first = s0 == 0, last = s1 == S;                                                    \
                 const char *pf = next_block(m->w, S, p, np, p1, s0, s1);                                      \
-                size_t t = 0;                                                                                 \
+                size_t t = 0, pj = 0; /* the row tiles: pn of them, pj the next */                        \
+                const size_t pn = np == 8 ? (T + 1) / 2 : np == 1 ? 1 : row_tiles(T);                        \
                 if (np == 8) {                                                                                \
                     for (; t + 2 <= T; t += 2) TD(op, 2, 8);                                                  \
                     if (t < T) TD(op, 1, 8);                                                                  \
@@ -342,7 +368,7 @@ TILE_DOT_FNS(dbf16, DOT_BF16)
     }
 #define TD(op, rt, cp)                                                                                         \
     tile_##op##_##rt##x##cp(m, a + t * lda, lda, sx ? sx + t : NULL, y + t * ldy, ldy, p, s0, s1, first, last, \
-                            t || cp == 1 ? NULL : pf)
+                            (pf_share){cp == 1 ? NULL : pf, pj++, pn})
 DEFINE_MATMUL_DOT(i8)
 DEFINE_MATMUL_DOT(dbf16)
 #undef TD
