@@ -303,8 +303,8 @@ static INL TDOT void tile_dot(const cs_pmat *m, const uint8_t *a, size_t lda, co
 #define TILE_DOT_FN(op, OP, rt, cp)                                                                          \
     static __attribute__((noinline)) TDOT void tile_##op##_##rt##x##cp(                                       \
         const cs_pmat *m, const uint8_t *a, size_t lda, const float *sx, float *y, size_t ldy, size_t p,      \
-        size_t s0, size_t s1, int first, int last, pf_share pf) {                                             \
-        tile_dot(m, a, lda, sx, y, ldy, p, s0, s1, first, last, rt, cp, OP, pf);                              \
+        size_t s0, size_t s1, int first, int last, const char *pf, size_t pj, size_t pn) {                    \
+        tile_dot(m, a, lda, sx, y, ldy, p, s0, s1, first, last, rt, cp, OP, (pf_share){pf, pj, pn});          \
     }
 #define TILE_DOT_FNS(op, OP)                                                                                 \
     TILE_DOT_FN(op, OP, 2, 8) TILE_DOT_FN(op, OP, 1, 8) TILE_DOT_FN(op, OP, 6, 1) TILE_DOT_FN(op, OP, 1, 1)  \
@@ -368,7 +368,7 @@ static size_t row_tiles(size_t T) {
     }
 #define TD(op, rt, cp)                                                                                         \
     tile_##op##_##rt##x##cp(m, a + t * lda, lda, sx ? sx + t : NULL, y + t * ldy, ldy, p, s0, s1, first, last, \
-                            (pf_share){cp == 1 ? NULL : pf, pj++, pn})
+                            cp == 1 ? NULL : pf, pj++, pn)
 DEFINE_MATMUL_DOT(i8)
 DEFINE_MATMUL_DOT(dbf16)
 #undef TD
