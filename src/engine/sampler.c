@@ -2,11 +2,16 @@
 
 #include <float.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #define CS_SSE2 1
+#endif
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define CS_AVX512 1
 #endif
 
 static uint64_t splitmix64(uint64_t *x) {
@@ -154,36 +159,94 @@ static void sift_down(float *h, size_t k, size_t i) {
     h[i] = x;
 }
 
+/* The scan past the heap's first k: 16 scores at a time skipped while none
+ * beats the heap's minimum (the usual case once it holds large values), the
+ * minimum and maximum kept on the way. Returns where the scalar tail starts.
+ * Any order of insertions leaves the same k-th largest in h[0], so the two
+ * scans give the same answer. */
+static size_t kth_scan_sse(const float *v, size_t i, size_t n, float *h, size_t k, float *mn, float *mx) {
+#ifdef CS_SSE2
+    if (i + 16 > n) return i;
+    __m128 lo = _mm_set1_ps(*mn), hi = _mm_set1_ps(*mx);
+    for (; i + 16 <= n; i += 16) {
+        const __m128 t = _mm_set1_ps(h[0]), a = _mm_loadu_ps(v + i), b = _mm_loadu_ps(v + i + 4),
+                     c = _mm_loadu_ps(v + i + 8), d = _mm_loadu_ps(v + i + 12);
+        lo = _mm_min_ps(lo, _mm_min_ps(_mm_min_ps(a, b), _mm_min_ps(c, d)));
+        hi = _mm_max_ps(hi, _mm_max_ps(_mm_max_ps(a, b), _mm_max_ps(c, d)));
+        const __m128 g = _mm_or_ps(_mm_or_ps(_mm_cmpgt_ps(a, t), _mm_cmpgt_ps(b, t)),
+                                   _mm_or_ps(_mm_cmpgt_ps(c, t), _mm_cmpgt_ps(d, t)));
+        if (!_mm_movemask_ps(g)) continue;
+        for (size_t j = i; j < i + 16; j++)
+            if (v[j] > h[0]) {
+                h[0] = v[j];
+                sift_down(h, k, 0);
+            }
+    }
+    float l4[4], h4[4];
+    _mm_storeu_ps(l4, lo);
+    _mm_storeu_ps(h4, hi);
+    for (int j = 0; j < 4; j++) *mn = l4[j] < *mn ? l4[j] : *mn, *mx = h4[j] > *mx ? h4[j] : *mx;
+#else
+    (void)v, (void)n, (void)h, (void)k, (void)mn, (void)mx;
+#endif
+    return i;
+}
+
+#ifdef CS_AVX512
+/* The same scan, 32 scores a step in two 16-lane registers: a quarter of the
+ * SSE scan's instructions (it was 3.5% of an int8 server's CPU at 32
+ * clients, every decode row scanning the 50,257 logits once). */
+__attribute__((target("avx512f"))) static size_t kth_scan_avx512(const float *v, size_t i, size_t n, float *h,
+                                                                 size_t k, float *mn, float *mx) {
+    if (i + 32 > n) return i;
+    __m512 lo = _mm512_set1_ps(*mn), hi = _mm512_set1_ps(*mx);
+    for (; i + 32 <= n; i += 32) {
+        const __m512 t = _mm512_set1_ps(h[0]), a = _mm512_loadu_ps(v + i), b = _mm512_loadu_ps(v + i + 16);
+        lo = _mm512_min_ps(lo, _mm512_min_ps(a, b));
+        hi = _mm512_max_ps(hi, _mm512_max_ps(a, b));
+        if (!(_mm512_cmp_ps_mask(a, t, _CMP_GT_OQ) | _mm512_cmp_ps_mask(b, t, _CMP_GT_OQ))) continue;
+        for (size_t j = i; j < i + 32; j++)
+            if (v[j] > h[0]) {
+                h[0] = v[j];
+                sift_down(h, k, 0);
+            }
+    }
+    const float l = _mm512_reduce_min_ps(lo), u = _mm512_reduce_max_ps(hi);
+    *mn = l < *mn ? l : *mn, *mx = u > *mx ? u : *mx;
+    return i;
+}
+#endif
+
+/* Whether the scan uses AVX-512: -1 until the first scan asks the CPU (any
+ * thread may; they all store the same answer). */
+static _Atomic int kth_avx512 = -1;
+static int use_avx512(void) {
+    int u = atomic_load_explicit(&kth_avx512, memory_order_relaxed);
+    if (u < 0) {
+#ifdef CS_AVX512
+        u = __builtin_cpu_supports("avx512f") ? 1 : 0;
+#else
+        u = 0;
+#endif
+        atomic_store_explicit(&kth_avx512, u, memory_order_relaxed);
+    }
+    return u;
+}
+void cs_sampler_simd(int avx512) {
+    atomic_store_explicit(&kth_avx512, -1, memory_order_relaxed);
+    if (!avx512 || !use_avx512()) atomic_store_explicit(&kth_avx512, 0, memory_order_relaxed);
+}
+
 static float kth_largest(const float *v, size_t n, size_t k, float *h, float *mn_out, float *mx_out) {
     memcpy(h, v, k * sizeof *h);
     for (size_t i = k / 2; i-- > 0;) sift_down(h, k, i);
     float mn = v[0], mx = v[0]; /* of the whole input, on the way (one pass for both) */
     for (size_t i = 1; i < k; i++) mn = v[i] < mn ? v[i] : mn, mx = v[i] > mx ? v[i] : mx;
     size_t i = k;
-#ifdef CS_SSE2
-    /* Skip 16 at a time while none beats the heap's minimum (the usual case). */
-    if (i + 16 <= n) {
-        __m128 lo = _mm_set1_ps(mn), hi = _mm_set1_ps(mx);
-        for (; i + 16 <= n; i += 16) {
-            const __m128 t = _mm_set1_ps(h[0]), a = _mm_loadu_ps(v + i), b = _mm_loadu_ps(v + i + 4),
-                         c = _mm_loadu_ps(v + i + 8), d = _mm_loadu_ps(v + i + 12);
-            lo = _mm_min_ps(lo, _mm_min_ps(_mm_min_ps(a, b), _mm_min_ps(c, d)));
-            hi = _mm_max_ps(hi, _mm_max_ps(_mm_max_ps(a, b), _mm_max_ps(c, d)));
-            const __m128 g = _mm_or_ps(_mm_or_ps(_mm_cmpgt_ps(a, t), _mm_cmpgt_ps(b, t)),
-                                       _mm_or_ps(_mm_cmpgt_ps(c, t), _mm_cmpgt_ps(d, t)));
-            if (!_mm_movemask_ps(g)) continue;
-            for (size_t j = i; j < i + 16; j++)
-                if (v[j] > h[0]) {
-                    h[0] = v[j];
-                    sift_down(h, k, 0);
-                }
-        }
-        float l4[4], h4[4];
-        _mm_storeu_ps(l4, lo);
-        _mm_storeu_ps(h4, hi);
-        for (int j = 0; j < 4; j++) mn = l4[j] < mn ? l4[j] : mn, mx = h4[j] > mx ? h4[j] : mx;
-    }
+#ifdef CS_AVX512
+    if (use_avx512()) i = kth_scan_avx512(v, i, n, h, k, &mn, &mx);
 #endif
+    i = kth_scan_sse(v, i, n, h, k, &mn, &mx);
     for (; i < n; i++) {
         mn = v[i] < mn ? v[i] : mn, mx = v[i] > mx ? v[i] : mx;
         if (v[i] > h[0]) {

@@ -60,6 +60,11 @@ void cs_sampler_temperature(float *scores, size_t V, float temperature);
 void cs_sampler_top_k(cs_sampler *s, float *scores, int k);
 void cs_sampler_top_p(cs_sampler *s, float *scores, float top_p);
 
+/* Whether top-k's scan of the scores may use AVX-512 (the default where the
+ * CPU has it; 0: the SSE scan). Both find the same k-th largest, minimum and
+ * maximum; tests run each. Process-wide; call it while no sampler runs. */
+void cs_sampler_simd(int avx512);
+
 /* All processors of p (as generate() would apply them), in place. */
 void cs_sampler_process(cs_sampler *s, const cs_sample_params *p, float *scores, const int32_t *hist, size_t n_hist);
 

@@ -329,6 +329,16 @@ static void test_top_k_pick_matches_processors(void **state) {
     cs_sampler_free(&s);
 }
 
+/* The top-k tests again with the SSE scan where the AVX-512 one is the
+ * default (the same answers are the contract; on a CPU without AVX-512 this
+ * repeats the same path). */
+static void test_top_k_with_sse_scan(void **state) {
+    cs_sampler_simd(0);
+    test_filters_vs_sorting(state);
+    test_top_k_pick_matches_processors(state);
+    cs_sampler_simd(1);
+}
+
 static void test_params_check(void **state) {
     (void)state;
     cs_err e;
@@ -364,6 +374,7 @@ int main(void) {
         cmocka_unit_test(test_tiny_temperature_is_greedy),
         cmocka_unit_test(test_filters_vs_sorting),
         cmocka_unit_test(test_top_k_pick_matches_processors),
+        cmocka_unit_test(test_top_k_with_sse_scan),
     };
     return cmocka_run_group_tests_name("sampler", tests, NULL, NULL);
 }
