@@ -54,7 +54,7 @@ int cs_sample_params_check(const cs_sample_params *p, cs_err *err) {
 int cs_sampler_init(cs_sampler *s, size_t vocab, cs_err *err) {
     memset(s, 0, sizeof *s);
     s->V = vocab;
-    s->vals = malloc(vocab * sizeof *s->vals);
+    s->vals = malloc((vocab + 16) * sizeof *s->vals); /* + 16: kth_two_pass's last store */
     s->idx = malloc(vocab * sizeof *s->idx);
     s->seen = calloc(vocab, 1);
     s->keys = vocab <= SIZE_MAX / (2 * sizeof *s->keys) ? malloc(2 * vocab * sizeof *s->keys) : NULL;
@@ -193,27 +193,62 @@ static size_t kth_scan_sse(const float *v, size_t i, size_t n, float *h, size_t 
 }
 
 #ifdef CS_AVX512
-/* The same scan, 32 scores a step in two 16-lane registers: a quarter of the
- * SSE scan's instructions (it was 3.5% of an int8 server's CPU at 32
- * clients, every decode row scanning the 50,257 logits once). */
-__attribute__((target("avx512f"))) static size_t kth_scan_avx512(const float *v, size_t i, size_t n, float *h,
-                                                                 size_t k, float *mn, float *mx) {
-    if (i + 32 > n) return i;
-    __m512 lo = _mm512_set1_ps(*mn), hi = _mm512_set1_ps(*mx);
-    for (; i + 32 <= n; i += 32) {
-        const __m512 t = _mm512_set1_ps(h[0]), a = _mm512_loadu_ps(v + i), b = _mm512_loadu_ps(v + i + 16);
-        lo = _mm512_min_ps(lo, _mm512_min_ps(a, b));
-        hi = _mm512_max_ps(hi, _mm512_max_ps(a, b));
-        if (!(_mm512_cmp_ps_mask(a, t, _CMP_GT_OQ) | _mm512_cmp_ps_mask(b, t, _CMP_GT_OQ))) continue;
-        for (size_t j = i; j < i + 32; j++)
-            if (v[j] > h[0]) {
-                h[0] = v[j];
-                sift_down(h, k, 0);
-            }
+/* k-th largest for k <= 128 in two vector passes. The scan above spends its
+ * time inserting into the heap, whose minimum climbs slowly from the first k
+ * scores (an int8 server at 32 clients: 3.6% of its CPU, most of it in those
+ * insertions). Here pass 1 keeps the maximum of each of 128 interleaved
+ * groups (8 registers x 16 lanes) and the minimum of all; the k-th largest of
+ * the 128 maxima, tau, is at most the k-th largest of all (they are 128
+ * distinct scores). Pass 2 copies the scores >= tau into buf (at least k: the
+ * maxima themselves), and the heap runs over those few. The same k-th
+ * largest, minimum and maximum as the scan. buf: n + 16 floats. */
+enum { KTH_GROUPS = 128 };
+__attribute__((target("avx512f"))) static float kth_two_pass(const float *v, size_t n, size_t k, float *buf,
+                                                             float *mn_out, float *mx_out) {
+    enum { R = KTH_GROUPS / 16 };
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    __m512 g[R], lo = _mm512_set1_ps(INFINITY);
+    for (int r = 0; r < R; r++) g[r] = ninf;
+    size_t i = 0;
+    for (; i + KTH_GROUPS <= n; i += KTH_GROUPS)
+        for (int r = 0; r < R; r++) {
+            const __m512 a = _mm512_loadu_ps(v + i + 16 * (size_t)r);
+            g[r] = _mm512_max_ps(g[r], a);
+            lo = _mm512_min_ps(lo, a);
+        }
+    for (; i < n; i += 16) { /* groups 0..15 take the tail */
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        const __m512 a = _mm512_mask_loadu_ps(ninf, m, v + i);
+        g[0] = _mm512_max_ps(g[0], a);
+        lo = _mm512_mask_min_ps(lo, m, lo, a);
     }
-    const float l = _mm512_reduce_min_ps(lo), u = _mm512_reduce_max_ps(hi);
-    *mn = l < *mn ? l : *mn, *mx = u > *mx ? u : *mx;
-    return i;
+    float gm[KTH_GROUPS];
+    __m512 hi = g[0];
+    for (int r = 0; r < R; r++) _mm512_storeu_ps(gm + 16 * r, g[r]), hi = _mm512_max_ps(hi, g[r]);
+    for (size_t j = k / 2; j-- > 0;) sift_down(gm, k, j);
+    for (size_t j = k; j < KTH_GROUPS; j++)
+        if (gm[j] > gm[0]) {
+            gm[0] = gm[j];
+            sift_down(gm, k, 0);
+        }
+    const __m512 tau = _mm512_set1_ps(gm[0]);
+    size_t c = 0;
+    for (i = 0; i < n; i += 16) {
+        const __mmask16 t = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        const __m512 a = _mm512_maskz_loadu_ps(t, v + i);
+        const __mmask16 m = _mm512_mask_cmp_ps_mask(t, a, tau, _CMP_GE_OQ);
+        if (!m) continue;
+        _mm512_storeu_ps(buf + c, _mm512_maskz_compress_ps(m, a)); /* register compress: fast on every AVX-512 CPU */
+        c += (size_t)__builtin_popcount(m);
+    }
+    for (size_t j = k / 2; j-- > 0;) sift_down(buf, k, j);
+    for (size_t j = k; j < c; j++)
+        if (buf[j] > buf[0]) {
+            buf[0] = buf[j];
+            sift_down(buf, k, 0);
+        }
+    *mn_out = _mm512_reduce_min_ps(lo), *mx_out = _mm512_reduce_max_ps(hi);
+    return buf[0];
 }
 #endif
 
@@ -237,16 +272,21 @@ void cs_sampler_simd(int avx512) {
     if (!avx512 || !use_avx512()) atomic_store_explicit(&kth_avx512, 0, memory_order_relaxed);
 }
 
+/* h: scratch of n + 16 floats (the first k the heap). */
 static float kth_largest(const float *v, size_t n, size_t k, float *h, float *mn_out, float *mx_out) {
+    float mn, mx;
+#ifdef CS_AVX512
+    if (k <= KTH_GROUPS && n >= 2 * KTH_GROUPS && use_avx512()) {
+        const float kth = kth_two_pass(v, n, k, h, &mn, &mx);
+        if (mn_out) *mn_out = mn, *mx_out = mx;
+        return kth;
+    }
+#endif
     memcpy(h, v, k * sizeof *h);
     for (size_t i = k / 2; i-- > 0;) sift_down(h, k, i);
-    float mn = v[0], mx = v[0]; /* of the whole input, on the way (one pass for both) */
+    mn = v[0], mx = v[0]; /* of the whole input, on the way (one pass for both) */
     for (size_t i = 1; i < k; i++) mn = v[i] < mn ? v[i] : mn, mx = v[i] > mx ? v[i] : mx;
-    size_t i = k;
-#ifdef CS_AVX512
-    if (use_avx512()) i = kth_scan_avx512(v, i, n, h, k, &mn, &mx);
-#endif
-    i = kth_scan_sse(v, i, n, h, k, &mn, &mx);
+    size_t i = kth_scan_sse(v, k, n, h, k, &mn, &mx);
     for (; i < n; i++) {
         mn = v[i] < mn ? v[i] : mn, mx = v[i] > mx ? v[i] : mx;
         if (v[i] > h[0]) {
@@ -256,6 +296,10 @@ static float kth_largest(const float *v, size_t n, size_t k, float *h, float *mn
     }
     if (mn_out) *mn_out = mn, *mx_out = mx;
     return h[0];
+}
+
+float cs_sampler_kth(cs_sampler *s, const float *scores, size_t n, int k, float *mn, float *mx) {
+    return kth_largest(scores, n, (size_t)k, s->vals, mn, mx);
 }
 
 void cs_sampler_top_k(cs_sampler *s, float *scores, int k) {

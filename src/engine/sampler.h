@@ -43,7 +43,7 @@ int cs_sample_params_check(const cs_sample_params *p, cs_err *err);
 
 typedef struct cs_sampler {
     size_t V;
-    float *vals;     /* (V) scratch */
+    float *vals;     /* (V + 16) scratch */
     int32_t *idx;    /* (V) scratch */
     uint8_t *seen;   /* (V) repetition-penalty marks */
     uint64_t *keys;  /* (2V) top-p sort keys and radix scratch */
@@ -59,6 +59,11 @@ void cs_sampler_repetition_penalty(cs_sampler *s, float *scores, const int32_t *
 void cs_sampler_temperature(float *scores, size_t V, float temperature);
 void cs_sampler_top_k(cs_sampler *s, float *scores, int k);
 void cs_sampler_top_p(cs_sampler *s, float *scores, float top_p);
+
+/* What top-k's scan finds in scores[0..n) (n <= V, 1 <= k <= n, no NaN): the
+ * k-th largest (ties counted), and the smallest and largest in *mn / *mx.
+ * Exposed for tests. */
+float cs_sampler_kth(cs_sampler *s, const float *scores, size_t n, int k, float *mn, float *mx);
 
 /* Whether top-k's scan of the scores may use AVX-512 (the default where the
  * CPU has it; 0: the SSE scan). Both find the same k-th largest, minimum and

@@ -329,6 +329,55 @@ static void test_top_k_pick_matches_processors(void **state) {
     cs_sampler_free(&s);
 }
 
+/* The k-th largest, minimum and maximum against a sort, at lengths around
+ * the AVX-512 pass's 128 groups and 16 lanes, with the extremes in the tail
+ * (where the full registers stop), -inf scores, ties and both zero signs. */
+static void check_kth(cs_sampler *s) {
+    float *x = malloc(1100 * sizeof *x), *srt = malloc(1100 * sizeof *srt);
+    const size_t ns[] = {1, 17, 255, 256, 257, 271, 383, 384, 1000, 1001, 1100};
+    const int ks[] = {1, 2, 3, 50, 127, 128, 129, 200};
+    uint64_t r = 7;
+    for (size_t ni = 0; ni < sizeof ns / sizeof *ns; ni++)
+        for (int shape = 0; shape < 4; shape++) {
+            const size_t n = ns[ni];
+            for (size_t i = 0; i < n; i++) {
+                r = r * 6364136223846793005ull + 1442695040888963407ull;
+                const uint32_t q = (uint32_t)(r >> 33);
+                x[i] = shape == 1 ? (float)(q % 5) - 2.0f : ((float)(q % 100000) - 50000.0f) * 1e-3f;
+                if (shape == 2 && q % 3 == 0) x[i] = -INFINITY;
+                if (shape == 3 && q % 11 == 0) x[i] = q & 1 ? -0.0f : 0.0f;
+            }
+            if (shape != 1) { /* the largest and smallest last */
+                x[n - 1] = 1000.0f;
+                if (n > 1) x[n - 2] = -1000.0f;
+                if (n > 2) x[n - 3] = 999.0f;
+            }
+            memcpy(srt, x, n * sizeof *x);
+            qsort(srt, n, sizeof *srt, cmp_desc);
+            for (size_t ki = 0; ki < sizeof ks / sizeof *ks; ki++) {
+                if ((size_t)ks[ki] > n) continue;
+                float mn = NAN, mx = NAN;
+                const float kth = cs_sampler_kth(s, x, n, ks[ki], &mn, &mx);
+                if (kth != srt[ks[ki] - 1] || mn != srt[n - 1] || mx != srt[0])
+                    fail_msg("n %zu shape %d k %d: kth %g min %g max %g, sorted %g %g %g", n, shape, ks[ki], kth, mn, mx,
+                             srt[ks[ki] - 1], srt[n - 1], srt[0]);
+            }
+        }
+    free(x);
+    free(srt);
+}
+
+static void test_kth_largest_min_max(void **state) {
+    (void)state;
+    cs_sampler s;
+    assert_int_equal(cs_sampler_init(&s, 1100, NULL), 0);
+    check_kth(&s);
+    cs_sampler_simd(0);
+    check_kth(&s);
+    cs_sampler_simd(1);
+    cs_sampler_free(&s);
+}
+
 /* The top-k tests again with the SSE scan where the AVX-512 one is the
  * default (the same answers are the contract; on a CPU without AVX-512 this
  * repeats the same path). */
@@ -375,6 +424,7 @@ int main(void) {
         cmocka_unit_test(test_filters_vs_sorting),
         cmocka_unit_test(test_top_k_pick_matches_processors),
         cmocka_unit_test(test_top_k_with_sse_scan),
+        cmocka_unit_test(test_kth_largest_min_max),
     };
     return cmocka_run_group_tests_name("sampler", tests, NULL, NULL);
 }
