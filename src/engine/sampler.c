@@ -201,10 +201,13 @@ static size_t kth_scan_sse(const float *v, size_t i, size_t n, float *h, size_t 
  * the 128 maxima, tau, is at most the k-th largest of all (they are 128
  * distinct scores). Pass 2 copies the scores >= tau into buf (at least k: the
  * maxima themselves), and the heap runs over those few. The same k-th
- * largest, minimum and maximum as the scan. buf: n + 16 floats. */
+ * largest, minimum and maximum as the scan. buf: n + 16 floats. Returns 0
+ * where fewer than k were copied (only a NaN can do that: the caller then
+ * takes the scan, whose answer on NaN input is no better, but reads nothing
+ * it did not write). */
 enum { KTH_GROUPS = 128 };
-__attribute__((target("avx512f"))) static float kth_two_pass(const float *v, size_t n, size_t k, float *buf,
-                                                             float *mn_out, float *mx_out) {
+__attribute__((target("avx512f"))) static int kth_two_pass(const float *v, size_t n, size_t k, float *buf,
+                                                           float *kth, float *mn_out, float *mx_out) {
     enum { R = KTH_GROUPS / 16 };
     const __m512 ninf = _mm512_set1_ps(-INFINITY);
     __m512 g[R], lo = _mm512_set1_ps(INFINITY);
@@ -241,6 +244,7 @@ __attribute__((target("avx512f"))) static float kth_two_pass(const float *v, siz
         _mm512_storeu_ps(buf + c, _mm512_maskz_compress_ps(m, a)); /* register compress: fast on every AVX-512 CPU */
         c += (size_t)__builtin_popcount(m);
     }
+    if (c < k) return 0;
     for (size_t j = k / 2; j-- > 0;) sift_down(buf, k, j);
     for (size_t j = k; j < c; j++)
         if (buf[j] > buf[0]) {
@@ -248,7 +252,8 @@ __attribute__((target("avx512f"))) static float kth_two_pass(const float *v, siz
             sift_down(buf, k, 0);
         }
     *mn_out = _mm512_reduce_min_ps(lo), *mx_out = _mm512_reduce_max_ps(hi);
-    return buf[0];
+    *kth = buf[0];
+    return 1;
 }
 #endif
 
@@ -276,8 +281,8 @@ void cs_sampler_simd(int avx512) {
 static float kth_largest(const float *v, size_t n, size_t k, float *h, float *mn_out, float *mx_out) {
     float mn, mx;
 #ifdef CS_AVX512
-    if (k <= KTH_GROUPS && n >= 2 * KTH_GROUPS && use_avx512()) {
-        const float kth = kth_two_pass(v, n, k, h, &mn, &mx);
+    float kth;
+    if (k <= KTH_GROUPS && n >= 2 * KTH_GROUPS && use_avx512() && kth_two_pass(v, n, k, h, &kth, &mn, &mx)) {
         if (mn_out) *mn_out = mn, *mx_out = mx;
         return kth;
     }
