@@ -193,6 +193,21 @@ static size_t kth_scan_sse(const float *v, size_t i, size_t n, float *h, size_t 
 }
 
 #ifdef CS_AVX512
+/* The k-th largest of a[0..n) (k <= n), found in place: a[0..k) made a heap,
+ * the rest inserted where larger than its minimum. */
+static float kth_in_place(float *a, size_t n, size_t k) {
+    for (size_t j = k / 2; j-- > 0;) sift_down(a, k, j);
+    for (size_t j = k; j < n; j++)
+        if (a[j] > a[0]) {
+            a[0] = a[j];
+            sift_down(a, k, 0);
+        }
+    return a[0];
+}
+
+/* The lanes of a 16-wide step that lie before the end, left lanes. */
+static __mmask16 lanes16(size_t left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
+
 /* k-th largest for k <= 128 in two vector passes. The scan above spends its
  * time inserting into the heap, whose minimum climbs slowly from the first k
  * scores (an int8 server at 32 clients: 3.6% of its CPU, most of it in those
@@ -220,7 +235,7 @@ __attribute__((target("avx512f"))) static int kth_two_pass(const float *v, size_
             lo = _mm512_min_ps(lo, a);
         }
     for (; i < n; i += 16) { /* groups 0..15 take the tail */
-        const __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        const __mmask16 m = lanes16(n - i);
         const __m512 a = _mm512_mask_loadu_ps(ninf, m, v + i);
         g[0] = _mm512_max_ps(g[0], a);
         lo = _mm512_mask_min_ps(lo, m, lo, a);
@@ -228,16 +243,10 @@ __attribute__((target("avx512f"))) static int kth_two_pass(const float *v, size_
     float gm[KTH_GROUPS];
     __m512 hi = g[0];
     for (int r = 0; r < R; r++) _mm512_storeu_ps(gm + 16 * r, g[r]), hi = _mm512_max_ps(hi, g[r]);
-    for (size_t j = k / 2; j-- > 0;) sift_down(gm, k, j);
-    for (size_t j = k; j < KTH_GROUPS; j++)
-        if (gm[j] > gm[0]) {
-            gm[0] = gm[j];
-            sift_down(gm, k, 0);
-        }
-    const __m512 tau = _mm512_set1_ps(gm[0]);
+    const __m512 tau = _mm512_set1_ps(kth_in_place(gm, KTH_GROUPS, k));
     size_t c = 0;
     for (i = 0; i < n; i += 16) {
-        const __mmask16 t = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        const __mmask16 t = lanes16(n - i);
         const __m512 a = _mm512_maskz_loadu_ps(t, v + i);
         const __mmask16 m = _mm512_mask_cmp_ps_mask(t, a, tau, _CMP_GE_OQ);
         if (!m) continue;
@@ -245,14 +254,8 @@ __attribute__((target("avx512f"))) static int kth_two_pass(const float *v, size_
         c += (size_t)__builtin_popcount(m);
     }
     if (c < k) return 0;
-    for (size_t j = k / 2; j-- > 0;) sift_down(buf, k, j);
-    for (size_t j = k; j < c; j++)
-        if (buf[j] > buf[0]) {
-            buf[0] = buf[j];
-            sift_down(buf, k, 0);
-        }
+    *kth = kth_in_place(buf, c, k);
     *mn_out = _mm512_reduce_min_ps(lo), *mx_out = _mm512_reduce_max_ps(hi);
-    *kth = buf[0];
     return 1;
 }
 #endif
