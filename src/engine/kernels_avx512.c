@@ -19,8 +19,22 @@ static INL T512 __mmask16 tail_mask(size_t left) {
 /* Every packed format stores a panel as R rows of 64 bytes (fp32: one k, bf16:
  * a k pair, int8: a k quad). The weight block after rows [r0, r1) of panels
  * [p, p + np) is the same panels further on, else the next np panels from row
- * 0; NULL past p1 or where that block would be shorter. */
-static INL const char *next_block(const void *w, size_t R, size_t p, size_t np, size_t p1, size_t r0, size_t r1) {
+ * 0; NULL past p1 or where that block would be shorter, and for T <
+ * PF_MIN_ROWS input rows: there a step reads each weight line once, for a
+ * row or two, at the DRAM's pace, and the hardware's stream prefetchers alone
+ * keep up better than with the next block's lines asked for on top of them.
+ * Zen 5 EPYC, 2 threads, distilgpt2 decode tok/s, prefetch on / off,
+ * alternated: B = 1 (3 rounds) fp32 93-103 / 112-167, bf16 170-259 /
+ * 198-243, int8 332-424 / 440-619; B = 2 (4 rounds, 128 steps) fp32 171-199
+ * / 213-290, int8 661-876 / 870-1,097; B = 4 fp32 354-477 / 401-534, int8
+ * 1,211-1,611 / 1,444-1,620; B = 8 fp32 676-836 / 732-899 but int8
+ * 2,405-2,905 / 2,313-2,459, and from B = 16 the prefetch pays in every
+ * dtype (int8 B = 16 4,469-5,272 / 3,607-3,750, bf16 B = 32 3,192-3,801 /
+ * 2,770-2,956). */
+#define PF_MIN_ROWS 5
+static INL const char *next_block(size_t T, const void *w, size_t R, size_t p, size_t np, size_t p1, size_t r0,
+                                  size_t r1) {
+    if (T < PF_MIN_ROWS) return NULL;
     const size_t pn = r1 < R ? p : p + np, rn = r1 < R ? r1 : 0;
     return pn + np <= p1 && rn + (r1 - r0) <= R ? (const char *)w + (pn * R + rn) * 64 : NULL;
 }
@@ -126,7 +140,7 @@ static INL void prefetch_step(pf_share *s, size_t R, int CP, size_t i) {
             for (size_t k0 = 0; k0 < K; k0 += KB) {                                                   \
                 const size_t k1 = k0 + KB < K ? k0 + KB : K;                                          \
                 rows_##S(m, x, ldx, T, y, ldy, p, np, k0, k1, k0 == 0, k1 == K,                       \
-                         next_block(m->w, K, p, np, p1, k0, k1));                                      \
+                         next_block(T, m->w, K, p, np, p1, k0, k1));                                      \
             }                                                                                         \
             p += np;                                                                                  \
         }                                                                                             \
@@ -193,7 +207,7 @@ static T512 void matmul_bf16(const cs_pmat *m, const float *x, size_t ldx, size_
         for (size_t j0 = 0; j0 < K2; j0 += JB) {
             const size_t j1 = j0 + JB < K2 ? j0 + JB : K2;
             const int first = j0 == 0, last = j1 == K2;
-            const char *pf = np == 4 ? next_block(m->w, K2, p, 4, p1, j0, j1) : NULL;
+            const char *pf = np == 4 ? next_block(T, m->w, K2, p, 4, p1, j0, j1) : NULL;
             size_t t = 0, pj = 0;
             const size_t pn = (T + 5) / 6;
 #define TB(rt, cp) tile_bf16(m, x + t * ldx, ldx, y + t * ldy, ldy, p, j0, j1, first, last, rt, cp, (pf_share){pf, pj++, pn})
@@ -338,7 +352,7 @@ static size_t row_tiles(size_t T) {
             for (size_t s0 = 0; s0 < S; s0 += SB) {                                                           \
                 const size_t s1 = s0 + SB < S ? s0 + SB : S;                                                  \
                 const int first = s0 == 0, last = s1 == S;                                                    \
-                const char *pf = next_block(m->w, S, p, np, p1, s0, s1);                                      \
+                const char *pf = next_block(T, m->w, S, p, np, p1, s0, s1);                                      \
                 size_t t = 0, pj = 0; /* the row tiles: pn of them, pj the next */                        \
                 const size_t pn = np == 8 ? (T + 1) / 2 : np == 1 ? 1 : row_tiles(T);                        \
                 if (np == 8) {                                                                                \
