@@ -394,7 +394,9 @@ def main():
       "per batch size) processes is kept.")
     w(f"- **decode B**: B sequences, each first prefilled with the same 16-token prompt, then {G} "
       "greedy decode steps each with EOS ignored; only the decode steps are timed; tok/s = "
-      f"B x {G} / time. transformers and CTranslate2 only expose whole generate() calls, so their "
+      f"B x {G} / time; cserve times the second of two identical passes (since 2026-12-03), so "
+      "that its KV pages are first touched untimed, as llama.cpp's are when it creates the "
+      "batch's context. transformers and CTranslate2 only expose whole generate() calls, so their "
       f"decode time is time(generate {G + 1} new tokens) - time(generate 1 new token) (the "
       f"second is the prefill plus one argmax: the difference is exactly {G} decode steps).")
     w("- prompt token ids: ids[i] = (i x 7919 + 13) mod 50000.")
