@@ -294,8 +294,8 @@ int cs_cmd_bench(int argc, char **argv) {
             if (cs_gpt2_kv_attach(&kv[b], net, kvp, 16 + gen, &err)) return fail(&err);
         /* Twice, the first untimed, as the peers' runners warm up at full size:
          * the pool's pages and the rows of logits are first touched there (a
-         * page fault and a cleared 2 MB page per new block; a running server
-         * has them), so the timed pass measures the steps alone. */
+         * page fault and a cleared 2 MB page every few new blocks; a running
+         * server has them), so the timed pass measures the steps alone. */
         double dt = 0;
         for (int rep = 0; rep < 2; rep++) {
             for (int b = 0; b < B; b++) {

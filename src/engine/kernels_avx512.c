@@ -140,7 +140,7 @@ static INL void prefetch_step(pf_share *s, size_t R, int CP, size_t i) {
             for (size_t k0 = 0; k0 < K; k0 += KB) {                                                   \
                 const size_t k1 = k0 + KB < K ? k0 + KB : K;                                          \
                 rows_##S(m, x, ldx, T, y, ldy, p, np, k0, k1, k0 == 0, k1 == K,                       \
-                         next_block(T, m->w, K, p, np, p1, k0, k1));                                      \
+                         next_block(T, m->w, K, p, np, p1, k0, k1));                                  \
             }                                                                                         \
             p += np;                                                                                  \
         }                                                                                             \
@@ -352,7 +352,7 @@ static size_t row_tiles(size_t T) {
             for (size_t s0 = 0; s0 < S; s0 += SB) {                                                           \
                 const size_t s1 = s0 + SB < S ? s0 + SB : S;                                                  \
                 const int first = s0 == 0, last = s1 == S;                                                    \
-                const char *pf = next_block(T, m->w, S, p, np, p1, s0, s1);                                      \
+                const char *pf = next_block(T, m->w, S, p, np, p1, s0, s1);                                   \
                 size_t t = 0, pj = 0; /* the row tiles: pn of them, pj the next */                        \
                 const size_t pn = np == 8 ? (T + 1) / 2 : np == 1 ? 1 : row_tiles(T);                        \
                 if (np == 8) {                                                                                \
